@@ -1,0 +1,260 @@
+"""Every tunable of the core as dataclasses; `config/*.yaml` mirrors them field for field.
+
+A configuration is built from a preset (``cpu-tiny`` for tests, ``cpu`` for a laptop-sized run,
+``gpu`` for the F3RM defaults) and then overlaid with YAML files and keyword overrides, so the launch
+file, the one-process pipeline and the CLI all read the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+
+@dataclass
+class WorkspaceConfig:
+    """Axis-aligned box in ``base_frame`` (metres) that the field's unit box is made from."""
+
+    min_xyz: Tuple[float, float, float] = (0.2, -0.3, -0.02)
+    max_xyz: Tuple[float, float, float] = (0.8, 0.3, 0.30)
+    base_frame: str = 'base_link'
+
+
+@dataclass
+class FeatureFieldConfig:
+    """F3RM's parallel feature field: multiresolution hash grid + positional encoding + small MLP."""
+
+    feature_dim: int = 768
+    num_levels: int = 12
+    features_per_level: int = 8
+    log2_hashmap_size: int = 19
+    min_resolution: int = 16
+    max_resolution: int = 128
+    pe_frequencies: int = 6
+    hidden_dim: int = 64
+    num_layers: int = 2
+    # 'auto' uses tiny-cuda-nn when it imports, else the torch implementation.
+    implementation: str = 'auto'
+
+
+@dataclass
+class ModelConfig:
+    """The nerfacto knobs we expose, plus the feature head's loss weight."""
+
+    hidden_dim: int = 64
+    hidden_dim_color: int = 64
+    num_levels: int = 16
+    base_resolution: int = 16
+    max_resolution: int = 2048
+    log2_hashmap_size: int = 19
+    features_per_level: int = 2
+    num_proposal_samples_per_ray: Tuple[int, ...] = (256, 96)
+    num_nerf_samples_per_ray: int = 48
+    proposal_net_max_res: Tuple[int, ...] = (128, 256)
+    proposal_net_log2_hashmap_size: int = 17
+    appearance_embed_dim: int = 32
+    camera_optimizer: str = 'SO3xR3'
+    near_plane: float = 0.05
+    far_plane: float = 1000.0
+    background_color: str = 'last_sample'
+    feature_loss_weight: float = 1e-3
+    predict_normals: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Online training schedule; `capacity` sizes per-camera parameters so checkpoints stay loadable."""
+
+    steps: int = 5000
+    rays_per_batch: int = 4096
+    capacity: int = 256
+    lr_fields: float = 1e-2
+    lr_proposal: float = 1e-2
+    lr_feature: float = 1e-2
+    lr_camera: float = 1e-3
+    lr_final_ratio: float = 0.01
+    eval_every: int = 500
+    checkpoint_every: int = 1000
+    holdout_every: int = 8
+    device: str = 'auto'
+    mixed_precision: bool = True
+    seed: int = 0
+    eval_chunk_rays: int = 8192
+
+
+@dataclass
+class TeacherConfig:
+    """2D feature teacher: `clip` (open_clip, MaskCLIP dense features) or `labels` (ground truth)."""
+
+    name: str = 'clip'
+    model_name: str = 'ViT-L-14-336-quickgelu'
+    # A hub tag ('openai'), a local weights file, or '' for random weights (plumbing tests only).
+    pretrained: str = 'openai'
+    image_size: int = 336
+    batch_size: int = 4
+    # The labels teacher mimics CLIP's patch grid; `labels_dim` is its embedding width.
+    patch_size: int = 14
+    labels_dim: int = 768
+    device: str = 'auto'
+
+
+@dataclass
+class QueryConfig:
+    """Text query → relevancy → heatmap and grasp candidates."""
+
+    negatives: Tuple[str, ...] = ('object', 'things', 'stuff', 'texture')
+    temperature: float = 0.1
+    mode: str = 'pairwise_softmax'  # or 'cosine'
+    voxel_size: float = 0.01
+    alpha_threshold: float = 0.05
+    threshold: str = 'otsu'  # or 'percentile'
+    percentile: float = 99.0
+    cluster_eps: float = 0.02
+    cluster_min_points: int = 10
+    chunk_size: int = 65536
+    colormap: str = 'turbo'
+
+
+@dataclass
+class F3RMConfig:
+    """Everything together; the unit a YAML file or a preset describes."""
+
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    feature_field: FeatureFieldConfig = field(default_factory=FeatureFieldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # F3RM's published settings, for a workstation GPU.
+    'gpu': {},
+    # Small enough to learn a synthetic table in about a minute on 2 CPU cores.
+    'cpu-tiny': {
+        'feature_field': {'feature_dim': 16, 'num_levels': 6, 'features_per_level': 2,
+                          'log2_hashmap_size': 15, 'min_resolution': 8, 'max_resolution': 64,
+                          'pe_frequencies': 4, 'hidden_dim': 32, 'num_layers': 1},
+        'model': {'hidden_dim': 32, 'hidden_dim_color': 32, 'num_levels': 8, 'max_resolution': 256,
+                  'log2_hashmap_size': 15, 'num_proposal_samples_per_ray': (48, 24),
+                  'num_nerf_samples_per_ray': 24, 'proposal_net_max_res': (64, 128),
+                  'proposal_net_log2_hashmap_size': 13, 'appearance_embed_dim': 8},
+        'trainer': {'steps': 400, 'rays_per_batch': 512, 'capacity': 64, 'eval_every': 200,
+                    'checkpoint_every': 200, 'mixed_precision': False, 'eval_chunk_rays': 4096,
+                    'lr_fields': 2e-2, 'lr_proposal': 2e-2, 'lr_feature': 2e-2},
+        'teacher': {'name': 'labels', 'patch_size': 8, 'labels_dim': 16},
+        'query': {'voxel_size': 0.01, 'chunk_size': 32768},
+    },
+    # A real scan on a CPU: a few minutes, recognisable renders, not a quality run.
+    'cpu': {
+        'feature_field': {'feature_dim': 768, 'num_levels': 8, 'features_per_level': 4,
+                          'log2_hashmap_size': 16, 'min_resolution': 16, 'max_resolution': 128,
+                          'pe_frequencies': 6, 'hidden_dim': 64, 'num_layers': 2},
+        'model': {'hidden_dim': 48, 'hidden_dim_color': 48, 'num_levels': 12, 'max_resolution': 1024,
+                  'log2_hashmap_size': 17, 'num_proposal_samples_per_ray': (64, 32),
+                  'num_nerf_samples_per_ray': 32, 'proposal_net_max_res': (64, 128),
+                  'proposal_net_log2_hashmap_size': 14, 'appearance_embed_dim': 16},
+        'trainer': {'steps': 1500, 'rays_per_batch': 1024, 'capacity': 128, 'eval_every': 500,
+                    'checkpoint_every': 500, 'mixed_precision': False, 'eval_chunk_rays': 4096},
+    },
+}
+
+
+def _merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
+    """Return a copy of dataclass `obj` with nested `overrides` applied; unknown keys are errors."""
+    if not dataclasses.is_dataclass(obj):
+        raise TypeError(f'{path or "config"} is not a section')
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise KeyError(f'unknown config key {path + key!r}; known: {sorted(names)}')
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise TypeError(f'{path + key} must be a mapping, got {value!r}')
+            changes[key] = _merge_into(current, value, path + key + '.')
+        else:
+            changes[key] = _coerce(value, current, path + key)
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    """Convert YAML/ROS values to the type of the default (lists → tuples, ints → floats)."""
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            if isinstance(value, str) and all(isinstance(c, str) for c in current):
+                # ROS string parameters carry lists of names comma-separated.
+                return tuple(s.strip() for s in value.split(',') if s.strip())
+            raise TypeError(f'{name} must be a list, got {value!r}')
+        return tuple(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f'{name} must be true/false, got {value!r}')
+        return value
+    if isinstance(current, float) and isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(current, str) and isinstance(value, str):
+        return value
+    if current is None:
+        return value
+    raise TypeError(f'{name} must be {type(current).__name__}, got {value!r}')
+
+
+def make_config(preset: str = 'gpu', yaml_files: Sequence[Path] = (),
+                overrides: Optional[Dict[str, Any]] = None) -> F3RMConfig:
+    """Build a config: preset, then each YAML file in order, then `overrides` (nested dict)."""
+    if preset not in PRESETS:
+        raise KeyError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
+    config = _merge_into(F3RMConfig(), PRESETS[preset])
+    for path in yaml_files:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        config = _merge_into(config, data.get('f3rm', data))
+    if overrides:
+        config = _merge_into(config, overrides)
+    return config
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+    """Plain nested dict (tuples as lists), suitable for YAML and checkpoints."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(data: Dict[str, Any]) -> F3RMConfig:
+    """Inverse of `to_dict`."""
+    return _merge_into(F3RMConfig(), data)
+
+
+def flatten(config: Any, prefix: str = '') -> List[Tuple[str, Any]]:
+    """(dotted.name, value) pairs: how ROS parameters name the config fields."""
+    items = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            items.extend(flatten(value, prefix + f.name + '.'))
+        else:
+            items.append((prefix + f.name, value))
+    return items
+
+
+def unflatten(pairs: Dict[str, Any]) -> Dict[str, Any]:
+    """Inverse of `flatten` for a subset of names: {'a.b': 1} → {'a': {'b': 1}}."""
+    nested: Dict[str, Any] = {}
+    for name, value in pairs.items():
+        node = nested
+        *parents, leaf = name.split('.')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested

@@ -1,0 +1,84 @@
+"""F3RM's parallel feature field: hash grid + positional encoding → small MLP → feature vector.
+
+Built from nerfstudio's field components so that the same configuration runs on tiny-cuda-nn when it
+is installed (hash grid and fully-fused MLP) and on nerfstudio's torch implementation otherwise; the
+hash-grid semantics (levels, per-level scale, table size) are tinycudann's ``HashGrid`` either way.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+from nerfstudio.field_components.encodings import HashEncoding, NeRFEncoding
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.field_components.spatial_distortions import SpatialDistortion
+from torch import nn
+
+from .config import FeatureFieldConfig
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def tcnn_available() -> bool:
+    """True when tiny-cuda-nn imports and a CUDA device exists."""
+    try:
+        import tinycudann  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_implementation(requested: str) -> str:
+    """Map 'auto' | 'tcnn' | 'torch' to the implementation that will run ('tcnn' falls back with a log)."""
+    if requested not in ('auto', 'tcnn', 'torch'):
+        raise ValueError(f"implementation must be 'auto', 'tcnn' or 'torch', got {requested!r}")
+    if requested == 'torch':
+        return 'torch'
+    if tcnn_available():
+        return 'tcnn'
+    if requested == 'tcnn':
+        log.warning('tinycudann is not importable (or no CUDA): using the torch hash grid')
+    return 'torch'
+
+
+class FeatureField(nn.Module):
+    """Maps points (field units, before contraction) to `feature_dim`-d distilled features."""
+
+    def __init__(self, config: FeatureFieldConfig, spatial_distortion: SpatialDistortion):
+        super().__init__()
+        self.config = config
+        self.spatial_distortion = spatial_distortion
+        implementation = resolve_implementation(config.implementation)
+        self.hash_encoding = HashEncoding(
+            num_levels=config.num_levels,
+            min_res=config.min_resolution,
+            max_res=config.max_resolution,
+            log2_hashmap_size=config.log2_hashmap_size,
+            features_per_level=config.features_per_level,
+            implementation=implementation,
+        )
+        self.position_encoding = NeRFEncoding(
+            in_dim=3, num_frequencies=config.pe_frequencies, min_freq_exp=0,
+            max_freq_exp=config.pe_frequencies - 1, include_input=True, implementation=implementation,
+        )
+        # nerfstudio's MLP counts the output layer: `num_layers` hidden layers need num_layers + 1.
+        self.mlp = MLP(
+            in_dim=self.hash_encoding.get_out_dim() + self.position_encoding.get_out_dim(),
+            num_layers=config.num_layers + 1,
+            layer_width=config.hidden_dim,
+            out_dim=config.feature_dim,
+            activation=nn.ReLU(),
+            out_activation=None,
+            implementation=implementation,
+        )
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """Features [..., feature_dim] at `positions` [..., 3]."""
+        # Contraction maps the unbounded scene to [-2, 2]; the encodings expect [0, 1].
+        unit = (self.spatial_distortion(positions) + 2.0) / 4.0
+        flat = unit.reshape(-1, 3)
+        encoded = torch.cat([self.hash_encoding(flat), self.position_encoding(flat)], dim=-1)
+        features = self.mlp(encoded).float()
+        return features.reshape(*positions.shape[:-1], self.config.feature_dim)

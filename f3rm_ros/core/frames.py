@@ -1,0 +1,275 @@
+"""Posed keyframes: a capacity-bounded in-memory store that grows while training reads it, and its
+on-disk form, a nerfstudio dataset (``transforms.json`` + images, optional depth and label maps).
+
+The dataset is written one frame at a time with an atomic replace of ``transforms.json``, so a crash
+never loses a frame that was already kept, and a restarted process can resume from the folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .geometry import check_rigid, opengl_to_optical, optical_to_opengl
+
+log = logging.getLogger(__name__)
+
+DEPTH_UNIT = 0.001  # depth PNGs hold millimetres, as nerfstudio's default depth_unit_scale_factor
+
+
+@dataclass
+class PosedFrame:
+    """One RGB image with intrinsics and the pose of its optical frame in ``base_frame``."""
+
+    image: np.ndarray            # H x W x 3 uint8, RGB
+    K: np.ndarray                # 3 x 3 pinhole intrinsics, pixels
+    T_base_optical: np.ndarray   # 4 x 4, optical axes (x right, y down, z forward)
+    stamp: float = 0.0           # seconds
+    depth: Optional[np.ndarray] = None   # H x W float32 metres, 0 = invalid
+    labels: Optional[np.ndarray] = None  # H x W uint16 object ids, 0 = background
+    name: str = ''
+
+    def __post_init__(self):
+        image = np.asarray(self.image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f'image must be HxWx3 uint8, got {image.shape} {image.dtype}')
+        self.K = np.asarray(self.K, dtype=np.float64)
+        if self.K.shape != (3, 3) or not np.all(np.isfinite(self.K)) or self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
+            raise ValueError(f'K must be a finite 3x3 with positive focal lengths, got {self.K.tolist()}')
+        self.T_base_optical = np.asarray(self.T_base_optical, dtype=np.float64)
+        check_rigid(self.T_base_optical)
+        for name in ('depth', 'labels'):
+            extra = getattr(self, name)
+            if extra is not None and extra.shape[:2] != image.shape[:2]:
+                raise ValueError(f'{name} shape {extra.shape[:2]} differs from image {image.shape[:2]}')
+
+    @property
+    def height(self) -> int:
+        """Image rows."""
+        return self.image.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Image columns."""
+        return self.image.shape[1]
+
+
+class FrameStore:
+    """Fixed-capacity keyframe arrays (uint8 images), safe to append to while a trainer reads.
+
+    All frames share one resolution (one camera); arrays are allocated at the first frame so a reader can
+    hold views of them. `version` increases with every change so readers can notice new frames.
+    """
+
+    def __init__(self, capacity: int, ram_budget_bytes: Optional[int] = None):
+        if capacity < 1:
+            raise ValueError(f'capacity must be >= 1, got {capacity}')
+        self.capacity = capacity
+        self.ram_budget_bytes = ram_budget_bytes
+        self.lock = threading.Lock()
+        self.frames: List[PosedFrame] = []
+        self.images: Optional[np.ndarray] = None
+        self.version = 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def full(self) -> bool:
+        """True when no further frame fits (capacity or RAM budget)."""
+        if len(self.frames) >= self.capacity:
+            return True
+        if self.ram_budget_bytes is not None and self.frames:
+            per_frame = self.frames[0].image.nbytes
+            return (len(self.frames) + 1) * per_frame > self.ram_budget_bytes
+        return False
+
+    @property
+    def resolution(self) -> Optional[tuple]:
+        """(height, width) shared by all frames, or None while empty."""
+        return None if self.images is None else self.images.shape[1:3]
+
+    def add(self, frame: PosedFrame) -> int:
+        """Append a frame and return its index; raises when full or when the resolution differs."""
+        with self.lock:
+            if self.full:
+                raise OverflowError(f'frame store is full ({len(self.frames)} of {self.capacity} frames)')
+            if self.images is None:
+                self.images = np.zeros((self.capacity, frame.height, frame.width, 3), dtype=np.uint8)
+            elif frame.image.shape[:2] != self.images.shape[1:3]:
+                raise ValueError(f'frame is {frame.image.shape[:2]} but the store holds {self.images.shape[1:3]}')
+            index = len(self.frames)
+            self.images[index] = frame.image
+            self.frames.append(frame)
+            self.version += 1
+            return index
+
+    def clear(self) -> None:
+        """Forget every frame (the allocation is kept for the same camera)."""
+        with self.lock:
+            self.frames.clear()
+            self.version += 1
+
+    def snapshot(self) -> List[PosedFrame]:
+        """A consistent list of the frames kept so far."""
+        with self.lock:
+            return list(self.frames)
+
+    def intrinsics(self) -> np.ndarray:
+        """[N, 4] fx, fy, cx, cy of the kept frames."""
+        frames = self.snapshot()
+        return np.array([[f.K[0, 0], f.K[1, 1], f.K[0, 2], f.K[1, 2]] for f in frames]).reshape(-1, 4)
+
+    def poses(self) -> np.ndarray:
+        """[N, 4, 4] T_base_optical of the kept frames."""
+        return np.array([f.T_base_optical for f in self.snapshot()]).reshape(-1, 4, 4)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w') as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name('.tmp-' + path.name)
+    if not cv2.imwrite(str(tmp), image):
+        raise OSError(f'could not write {path}')
+    os.replace(tmp, path)
+
+
+class DatasetWriter:
+    """Appends frames to a nerfstudio dataset folder; `transforms.json` is replaced atomically."""
+
+    def __init__(self, root: Path, base_frame: str = 'base_link', metadata: Optional[Dict] = None):
+        self.root = Path(root)
+        (self.root / 'images').mkdir(parents=True, exist_ok=True)
+        self.meta_path = self.root / 'transforms.json'
+        if self.meta_path.exists():
+            self.meta = json.loads(self.meta_path.read_text())
+        else:
+            self.meta = {'camera_model': 'OPENCV', 'base_frame': base_frame, 'frames': []}
+        if metadata:
+            self.meta.update(metadata)
+            self._flush()
+
+    def __len__(self) -> int:
+        return len(self.meta['frames'])
+
+    def append(self, frame: PosedFrame) -> None:
+        """Write the frame's files first, then publish it in transforms.json (crash-safe order)."""
+        index = len(self.meta['frames'])
+        name = frame.name or f'frame_{index:05d}'
+        entry = {
+            'file_path': f'images/{name}.png',
+            'fl_x': frame.K[0, 0], 'fl_y': frame.K[1, 1], 'cx': frame.K[0, 2], 'cy': frame.K[1, 2],
+            'w': frame.width, 'h': frame.height,
+            'transform_matrix': optical_to_opengl(frame.T_base_optical).tolist(),
+            'stamp': frame.stamp,
+        }
+        _atomic_imwrite(self.root / entry['file_path'], cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+        if frame.depth is not None:
+            (self.root / 'depth').mkdir(exist_ok=True)
+            entry['depth_file_path'] = f'depth/{name}.png'
+            depth_mm = np.clip(np.round(np.nan_to_num(frame.depth) / DEPTH_UNIT), 0, 65535).astype(np.uint16)
+            _atomic_imwrite(self.root / entry['depth_file_path'], depth_mm)
+        if frame.labels is not None:
+            (self.root / 'labels').mkdir(exist_ok=True)
+            entry['label_file_path'] = f'labels/{name}.png'
+            _atomic_imwrite(self.root / entry['label_file_path'], frame.labels.astype(np.uint16))
+        self.meta['frames'].append(entry)
+        self._flush()
+
+    def clear(self) -> None:
+        """Drop every frame from transforms.json (files are left for inspection)."""
+        self.meta['frames'] = []
+        self._flush()
+
+    def _flush(self) -> None:
+        _atomic_write_text(self.meta_path, json.dumps(self.meta, indent=1))
+
+
+def write_dataset(root: Path, frames: Sequence[PosedFrame], metadata: Optional[Dict] = None) -> Path:
+    """Write all `frames` as a fresh nerfstudio dataset in `root`."""
+    root = Path(root)
+    if (root / 'transforms.json').exists():
+        (root / 'transforms.json').unlink()
+    writer = DatasetWriter(root, metadata=metadata)
+    for frame in frames:
+        writer.append(frame)
+    return root
+
+
+def read_metadata(root: Path) -> Dict:
+    """The parsed transforms.json of a dataset folder, with a clear error if it is missing."""
+    path = Path(root) / 'transforms.json'
+    if not path.exists():
+        raise FileNotFoundError(f'{root} is not a nerfstudio dataset: {path} does not exist')
+    return json.loads(path.read_text())
+
+
+def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) -> List[PosedFrame]:
+    """Read a nerfstudio dataset (ours or any other tool's) into PosedFrames.
+
+    Intrinsics may be per frame or global; distortion coefficients are ignored with a warning; depth is
+    read from ``depth_file_path`` (``depth_unit_scale_factor``, default 1 mm) and object ids from
+    ``label_file_path``. `downscale` shrinks images, depth and labels by an integer factor.
+    """
+    root = Path(root)
+    meta = read_metadata(root)
+    if any(abs(meta.get(k, 0.0)) > 1e-6 for k in ('k1', 'k2', 'p1', 'p2')):
+        log.warning('%s has lens distortion; it is ignored (undistort images for best results)', root)
+    depth_unit = float(meta.get('depth_unit_scale_factor', DEPTH_UNIT))
+    frames = []
+    entries = meta['frames'][:limit] if limit else meta['frames']
+    for index, entry in enumerate(entries):
+        def get(key, entry=entry):
+            if key in entry:
+                return float(entry[key])
+            if key in meta:
+                return float(meta[key])
+            raise KeyError(f'{root}: frame {index} has no {key!r} (neither per frame nor global)')
+        bgr = cv2.imread(str(root / entry['file_path']), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f'cannot read image {root / entry["file_path"]}')
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        h, w = image.shape[:2]
+        # Intrinsics refer to the size in the metadata; rescale if the image on disk differs.
+        sx = w / float(entry.get('w', meta.get('w', w)))
+        sy = h / float(entry.get('h', meta.get('h', h)))
+        K = np.array([[get('fl_x') * sx, 0, get('cx') * sx], [0, get('fl_y') * sy, get('cy') * sy], [0, 0, 1]])
+        depth = labels = None
+        if 'depth_file_path' in entry:
+            raw = cv2.imread(str(root / entry['depth_file_path']), cv2.IMREAD_UNCHANGED)
+            if raw is not None:
+                depth = raw.astype(np.float32) * depth_unit
+                depth[(raw == 0) | (raw == 65535)] = 0.0
+                if depth.shape != (h, w):
+                    depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+        if 'label_file_path' in entry:
+            labels = cv2.imread(str(root / entry['label_file_path']), cv2.IMREAD_UNCHANGED)
+            if labels is None:
+                raise FileNotFoundError(f'cannot read label map {root / entry["label_file_path"]}')
+            labels = labels.astype(np.uint16)
+        if downscale > 1:
+            size = (w // downscale, h // downscale)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            K[:2] /= downscale
+            if depth is not None:
+                depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+            if labels is not None:
+                labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+        T = opengl_to_optical(np.array(entry['transform_matrix'], dtype=np.float64))
+        frames.append(PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)),
+                                 depth=depth, labels=labels, name=Path(entry['file_path']).stem))
+    return frames

@@ -1,0 +1,148 @@
+"""Frame conventions, in one place (DESIGN.md §3).
+
+* Robot side (REP 103/105): poses are ``T_base_optical``, the camera's optical frame (x right, y down,
+  z forward) expressed in ``base_frame``.
+* nerfstudio side: camera-to-world in OpenGL axes (x right, y up, z back):
+  ``c2w_gl = T_base_optical @ diag(1, -1, -1, 1)`` (the same matrix converts back).
+* The field lives in a unit box: the workspace box is centred and scaled isotropically so its longest
+  side spans [-1, 1]; nerfacto's scene contraction then keeps the workspace un-warped. Every output is
+  mapped back to ``base_frame`` with the inverse of this fixed similarity transform.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+OPTICAL_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def optical_to_opengl(T_base_optical: np.ndarray) -> np.ndarray:
+    """Camera pose with optical axes → nerfstudio/OpenGL axes (works on [..., 4, 4])."""
+    return np.asarray(T_base_optical, dtype=np.float64) @ OPTICAL_TO_OPENGL
+
+
+def opengl_to_optical(c2w_gl: np.ndarray) -> np.ndarray:
+    """Inverse of `optical_to_opengl` (the flip is its own inverse)."""
+    return np.asarray(c2w_gl, dtype=np.float64) @ OPTICAL_TO_OPENGL
+
+
+def quaternion_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w), ROS order, → 3x3 rotation. Raises on a zero or non-finite input."""
+    q = np.asarray(q_xyzw, dtype=np.float64)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f'quaternion {q.tolist()} is zero or not finite')
+    x, y, z, w = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """3x3 rotation → unit quaternion (x, y, z, w) with w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    w = np.sqrt(max(0.0, 1.0 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
+    x = np.sqrt(max(0.0, 1.0 + R[0, 0] - R[1, 1] - R[2, 2])) / 2
+    y = np.sqrt(max(0.0, 1.0 - R[0, 0] + R[1, 1] - R[2, 2])) / 2
+    z = np.sqrt(max(0.0, 1.0 - R[0, 0] - R[1, 1] + R[2, 2])) / 2
+    x = np.copysign(x, R[2, 1] - R[1, 2])
+    y = np.copysign(y, R[0, 2] - R[2, 0])
+    z = np.copysign(z, R[1, 0] - R[0, 1])
+    q = np.array([x, y, z, w])
+    return q / np.linalg.norm(q)
+
+
+def pose_matrix(translation: np.ndarray, q_xyzw: np.ndarray) -> np.ndarray:
+    """4x4 homogeneous transform from a translation and a ROS quaternion."""
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(q_xyzw)
+    T[:3, 3] = np.asarray(translation, dtype=np.float64)
+    return T
+
+
+def check_rigid(T: np.ndarray, tol: float = 1e-3) -> None:
+    """Raise ValueError unless `T` is a finite 4x4 rigid transform (orthonormal rotation, det +1)."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise ValueError(f'pose must be 4x4, got {T.shape}')
+    if not np.all(np.isfinite(T)):
+        raise ValueError('pose contains NaN or inf')
+    R = T[:3, :3]
+    if np.abs(R @ R.T - np.eye(3)).max() > tol or abs(np.linalg.det(R) - 1.0) > tol:
+        raise ValueError('pose rotation is not orthonormal with determinant +1')
+    if np.abs(T[3] - [0, 0, 0, 1]).max() > tol:
+        raise ValueError('pose bottom row is not [0, 0, 0, 1]')
+
+
+@dataclass(frozen=True)
+class WorkspaceBox:
+    """Fixed similarity transform between ``base_frame`` and the field's unit box."""
+
+    min_xyz: np.ndarray
+    max_xyz: np.ndarray
+
+    def __post_init__(self):
+        lo = np.asarray(self.min_xyz, dtype=np.float64)
+        hi = np.asarray(self.max_xyz, dtype=np.float64)
+        if lo.shape != (3,) or hi.shape != (3,) or not np.all(np.isfinite(lo)) or not np.all(np.isfinite(hi)):
+            raise ValueError(f'workspace bounds must be two finite xyz triples, got {lo} and {hi}')
+        if np.any(hi <= lo):
+            raise ValueError(f'workspace max {hi.tolist()} must exceed min {lo.tolist()} on every axis')
+        object.__setattr__(self, 'min_xyz', lo)
+        object.__setattr__(self, 'max_xyz', hi)
+
+    @classmethod
+    def from_config(cls, workspace) -> 'WorkspaceBox':
+        """Build from a `WorkspaceConfig`."""
+        return cls(np.array(workspace.min_xyz), np.array(workspace.max_xyz))
+
+    @property
+    def center(self) -> np.ndarray:
+        """Centre of the box in base_frame."""
+        return (self.min_xyz + self.max_xyz) / 2
+
+    @property
+    def scale(self) -> float:
+        """Field units per metre: the longest side becomes 2 (spans [-1, 1])."""
+        return 2.0 / float(np.max(self.max_xyz - self.min_xyz))
+
+    @property
+    def field_aabb(self) -> np.ndarray:
+        """The workspace in field coordinates, as [[min], [max]]."""
+        return np.stack([self.to_field(self.min_xyz), self.to_field(self.max_xyz)])
+
+    def to_field(self, points_base: np.ndarray) -> np.ndarray:
+        """Points [..., 3] in base_frame metres → field units."""
+        return (np.asarray(points_base) - self.center) * self.scale
+
+    def to_base(self, points_field: np.ndarray) -> np.ndarray:
+        """Points [..., 3] in field units → base_frame metres."""
+        return np.asarray(points_field) / self.scale + self.center
+
+    def pose_to_field(self, c2w_base: np.ndarray) -> np.ndarray:
+        """Camera-to-world [..., 4, 4] in base_frame → field units (rotation unchanged)."""
+        out = np.array(c2w_base, dtype=np.float64, copy=True)
+        out[..., :3, 3] = self.to_field(out[..., :3, 3])
+        return out
+
+    def pose_to_base(self, c2w_field: np.ndarray) -> np.ndarray:
+        """Inverse of `pose_to_field`."""
+        out = np.array(c2w_field, dtype=np.float64, copy=True)
+        out[..., :3, 3] = self.to_base(out[..., :3, 3])
+        return out
+
+    def contains(self, points_base: np.ndarray) -> np.ndarray:
+        """Boolean mask of points inside the box."""
+        p = np.asarray(points_base)
+        return np.all((p >= self.min_xyz) & (p <= self.max_xyz), axis=-1)
+
+    def grid(self, voxel_size: float) -> np.ndarray:
+        """Voxel centres [Nx, Ny, Nz, 3] in base_frame covering the box at `voxel_size` metres."""
+        if voxel_size <= 0:
+            raise ValueError(f'voxel_size must be positive, got {voxel_size}')
+        counts = np.maximum(1, np.round((self.max_xyz - self.min_xyz) / voxel_size).astype(int))
+        axes = [self.min_xyz[i] + (np.arange(counts[i]) + 0.5) * voxel_size for i in range(3)]
+        return np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)

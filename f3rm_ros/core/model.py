@@ -1,0 +1,135 @@
+"""F3RMModel: nerfstudio's nerfacto plus a feature field rendered with nerfacto's own weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Type
+from unittest import mock
+
+import torch
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.model_components.renderers import SemanticRenderer
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from torch.nn import Parameter
+
+from .config import F3RMConfig, FeatureFieldConfig
+from .field import FeatureField, resolve_implementation
+from .relevancy import TextQuery, relevancy
+
+# Per-camera parameters, sized by the trainer's capacity (resized when a checkpoint's capacity differs).
+PER_CAMERA_PARAMETERS = ('field.embedding_appearance.embedding.weight', 'camera_optimizer.pose_adjustment')
+
+
+class _DeferredLPIPS(torch.nn.Module):
+    """Stands in for nerfacto's LPIPS metric, whose constructor downloads AlexNet weights."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError('LPIPS is disabled: its AlexNet weights are not available offline')
+
+
+@dataclass
+class F3RMModelConfig(NerfactoModelConfig):
+    """Nerfacto configuration plus the feature field and its loss weight."""
+
+    _target: Type = field(default_factory=lambda: F3RMModel)
+    feature_field: FeatureFieldConfig = field(default_factory=FeatureFieldConfig)
+    feature_loss_mult: float = 1e-3
+
+
+class F3RMModel(NerfactoModel):
+    """Nerfacto with a parallel feature field; outputs `feature` and, with a query set, `similarity`."""
+
+    config: F3RMModelConfig
+
+    def populate_modules(self):
+        """Build nerfacto's modules (without LPIPS), then the feature field and its renderer."""
+        with mock.patch('torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity',
+                        lambda **_: _DeferredLPIPS()):
+            super().populate_modules()
+        self.feature_field = FeatureField(self.config.feature_field, SceneContraction(order=float('inf')))
+        self.renderer_feature = SemanticRenderer()
+        self.query: Optional[TextQuery] = None
+        self._final_samples = None
+        # nerfacto keeps its final ray samples only in training mode; record them for every forward so the
+        # feature field is rendered with exactly the weights that rendered the colour.
+        nerf_forward = self.field.forward
+
+        def recording_forward(ray_samples, compute_normals=False):
+            outputs = nerf_forward(ray_samples, compute_normals=compute_normals)
+            self._final_samples = (ray_samples, outputs[FieldHeadNames.DENSITY])
+            return outputs
+
+        self.field.forward = recording_forward
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        """Nerfacto's groups plus `feature_field`."""
+        groups = super().get_param_groups()
+        groups['feature_field'] = list(self.feature_field.parameters())
+        return groups
+
+    def get_outputs(self, ray_bundle: RayBundle):
+        """Nerfacto's outputs plus the volume-rendered `feature` (and `similarity` when a query is set)."""
+        outputs = super().get_outputs(ray_bundle)
+        ray_samples, density = self._final_samples
+        self._final_samples = None
+        weights = outputs['weights_list'][-1] if self.training else ray_samples.get_weights(density)
+        # The feature loss must not move geometry: positions and weights are detached.
+        positions = ray_samples.frustums.get_positions().detach()
+        features = self.feature_field(positions)
+        outputs['feature'] = self.renderer_feature(features, weights.detach())
+        if self.query is not None:
+            outputs['similarity'] = relevancy(outputs['feature'], self.query)[..., None]
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None):
+        """Nerfacto's losses plus the MSE to the teacher's features (when the batch has them)."""
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        if 'feature' in batch:
+            target = batch['feature'].to(outputs['feature'])
+            loss_dict['feature_loss'] = self.config.feature_loss_mult * torch.nn.functional.mse_loss(
+                outputs['feature'], target)
+        return loss_dict
+
+    def set_query(self, query: Optional[TextQuery]) -> None:
+        """Set (or clear with None) the text query rendered as `similarity`."""
+        self.query = None if query is None else query.to(self.device)
+
+    @torch.no_grad()
+    def density_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Density [..., 1] at points in field units."""
+        return self.field.density_fn(positions)
+
+    @torch.no_grad()
+    def features_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Feature field [..., D] at points in field units."""
+        return self.feature_field(positions)
+
+
+def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
+    """Instantiate the model for `num_cameras` camera slots (the trainer's capacity)."""
+    m = config.model
+    implementation = resolve_implementation('auto')
+    proposal_args = [
+        {'hidden_dim': 16, 'log2_hashmap_size': m.proposal_net_log2_hashmap_size, 'num_levels': 5,
+         'max_res': res, 'use_linear': False}
+        for res in m.proposal_net_max_res
+    ]
+    model_config = F3RMModelConfig(
+        near_plane=m.near_plane, far_plane=m.far_plane, background_color=m.background_color,
+        hidden_dim=m.hidden_dim, hidden_dim_color=m.hidden_dim_color, num_levels=m.num_levels,
+        base_res=m.base_resolution, max_res=m.max_resolution, log2_hashmap_size=m.log2_hashmap_size,
+        features_per_level=m.features_per_level,
+        num_proposal_samples_per_ray=tuple(m.num_proposal_samples_per_ray),
+        num_nerf_samples_per_ray=m.num_nerf_samples_per_ray,
+        num_proposal_iterations=len(proposal_args), proposal_net_args_list=proposal_args,
+        appearance_embed_dim=m.appearance_embed_dim, predict_normals=m.predict_normals,
+        camera_optimizer=CameraOptimizerConfig(mode=m.camera_optimizer),
+        implementation=implementation, eval_num_rays_per_chunk=config.trainer.eval_chunk_rays,
+        feature_field=config.feature_field, feature_loss_mult=m.feature_loss_weight,
+    )
+    # The field's unit box: the workspace spans [-1, 1] on its longest side (see geometry.WorkspaceBox).
+    scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+    return model_config.setup(scene_box=scene_box, num_train_data=num_cameras)

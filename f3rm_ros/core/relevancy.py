@@ -1,0 +1,71 @@
+"""Language relevancy of features, as F3RM and LERF compute it.
+
+Several positive phrases are averaged into one embedding; each negative phrase stays separate.
+Relevancy is the minimum over negatives of the pairwise softmax ``softmax([s_pos, s_neg] / T)[0]``,
+which equals ``sigmoid((s_pos - s_neg) / T)``; with no negatives it is the plain cosine similarity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def split_phrases(text: str) -> list:
+    """'mug, coffee cup' → ['mug', 'coffee cup'] (empty parts dropped)."""
+    return [part.strip() for part in text.split(',') if part.strip()]
+
+
+@dataclass
+class TextQuery:
+    """Embedded query: one averaged positive and zero or more negatives, all unit length."""
+
+    positive: torch.Tensor                 # [D]
+    negatives: Optional[torch.Tensor]      # [M, D] or None
+    temperature: float = 0.1
+    mode: str = 'pairwise_softmax'
+
+    @classmethod
+    def from_embeddings(cls, positives: torch.Tensor, negatives: Optional[torch.Tensor] = None,
+                        temperature: float = 0.1, mode: str = 'pairwise_softmax') -> 'TextQuery':
+        """Average `positives` [P, D] into one direction; keep `negatives` [M, D] separate."""
+        if positives.ndim != 2 or positives.shape[0] == 0:
+            raise ValueError('at least one positive embedding is needed')
+        if mode not in ('pairwise_softmax', 'cosine'):
+            raise ValueError(f"mode must be 'pairwise_softmax' or 'cosine', got {mode!r}")
+        if temperature <= 0:
+            raise ValueError(f'temperature must be positive, got {temperature}')
+        positive = F.normalize(F.normalize(positives.float(), dim=-1).mean(0), dim=-1)
+        if negatives is not None and negatives.shape[0] > 0:
+            negatives = F.normalize(negatives.float(), dim=-1)
+        else:
+            negatives = None
+        return cls(positive, negatives, temperature, mode)
+
+    def to(self, device) -> 'TextQuery':
+        """Same query on another device."""
+        negatives = None if self.negatives is None else self.negatives.to(device)
+        return TextQuery(self.positive.to(device), negatives, self.temperature, self.mode)
+
+
+def embed_query(teacher, positives: Sequence[str], negatives: Sequence[str] = (),
+                temperature: float = 0.1, mode: str = 'pairwise_softmax') -> TextQuery:
+    """Encode phrases with the teacher's text encoder into a `TextQuery`."""
+    if not positives:
+        raise ValueError('the query is empty: give at least one phrase')
+    positive_embeddings = teacher.encode_text(list(positives))
+    negative_embeddings = teacher.encode_text(list(negatives)) if negatives else None
+    return TextQuery.from_embeddings(positive_embeddings, negative_embeddings, temperature, mode)
+
+
+def relevancy(features: torch.Tensor, query: TextQuery) -> torch.Tensor:
+    """Relevancy in [0, 1] (softmax mode) or [-1, 1] (cosine) for features [..., D] → [...]."""
+    features = F.normalize(features.float(), dim=-1)
+    positive_similarity = features @ query.positive.to(features.device)
+    if query.mode == 'cosine' or query.negatives is None:
+        return positive_similarity
+    negative_similarity = features @ query.negatives.to(features.device).T
+    pairwise = torch.sigmoid((positive_similarity[..., None] - negative_similarity) / query.temperature)
+    return pairwise.min(dim=-1).values

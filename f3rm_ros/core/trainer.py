@@ -1,0 +1,282 @@
+"""OnlineTrainer: fits the F3RM model while its FrameStore is still growing.
+
+Per-camera parameters (appearance embedding, SO3xR3 pose refinement) are sized by the store's capacity,
+so frames can arrive at any time and a checkpoint written with 12 frames loads into a run with 30.
+Every step samples random pixels of the training frames with their teacher features (nearest patch).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+
+from .config import F3RMConfig, from_dict, to_dict
+from .frames import FrameStore, PosedFrame
+from .geometry import WorkspaceBox, optical_to_opengl
+from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model
+from .teachers import Teacher
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+def pick_device(name: str = 'auto') -> torch.device:
+    """'auto' → CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def psnr(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio of images in [0, 1]."""
+    mse = torch.mean((predicted.float() - target.float()) ** 2).item()
+    return float('inf') if mse == 0 else -10.0 * math.log10(mse)
+
+
+def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.device) -> Cameras:
+    """nerfstudio Cameras (OpenGL axes, field units) for posed frames."""
+    c2w = box.pose_to_field(optical_to_opengl(np.stack([f.T_base_optical for f in frames])))
+    K = np.stack([f.K for f in frames])
+    return Cameras(
+        camera_to_worlds=torch.as_tensor(c2w[:, :3, :4], dtype=torch.float32),
+        fx=torch.as_tensor(K[:, 0, 0:1], dtype=torch.float32), fy=torch.as_tensor(K[:, 1, 1:2], dtype=torch.float32),
+        cx=torch.as_tensor(K[:, 0, 2:3], dtype=torch.float32), cy=torch.as_tensor(K[:, 1, 2:3], dtype=torch.float32),
+        width=torch.tensor([[f.width] for f in frames]), height=torch.tensor([[f.height] for f in frames]),
+        camera_type=CameraType.PERSPECTIVE,
+    ).to(device)
+
+
+def holdout_split(num_frames: int, holdout_every: int) -> Tuple[List[int], List[int]]:
+    """(train, eval) frame indices: every `holdout_every`-th frame is held out (0 = none)."""
+    if holdout_every <= 1:
+        return list(range(num_frames)), []
+    held = [i for i in range(num_frames) if i % holdout_every == holdout_every // 2]
+    return [i for i in range(num_frames) if i not in held], held
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name('.tmp-' + path.name)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _resize_per_camera(state_dict: Dict[str, torch.Tensor], model: F3RMModel) -> bool:
+    """Fit per-camera rows of a checkpoint to this model's capacity; True if anything was resized."""
+    resized = False
+    own = model.state_dict()
+    for name in PER_CAMERA_PARAMETERS:
+        if name in state_dict and state_dict[name].shape != own[name].shape:
+            rows = min(state_dict[name].shape[0], own[name].shape[0])
+            fitted = own[name].clone()
+            fitted[:rows] = state_dict[name][:rows]
+            state_dict[name] = fitted
+            resized = True
+    return resized
+
+
+class OnlineTrainer:
+    """Trains an `F3RMModel` on the frames of a `FrameStore`; `lock` guards the model for readers."""
+
+    def __init__(self, config: F3RMConfig, store: FrameStore, teacher: Teacher):
+        self.config = config
+        self.store = store
+        self.teacher = teacher
+        self.box = WorkspaceBox.from_config(config.workspace)
+        self.device = pick_device(config.trainer.device)
+        self.lock = threading.RLock()
+        torch.manual_seed(config.trainer.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.trainer.seed)
+        self.model = build_model(config, store.capacity).to(self.device)
+        self.model.train()
+        self.use_amp = config.trainer.mixed_precision and self.device.type == 'cuda'
+        self.grad_scaler = torch.amp.GradScaler('cuda', enabled=self.use_amp)
+        self.optimizers = Optimizers(self._optimizer_config(), self.model.get_param_groups())
+        self.callbacks = self.model.get_training_callbacks(TrainingCallbackAttributes(
+            optimizers=self.optimizers, grad_scaler=self.grad_scaler, pipeline=None, trainer=None))
+        self.step_count = 0
+        self.cameras: Optional[Cameras] = None
+        self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
+        self.features: Optional[torch.Tensor] = None   # [capacity, h, w, D] fp16 on device
+        self.frames: List[PosedFrame] = []
+        self.train_indices: List[int] = []
+        self.eval_indices: List[int] = []
+        self.last_checkpoint: Optional[Path] = None
+
+    def _optimizer_config(self) -> Dict:
+        t = self.config.trainer
+
+        def adam(lr: float) -> Dict:
+            return {'optimizer': AdamOptimizerConfig(lr=lr, eps=1e-15),
+                    'scheduler': ExponentialDecaySchedulerConfig(lr_final=lr * t.lr_final_ratio, max_steps=t.steps)}
+        return {'fields': adam(t.lr_fields), 'proposal_networks': adam(t.lr_proposal),
+                'feature_field': adam(t.lr_feature), 'camera_opt': adam(t.lr_camera)}
+
+    @property
+    def num_frames(self) -> int:
+        """Frames the trainer has features for."""
+        return len(self.frames)
+
+    def sync_frames(self) -> int:
+        """Take frames added to the store since the last call: teacher features, images, cameras."""
+        frames = self.store.snapshot()
+        new = frames[len(self.frames):]
+        if len(frames) < len(self.frames):  # the store was cleared
+            self.frames, new = [], frames
+        if not new:
+            return 0
+        features = torch.cat([self.teacher.extract(new[i:i + self.config.teacher.batch_size])
+                              for i in range(0, len(new), self.config.teacher.batch_size)])
+        with self.lock:
+            if self.features is None:
+                capacity = self.store.capacity
+                self.features = torch.zeros((capacity, *features.shape[1:]), dtype=torch.float16, device=self.device)
+                self.images = torch.zeros((capacity, new[0].height, new[0].width, 3), dtype=torch.uint8,
+                                          device=self.device)
+            start = len(self.frames)
+            self.features[start:start + len(new)] = features.to(self.device, torch.float16)
+            self.images[start:start + len(new)] = torch.from_numpy(np.stack([f.image for f in new])).to(self.device)
+            self.frames = frames
+            self.cameras = make_cameras(frames, self.box, self.device)
+            self.train_indices, self.eval_indices = holdout_split(len(frames), self.config.trainer.holdout_every)
+        return len(new)
+
+    def _sample_batch(self, num_rays: int):
+        train = torch.as_tensor(self.train_indices, device=self.device)
+        pick = torch.randint(len(train), (num_rays,), device=self.device, generator=self.generator)
+        frame = train[pick]
+        height, width = self.images.shape[1:3]
+        y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
+        x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
+        coords = torch.stack([y, x], dim=-1).float() + 0.5
+        ray_bundle = self.cameras.generate_rays(camera_indices=frame[:, None], coords=coords)
+        patches_h, patches_w = self.features.shape[1:3]
+        batch = {
+            'image': self.images[frame, y, x].float() / 255.0,
+            # nearest teacher patch of each pixel
+            'feature': self.features[frame, y * patches_h // height, x * patches_w // width],
+        }
+        return ray_bundle, batch
+
+    def step(self) -> Dict[str, torch.Tensor]:
+        """One optimisation step; returns detached loss terms (tensors: read them only when shown)."""
+        if not self.train_indices:
+            raise RuntimeError('no training frames yet: add frames to the store and call sync_frames()')
+        with self.lock:
+            self.model.train()
+            for callback in self.callbacks:
+                callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+            ray_bundle, batch = self._sample_batch(self.config.trainer.rays_per_batch)
+            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                outputs = self.model(ray_bundle)
+                metrics = self.model.get_metrics_dict(outputs, batch)
+                losses = self.model.get_loss_dict(outputs, batch, metrics)
+            total = sum(losses.values())
+            self.optimizers.zero_grad_all()
+            self.grad_scaler.scale(total).backward()
+            self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
+            self.grad_scaler.update()
+            self.optimizers.scheduler_step_all(self.step_count)
+            for callback in self.callbacks:
+                callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+            self.step_count += 1
+        stats = {name: value.detach() for name, value in losses.items()}
+        stats['loss'] = total.detach()
+        stats['psnr'] = metrics['psnr'].detach()
+        return stats
+
+    @torch.no_grad()
+    def render(self, T_base_optical: np.ndarray, K: np.ndarray, width: int, height: int) -> Dict[str, np.ndarray]:
+        """Render a view: rgb [H, W, 3] in [0, 1], depth [H, W] (metres along the ray), accumulation,
+        feature [H, W, D], and similarity [H, W] when a query is set on the model."""
+        probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
+        camera = make_cameras([probe], self.box, self.device)
+        with self.lock:
+            self.model.eval()
+            try:
+                outputs = self.model.get_outputs_for_camera(camera)
+            finally:
+                self.model.train()
+        result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
+        result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / self.box.scale
+        result['accumulation'] = result['accumulation'][..., 0]
+        if 'similarity' in outputs:
+            result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
+        return result
+
+    def evaluate(self, indices: Optional[List[int]] = None) -> Dict[str, float]:
+        """Mean PSNR (and count) over held-out frames (or the given indices)."""
+        indices = self.eval_indices if indices is None else indices
+        if not indices:
+            return {'psnr': float('nan'), 'frames': 0}
+        values = []
+        for index in indices:
+            frame = self.frames[index]
+            rendered = self.render(frame.T_base_optical, frame.K, frame.width, frame.height)
+            values.append(psnr(torch.from_numpy(rendered['rgb']), torch.from_numpy(frame.image / 255.0)))
+        return {'psnr': float(np.mean(values)), 'frames': len(values)}
+
+    def save_checkpoint(self, path: Path) -> Path:
+        """Write model, optimiser state, config and teacher state atomically (a crash keeps the old file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            state = {
+                'version': CHECKPOINT_VERSION,
+                'step': self.step_count,
+                'num_frames': self.num_frames,
+                'capacity': self.store.capacity,
+                'config': to_dict(self.config),
+                'teacher': {'name': self.teacher.name, 'state': self.teacher.state()},
+                'model': {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                'optimizers': {k: o.state_dict() for k, o in self.optimizers.optimizers.items()},
+                'schedulers': {k: s.state_dict() for k, s in self.optimizers.schedulers.items()},
+                'grad_scaler': self.grad_scaler.state_dict(),
+                'saved_at': time.time(),
+            }
+        _atomic_torch_save(state, path)
+        self.last_checkpoint = path
+        return path
+
+    def load_checkpoint(self, path: Path) -> Dict:
+        """Restore a checkpoint; per-camera parameters are fitted when the capacity differs."""
+        state = torch.load(Path(path), map_location='cpu', weights_only=False)
+        if state.get('version') != CHECKPOINT_VERSION:
+            raise ValueError(f'{path}: checkpoint version {state.get("version")} is not {CHECKPOINT_VERSION}')
+        model_state = dict(state['model'])
+        resized = _resize_per_camera(model_state, self.model)
+        with self.lock:
+            self.model.load_state_dict(model_state)
+            if resized:
+                log.warning('checkpoint capacity %s differs from %s: optimiser state not restored',
+                            state['capacity'], self.store.capacity)
+            else:
+                self.optimizers.load_optimizers(state['optimizers'])
+                self.optimizers.load_schedulers(state['schedulers'])
+                self.grad_scaler.load_state_dict(state['grad_scaler'])
+            self.step_count = state['step']
+        self.last_checkpoint = Path(path)
+        return state
+
+
+def load_model(path: Path, device: str = 'auto') -> Tuple[F3RMModel, F3RMConfig, Dict]:
+    """Load a checkpoint for querying only: (model in eval mode, its config, the raw checkpoint)."""
+    state = torch.load(Path(path), map_location='cpu', weights_only=False)
+    if state.get('version') != CHECKPOINT_VERSION:
+        raise ValueError(f'{path}: checkpoint version {state.get("version")} is not {CHECKPOINT_VERSION}')
+    config = from_dict(state['config'])
+    model = build_model(config, state['capacity'])
+    model.load_state_dict(state['model'])
+    model.to(pick_device(device)).eval()
+    return model, config, state
