@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .geometry import check_rigid, opengl_to_optical, optical_to_opengl
+from .geometry import backproject, check_rigid, opengl_to_optical, optical_to_opengl
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +273,18 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
         frames.append(PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)),
                                  depth=depth, labels=labels, name=Path(entry['file_path']).stem))
     return frames
+
+
+def dataset_workspace(meta: Dict, frames: Sequence[PosedFrame], margin: float = 0.05):
+    """Workspace (min, max) for a dataset: its ``workspace`` entry, else the 2-98 % range of its depth
+    points plus `margin`; raises when neither exists (then pass bounds explicitly)."""
+    if 'workspace' in meta:
+        return np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
+    with_depth = [f for f in frames if f.depth is not None]
+    if not with_depth:
+        raise ValueError('the dataset has neither a "workspace" entry nor depth maps: give workspace bounds '
+                         '(--workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)')
+    stride = max(1, with_depth[0].width // 80)
+    points = np.concatenate([backproject(f.depth, f.K, f.T_base_optical, stride) for f in with_depth])
+    lo, hi = np.percentile(points, 2, axis=0), np.percentile(points, 98, axis=0)
+    return lo - margin, hi + margin

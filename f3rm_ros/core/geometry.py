@@ -146,3 +146,17 @@ class WorkspaceBox:
         counts = np.maximum(1, np.round((self.max_xyz - self.min_xyz) / voxel_size).astype(int))
         axes = [self.min_xyz[i] + (np.arange(counts[i]) + 0.5) * voxel_size for i in range(3)]
         return np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, T_base_optical: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Valid z-depth pixels (sampled every `stride`) → points [N, 3] in base_frame.
+
+    Pixel centres are at (u + 0.5, v + 0.5), the convention nerfstudio casts rays with.
+    """
+    v, u = np.nonzero(depth[::stride, ::stride] > 0)
+    v, u = v * stride, u * stride
+    z = depth[v, u].astype(np.float64)
+    x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
+    y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
+    points = np.stack([x, y, z], axis=-1)
+    return points @ T_base_optical[:3, :3].T + T_base_optical[:3, 3]

@@ -1,0 +1,17 @@
+# One entry point for people and CI. `make test` sets everything up (apt + .venv) and runs the suite.
+.PHONY: setup test demo lint clean
+
+setup:
+	scripts/setup.sh
+
+test: setup
+	scripts/run_tests.sh
+
+demo: setup
+	scripts/run_demo.sh
+
+lint: setup
+	.venv/bin/flake8
+
+clean:
+	rm -rf .venv outputs build install log *.egg-info

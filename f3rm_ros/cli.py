@@ -1,0 +1,42 @@
+"""``f3rm-ros``: command-line entry points; each sub-command lives in `f3rm_ros.commands`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+from .commands import COMMAND_MODULES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command that is installed."""
+    parser = argparse.ArgumentParser(prog='f3rm-ros', description=__doc__)
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f'.commands.{name}', __package__)
+        except ModuleNotFoundError as error:
+            if error.name != f'{__package__}.commands.{name}':
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``f3rm-ros`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format='[%(levelname)s] %(name)s: %(message)s')
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
+        print(f'f3rm-ros {args.command}: error: {error}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

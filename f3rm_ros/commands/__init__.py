@@ -1,0 +1,22 @@
+"""Sub-commands of ``f3rm-ros``: each module exposes ``register(subparsers)``."""
+import argparse
+from pathlib import Path
+
+COMMAND_MODULES = ('train', 'query', 'bench', 'pipeline', 'demo')
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, preset: str = 'cpu') -> None:
+    """--preset / --config / --device, shared by every command that builds a model."""
+    parser.add_argument('--preset', default=preset, help=f'cpu-tiny | cpu | gpu (default: {preset})')
+    parser.add_argument('--config', action='append', help='YAML overlay (repeatable), applied after the preset')
+    parser.add_argument('--device', help='cpu | cuda (default: auto)')
+
+
+def config_from_args(args, **overrides):
+    """F3RMConfig from --preset/--config/--device plus nested `overrides`."""
+    from ..core.config import make_config
+    overrides = {k: dict(v) for k, v in overrides.items()}
+    if getattr(args, 'device', None):
+        overrides.setdefault('trainer', {})['device'] = args.device
+        overrides.setdefault('teacher', {})['device'] = args.device
+    return make_config(args.preset, [Path(p) for p in args.config or []], overrides)

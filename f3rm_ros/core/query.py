@@ -1,0 +1,621 @@
+"""Text queries over a trained field: workspace heatmap, clusters and grasp candidates, plus pictures.
+
+What a grasp planner gets for "mug" (DESIGN.md §1, issue 4):
+
+1. A voxel grid over the workspace (``query.voxel_size`` metres). The field's density at every voxel centre
+   becomes ``alpha = 1 - exp(-density * voxel)`` (voxel in field units): the opacity of one voxel. Voxels
+   with ``alpha >= query.alpha_threshold`` are on or inside a surface; only those are kept, so the cloud
+   shows objects, not air. Their features and colour (nerfacto's RGB seen from straight above, average
+   appearance embedding) are evaluated once and cached until `FieldQuerier.invalidate` (the model changed).
+   Everything is evaluated in chunks of ``query.chunk_size`` points under ``no_grad``: bounded memory on a
+   CPU, large batches on a GPU.
+2. The text is split into comma-separated positives (averaged) and the configured negatives; relevancy per
+   kept voxel is `relevancy.relevancy` (min over negatives of the pairwise softmax, or cosine).
+3. Voxels above a threshold (Otsu on the relevancy histogram, or a percentile) are clustered with open3d's
+   DBSCAN. Each cluster gets a gravity-aligned oriented box and a top-down grasp candidate.
+
+All outputs are in ``base_frame`` metres (the workspace's frame); nothing here imports rclpy.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import open3d as o3d
+import torch
+from nerfstudio.cameras.rays import Frustums, RaySamples
+from nerfstudio.field_components.field_heads import FieldHeadNames
+
+from .config import F3RMConfig
+from .frames import PosedFrame
+from .geometry import WorkspaceBox
+from .relevancy import TextQuery, embed_query, relevancy, split_phrases
+from .render import colorize, feature_pca, overlay
+
+log = logging.getLogger(__name__)
+
+# Relevancy of a voxel that is exactly as close to the query as to its closest negative: in pairwise-softmax
+# mode nothing at or below it is "the queried thing", whatever Otsu says (no negatives: no floor).
+SOFTMAX_FLOOR = 0.5
+# Default grasp depth: how far below the top of a cluster the fingertips' centre goes (capped at half height).
+GRASP_DEPTH = 0.03
+
+
+# -------------------------------------------------------------------------------------------- data types
+
+@dataclass
+class Heatmap:
+    """Relevancy over the occupied voxels of the workspace, in ``base_frame``.
+
+    Attributes:
+        points: [N, 3] float32 voxel centres (metres).
+        rgb: [N, 3] uint8 reconstructed colour (viewed from above).
+        relevancy: [N] float32 relevancy of each point to the query.
+        alpha: [N] float32 per-voxel opacity ``1 - exp(-density * voxel)``.
+        selected: [N] bool, relevancy above the query's threshold (the points that were clustered).
+        voxel_size: grid spacing in metres.
+        base_frame: frame the points are in.
+    """
+
+    points: np.ndarray
+    rgb: np.ndarray
+    relevancy: np.ndarray
+    alpha: np.ndarray
+    selected: np.ndarray
+    voxel_size: float
+    base_frame: str = 'base_link'
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def colors(self, mode: str = 'relevancy', colormap: str = 'turbo', lo: Optional[float] = None,
+               hi: Optional[float] = None) -> np.ndarray:
+        """[N, 3] uint8: the relevancy through `colormap` (``mode='relevancy'``) or the RGB (``'rgb'``)."""
+        if mode == 'rgb':
+            return self.rgb
+        if mode != 'relevancy':
+            raise ValueError(f"colour mode must be 'relevancy' or 'rgb', got {mode!r}")
+        if len(self) == 0:
+            return np.zeros((0, 3), np.uint8)
+        lo = float(np.min(self.relevancy)) if lo is None else lo
+        hi = float(np.max(self.relevancy)) if hi is None else hi
+        return (colorize(self.relevancy, colormap, lo, hi) * 255 + 0.5).astype(np.uint8)
+
+
+@dataclass
+class Cluster:
+    """A group of relevant points and a grasp candidate for it, in ``base_frame``.
+
+    The box is gravity aligned (objects rest on a table): its z axis is base z, its x axis the major and its
+    y axis the minor horizontal principal axis of the points.
+
+    Attributes:
+        centroid: [3] centre of the oriented box (metres).
+        extent: [3] box size along its own axes (major, minor, vertical), voxel footprint included.
+        rotation: [3, 3] box axes as columns in base_frame (right-handed).
+        score: mean relevancy of the points.
+        max_relevancy: highest relevancy of the points.
+        num_points: number of voxels in the cluster.
+        evidence: ranking key, sum over points of (relevancy - threshold); see `FieldQuerier.query`.
+        mean: [3] mean of the points (differs from `centroid` for lopsided objects, e.g. a mug's handle).
+        grasp: [4, 4] gripper pose in base_frame. Gripper frame: z = approach direction (pointing from the
+            gripper into the object), y = closing direction of the fingers, x = y × z; the origin is the
+            point between the fingertips. Candidates approach top-down (z = -base z), closing across the
+            box's minor horizontal axis, with the fingertips `GRASP_DEPTH` below the top (at most half way
+            down).
+        indices: [num_points] indices of the points in the query's `Heatmap`.
+    """
+
+    centroid: np.ndarray
+    extent: np.ndarray
+    rotation: np.ndarray
+    score: float
+    max_relevancy: float
+    num_points: int
+    evidence: float
+    mean: np.ndarray
+    grasp: np.ndarray
+    indices: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def box_min(self) -> np.ndarray:
+        """Lower corner of the box in its own axes (relative to the centroid)."""
+        return -self.extent / 2
+
+    @property
+    def grasp_width(self) -> float:
+        """Opening the gripper needs: the box size along the closing direction (metres)."""
+        return float(self.extent[1])
+
+    def contains(self, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Bool [...]: points [..., 3] in base_frame inside the oriented box grown by `margin` metres."""
+        local = (np.asarray(points, dtype=np.float64) - self.centroid) @ self.rotation
+        return np.all(np.abs(local) <= self.extent / 2 + margin, axis=-1)
+
+    def as_dict(self) -> Dict:
+        """Plain JSON-able summary (no point indices)."""
+        return {'centroid': self.centroid.tolist(), 'extent': self.extent.tolist(),
+                'rotation': self.rotation.tolist(), 'score': self.score, 'max_relevancy': self.max_relevancy,
+                'num_points': self.num_points, 'evidence': self.evidence, 'mean': self.mean.tolist(),
+                'grasp': self.grasp.tolist()}
+
+
+@dataclass
+class QueryResult:
+    """Everything one text query produced.
+
+    Attributes:
+        text: the query as given.
+        positives: phrases averaged into the query embedding.
+        negatives: phrases the positives were contrasted with.
+        heatmap: the occupied voxels with their relevancy.
+        clusters: best first (see `FieldQuerier.query` for the ranking).
+        timings: seconds per stage: 'text', 'field' (0 when the voxel cache was warm), 'relevancy',
+            'cluster', and 'total'.
+        threshold: relevancy threshold the clustered points passed (nan with no occupied voxels).
+    """
+
+    text: str
+    positives: List[str]
+    negatives: List[str]
+    heatmap: Heatmap
+    clusters: List[Cluster]
+    timings: Dict[str, float]
+    threshold: float
+
+    @property
+    def best(self) -> Optional[Cluster]:
+        """The top cluster, or None."""
+        return self.clusters[0] if self.clusters else None
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of `values`: the histogram split that maximises the between-class variance.
+
+    Returns the upper edge of the last bin of the lower class (so ``values > t`` is the upper class); when
+    all values are equal it returns that value (nothing is above it).
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float('nan')
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-12:
+        return hi
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)[:-1].astype(np.float64)          # split after bin i: low = 0..i
+    weight_high = values.size - weight_low
+    sum_low = np.cumsum(counts * centres)[:-1]
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (np.sum(counts * centres) - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def oriented_box(points: np.ndarray, voxel_size: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gravity-aligned oriented box of points [N, 3]: (centre [3], extent [3], rotation [3, 3]).
+
+    Axes: x = major horizontal principal direction, y = minor horizontal, z = base z. Extents are the span
+    of the points along each axis plus `voxel_size` (each point stands for a voxel).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    xy = points[:, :2] - points[:, :2].mean(axis=0)
+    if len(points) >= 2 and np.abs(xy).max() > 0:
+        _, vectors = np.linalg.eigh(xy.T @ xy)      # ascending eigenvalues
+        major = vectors[:, 1]
+    else:
+        major = np.array([1.0, 0.0])
+    major = major * (1.0 if major[0] >= 0 else -1.0)  # deterministic sign: x axis points forward
+    rotation = np.array([[major[0], -major[1], 0.0], [major[1], major[0], 0.0], [0.0, 0.0, 1.0]])
+    local = points @ rotation
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    centre = rotation @ ((lo + hi) / 2)
+    return centre, (hi - lo) + voxel_size, rotation
+
+
+def top_down_grasp(centroid: np.ndarray, extent: np.ndarray, rotation: np.ndarray,
+                   depth: float = GRASP_DEPTH) -> np.ndarray:
+    """Gripper pose [4, 4] (z = approach, y = closing) above a gravity-aligned box, fingers across its minor axis.
+
+    The fingertips' centre goes `depth` below the box top, at most half way down the box.
+    """
+    approach = np.array([0.0, 0.0, -1.0])
+    closing = rotation[:, 1].copy()
+    closing[2] = 0.0
+    closing /= np.linalg.norm(closing)
+    x_axis = np.cross(closing, approach)
+    grasp = np.eye(4)
+    grasp[:3, 0], grasp[:3, 1], grasp[:3, 2] = x_axis, closing, approach
+    top = centroid[2] + extent[2] / 2
+    grasp[:3, 3] = [centroid[0], centroid[1], top - min(depth, extent[2] / 2)]
+    return grasp
+
+
+def _verbosity(level=o3d.utility.VerbosityLevel.Error):
+    return o3d.utility.VerbosityContextManager(level)
+
+
+def cluster_points(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    """DBSCAN labels [N] (int, -1 = noise) of points [N, 3] with open3d."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
+    with _verbosity():
+        labels = cloud.cluster_dbscan(eps=float(eps), min_points=int(min_points), print_progress=False)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def write_heatmap_ply(path: Union[str, Path], heatmap: Heatmap, color: str = 'relevancy',
+                      colormap: str = 'turbo') -> Path:
+    """Write the heatmap as a PLY point cloud (open3d): xyz, colour, and per-point ``relevancy`` and ``alpha``.
+
+    `color` is 'relevancy' (through `colormap`) or 'rgb' (the reconstructed colour).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cloud = o3d.t.geometry.PointCloud()
+    cloud.point.positions = o3d.core.Tensor(np.asarray(heatmap.points, dtype=np.float32).reshape(-1, 3))
+    colors = heatmap.colors(color, colormap).astype(np.float32).reshape(-1, 3) / 255.0
+    cloud.point.colors = o3d.core.Tensor(colors)
+    cloud.point.relevancy = o3d.core.Tensor(np.asarray(heatmap.relevancy, dtype=np.float32).reshape(-1, 1))
+    cloud.point.alpha = o3d.core.Tensor(np.asarray(heatmap.alpha, dtype=np.float32).reshape(-1, 1))
+    with _verbosity():
+        ok = o3d.t.io.write_point_cloud(str(path), cloud, write_ascii=False)
+    if not ok:
+        raise OSError(f'could not write {path}')
+    return path
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _eval_mode(model, lock=None):
+    """Hold `lock` (if any) and keep the model in eval mode, restoring its mode afterwards."""
+    with (lock if lock is not None else contextlib.nullcontext()):
+        was_training = model.training
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
+
+
+# -------------------------------------------------------------------------------------------- querier
+
+class FieldQuerier:
+    """Answers text queries over a trained `F3RMModel` (see the module docstring for the stages).
+
+    Args:
+        model: the F3RM model (eval or train mode; its mode is restored after every evaluation).
+        teacher: the teacher the field was distilled from (its text encoder embeds the query).
+        config: the configuration; `workspace` and `query` are used.
+        lock: held while the model is evaluated (the `OnlineTrainer.lock` of a live trainer).
+        surface_only: keep only occupied voxels with at least one free 6-neighbour (a shell), instead of
+            every occupied voxel; fewer points for RViz, same objects.
+    """
+
+    def __init__(self, model, teacher, config: F3RMConfig, lock=None, surface_only: bool = False):
+        self.model = model
+        self.teacher = teacher
+        self.config = config
+        self.lock = lock
+        self.surface_only = surface_only
+        self.box = WorkspaceBox.from_config(config.workspace)
+        q = config.query
+        if q.voxel_size <= 0:
+            raise ValueError(f'query.voxel_size must be positive, got {q.voxel_size}')
+        if q.chunk_size < 1:
+            raise ValueError(f'query.chunk_size must be >= 1, got {q.chunk_size}')
+        if q.threshold not in ('otsu', 'percentile'):
+            raise ValueError(f"query.threshold must be 'otsu' or 'percentile', got {q.threshold!r}")
+        if q.mode not in ('pairwise_softmax', 'cosine'):
+            raise ValueError(f"query.mode must be 'pairwise_softmax' or 'cosine', got {q.mode!r}")
+        self.grid = self.box.grid(q.voxel_size)                 # [Nx, Ny, Nz, 3] base_frame
+        self._cache: Optional[Dict[str, np.ndarray]] = None
+        self._features: Optional[torch.Tensor] = None
+
+    @property
+    def grid_shape(self) -> Tuple[int, int, int]:
+        """Voxels per axis."""
+        return tuple(self.grid.shape[:3])
+
+    @property
+    def num_voxels(self) -> int:
+        """Voxels in the workspace grid."""
+        return int(np.prod(self.grid_shape))
+
+    def invalidate(self) -> None:
+        """Forget the cached voxels: call after the model changed (training steps, a new checkpoint)."""
+        self._cache = None
+        self._features = None
+
+    @property
+    def cached(self) -> bool:
+        """True when the occupied voxels are evaluated and cached."""
+        return self._cache is not None
+
+    # ---- field evaluation
+
+    def _positions_field(self, points_base: np.ndarray) -> torch.Tensor:
+        field_points = self.box.to_field(points_base).astype(np.float32)
+        return torch.from_numpy(field_points).to(_model_device(self.model))
+
+    def _ray_samples(self, positions: torch.Tensor) -> RaySamples:
+        """Point samples looking straight down (base -z; field axes are base axes)."""
+        directions = torch.zeros_like(positions)
+        directions[:, 2] = -1.0
+        zeros = torch.zeros_like(positions[:, :1])
+        frustums = Frustums(origins=positions, directions=directions, starts=zeros, ends=zeros,
+                            pixel_area=torch.ones_like(zeros))
+        return RaySamples(frustums=frustums,
+                          camera_indices=torch.zeros_like(positions[:, :1], dtype=torch.long))
+
+    @torch.no_grad()
+    def evaluate_density(self, points_base: np.ndarray) -> np.ndarray:
+        """Density [N] (per field unit) at points [N, 3] in base_frame, in chunks."""
+        chunk = self.config.query.chunk_size
+        out = np.empty(len(points_base), dtype=np.float32)
+        with _eval_mode(self.model, self.lock):
+            for start in range(0, len(points_base), chunk):
+                positions = self._positions_field(points_base[start:start + chunk])
+                density = self.model.density_at(positions)
+                out[start:start + chunk] = density[..., 0].float().cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def evaluate_points(self, points_base: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
+        """(features [N, D] float32 on the model's device, RGB [N, 3] uint8) at points in base_frame."""
+        chunk = self.config.query.chunk_size
+        device = _model_device(self.model)
+        features = torch.empty((len(points_base), self.config.feature_field.feature_dim), device=device)
+        rgb = np.empty((len(points_base), 3), dtype=np.uint8)
+        with _eval_mode(self.model, self.lock):
+            field_module = self.model.field
+            for start in range(0, len(points_base), chunk):
+                positions = self._positions_field(points_base[start:start + chunk])
+                samples = self._ray_samples(positions)
+                _, embedding = field_module.get_density(samples)
+                colour = field_module.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
+                rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+                features[start:start + chunk] = self.model.features_at(positions).float()
+        return features, rgb
+
+    def _occupied(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(flat indices of kept voxels, their alpha) from one density pass over the grid."""
+        points = self.grid.reshape(-1, 3)
+        density = self.evaluate_density(points)
+        voxel_field = self.config.query.voxel_size * self.box.scale
+        alpha = 1.0 - np.exp(-np.maximum(density, 0.0) * voxel_field)
+        occupied = (alpha >= self.config.query.alpha_threshold).reshape(self.grid_shape)
+        if self.surface_only:
+            padded = np.pad(occupied, 1, constant_values=False)
+            interior = np.ones_like(occupied)
+            for axis in range(3):
+                for shift in (-1, 1):
+                    interior &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+            occupied &= ~interior
+        index = np.flatnonzero(occupied.ravel())
+        return index, alpha[index].astype(np.float32)
+
+    def prepare(self) -> float:
+        """Evaluate and cache the occupied voxels (density, features, colour) if needed; returns seconds."""
+        if self._cache is not None:
+            return 0.0
+        started = time.perf_counter()
+        index, alpha = self._occupied()
+        points = self.grid.reshape(-1, 3)[index].astype(np.float32)
+        features, rgb = self.evaluate_points(points)
+        self._cache = {'index': index, 'points': points, 'alpha': alpha, 'rgb': rgb}
+        self._features = features
+        seconds = time.perf_counter() - started
+        log.debug('query cache: %d of %d voxels occupied, %.2f s', len(index), self.num_voxels, seconds)
+        return seconds
+
+    # ---- queries
+
+    def embed(self, text: str) -> Tuple[TextQuery, List[str], List[str]]:
+        """(TextQuery, positives, negatives) for comma-separated `text`; ValueError when it is empty."""
+        positives = split_phrases(text or '')
+        if not positives:
+            raise ValueError(f'the query {text!r} is empty: give at least one phrase, e.g. "mug" or '
+                             f'"mug, coffee cup"')
+        q = self.config.query
+        negatives = [n for n in (s.strip() for s in q.negatives) if n]
+        return embed_query(self.teacher, positives, negatives, q.temperature, q.mode), positives, negatives
+
+    def relevancy_of(self, query: TextQuery) -> np.ndarray:
+        """Relevancy [N] float32 of the cached voxels (call `prepare` first), in chunks."""
+        chunk = self.config.query.chunk_size
+        query = query.to(self._features.device)
+        out = np.empty(len(self._features), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, len(self._features), chunk):
+                out[start:start + chunk] = relevancy(self._features[start:start + chunk], query).float().cpu().numpy()
+        return out
+
+    def threshold_of(self, values: np.ndarray) -> float:
+        """Threshold of `values` by `query.threshold` (Otsu or percentile), floored in pairwise-softmax mode."""
+        q = self.config.query
+        if values.size == 0:
+            return float('nan')
+        if q.threshold == 'percentile':
+            threshold = float(np.percentile(values, q.percentile))
+        else:
+            threshold = otsu_threshold(values)
+        if q.mode == 'pairwise_softmax' and q.negatives:
+            threshold = max(threshold, SOFTMAX_FLOOR)
+        return threshold
+
+    def query(self, text: str) -> QueryResult:
+        """Heatmap, ranked clusters and grasp candidates for comma-separated positive phrases.
+
+        Clusters are ranked by their evidence, the sum over their points of (relevancy - threshold): a
+        cluster wins by being both clearly relevant and big. Mean relevancy alone would let a handful of
+        stray voxels beat the object (DBSCAN's `min_points` bounds them only from below); size alone would
+        let a large, barely-relevant region (a table edge) beat it; the sum weighs both. Ties keep the
+        higher maximum first.
+
+        Raises:
+            ValueError: the text has no phrase.
+        """
+        q = self.config.query
+        started = time.perf_counter()
+        text_query, positives, negatives = self.embed(text)
+        timings = {'text': time.perf_counter() - started}
+        timings['field'] = self.prepare()
+        cache = self._cache
+
+        started = time.perf_counter()
+        values = self.relevancy_of(text_query)
+        threshold = self.threshold_of(values)
+        selected = values > threshold if values.size else np.zeros(0, dtype=bool)
+        timings['relevancy'] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        clusters = self._clusters(cache['points'], values, selected, threshold)
+        timings['cluster'] = time.perf_counter() - started
+        timings['total'] = sum(timings.values())
+
+        heatmap = Heatmap(points=cache['points'], rgb=cache['rgb'], relevancy=values, alpha=cache['alpha'],
+                          selected=selected, voxel_size=q.voxel_size, base_frame=self.config.workspace.base_frame)
+        return QueryResult(text=text, positives=positives, negatives=negatives, heatmap=heatmap,
+                           clusters=clusters, timings=timings, threshold=threshold)
+
+    def _clusters(self, points: np.ndarray, values: np.ndarray, selected: np.ndarray,
+                  threshold: float) -> List[Cluster]:
+        q = self.config.query
+        chosen = np.flatnonzero(selected)
+        labels = cluster_points(points[chosen], q.cluster_eps, q.cluster_min_points)
+        clusters = []
+        for label in range(labels.max() + 1 if labels.size else 0):
+            members = chosen[labels == label]
+            member_points = points[members].astype(np.float64)
+            member_values = values[members].astype(np.float64)
+            centre, extent, rotation = oriented_box(member_points, q.voxel_size)
+            clusters.append(Cluster(
+                centroid=centre, extent=extent, rotation=rotation,
+                score=float(member_values.mean()), max_relevancy=float(member_values.max()),
+                num_points=int(len(members)), evidence=float(np.sum(member_values - threshold)),
+                mean=member_points.mean(axis=0), grasp=top_down_grasp(centre, extent, rotation),
+                indices=members))
+        clusters.sort(key=lambda c: (-c.evidence, -c.max_relevancy))
+        return clusters
+
+
+# -------------------------------------------------------------------------------------------- pictures
+
+def _view_arguments(pose: Union[PosedFrame, np.ndarray], K, width, height):
+    if isinstance(pose, PosedFrame):
+        return pose.T_base_optical, pose.K, pose.width, pose.height
+    if K is None or width is None or height is None:
+        raise ValueError('a bare pose needs K, width and height (or pass a PosedFrame)')
+    return np.asarray(pose, dtype=np.float64), np.asarray(K, dtype=np.float64), int(width), int(height)
+
+
+def default_view(box: WorkspaceBox, width: int = 320, height: int = 240,
+                 hfov_deg: float = 60.0) -> PosedFrame:
+    """A probe frame (black image) looking at the workspace from behind and above (from the robot's side).
+
+    The camera sits on the -x side of the workspace centre at 50° elevation, far enough for the whole box.
+    """
+    from .scenes import look_at, pinhole_intrinsics
+    K = pinhole_intrinsics(width, height, hfov_deg)
+    size = box.max_xyz - box.min_xyz
+    distance = 1.1 * np.linalg.norm(size) / (2 * np.tan(np.radians(hfov_deg) / 2) * min(1.0, height / width))
+    elevation = np.radians(50.0)
+    eye = box.center + distance * np.array([-np.cos(elevation), 0.0, np.sin(elevation)])
+    return PosedFrame(np.zeros((height, width, 3), np.uint8), K, look_at(eye, box.center))
+
+
+def render_view(source, pose: Union[PosedFrame, np.ndarray], K: Optional[np.ndarray] = None,
+                width: Optional[int] = None, height: Optional[int] = None, query: Optional[TextQuery] = None,
+                box: Optional[WorkspaceBox] = None, lock=None) -> Dict[str, np.ndarray]:
+    """Render a view of a trainer or a model: rgb [H, W, 3], depth [H, W] (metres), accumulation, feature.
+
+    `source` is an `OnlineTrainer` (its lock and box are used) or an `F3RMModel` (then give `box`, and the
+    `lock` if a trainer uses the model). `pose` is a PosedFrame or a 4x4 T_base_optical with `K`, `width`,
+    `height`. With `query`, the result has `similarity` [H, W]; the model's own query is restored after.
+    """
+    T, K, width, height = _view_arguments(pose, K, width, height)
+    if hasattr(source, 'render') and hasattr(source, 'model'):       # an OnlineTrainer
+        model, lock, box = source.model, source.lock, source.box
+        render = source.render
+    else:
+        model = source
+        if box is None:
+            raise ValueError('rendering a bare model needs its workspace box (box=WorkspaceBox...)')
+        render = None
+    with (lock if lock is not None else contextlib.nullcontext()):
+        previous = model.query
+        model.set_query(query)
+        try:
+            if render is not None:
+                return render(T, K, width, height)
+            return _render_model(model, box, T, K, width, height)
+        finally:
+            model.query = previous
+
+
+@torch.no_grad()
+def _render_model(model, box: WorkspaceBox, T, K, width, height) -> Dict[str, np.ndarray]:
+    from .trainer import make_cameras
+    probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T)
+    camera = make_cameras([probe], box, _model_device(model))
+    with _eval_mode(model):
+        outputs = model.get_outputs_for_camera(camera)
+    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
+    result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / box.scale
+    result['accumulation'] = result['accumulation'][..., 0]
+    if 'similarity' in outputs:
+        result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
+    return result
+
+
+def similarity_overlay(view: Dict[str, np.ndarray], query: Optional[TextQuery] = None,
+                       colormap: str = 'turbo', alpha: float = 0.6) -> np.ndarray:
+    """Float RGB [H, W, 3]: a rendered view's similarity over its RGB.
+
+    In pairwise-softmax mode the colour scale starts at 0.5 (no more like the query than a negative), as
+    LERF/F3RM show it; in cosine mode it spans the image's range.
+    """
+    if 'similarity' not in view:
+        raise ValueError('the view has no similarity: render it with a query')
+    lo = hi = None
+    if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
+        lo, hi = SOFTMAX_FLOOR, max(float(np.nanmax(view['similarity'])), SOFTMAX_FLOOR + 1e-3)
+    return overlay(np.clip(view['rgb'], 0, 1), view['similarity'], colormap, alpha, lo, hi)
+
+
+def similarity_view(source, pose: Union[PosedFrame, np.ndarray], query: TextQuery,
+                    K: Optional[np.ndarray] = None, width: Optional[int] = None, height: Optional[int] = None,
+                    box: Optional[WorkspaceBox] = None, lock=None, colormap: str = 'turbo') -> np.ndarray:
+    """Render a view (see `render_view`) and return its similarity overlay, float RGB [H, W, 3] in [0, 1]."""
+    view = render_view(source, pose, K, width, height, query=query, box=box, lock=lock)
+    return similarity_overlay(view, query, colormap)
+
+
+def feature_pca_image(view: Dict[str, np.ndarray]) -> np.ndarray:
+    """Float RGB [H, W, 3]: the first three principal components of a rendered view's features."""
+    return feature_pca(view['feature'])
+
+
+def cluster_table(clusters: Sequence[Cluster], limit: int = 10) -> str:
+    """Human-readable lines: rank, centroid, extent, score, points (metres)."""
+    if not clusters:
+        return 'no clusters above the threshold'
+    lines = [f'{"#":>2}  {"centroid x y z (m)":<24} {"extent (m)":<21} {"score":>6} {"points":>6}']
+    for rank, cluster in enumerate(clusters[:limit]):
+        c, e = cluster.centroid, cluster.extent
+        lines.append(f'{rank:>2}  {c[0]:7.3f} {c[1]:7.3f} {c[2]:7.3f}  {e[0]:6.3f} {e[1]:6.3f} {e[2]:6.3f} '
+                     f'{cluster.score:6.3f} {cluster.num_points:6d}')
+    return '\n'.join(lines)

@@ -1,0 +1,162 @@
+"""Keyframe gate and stamp-matched pose buffer (pure numpy / OpenCV)."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from f3rm_ros.core.keyframes import KeyframeGate, PoseBuffer, rotation_angle_deg, sharpness
+
+
+def pose(x=0.0, y=0.0, z=0.0, yaw_deg=0.0, roll_deg=0.0):
+    """Return a pose: translation plus a rotation about z (yaw) then x (roll)."""
+    a, b = math.radians(yaw_deg), math.radians(roll_deg)
+    Rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    Rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    T = np.eye(4)
+    T[:3, :3] = Rz @ Rx
+    T[:3, 3] = [x, y, z]
+    return T
+
+
+def checkerboard(size=64, square=8):
+    """Return a sharp RGB checkerboard."""
+    ij = np.indices((size, size)) // square
+    grey = ((ij[0] + ij[1]) % 2 * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+SHARP = checkerboard()
+BLURRED = cv2.GaussianBlur(SHARP, (0, 0), 4)
+
+
+def test_sharpness():
+    """Flat is 0, a checkerboard is sharp, its blurred copy is not."""
+    assert sharpness(np.full((32, 32, 3), 128, np.uint8)) == 0.0
+    assert sharpness(SHARP) > 1000.0
+    assert sharpness(BLURRED) < 20.0
+    assert sharpness(SHARP[..., 0]) == pytest.approx(sharpness(SHARP))
+    with pytest.raises(ValueError):
+        sharpness(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_rotation_angle():
+    """Relative rotation angles, including across +-180 deg."""
+    assert rotation_angle_deg(np.eye(3), pose(yaw_deg=30)[:3, :3]) == pytest.approx(30.0)
+    assert rotation_angle_deg(pose(yaw_deg=170)[:3, :3], pose(yaw_deg=-170)[:3, :3]) == pytest.approx(20.0)
+
+
+def kept_gate(**kwargs):
+    """Return a gate whose first keyframe (identity pose at t=10 s) was kept."""
+    gate = KeyframeGate(**kwargs)
+    keep, reason = gate.evaluate(pose(), 10.0, SHARP)
+    assert (keep, reason) == (True, 'first keyframe')
+    gate.accept(pose(), 10.0)
+    return gate
+
+
+def test_translation_threshold():
+    """Translation alone over 5 cm keeps the frame."""
+    gate = kept_gate()
+    assert gate.evaluate(pose(x=0.012), 11.0, SHARP) == (False, 'moved too little (0.012 m, 0.0 deg)')
+    assert gate.evaluate(pose(x=0.03, y=0.04), 11.0, SHARP) == (True, 'moved 0.050 m, 0.0 deg')
+
+
+def test_rotation_threshold():
+    """Rotation alone over 10 deg keeps the frame."""
+    gate = kept_gate()
+    assert gate.evaluate(pose(x=0.01, yaw_deg=5.0), 11.0) == (False, 'moved too little (0.010 m, 5.0 deg)')
+    keep, reason = gate.evaluate(pose(roll_deg=12.0), 11.0)
+    assert keep and reason == 'moved 0.000 m, 12.0 deg'
+
+
+def test_interval():
+    """Frames too soon after the last keyframe, or before it, are rejected."""
+    gate = kept_gate(min_interval_s=0.5)
+    assert gate.evaluate(pose(x=1.0), 10.2, SHARP) == (
+        False, 'too soon (0.200 s < 0.500 s since the last keyframe)')
+    assert gate.evaluate(pose(x=1.0), 10.5, SHARP)[0]
+    keep, reason = gate.evaluate(pose(x=1.0), 9.0, SHARP)
+    assert not keep and 'before the last keyframe' in reason
+
+
+def test_blur():
+    """Blurred frames are rejected with their sharpness; no image skips the test."""
+    gate = KeyframeGate(min_sharpness=50.0)
+    keep, reason = gate.evaluate(pose(), 0.0, BLURRED)
+    assert not keep and reason.startswith('blurred (sharpness ') and reason.endswith(' < 50.0)')
+    assert gate.evaluate(pose(), 0.0, None) == (True, 'first keyframe')  # no image: no blur test
+    gate.accept(pose(), 0.0)
+    keep, reason = gate.evaluate(pose(x=0.2), 1.0, np.full((16, 16, 3), 90, np.uint8))
+    assert (keep, reason) == (False, 'blurred (sharpness 0.0 < 50.0)')
+    assert KeyframeGate(min_sharpness=0.0).evaluate(pose(), 0.0, BLURRED)[0]
+
+
+def test_reference_is_the_last_accepted_keyframe():
+    """Only accept() moves the reference; reset() starts over."""
+    gate = kept_gate()
+    # Approved but not accepted (e.g. the store was full): the reference stays at the origin.
+    assert gate.evaluate(pose(x=0.06), 11.0)[0]
+    assert gate.evaluate(pose(x=0.07), 12.0) == (True, 'moved 0.070 m, 0.0 deg')
+    gate.accept(pose(x=0.07), 12.0)
+    assert gate.count == 2
+    assert gate.evaluate(pose(x=0.1), 13.0) == (False, 'moved too little (0.030 m, 0.0 deg)')
+    gate.reset()
+    assert gate.evaluate(pose(x=0.1), 13.0) == (True, 'first keyframe') and gate.count == 0
+
+
+def test_invalid_inputs():
+    """Invalid poses are rejected with a reason, bad settings raise."""
+    gate = KeyframeGate()
+    bad = pose()
+    bad[0, 3] = np.nan
+    keep, reason = gate.evaluate(bad, 0.0)
+    assert not keep and reason.startswith('invalid pose') and 'NaN' in reason
+    keep, reason = gate.evaluate(np.diag([2.0, 2.0, 2.0, 1.0]), 0.0)
+    assert not keep and 'orthonormal' in reason
+    with pytest.raises(ValueError):
+        gate.accept(bad, 0.0)
+    with pytest.raises(ValueError):
+        KeyframeGate(min_translation=-1.0)
+
+
+def test_pose_buffer_nearest_within_tolerance():
+    """Nearest stamp within tolerance; reasons for misses."""
+    buffer = PoseBuffer(tolerance_s=0.02)
+    assert buffer.lookup(1.0) == (None, 'no poses yet')
+    for stamp, x in ((1.0, 1.0), (1.1, 2.0), (1.05, 3.0)):  # out of order
+        buffer.add(stamp, pose(x=x))
+    assert buffer.stamps == [1.0, 1.05, 1.1]
+    T, reason = buffer.lookup(1.06)
+    assert T[0, 3] == 3.0 and reason == 'nearest pose 0.010 s away'
+    assert buffer.lookup(1.09)[0][0, 3] == 2.0
+    assert buffer.lookup(0.985)[0][0, 3] == 1.0
+    assert buffer.lookup(1.253) == (
+        None, 'no pose within 0.020 s (nearest 0.153 s; frame is after the newest pose)')
+    assert buffer.lookup(0.9)[1].endswith('frame is before the oldest pose)')
+    assert buffer.lookup(1.075)[1] == 'no pose within 0.020 s (nearest 0.025 s; frame is between poses)'
+    # Lookups hand out copies.
+    T[0, 3] = 99.0
+    assert buffer.lookup(1.05)[0][0, 3] == 3.0
+
+
+def test_pose_buffer_duplicates_capacity_and_validation():
+    """Duplicates replace, oldest drop first, bad poses raise."""
+    buffer = PoseBuffer(tolerance_s=0.02, maxlen=3)
+    buffer.add(2.0, pose(x=1.0))
+    buffer.add(2.0, pose(x=5.0))
+    assert len(buffer) == 1 and buffer.lookup(2.0)[0][0, 3] == 5.0
+    for stamp in (3.0, 1.0, 4.0):
+        buffer.add(stamp, pose())
+    assert buffer.stamps == [2.0, 3.0, 4.0]  # oldest stamp dropped
+    bad = pose()
+    bad[2, 2] = np.nan
+    with pytest.raises(ValueError, match='NaN'):
+        buffer.add(5.0, bad)
+    with pytest.raises(ValueError, match='orthonormal'):
+        buffer.add(5.0, np.diag([1.0, 1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError):
+        buffer.add(float('nan'), pose())
+    assert len(buffer) == 3
+    buffer.clear()
+    assert buffer.lookup(2.0) == (None, 'no poses yet')
