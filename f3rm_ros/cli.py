@@ -11,7 +11,7 @@ from .commands import COMMAND_MODULES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every sub-command that is installed."""
+    """Build the argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog='f3rm-ros', description=__doc__)
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     sub = parser.add_subparsers(dest='command', required=True)

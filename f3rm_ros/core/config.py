@@ -148,9 +148,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         'teacher': {'name': 'labels', 'patch_size': 8, 'labels_dim': 16},
         'query': {'voxel_size': 0.01, 'chunk_size': 32768},
     },
-    # A real scan on a CPU: a few minutes, recognisable renders, not a quality run.
+    # A real scan on a CPU: a few minutes, recognisable renders, not a quality run. ViT-L-14-336 costs
+    # 10-20 s per image on two cores; ViT-B-16 about a second.
     'cpu': {
-        'feature_field': {'feature_dim': 768, 'num_levels': 8, 'features_per_level': 4,
+        'teacher': {'model_name': 'ViT-B-16', 'image_size': 224},
+        'feature_field': {'feature_dim': 512, 'num_levels': 8, 'features_per_level': 4,
                           'log2_hashmap_size': 16, 'min_resolution': 16, 'max_resolution': 128,
                           'pe_frequencies': 6, 'hidden_dim': 64, 'num_layers': 2},
         'model': {'hidden_dim': 48, 'hidden_dim_color': 48, 'num_levels': 12, 'max_resolution': 1024,

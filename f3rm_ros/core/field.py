@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=None)
 def tcnn_available() -> bool:
-    """True when tiny-cuda-nn imports and a CUDA device exists."""
+    """Tell whether tiny-cuda-nn imports and a CUDA device exists."""
     try:
         import tinycudann  # noqa: F401
     except ImportError:

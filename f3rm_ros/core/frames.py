@@ -1,5 +1,6 @@
-"""Posed keyframes: a capacity-bounded in-memory store that grows while training reads it, and its
-on-disk form, a nerfstudio dataset (``transforms.json`` + images, optional depth and label maps).
+"""Posed keyframes in memory (a bounded store that grows while training reads it) and on disk.
+
+On disk a scan is a nerfstudio dataset (``transforms.json`` + images, optional depth and label maps).
 
 The dataset is written one frame at a time with an atomic replace of ``transforms.json``, so a crash
 never loses a frame that was already kept, and a restarted process can resume from the folder.
@@ -83,7 +84,7 @@ class FrameStore:
 
     @property
     def full(self) -> bool:
-        """True when no further frame fits (capacity or RAM budget)."""
+        """Whether no further frame fits (capacity or RAM budget)."""
         if len(self.frames) >= self.capacity:
             return True
         if self.ram_budget_bytes is not None and self.frames:
@@ -118,7 +119,7 @@ class FrameStore:
             self.version += 1
 
     def snapshot(self) -> List[PosedFrame]:
-        """A consistent list of the frames kept so far."""
+        """Return a consistent list of the frames kept so far."""
         with self.lock:
             return list(self.frames)
 
@@ -211,7 +212,7 @@ def write_dataset(root: Path, frames: Sequence[PosedFrame], metadata: Optional[D
 
 
 def read_metadata(root: Path) -> Dict:
-    """The parsed transforms.json of a dataset folder, with a clear error if it is missing."""
+    """Parse a dataset folder's transforms.json, with a clear error if it is missing."""
     path = Path(root) / 'transforms.json'
     if not path.exists():
         raise FileNotFoundError(f'{root} is not a nerfstudio dataset: {path} does not exist')
@@ -276,8 +277,11 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
 
 
 def dataset_workspace(meta: Dict, frames: Sequence[PosedFrame], margin: float = 0.05):
-    """Workspace (min, max) for a dataset: its ``workspace`` entry, else the 2-98 % range of its depth
-    points plus `margin`; raises when neither exists (then pass bounds explicitly)."""
+    """Return workspace (min, max) for a dataset.
+
+    Its ``workspace`` entry, else the 2-98 % range of its depth points plus `margin`; raises when neither
+    exists (then pass bounds explicitly).
+    """
     if 'workspace' in meta:
         return np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
     with_depth = [f for f in frames if f.depth is not None]

@@ -18,7 +18,7 @@ OPTICAL_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 def optical_to_opengl(T_base_optical: np.ndarray) -> np.ndarray:
-    """Camera pose with optical axes → nerfstudio/OpenGL axes (works on [..., 4, 4])."""
+    """Convert a camera pose with optical axes to nerfstudio/OpenGL axes (works on [..., 4, 4])."""
     return np.asarray(T_base_optical, dtype=np.float64) @ OPTICAL_TO_OPENGL
 
 
@@ -28,7 +28,7 @@ def opengl_to_optical(c2w_gl: np.ndarray) -> np.ndarray:
 
 
 def quaternion_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x, y, z, w), ROS order, → 3x3 rotation. Raises on a zero or non-finite input."""
+    """Convert a quaternion (x, y, z, w), ROS order, to a 3x3 rotation; raises on zero or non-finite input."""
     q = np.asarray(q_xyzw, dtype=np.float64)
     norm = np.linalg.norm(q)
     if not np.isfinite(norm) or norm < 1e-9:
@@ -149,7 +149,7 @@ class WorkspaceBox:
 
 
 def backproject(depth: np.ndarray, K: np.ndarray, T_base_optical: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Valid z-depth pixels (sampled every `stride`) → points [N, 3] in base_frame.
+    """Lift valid z-depth pixels (sampled every `stride`) to points [N, 3] in base_frame.
 
     Pixel centres are at (u + 0.5, v + 0.5), the convention nerfstudio casts rays with.
     """

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def dataset_labels(meta: Dict) -> Optional[Dict[int, str]]:
-    """The ``labels`` entry of transforms.json as {id: name}, or None."""
+    """Return the ``labels`` entry of transforms.json as {id: name}, or None."""
     if 'labels' not in meta:
         return None
     return {int(key): str(name) for key, name in meta['labels'].items()}
@@ -89,7 +89,7 @@ def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downs
         stats = trainer.step()
         if step % 25 == 0 or step == config.trainer.steps - 1:
             row = {'step': step, 'loss': stats['loss'].item(), 'train_psnr': stats['psnr'].item(),
-                   'feature_loss': stats.get('feature_loss', stats['loss'] * 0).item(),
+                   'feature_loss': stats['feature_loss'].item(),
                    'rays_per_s': (step + 1) * config.trainer.rays_per_batch / (time.time() - rays_started)}
             curve.append(row)
             bar.set_postfix(loss=f'{row["loss"]:.4f}', psnr=f'{row["train_psnr"]:.1f}')
@@ -100,8 +100,8 @@ def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downs
     seconds = time.time() - started
     view = frames[trainer.eval_indices[0] if trainer.eval_indices else 0]
     renders = write_view_renders(trainer, view, output_dir / 'renders')['paths']
-    report = TrainingReport(config.trainer.steps, teacher.name, teacher_reason, len(frames), len(trainer.eval_indices), before, after,
-                            seconds, str(checkpoint), renders, curve)
+    report = TrainingReport(config.trainer.steps, teacher.name, teacher_reason, len(frames),
+                            len(trainer.eval_indices), before, after, seconds, str(checkpoint), renders, curve)
     with open(output_dir / 'training_curve.csv', 'w', newline='') as handle:
         writer = csv.DictWriter(handle, fieldnames=list(curve[0]))
         writer.writeheader()

@@ -45,7 +45,7 @@ class TextQuery:
         return cls(positive, negatives, temperature, mode)
 
     def to(self, device) -> 'TextQuery':
-        """Same query on another device."""
+        """Return the same query on another device."""
         negatives = None if self.negatives is None else self.negatives.to(device)
         return TextQuery(self.positive.to(device), negatives, self.temperature, self.mode)
 
@@ -61,7 +61,7 @@ def embed_query(teacher, positives: Sequence[str], negatives: Sequence[str] = ()
 
 
 def relevancy(features: torch.Tensor, query: TextQuery) -> torch.Tensor:
-    """Relevancy in [0, 1] (softmax mode) or [-1, 1] (cosine) for features [..., D] → [...]."""
+    """Score features [..., D] → [...]: relevancy in [0, 1] (softmax mode) or cosine in [-1, 1]."""
     features = F.normalize(features.float(), dim=-1)
     positive_similarity = features @ query.positive.to(features.device)
     if query.mode == 'cosine' or query.negatives is None:

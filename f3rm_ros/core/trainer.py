@@ -33,7 +33,7 @@ CHECKPOINT_VERSION = 1
 
 
 def pick_device(name: str = 'auto') -> torch.device:
-    """'auto' → CUDA when available, else CPU; anything else is passed to torch.device."""
+    """Resolve 'auto' to CUDA when available, else CPU; anything else is passed to torch.device."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     return torch.device(name)
@@ -46,7 +46,7 @@ def psnr(predicted: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.device) -> Cameras:
-    """nerfstudio Cameras (OpenGL axes, field units) for posed frames."""
+    """Build nerfstudio Cameras (OpenGL axes, field units) for posed frames."""
     c2w = box.pose_to_field(optical_to_opengl(np.stack([f.T_base_optical for f in frames])))
     K = np.stack([f.K for f in frames])
     return Cameras(
@@ -198,8 +198,11 @@ class OnlineTrainer:
 
     @torch.no_grad()
     def render(self, T_base_optical: np.ndarray, K: np.ndarray, width: int, height: int) -> Dict[str, np.ndarray]:
-        """Render a view: rgb [H, W, 3] in [0, 1], depth [H, W] (metres along the ray), accumulation,
-        feature [H, W, D], and similarity [H, W] when a query is set on the model."""
+        """Render a view of the current model.
+
+        Returns rgb [H, W, 3] in [0, 1], depth [H, W] (metres along the ray), accumulation, feature
+        [H, W, D], and similarity [H, W] when a query is set on the model.
+        """
         probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
         camera = make_cameras([probe], self.box, self.device)
         with self.lock:
