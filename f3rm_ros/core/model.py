@@ -9,18 +9,41 @@ import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.model_components.losses import DepthLossType, depth_loss
 from nerfstudio.model_components.renderers import SemanticRenderer
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch.nn import Parameter
 
 from .config import F3RMConfig, FeatureFieldConfig
+from .fast import accelerate
 from .field import FeatureField, resolve_implementation
+from .geometry import WorkspaceBox
 from .relevancy import TextQuery, relevancy
 
 # Per-camera parameters, sized by the trainer's capacity (resized when a checkpoint's capacity differs).
-PER_CAMERA_PARAMETERS = ('field.embedding_appearance.embedding.weight', 'camera_optimizer.pose_adjustment')
+PER_CAMERA_PARAMETERS = ('field.embedding_appearance.embedding.weight', 'field.embedding_appearance.trained_rows',
+                         'camera_optimizer.pose_adjustment')
+
+
+class CapacityEmbedding(Embedding):
+    """Appearance embedding sized by capacity whose inference-time average covers only trained rows.
+
+    nerfacto renders new views with the mean embedding; averaging the never-trained rows of empty capacity
+    slots and held-out frames would condition the colour network on a code it never saw.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(in_dim, out_dim)
+        self.register_buffer('trained_rows', torch.zeros(in_dim, dtype=torch.bool))
+
+    def mean(self, dim=0):
+        """Mean over the rows that training uses."""
+        rows = self.embedding.weight[self.trained_rows] if self.trained_rows.any() else self.embedding.weight
+        return rows.mean(dim)
 
 
 class _DeferredLPIPS(torch.nn.Module):
@@ -37,6 +60,8 @@ class F3RMModelConfig(NerfactoModelConfig):
     _target: Type = field(default_factory=lambda: F3RMModel)
     feature_field: FeatureFieldConfig = field(default_factory=FeatureFieldConfig)
     feature_loss_mult: float = 1e-3
+    depth_loss_mult: float = 0.0
+    depth_sigma: float = 0.01  # field units
 
 
 class F3RMModel(NerfactoModel):
@@ -49,6 +74,8 @@ class F3RMModel(NerfactoModel):
         with mock.patch('torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity',
                         lambda **_: _DeferredLPIPS()):
             super().populate_modules()
+        if self.field.embedding_appearance is not None:
+            self.field.embedding_appearance = CapacityEmbedding(self.num_train_data, self.config.appearance_embed_dim)
         self.feature_field = FeatureField(self.config.feature_field, SceneContraction(order=float('inf')))
         self.renderer_feature = SemanticRenderer()
         self.query: Optional[TextQuery] = None
@@ -73,13 +100,14 @@ class F3RMModel(NerfactoModel):
     def get_outputs(self, ray_bundle: RayBundle):
         """Nerfacto's outputs plus the volume-rendered `feature` (and `similarity` when a query is set)."""
         outputs = super().get_outputs(ray_bundle)
+        if self.training and ray_bundle.metadata and 'directions_norm' in ray_bundle.metadata:
+            outputs['directions_norm'] = ray_bundle.metadata['directions_norm']
         ray_samples, density = self._final_samples
         self._final_samples = None
         weights = outputs['weights_list'][-1] if self.training else ray_samples.get_weights(density)
         # The feature loss must not move geometry: positions and weights are detached.
         positions = ray_samples.frustums.get_positions().detach()
-        features = self.feature_field(positions)
-        outputs['feature'] = self.renderer_feature(features, weights.detach())
+        outputs['feature'] = self.feature_field.render(positions, weights.detach())
         if self.query is not None:
             outputs['similarity'] = relevancy(outputs['feature'], self.query)[..., None]
         return outputs
@@ -91,7 +119,21 @@ class F3RMModel(NerfactoModel):
             target = batch['feature'].to(outputs['feature'])
             loss_dict['feature_loss'] = self.config.feature_loss_mult * torch.nn.functional.mse_loss(
                 outputs['feature'], target)
+        if self.training and 'depth_image' in batch and self.config.depth_loss_mult > 0:
+            sigma = torch.tensor(self.config.depth_sigma, device=self.device)
+            levels = len(outputs['weights_list'])
+            loss_dict['depth_loss'] = self.config.depth_loss_mult * sum(
+                depth_loss(weights=weights, ray_samples=samples, termination_depth=batch['depth_image'],
+                           predicted_depth=outputs['expected_depth'], sigma=sigma,
+                           directions_norm=outputs['directions_norm'], is_euclidean=False,
+                           depth_loss_type=DepthLossType.DS_NERF)
+                for weights, samples in zip(outputs['weights_list'], outputs['ray_samples_list'])) / levels
         return loss_dict
+
+    def mark_cameras_trained(self, indices: torch.Tensor) -> None:
+        """Record camera slots that received training rays (their mean appearance code renders new views)."""
+        if self.field.embedding_appearance is not None:
+            self.field.embedding_appearance.trained_rows[indices] = True
 
     def set_query(self, query: Optional[TextQuery]) -> None:
         """Set (or clear with None) the text query rendered as `similarity`."""
@@ -111,6 +153,7 @@ class F3RMModel(NerfactoModel):
 def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
     """Instantiate the model for `num_cameras` camera slots (the trainer's capacity)."""
     m = config.model
+    field_units_per_metre = WorkspaceBox.from_config(config.workspace).scale
     implementation = resolve_implementation('auto')
     proposal_args = [
         {'hidden_dim': 16, 'log2_hashmap_size': m.proposal_net_log2_hashmap_size, 'num_levels': 5,
@@ -129,7 +172,21 @@ def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
         camera_optimizer=CameraOptimizerConfig(mode=m.camera_optimizer),
         implementation=implementation, eval_num_rays_per_chunk=config.trainer.eval_chunk_rays,
         feature_field=config.feature_field, feature_loss_mult=m.feature_loss_weight,
+        depth_loss_mult=m.depth_loss_weight, depth_sigma=m.depth_sigma * field_units_per_metre,
     )
     # The field's unit box: the workspace spans [-1, 1] on its longest side (see geometry.WorkspaceBox).
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
-    return model_config.setup(scene_box=scene_box, num_train_data=num_cameras)
+    model = model_config.setup(scene_box=scene_box, num_train_data=num_cameras)
+    accelerate(model)  # Triton hash grids on CUDA when tinycudann is absent; a no-op elsewhere
+    return model
+
+
+def restore_sampler_schedule(model: F3RMModel, step: int) -> None:
+    """Put the proposal sampler's annealing where training left it after `step` steps.
+
+    nerfacto keeps that schedule in callbacks, not in the state dict; without this a loaded checkpoint
+    samples (and so renders) differently from the model that wrote it.
+    """
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=None, trainer=None)
+    for callback in model.get_training_callbacks(attributes):
+        callback.run_callback_at_location(max(step - 1, 0), TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
+from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
 from .config import F3RMConfig, from_dict, to_dict
+from .fast import adam_config
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl
-from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model
+from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
 from .teachers import Teacher
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class OnlineTrainer:
         self.cameras: Optional[Cameras] = None
         self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
         self.features: Optional[torch.Tensor] = None   # [capacity, h, w, D] fp16 on device
+        self.depths: Optional[torch.Tensor] = None     # [capacity, H, W] z-depth in field units, 0 = none
         self.frames: List[PosedFrame] = []
         self.train_indices: List[int] = []
         self.eval_indices: List[int] = []
@@ -118,7 +120,7 @@ class OnlineTrainer:
         t = self.config.trainer
 
         def adam(lr: float) -> Dict:
-            return {'optimizer': AdamOptimizerConfig(lr=lr, eps=1e-15),
+            return {'optimizer': adam_config(lr=lr, eps=1e-15, device=self.device),
                     'scheduler': ExponentialDecaySchedulerConfig(lr_final=lr * t.lr_final_ratio, max_steps=t.steps)}
         return {'fields': adam(t.lr_fields), 'proposal_networks': adam(t.lr_proposal),
                 'feature_field': adam(t.lr_feature), 'camera_opt': adam(t.lr_camera)}
@@ -144,16 +146,24 @@ class OnlineTrainer:
                 self.features = torch.zeros((capacity, *features.shape[1:]), dtype=torch.float16, device=self.device)
                 self.images = torch.zeros((capacity, new[0].height, new[0].width, 3), dtype=torch.uint8,
                                           device=self.device)
+                self.depths = torch.zeros((capacity, new[0].height, new[0].width), device=self.device)
             start = len(self.frames)
             self.features[start:start + len(new)] = features.to(self.device, torch.float16)
             self.images[start:start + len(new)] = torch.from_numpy(np.stack([f.image for f in new])).to(self.device)
+            for offset, frame in enumerate(new):
+                if frame.depth is not None:
+                    depth = torch.from_numpy(np.nan_to_num(frame.depth).astype(np.float32))
+                    self.depths[start + offset] = depth.to(self.device) * self.box.scale
             self.frames = frames
             self.cameras = make_cameras(frames, self.box, self.device)
             self.train_indices, self.eval_indices = holdout_split(len(frames), self.config.trainer.holdout_every)
         return len(new)
 
     def _sample_batch(self, num_rays: int):
-        train = torch.as_tensor(self.train_indices, device=self.device)
+        if getattr(self, '_train_key', None) != self.train_indices:  # a host->device copy waits for the GPU
+            self._train_key, self._train_tensor = list(self.train_indices), torch.as_tensor(
+                self.train_indices, device=self.device)
+        train = self._train_tensor
         pick = torch.randint(len(train), (num_rays,), device=self.device, generator=self.generator)
         frame = train[pick]
         height, width = self.images.shape[1:3]
@@ -166,6 +176,7 @@ class OnlineTrainer:
             'image': self.images[frame, y, x].float() / 255.0,
             # nearest teacher patch of each pixel
             'feature': self.features[frame, y * patches_h // height, x * patches_w // width],
+            'depth_image': self.depths[frame, y, x][:, None],  # 0 where the frame has no depth: ignored
         }
         return ray_bundle, batch
 
@@ -178,6 +189,7 @@ class OnlineTrainer:
             for callback in self.callbacks:
                 callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
             ray_bundle, batch = self._sample_batch(self.config.trainer.rays_per_batch)
+            self.model.mark_cameras_trained(ray_bundle.camera_indices[:, 0])
             with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
                 outputs = self.model(ray_bundle)
                 metrics = self.model.get_metrics_dict(outputs, batch)
@@ -269,6 +281,7 @@ class OnlineTrainer:
                 self.optimizers.load_schedulers(state['schedulers'])
                 self.grad_scaler.load_state_dict(state['grad_scaler'])
             self.step_count = state['step']
+            restore_sampler_schedule(self.model, self.step_count)
         self.last_checkpoint = Path(path)
         return state
 
@@ -281,5 +294,6 @@ def load_model(path: Path, device: str = 'auto') -> Tuple[F3RMModel, F3RMConfig,
     config = from_dict(state['config'])
     model = build_model(config, state['capacity'])
     model.load_state_dict(state['model'])
+    restore_sampler_schedule(model, state['step'])
     model.to(pick_device(device)).eval()
     return model, config, state
