@@ -14,6 +14,8 @@ def register(sub) -> None:
                         help='feature teacher: auto = CLIP if its weights load, else labels if the dataset '
                              'has label maps, else random-weight CLIP (plumbing only, not semantic)')
     parser.add_argument('--clip-weights', help='local open_clip weights file for the clip teacher')
+    parser.add_argument('--no-depth', action='store_true',
+                        help='ignore depth maps (no depth supervision), e.g. when depth is not registered to colour')
     parser.add_argument('--downscale', type=int, default=4, help='integer image downscale (default: 4)')
     parser.add_argument('--workspace', type=float, nargs=6, metavar='V',
                         help='workspace bounds XMIN YMIN ZMIN XMAX YMAX ZMAX in the dataset frame')
@@ -27,6 +29,8 @@ def run(args) -> int:
     overrides = {}
     if args.steps:
         overrides['trainer'] = {'steps': args.steps}
+    if args.no_depth:
+        overrides['model'] = {'depth_loss_weight': 0.0}
     if args.clip_weights:
         if not Path(args.clip_weights).is_file():
             raise FileNotFoundError(f'--clip-weights: {args.clip_weights} is not a file')

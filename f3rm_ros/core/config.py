@@ -162,11 +162,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                           'log2_hashmap_size': 16, 'min_resolution': 16, 'max_resolution': 128,
                           'pe_frequencies': 6, 'hidden_dim': 64, 'num_layers': 2},
         'model': {'hidden_dim': 48, 'hidden_dim_color': 48, 'num_levels': 12, 'max_resolution': 1024,
-                  'log2_hashmap_size': 17, 'num_proposal_samples_per_ray': (64, 32),
-                  'num_nerf_samples_per_ray': 32, 'proposal_net_max_res': (64, 128),
+                  'log2_hashmap_size': 17, 'num_proposal_samples_per_ray': (48, 24),
+                  'num_nerf_samples_per_ray': 24, 'proposal_net_max_res': (64, 128),
                   'proposal_net_log2_hashmap_size': 14, 'appearance_embed_dim': 16, 'depth_loss_weight': 1e-2},
-        'trainer': {'steps': 1500, 'rays_per_batch': 1024, 'capacity': 128, 'eval_every': 500,
-                    'checkpoint_every': 500, 'mixed_precision': False, 'eval_chunk_rays': 4096},
+        'trainer': {'steps': 500, 'rays_per_batch': 1024, 'capacity': 128, 'eval_every': 250,
+                    'checkpoint_every': 250, 'mixed_precision': False, 'eval_chunk_rays': 4096},
     },
 }
 

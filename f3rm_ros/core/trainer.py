@@ -22,7 +22,7 @@ from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
 from .config import F3RMConfig, from_dict, to_dict
-from .fast import adam_config
+from .fast import adam_config, sample_rays
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
@@ -138,8 +138,13 @@ class OnlineTrainer:
             self.frames, new = [], frames
         if not new:
             return 0
-        features = torch.cat([self.teacher.extract(new[i:i + self.config.teacher.batch_size])
-                              for i in range(0, len(new), self.config.teacher.batch_size)])
+        batch_size = self.config.teacher.batch_size
+        chunks = []
+        for i in range(0, len(new), batch_size):
+            chunks.append(self.teacher.extract(new[i:i + batch_size]))
+            if len(new) > batch_size:  # a resumed or offline scan: this can take minutes on a CPU
+                log.info('teacher features: %d of %d new frames', min(i + batch_size, len(new)), len(new))
+        features = torch.cat(chunks)
         with self.lock:
             if self.features is None:
                 capacity = self.store.capacity
@@ -170,7 +175,7 @@ class OnlineTrainer:
         y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
         x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
-        ray_bundle = self.cameras.generate_rays(camera_indices=frame[:, None], coords=coords)
+        ray_bundle = sample_rays(self.cameras, frame[:, None], coords)
         patches_h, patches_w = self.features.shape[1:3]
         batch = {
             'image': self.images[frame, y, x].float() / 255.0,
