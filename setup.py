@@ -26,6 +26,10 @@ setup(
     entry_points={
         'console_scripts': [
             'f3rm-ros = f3rm_ros.cli:main',
+            'capture_node = f3rm_ros.ros.capture_node:main',
+            'trainer_node = f3rm_ros.ros.trainer_node:main',
+            'query_node = f3rm_ros.ros.query_node:main',
+            'replay_node = f3rm_ros.ros.replay_node:main',
         ],
     },
 )

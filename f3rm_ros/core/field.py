@@ -74,11 +74,40 @@ class FeatureField(nn.Module):
             implementation=implementation,
         )
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Features [..., feature_dim] at `positions` [..., 3]."""
+    # Set by `core.fast.accelerate`: on CUDA, `render` applies the linear output layer once per ray.
+    fast_render = False
+
+    def _encode(self, positions: torch.Tensor) -> torch.Tensor:
         # Contraction maps the unbounded scene to [-2, 2]; the encodings expect [0, 1].
         unit = (self.spatial_distortion(positions) + 2.0) / 4.0
         flat = unit.reshape(-1, 3)
-        encoded = torch.cat([self.hash_encoding(flat), self.position_encoding(flat)], dim=-1)
-        features = self.mlp(encoded).float()
+        return torch.cat([self.hash_encoding(flat), self.position_encoding(flat)], dim=-1)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """Features [..., feature_dim] at `positions` [..., 3]."""
+        features = self.mlp(self._encode(positions)).float()
         return features.reshape(*positions.shape[:-1], self.config.feature_dim)
+
+    def render(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Render features along rays: ``sum_i w_i f(x_i)`` [..., D] of samples [..., S, 3] with weights [..., S, 1].
+
+        With `fast_render` (CUDA, torch MLP) the last hidden layer is rendered and the output layer applied per
+        ray: ``W (sum_i w_i h_i) + b sum_i w_i``, the same value without the per-sample feature_dim-wide output.
+        """
+        mlp = self.mlp
+        if not (self.fast_render and positions.is_cuda and mlp.tcnn_encoding is None
+                and mlp.out_activation is None and not mlp._skip_connections):
+            return torch.sum(weights * self(positions), dim=-2)
+        return self.render_projected(positions, weights)
+
+    def render_projected(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`render` by rendering the last hidden layer, then the output layer (torch MLP only)."""
+        mlp = self.mlp
+        hidden = self._encode(positions)
+        for layer in mlp.layers[:-1]:
+            hidden = mlp.activation(layer(hidden))
+        hidden = hidden.reshape(*positions.shape[:-1], hidden.shape[-1])
+        rendered = torch.sum(weights * hidden, dim=-2)
+        last = mlp.layers[-1]
+        return (torch.nn.functional.linear(rendered, last.weight).float()
+                + last.bias.float() * torch.sum(weights, dim=-2))

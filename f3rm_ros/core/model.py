@@ -133,7 +133,7 @@ class F3RMModel(NerfactoModel):
     def mark_cameras_trained(self, indices: torch.Tensor) -> None:
         """Record camera slots that received training rays (their mean appearance code renders new views)."""
         if self.field.embedding_appearance is not None:
-            self.field.embedding_appearance.trained_rows[indices] = True
+            self.field.embedding_appearance.trained_rows.index_fill_(0, indices.reshape(-1), True)  # no host sync
 
     def set_query(self, query: Optional[TextQuery]) -> None:
         """Set (or clear with None) the text query rendered as `similarity`."""

@@ -4,9 +4,10 @@ What a grasp planner gets for "mug" (DESIGN.md §1, issue 4):
 
 1. A voxel grid over the workspace (``query.voxel_size`` metres). The field's density at every voxel centre
    becomes ``alpha = 1 - exp(-density * voxel)`` (voxel in field units): the opacity of one voxel. Voxels
-   with ``alpha >= query.alpha_threshold`` are on or inside a surface; only those are kept, so the cloud
-   shows objects, not air. Their features and colour (nerfacto's RGB seen from straight above, average
-   appearance embedding) are evaluated once and cached until `FieldQuerier.invalidate` (the model changed).
+   with ``alpha >= query.alpha_threshold`` are on or inside a surface; only those are kept (minus isolated
+   specks of a few voxels, the NeRF's floaters), so the cloud shows objects, not air. Their features and
+   colour (nerfacto's RGB seen from straight above, average appearance embedding) are evaluated once and
+   cached until `FieldQuerier.invalidate` (the model changed).
    Everything is evaluated in chunks of ``query.chunk_size`` points under ``no_grad``: bounded memory on a
    CPU, large batches on a GPU.
 2. The text is split into comma-separated positives (averaged) and the configured negatives; relevancy per
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import open3d as o3d
 import torch
 from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # Relevancy of a voxel that is exactly as close to the query as to its closest negative: in pairwise-softmax
 # mode nothing at or below it is "the queried thing", whatever Otsu says (no negatives: no floor).
 SOFTMAX_FLOOR = 0.5
+# Occupied groups of voxels smaller than this (m³; 8 cm³ = 8 voxels of 1 cm) are floaters, not objects.
+MIN_COMPONENT_VOLUME = 8e-6
 # Default grasp depth: how far below the top of a cluster the fingertips' centre goes (capped at half height).
 GRASP_DEPTH = 0.03
 
@@ -91,11 +93,12 @@ class Heatmap:
 class Cluster:
     """A group of relevant points and a grasp candidate for it, in ``base_frame``.
 
-    The box is gravity aligned (objects rest on a table): its z axis is base z, its x axis the major and its
-    y axis the minor horizontal principal axis of the points.
+    The box is fitted to the cluster's core, its more relevant half (see `core_points`), and is gravity
+    aligned (objects rest on a table): its z axis is base z, its x axis the major and its y axis the minor
+    horizontal principal axis of the core points.
 
     Attributes:
-        centroid: [3] centre of the oriented box (metres).
+        centroid: [3] centre of the oriented box (metres): the object's position for a planner.
         extent: [3] box size along its own axes (major, minor, vertical), voxel footprint included.
         rotation: [3, 3] box axes as columns in base_frame (right-handed).
         score: mean relevancy of the points.
@@ -106,8 +109,8 @@ class Cluster:
         grasp: [4, 4] gripper pose in base_frame. Gripper frame: z = approach direction (pointing from the
             gripper into the object), y = closing direction of the fingers, x = y × z; the origin is the
             point between the fingertips. Candidates approach top-down (z = -base z), closing across the
-            box's minor horizontal axis, with the fingertips `GRASP_DEPTH` below the top (at most half way
-            down).
+            box's minor horizontal axis, with the fingertips `GRASP_DEPTH` below the core's top (90th
+            percentile of its heights; at most half way down the box).
         indices: [num_points] indices of the points in the query's `Heatmap`.
     """
 
@@ -135,7 +138,7 @@ class Cluster:
     def contains(self, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Bool [...]: points [..., 3] in base_frame inside the oriented box grown by `margin` metres."""
         local = (np.asarray(points, dtype=np.float64) - self.centroid) @ self.rotation
-        return np.all(np.abs(local) <= self.extent / 2 + margin, axis=-1)
+        return np.all(np.abs(local) <= self.extent / 2 + margin + 1e-9, axis=-1)  # points on a face count
 
     def as_dict(self) -> Dict:
         """Plain JSON-able summary (no point indices)."""
@@ -179,8 +182,8 @@ class QueryResult:
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of `values`: the histogram split that maximises the between-class variance.
 
-    Returns the upper edge of the last bin of the lower class (so ``values > t`` is the upper class); when
-    all values are equal it returns that value (nothing is above it).
+    Returns a bin edge (the middle one when several splits tie, as across an empty gap), so ``values > t``
+    is the upper class; when all values are equal it returns that value (nothing is above it).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
@@ -197,7 +200,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_low = sum_low / np.maximum(weight_low, 1)
     mean_high = (np.sum(counts * centres) - sum_low) / np.maximum(weight_high, 1)
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
+    # Every split inside an empty gap of the histogram scores the same: take the middle of the gap.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
 
 
 def oriented_box(points: np.ndarray, voxel_size: float = 0.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,11 +226,26 @@ def oriented_box(points: np.ndarray, voxel_size: float = 0.0) -> Tuple[np.ndarra
     return centre, (hi - lo) + voxel_size, rotation
 
 
+def core_points(points: np.ndarray, values: np.ndarray, min_points: int = 10) -> np.ndarray:
+    """Return the cluster's more relevant half: points at or above the median relevancy (at least `min_points`).
+
+    Relevancy fades out over a few centimetres around an object, because the 2D teacher's patches mix the
+    object with its surroundings; the fringe lies on the support surface and skews a box fitted to all
+    points (a small ball's box can be twice its size). The upper half is the object itself.
+    """
+    if len(points) <= min_points:
+        return points
+    keep = values >= np.median(values)
+    if keep.sum() < min_points:
+        keep = np.argsort(-values)[:min_points]
+    return points[keep]
+
+
 def top_down_grasp(centroid: np.ndarray, extent: np.ndarray, rotation: np.ndarray,
-                   depth: float = GRASP_DEPTH) -> np.ndarray:
+                   depth: float = GRASP_DEPTH, top: Optional[float] = None) -> np.ndarray:
     """Gripper pose [4, 4] (z = approach, y = closing) above a gravity-aligned box, fingers across its minor axis.
 
-    The fingertips' centre goes `depth` below the box top, at most half way down the box.
+    The fingertips' centre goes `depth` below `top` (default: the box top), at most half way down the box.
     """
     approach = np.array([0.0, 0.0, -1.0])
     closing = rotation[:, 1].copy()
@@ -234,21 +254,32 @@ def top_down_grasp(centroid: np.ndarray, extent: np.ndarray, rotation: np.ndarra
     x_axis = np.cross(closing, approach)
     grasp = np.eye(4)
     grasp[:3, 0], grasp[:3, 1], grasp[:3, 2] = x_axis, closing, approach
-    top = centroid[2] + extent[2] / 2
+    top = centroid[2] + extent[2] / 2 if top is None else top
     grasp[:3, 3] = [centroid[0], centroid[1], top - min(depth, extent[2] / 2)]
     return grasp
 
 
-def _verbosity(level=o3d.utility.VerbosityLevel.Error):
-    return o3d.utility.VerbosityContextManager(level)
+def _open3d():
+    """Import open3d on first use, so the field and relevancy stages also run where it is not installed."""
+    try:
+        import open3d
+    except ImportError as error:
+        raise ImportError('open3d is needed for clustering and PLY files: pip install open3d-cpu '
+                          '(and apt install libusb-1.0-0)') from error
+    return open3d
+
+
+def _quiet(o3d):
+    return o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error)
 
 
 def cluster_points(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
     """DBSCAN labels [N] (int, -1 = noise) of points [N, 3] with open3d."""
     if len(points) == 0:
         return np.zeros(0, dtype=np.int64)
+    o3d = _open3d()
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
-    with _verbosity():
+    with _quiet(o3d):
         labels = cloud.cluster_dbscan(eps=float(eps), min_points=int(min_points), print_progress=False)
     return np.asarray(labels, dtype=np.int64)
 
@@ -259,6 +290,7 @@ def write_heatmap_ply(path: Union[str, Path], heatmap: Heatmap, color: str = 're
 
     `color` is 'relevancy' (through `colormap`) or 'rgb' (the reconstructed colour).
     """
+    o3d = _open3d()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cloud = o3d.t.geometry.PointCloud()
@@ -267,7 +299,7 @@ def write_heatmap_ply(path: Union[str, Path], heatmap: Heatmap, color: str = 're
     cloud.point.colors = o3d.core.Tensor(colors)
     cloud.point.relevancy = o3d.core.Tensor(np.asarray(heatmap.relevancy, dtype=np.float32).reshape(-1, 1))
     cloud.point.alpha = o3d.core.Tensor(np.asarray(heatmap.alpha, dtype=np.float32).reshape(-1, 1))
-    with _verbosity():
+    with _quiet(o3d):
         ok = o3d.t.io.write_point_cloud(str(path), cloud, write_ascii=False)
     if not ok:
         raise OSError(f'could not write {path}')
@@ -302,14 +334,18 @@ class FieldQuerier:
         lock: held while the model is evaluated (the `OnlineTrainer.lock` of a live trainer).
         surface_only: keep only occupied voxels with at least one free 6-neighbour (a shell), instead of
             every occupied voxel; fewer points for RViz, same objects.
+        min_component_volume: occupied voxels in connected groups smaller than this (m³) are dropped as
+            floaters (0 keeps them); see `_drop_specks`.
     """
 
-    def __init__(self, model, teacher, config: F3RMConfig, lock=None, surface_only: bool = False):
+    def __init__(self, model, teacher, config: F3RMConfig, lock=None, surface_only: bool = False,
+                 min_component_volume: float = MIN_COMPONENT_VOLUME):
         self.model = model
         self.teacher = teacher
         self.config = config
         self.lock = lock
         self.surface_only = surface_only
+        self.min_component_volume = float(min_component_volume)
         self.box = WorkspaceBox.from_config(config.workspace)
         q = config.query
         if q.voxel_size <= 0:
@@ -397,6 +433,7 @@ class FieldQuerier:
         voxel_field = self.config.query.voxel_size * self.box.scale
         alpha = 1.0 - np.exp(-np.maximum(density, 0.0) * voxel_field)
         occupied = (alpha >= self.config.query.alpha_threshold).reshape(self.grid_shape)
+        self._drop_specks(occupied)
         if self.surface_only:
             padded = np.pad(occupied, 1, constant_values=False)
             interior = np.ones_like(occupied)
@@ -406,6 +443,25 @@ class FieldQuerier:
             occupied &= ~interior
         index = np.flatnonzero(occupied.ravel())
         return index, alpha[index].astype(np.float32)
+
+    def _drop_specks(self, occupied: np.ndarray) -> None:
+        """Clear (in place) connected groups of occupied voxels smaller than `min_component_volume`.
+
+        A NeRF leaves small blobs of density in the air that no camera can rule out; what a robot can grasp
+        rests on something and so joins the support surface's component (26-connected voxels).
+        """
+        voxel = self.config.query.voxel_size
+        min_voxels = int(np.ceil(self.min_component_volume / voxel ** 3 - 1e-9))
+        index = np.flatnonzero(occupied.ravel())
+        if min_voxels <= 1 or len(index) == 0:
+            return
+        labels = cluster_points(self.grid.reshape(-1, 3)[index], eps=1.75 * voxel, min_points=1)
+        sizes = np.bincount(labels[labels >= 0], minlength=1)
+        small = (labels < 0) | (sizes[np.maximum(labels, 0)] < min_voxels)
+        if small.any():
+            log.debug('dropping %d voxels in %d specks', int(small.sum()),
+                      int(np.sum((sizes > 0) & (sizes < min_voxels))))
+            occupied.ravel()[index[small]] = False
 
     def prepare(self) -> float:
         """Evaluate and cache the occupied voxels (density, features, colour) if needed; returns seconds."""
@@ -501,12 +557,14 @@ class FieldQuerier:
             members = chosen[labels == label]
             member_points = points[members].astype(np.float64)
             member_values = values[members].astype(np.float64)
-            centre, extent, rotation = oriented_box(member_points, q.voxel_size)
+            core = core_points(member_points, member_values)
+            centre, extent, rotation = oriented_box(core, q.voxel_size)
+            top = float(np.percentile(core[:, 2], 90)) + q.voxel_size / 2
             clusters.append(Cluster(
                 centroid=centre, extent=extent, rotation=rotation,
                 score=float(member_values.mean()), max_relevancy=float(member_values.max()),
                 num_points=int(len(members)), evidence=float(np.sum(member_values - threshold)),
-                mean=member_points.mean(axis=0), grasp=top_down_grasp(centre, extent, rotation),
+                mean=member_points.mean(axis=0), grasp=top_down_grasp(centre, extent, rotation, top=top),
                 indices=members))
         clusters.sort(key=lambda c: (-c.evidence, -c.max_relevancy))
         return clusters
@@ -524,7 +582,7 @@ def _view_arguments(pose: Union[PosedFrame, np.ndarray], K, width, height):
 
 def default_view(box: WorkspaceBox, width: int = 320, height: int = 240,
                  hfov_deg: float = 60.0) -> PosedFrame:
-    """A probe frame (black image) looking at the workspace from behind and above (from the robot's side).
+    """Return a probe frame (black image) looking at the workspace from behind and above (the robot's side).
 
     The camera sits on the -x side of the workspace centre at 50° elevation, far enough for the whole box.
     """

@@ -1,0 +1,133 @@
+"""Synchronisation-free replacements for the few nerfstudio pieces that stall a CUDA training step.
+
+A host-device synchronisation makes the Python thread wait until the GPU has finished everything queued, so the
+CPU's work (kernel launches) and the GPU's work stop overlapping. torch's sync debug mode found these in one
+step of nerfacto (nerfstudio 1.1.5): the general `Cameras.generate_rays` (``torch.unique``, ``is_jagged``,
+masked assignment, a CPU epsilon copied to the device), `SpacedSampler` (a CPU ``linspace`` copied to the
+device), torchmetrics' PSNR (a CPU count copied to the device) and the camera optimiser's metrics (``.cpu()``).
+Each replacement below computes the same values with the same operations, on the device.
+"""
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.ray_samplers import SpacedSampler
+
+_EPS = np.finfo(float).eps * 4.0  # nerfstudio.cameras.camera_utils._EPS
+_PINHOLE = [None, False]  # (cameras object, whether it is plain pinhole): checked once per Cameras object
+
+
+def _plain_pinhole(cameras: Cameras) -> bool:
+    """Tell (once per object: the check synchronises) whether every camera is an undistorted pinhole."""
+    if _PINHOLE[0] is cameras:
+        return _PINHOLE[1]
+    plain = (cameras.ndim == 1 and cameras.times is None and not cameras.metadata
+             and bool(torch.all(cameras.camera_type == CameraType.PERSPECTIVE.value))
+             and (cameras.distortion_params is None or not bool(torch.any(cameras.distortion_params != 0))))
+    _PINHOLE[0], _PINHOLE[1] = cameras, plain
+    return plain
+
+
+def generate_rays(cameras: Cameras, camera_indices: torch.Tensor, coords: torch.Tensor) -> RayBundle:
+    """Make the rays nerfstudio's generate_rays makes for [N, 1] indices and [N, 2] coords, without a sync.
+
+    Same arithmetic as nerfstudio's `Cameras._generate_rays_from_coords` for perspective cameras without
+    distortion (the only kind the trainer makes); anything else goes to nerfstudio.
+    """
+    if not (camera_indices.dim() == 2 and camera_indices.shape[-1] == 1 and coords.dim() == 2
+            and _plain_pinhole(cameras)):
+        return cameras.generate_rays(camera_indices=camera_indices, coords=coords)
+    camera_indices = camera_indices.to(torch.long)
+    index = camera_indices[:, 0]
+    y, x = coords[..., 0], coords[..., 1]
+    fx, fy = cameras.fx[index, 0], cameras.fy[index, 0]
+    cx, cy = cameras.cx[index, 0], cameras.cy[index, 0]
+    coord = torch.stack([(x - cx) / fx, (y - cy) / fy], -1)
+    coord_x_offset = torch.stack([(x - cx + 1) / fx, (y - cy) / fy], -1)
+    coord_y_offset = torch.stack([(x - cx) / fx, (y - cy + 1) / fy], -1)
+    coord_stack = torch.stack([coord, coord_x_offset, coord_y_offset], dim=0)  # (3, N, 2)
+    directions_stack = torch.cat([coord_stack[..., :1].float(), -coord_stack[..., 1:].float(),
+                                  torch.full_like(coord_stack[..., :1], -1.0, dtype=torch.float32)], dim=-1)
+    c2w = cameras.camera_to_worlds[index]  # (N, 3, 4)
+    rotation = c2w[..., :3, :3]
+    directions_stack = torch.sum(directions_stack[..., None, :] * rotation, dim=-1)
+    norm = torch.linalg.vector_norm(directions_stack, dim=-1, keepdim=True).clamp_min(_EPS)
+    directions_stack = directions_stack / norm
+    directions = directions_stack[0]
+    dx = torch.sqrt(torch.sum((directions - directions_stack[1]) ** 2, dim=-1))
+    dy = torch.sqrt(torch.sum((directions - directions_stack[2]) ** 2, dim=-1))
+    return RayBundle(origins=c2w[..., :3, 3], directions=directions, pixel_area=(dx * dy)[..., None],
+                     camera_indices=camera_indices, times=None, metadata={'directions_norm': norm[0].detach()})
+
+
+class PSNR(torch.nn.Module):
+    """``10 log10(1 / mse)`` for images in [0, 1]: torchmetrics' PeakSignalNoiseRatio(data_range=1) value."""
+
+    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """PSNR of the whole batch."""
+        mse = torch.mean((preds.float() - target.float()) ** 2)
+        return 10.0 * torch.log10(1.0 / mse)
+
+
+def _camera_metrics(self, metrics_dict: dict) -> None:
+    """`CameraOptimizer.get_metrics_dict` with the values left on the device."""
+    if self.config.mode != 'off':
+        trans = self.pose_adjustment[:, :3].detach().norm(dim=-1)
+        rot = self.pose_adjustment[:, 3:].detach().norm(dim=-1)
+        metrics_dict['camera_opt_translation_max'] = trans.max()
+        metrics_dict['camera_opt_translation_mean'] = trans.mean()
+        metrics_dict['camera_opt_rotation_mean'] = torch.rad2deg(rot.mean())
+        metrics_dict['camera_opt_rotation_max'] = torch.rad2deg(rot.max())
+
+
+def _spaced_samples(self, ray_bundle: Optional[RayBundle] = None, num_samples: Optional[int] = None) -> RaySamples:
+    """`SpacedSampler.generate_ray_samples` with its bins made on the device (nerfstudio 1.1.5's code)."""
+    assert ray_bundle is not None and ray_bundle.nears is not None and ray_bundle.fars is not None
+    num_samples = num_samples or self.num_samples
+    assert num_samples is not None
+    num_rays = ray_bundle.origins.shape[0]
+    bins = torch.linspace(0.0, 1.0, num_samples + 1, device=ray_bundle.origins.device)[None, ...]
+    if self.train_stratified and self.training:
+        if self.single_jitter:
+            t_rand = torch.rand((num_rays, 1), dtype=bins.dtype, device=bins.device)
+        else:
+            t_rand = torch.rand((num_rays, num_samples + 1), dtype=bins.dtype, device=bins.device)
+        bin_centers = (bins[..., 1:] + bins[..., :-1]) / 2.0
+        bin_upper = torch.cat([bin_centers, bins[..., -1:]], -1)
+        bin_lower = torch.cat([bins[..., :1], bin_centers], -1)
+        bins = bin_lower + (bin_upper - bin_lower) * t_rand
+    s_near, s_far = (self.spacing_fn(x) for x in (ray_bundle.nears, ray_bundle.fars))
+
+    def spacing_to_euclidean_fn(x):
+        return self.spacing_fn_inv(x * s_far + (1 - x) * s_near)
+
+    euclidean_bins = spacing_to_euclidean_fn(bins)
+    return ray_bundle.get_ray_samples(
+        bin_starts=euclidean_bins[..., :-1, None], bin_ends=euclidean_bins[..., 1:, None],
+        spacing_starts=bins[..., :-1, None], spacing_ends=bins[..., 1:, None],
+        spacing_to_euclidean_fn=spacing_to_euclidean_fn,
+    )
+
+
+def patch_model(model: torch.nn.Module) -> int:
+    """Install the replacements on `model`'s instances (no class is changed); returns how many."""
+    count = 0
+    psnr = getattr(model, 'psnr', None)
+    if psnr is not None and type(psnr).__name__ == 'PeakSignalNoiseRatio' and getattr(psnr, 'data_range', 1.0) == 1.0:
+        model.psnr = PSNR()
+        count += 1
+    optimizer = getattr(model, 'camera_optimizer', None)
+    if optimizer is not None and hasattr(optimizer, 'pose_adjustment'):
+        optimizer.get_metrics_dict = types.MethodType(_camera_metrics, optimizer)
+        count += 1
+    for module in model.modules():
+        if (isinstance(module, SpacedSampler)
+                and type(module).generate_ray_samples is SpacedSampler.generate_ray_samples):
+            module.generate_ray_samples = types.MethodType(_spaced_samples, module)
+            count += 1
+    return count

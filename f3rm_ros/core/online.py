@@ -1,0 +1,448 @@
+"""Online training without ROS: keyframes come in one at a time, a background thread trains.
+
+* `StampAssembler` puts back together the parts of one keyframe that travel on separate topics with one
+  stamp (image, camera_info, pose, and optionally depth and labels).
+* `OnlineSession` owns the `FrameStore`, the teacher and the `OnlineTrainer`; it resumes a scan from a
+  dataset folder and the newest checkpoint, trains on a background thread once `min_frames` keyframes
+  exist, checkpoints atomically every N steps and on request, and can be paused, resumed and reset. Its
+  `status()` is what the trainer node publishes.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .config import F3RMConfig
+from .frames import FrameStore, PosedFrame, read_dataset, read_metadata
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = 'latest.ckpt'
+# Two keyframe stamps closer than this are the same keyframe (a double holds epoch seconds to ~0.2 us).
+STAMP_TOLERANCE_S = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+
+class StampAssembler:
+    """Group parts published separately with one stamp into complete items.
+
+    An item is complete when every `required` part is there, and every `optional` part that has ever been
+    seen is there too; an optional part never seen yet is waited for `grace_s` (it may just be late).
+    Items still incomplete after `wait_s` are dropped (required part missing) or emitted without the late
+    optional part. Parts of already emitted or dropped stamps are ignored.
+    """
+
+    def __init__(self, required: Sequence[str], optional: Sequence[str] = (), wait_s: float = 2.0,
+                 grace_s: float = 0.3, max_pending: int = 32, clock: Callable[[], float] = time.monotonic):
+        if wait_s < 0 or grace_s < 0 or max_pending < 1:
+            raise ValueError('wait_s and grace_s must be >= 0 and max_pending >= 1')
+        self.required = tuple(required)
+        self.optional = tuple(optional)
+        self.wait_s, self.grace_s, self.max_pending = float(wait_s), float(grace_s), int(max_pending)
+        self.clock = clock
+        self.seen = {name: False for name in self.optional}
+        self.pending: 'OrderedDict[float, Tuple[float, Dict[str, Any]]]' = OrderedDict()
+        self.finished: deque = deque(maxlen=256)
+
+    def add(self, part: str, stamp: float, value: Any) -> Tuple[List[Tuple[float, Dict[str, Any]]], List[str]]:
+        """Add one part; returns (completed items as (stamp, parts), problems) settled by this call."""
+        if part not in self.required and part not in self.optional:
+            raise ValueError(f'unknown part {part!r}')
+        stamp = float(stamp)
+        if part in self.seen:
+            self.seen[part] = True
+        if stamp in self.finished:
+            return [], []
+        if stamp not in self.pending:
+            self.pending[stamp] = (self.clock(), {})
+        parts = self.pending[stamp][1]
+        problems = [f'{part} for stamp {stamp:.6f} s received twice; the newer one is kept'] if part in parts else []
+        parts[part] = value
+        done, more = self.poll()
+        return done, problems + more
+
+    def poll(self) -> Tuple[List[Tuple[float, Dict[str, Any]]], List[str]]:
+        """Settle items that are complete or waited too long; returns (completed, problems)."""
+        done, problems = [], []
+        now = self.clock()
+        for stamp in list(self.pending):
+            arrived, parts = self.pending[stamp]
+            age = now - arrived
+            has_required = all(name in parts for name in self.required)
+            expected = [name for name in self.optional if self.seen[name] and name not in parts]
+            all_optional = all(name in parts for name in self.optional)
+            if has_required and not expected and (all_optional or age >= self.grace_s):
+                done.append((stamp, parts))
+            elif age >= self.wait_s:
+                if has_required:
+                    done.append((stamp, parts))
+                    problems.append(f'keyframe {stamp:.6f} s: no {", ".join(expected)} after {self.wait_s:.1f} s;'
+                                    ' using it without')
+                else:
+                    missing = [name for name in self.required if name not in parts]
+                    problems.append(f'keyframe {stamp:.6f} s dropped: no {", ".join(missing)} within '
+                                    f'{self.wait_s:.1f} s of its first part')
+            else:
+                continue
+            del self.pending[stamp]
+            self.finished.append(stamp)
+        while len(self.pending) > self.max_pending:
+            stamp, _ = self.pending.popitem(last=False)
+            self.finished.append(stamp)
+            problems.append(f'keyframe {stamp:.6f} s dropped: more than {self.max_pending} incomplete keyframes')
+        return done, problems
+
+
+# ---------------------------------------------------------------------------------------------- session
+
+@dataclass
+class SessionSettings:
+    """How the background training runs (the trainer node's own parameters)."""
+
+    min_frames: int = 5              # keyframes before training starts
+    dataset_dir: str = ''            # resume from this scan folder at start-up ('' = none)
+    checkpoint_dir: str = ''         # where latest.ckpt goes ('' = no checkpoints)
+    resume: bool = True              # load checkpoint_dir/latest.ckpt when it exists
+    teacher_choice: str = 'auto'     # auto | clip | labels (see teachers.choose_teacher)
+    steps_per_new_frame: int = 20    # after the step budget is spent, train this much more per new keyframe
+    stats_every: int = 5             # read losses back from the device every N steps
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        if int(self.min_frames) < 1:
+            raise ValueError(f'min_frames must be >= 1, got {self.min_frames}')
+        if self.teacher_choice not in ('auto', 'clip', 'labels'):
+            raise ValueError(f"teacher_choice must be auto, clip or labels, got {self.teacher_choice!r}")
+        if int(self.steps_per_new_frame) < 0 or int(self.stats_every) < 1:
+            raise ValueError('steps_per_new_frame must be >= 0 and stats_every >= 1')
+
+
+class OnlineSession:
+    """Background training on a growing set of keyframes (see the module docstring).
+
+    Thread safety: `add_frame`, `set_labels`, `pause`, `resume`, `reset`, `save` and `status` may be called
+    from any thread while the training thread runs. Readers of the live model hold `trainer.lock`.
+    `on_checkpoint(path)` is called (from the thread that saved) after every checkpoint.
+    """
+
+    def __init__(self, config: F3RMConfig, settings: SessionSettings,
+                 labels: Optional[Mapping[int, str]] = None,
+                 on_checkpoint: Optional[Callable[[Path], None]] = None):
+        settings.validate()
+        self.config = config
+        self.settings = settings
+        self.on_checkpoint = on_checkpoint
+        self.store = FrameStore(config.trainer.capacity)
+        self.labels: Optional[Dict[int, str]] = dict(labels) if labels else None
+        self.teacher = None
+        self.teacher_reason = ''
+        self.trainer = None
+        self.target_steps = int(config.trainer.steps)
+        self._stamps: List[float] = []
+        self._lock = threading.Lock()           # guards the fields below and the store's membership
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._reset_requested = False
+        self._thread: Optional[threading.Thread] = None
+        self._state = 'waiting for keyframes'
+        self._error = ''
+        self._synced_version = -1
+        self._loss: Dict[str, float] = {}
+        self._eval_psnr = float('nan')
+        self._rays_per_s = 0.0
+        self._resumed_step = 0
+        self._resumed_frames = 0
+        self._saved_step = -1
+        self._checkpoint_pending: Optional[Path] = None
+        self.model_version = 0                  # bumps whenever the model's weights change
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        """Where the newest checkpoint is written (None without a checkpoint_dir)."""
+        if not self.settings.checkpoint_dir:
+            return None
+        return Path(self.settings.checkpoint_dir).expanduser() / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def add_frame(self, frame: PosedFrame) -> Tuple[bool, str]:
+        """Offer a keyframe; returns (added, why not). Frames already held (same stamp) are skipped."""
+        with self._lock:
+            if self._holds(frame.stamp):
+                return False, f'keyframe {frame.stamp:.6f} s is already held'
+            if self.store.full:
+                return False, f'the trainer holds {len(self.store)} keyframes, its capacity (trainer.capacity)'
+            if self._needs_labels() and frame.labels is None:
+                return False, (f'keyframe {frame.stamp:.6f} s has no label image but the teacher is labels '
+                               '(publish aligned labels, or use teacher.name: clip)')
+            resolution = self.store.resolution
+            if resolution is not None and tuple(resolution) != (frame.height, frame.width):
+                return False, (f'keyframe is {frame.width} x {frame.height} but the scan is '
+                               f'{resolution[1]} x {resolution[0]}: one camera resolution per scan')
+            self.store.add(frame)
+            bisect.insort(self._stamps, float(frame.stamp))
+        self._wake.set()
+        return True, ''
+
+    def _holds(self, stamp: float) -> bool:
+        """Whether a keyframe with this stamp is held (floats of epoch stamps differ in the last bits)."""
+        index = bisect.bisect_left(self._stamps, stamp - STAMP_TOLERANCE_S)
+        return index < len(self._stamps) and self._stamps[index] <= stamp + STAMP_TOLERANCE_S
+
+    def _needs_labels(self) -> bool:
+        if self.teacher is not None:
+            return self.teacher.name == 'labels'
+        choice = self.settings.teacher_choice
+        return choice == 'labels' or (choice == 'auto' and self.config.teacher.name == 'labels')
+
+    def set_labels(self, labels: Mapping[int, str]) -> None:
+        """Object id → name for the labels teacher (used when the teacher is built)."""
+        with self._lock:
+            self.labels = {int(k): str(v) for k, v in labels.items()}
+        self._wake.set()
+
+    def resume_from_disk(self) -> Dict[str, Any]:
+        """Load the scan in `dataset_dir` (all its keyframes, its label names); returns a summary.
+
+        The newest checkpoint (if `resume`) is loaded when training starts.
+        """
+        summary = {'frames': 0, 'checkpoint': ''}
+        root = Path(self.settings.dataset_dir).expanduser() if self.settings.dataset_dir else None
+        if root is not None and (root / 'transforms.json').exists():
+            meta = read_metadata(root)
+            if isinstance(meta.get('labels'), dict) and meta['labels']:
+                self.set_labels({int(k): v for k, v in meta['labels'].items()})
+            for frame in read_dataset(root):
+                added, _ = self.add_frame(frame)
+                summary['frames'] += int(added)
+        path = self.checkpoint_path
+        if self.settings.resume and path is not None and path.exists():
+            summary['checkpoint'] = str(path)
+        self._resumed_frames = summary['frames']
+        return summary
+
+    # ------------------------------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start the training thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name='f3rm-training', daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0, save: bool = False) -> None:
+        """Stop the training thread (after its current step); optionally save a last checkpoint."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if save and self.trainer is not None and self.checkpoint_path is not None \
+                and self.trainer.step_count != self._saved_step:
+            self._save(self.checkpoint_path)
+
+    def pause(self) -> str:
+        """Pause training after the current step."""
+        self._paused = True
+        return f'paused at step {self.step}'
+
+    def resume(self) -> str:
+        """Resume a paused training."""
+        self._paused = False
+        self._wake.set()
+        return f'resumed at step {self.step}'
+
+    def reset(self) -> str:
+        """Forget the model and every keyframe (a new scan); the newest checkpoint becomes previous.ckpt."""
+        with self._lock:
+            self._reset_requested = True
+        self._wake.set()
+        return 'reset requested: model and keyframes will be dropped'
+
+    def save(self) -> Path:
+        """Save a checkpoint now (thread-safe); returns its path. RuntimeError when there is no model."""
+        if self.trainer is None:
+            raise RuntimeError(f'no model yet ({self.state})')
+        if self.checkpoint_path is None:
+            raise RuntimeError('checkpoint_dir is empty: nowhere to save')
+        return self._save(self.checkpoint_path)
+
+    def _save(self, path: Path) -> Path:
+        path = self.trainer.save_checkpoint(path)
+        self._saved_step = self.trainer.step_count
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(path)
+            except Exception:  # a listener must not stop training
+                log.exception('checkpoint listener failed')
+        return path
+
+    # ------------------------------------------------------------------------------------------ status
+
+    @property
+    def step(self) -> int:
+        """Training steps done (including those of a resumed checkpoint)."""
+        return self.trainer.step_count if self.trainer is not None else 0
+
+    @property
+    def state(self) -> str:
+        """Human-readable state: waiting ..., training, paused, done, error: ..."""
+        return self._state
+
+    def status(self) -> Dict[str, Any]:
+        """Everything the status topic shows."""
+        out = {'state': self._state, 'step': self.step, 'target_steps': self.target_steps,
+               'frames': len(self.store), 'trained_frames': self.trainer.num_frames if self.trainer else 0,
+               'rays_per_s': round(self._rays_per_s, 1), 'eval_psnr': self._eval_psnr,
+               'resumed_frames': self._resumed_frames, 'resumed_step': self._resumed_step,
+               'teacher': self.teacher.name if self.teacher is not None else '',
+               'device': str(self.trainer.device) if self.trainer is not None else '',
+               'checkpoint': str(self.trainer.last_checkpoint or '') if self.trainer is not None else '',
+               'error': self._error}
+        out.update(self._loss)
+        return out
+
+    # ------------------------------------------------------------------------------------------ thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as error:  # keep the node alive; the status says what happened
+            log.exception('training stopped')
+            self._error = f'{type(error).__name__}: {error}'
+            self._state = f'error: {self._error}'
+
+    def _wait(self, seconds: float = 0.2) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _loop(self) -> None:
+        window_start, window_steps = time.perf_counter(), 0
+        while not self._stop.is_set():
+            if self._reset_requested:
+                self._do_reset()
+                continue
+            if self._paused:
+                self._state = 'paused'
+                self._wait()
+                continue
+            if self.trainer is None:
+                if not self._try_build():
+                    self._wait()
+                    continue
+                window_start, window_steps = time.perf_counter(), 0
+            if self.store.version != self._synced_version:
+                self._sync()
+            if self.trainer.step_count >= self.target_steps:
+                if self._state != 'done':  # save first: 'done' promises the final checkpoint is on disk
+                    if self.checkpoint_path is not None and self._saved_step != self.trainer.step_count:
+                        self._save(self.checkpoint_path)
+                    self._state = 'done'
+                self._wait(0.5)
+                window_start, window_steps = time.perf_counter(), 0
+                continue
+            self._state = 'training'
+            stats = self.trainer.step()
+            self.model_version += 1
+            window_steps += 1
+            step = self.trainer.step_count
+            if step % self.settings.stats_every == 0 or step == self.target_steps:
+                self._loss = {'loss': float(stats['loss']), 'psnr': float(stats['psnr'])}
+                if 'feature_loss' in stats:
+                    self._loss['feature_loss'] = float(stats['feature_loss'])
+                elapsed = time.perf_counter() - window_start
+                if elapsed > 0:
+                    self._rays_per_s = window_steps * self.config.trainer.rays_per_batch / elapsed
+                if elapsed > 10.0:
+                    window_start, window_steps = time.perf_counter(), 0
+            every = self.config.trainer.eval_every
+            if every > 0 and step % every == 0 and self.trainer.eval_indices:
+                self._eval_psnr = float(self.trainer.evaluate()['psnr'])
+            every = self.config.trainer.checkpoint_every
+            if self.checkpoint_path is not None and every > 0 and step % every == 0:
+                self._save(self.checkpoint_path)
+
+    def _try_build(self) -> bool:
+        """Build teacher and trainer once enough keyframes (and label names) exist; False while waiting."""
+        from .teachers import choose_teacher, make_teacher
+        from .trainer import OnlineTrainer
+
+        count = len(self.store)
+        if count < self.settings.min_frames:
+            self._state = f'waiting for keyframes ({count} of {self.settings.min_frames})'
+            return False
+        if self._needs_labels() and not self.labels:
+            self._state = 'waiting for label names (labels teacher)'
+            return False
+        self._state = 'loading the teacher'
+        checkpoint = None
+        path = self.checkpoint_path
+        if self.settings.resume and path is not None and path.exists():
+            import torch
+            try:
+                checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+            except Exception as error:
+                log.warning('cannot read %s (%s); training from scratch', path, error)
+        if checkpoint is not None:
+            stored = checkpoint['teacher']
+            self.config.teacher.name = stored['name']
+            self.teacher = make_teacher(self.config.teacher, labels=self.labels, state=stored['state'])
+            self.config.feature_field.feature_dim = self.teacher.dim
+            self.teacher_reason = f'{stored["name"]} teacher of the resumed checkpoint'
+        else:
+            self.teacher, self.teacher_reason = choose_teacher(self.config, self.labels,
+                                                               self.settings.teacher_choice)
+        log.info('teacher: %s (%s)', self.teacher.name, self.teacher_reason)
+        self._state = 'building the model'
+        trainer = OnlineTrainer(self.config, self.store, self.teacher)
+        if checkpoint is not None:
+            try:
+                trainer.load_checkpoint(path)
+                self._resumed_step = trainer.step_count
+                self._saved_step = trainer.step_count
+                self.target_steps = max(self.target_steps, trainer.step_count)
+                log.info('resumed %s at step %d', path, trainer.step_count)
+            except (RuntimeError, ValueError, KeyError) as error:
+                log.warning('checkpoint %s does not fit this configuration (%s); training from scratch',
+                            path, error)
+                trainer = OnlineTrainer(self.config, self.store, self.teacher)
+        self.trainer = trainer
+        self._sync()
+        return True
+
+    def _sync(self) -> None:
+        version = self.store.version
+        before = self.trainer.num_frames
+        self._state = 'extracting teacher features'
+        added = self.trainer.sync_frames()
+        self._synced_version = version
+        self.model_version += 1
+        if added and before >= self.settings.min_frames and self.trainer.step_count >= self.target_steps:
+            self.target_steps = self.trainer.step_count + added * self.settings.steps_per_new_frame
+
+    def _do_reset(self) -> None:
+        with self._lock:
+            self._reset_requested = False
+            self.store.clear()
+            self._stamps.clear()
+        self.trainer = None
+        self.teacher = None
+        self._synced_version = -1
+        self._loss, self._eval_psnr, self._rays_per_s = {}, float('nan'), 0.0
+        self._resumed_step = self._resumed_frames = 0
+        self._saved_step = -1
+        self.target_steps = int(self.config.trainer.steps)
+        self.model_version += 1
+        path = self.checkpoint_path
+        if path is not None and path.exists():
+            path.replace(path.with_name('previous.ckpt'))
+        self._state = 'waiting for keyframes'

@@ -1,0 +1,92 @@
+"""All nodes in one process: capture, trainer, query (and optionally replay) on one multi-threaded executor.
+
+For pip installs, where ``ros2 launch`` does not exist: the nodes are the same classes the launch file
+starts, configured from the same YAML (``--params-file`` semantics: the ``/**`` section for every node,
+``capture:`` / ``trainer:`` / ``query:`` / ``replay:`` sections for each), and they still talk over topics,
+so RViz and ``ros2 topic`` see the usual graph. One difference: the query node uses the trainer's live
+model (no checkpoint round trip).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from .common import init_ros
+
+
+def ros_arguments(params_files: Sequence[Path] = (), parameters: Sequence[str] = ()) -> List[str]:
+    """``--ros-args`` list: each params file, then each ``name:=value`` (applies to every node)."""
+    args = ['f3rm-ros-pipeline', '--ros-args']
+    for path in params_files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f'parameters file {path} does not exist')
+        args += ['--params-file', str(path)]
+    for item in parameters:
+        if ':=' not in item:
+            raise ValueError(f'parameter {item!r} must look like name:=value')
+        args += ['-p', item]
+    return args
+
+
+def create_nodes(replay: bool = False, context=None) -> list:
+    """Build the nodes (ROS must be initialised): [capture, trainer, query] (+ replay first)."""
+    from .capture_node import CaptureNode
+    from .query_node import QueryNode
+    from .trainer_node import TrainerNode
+    nodes = []
+    try:
+        if replay:
+            from .replay_node import ReplayNode
+            nodes.append(ReplayNode(context=context))
+        nodes.append(CaptureNode(context=context))
+        trainer = TrainerNode(context=context)
+        nodes.append(trainer)
+        nodes.append(QueryNode(live=trainer.session, context=context))
+    except Exception:
+        for node in nodes:
+            node.destroy_node()
+        raise
+    return nodes
+
+
+def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = (), replay: bool = False,
+                 duration_s: Optional[float] = None, query: str = '', exit_after_query: bool = False,
+                 threads: Optional[int] = None, report: Callable[[str], None] = print) -> int:
+    """Run until Ctrl-C / SIGTERM, or for `duration_s`; with `query`, ask it once training is done.
+
+    Returns 0, or 1 when `exit_after_query` was asked but the query was never answered.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from std_msgs.msg import String
+
+    init_ros(ros_arguments(params_files, parameters))
+    nodes = create_nodes(replay)
+    trainer = next(n for n in nodes if n.get_name() == 'trainer')
+    querier = next(n for n in nodes if n.get_name() == 'query')
+    executor = MultiThreadedExecutor(num_threads=threads)
+    for node in nodes:
+        executor.add_node(node)
+    report(f'pipeline: {", ".join(n.get_fully_qualified_name() for n in nodes)}')
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    asked = not query
+    try:
+        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.2)
+            if not asked and trainer.session.state == 'done':
+                querier._on_query(String(data=query))
+                asked = True
+                report(f'pipeline: training done at step {trainer.session.step}; asked {query!r}')
+            if asked and query and exit_after_query and querier.answered:
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    if query and asked:
+        report(f'pipeline: last query {querier.last}')
+    return 1 if exit_after_query and not querier.answered else 0

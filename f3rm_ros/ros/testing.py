@@ -1,0 +1,157 @@
+"""Helpers for tests and scripts that talk to f3rm_ros nodes: a private ROS context on its own domain.
+
+`RosProbe` confines DDS to this machine, picks a ROS_DOMAIN_ID (random in 100..199 unless given) so
+parallel runs do not hear each other, spins a helper node on a background thread, and offers condition
+waits with timeouts (never sleeps as synchronisation). `subprocess_env` gives child processes the same
+domain and the localhost DDS settings.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from .dds import localhost_dds_env
+
+
+def pick_domain_id() -> int:
+    """A ROS_DOMAIN_ID for one test run: random in 100..199."""
+    return random.randint(100, 199)
+
+
+def subprocess_env(domain_id: int, **extra: str) -> Dict[str, str]:
+    """Environment for a child process: localhost-only DDS, `domain_id`, no model hub, unbuffered output."""
+    env = localhost_dds_env()
+    env.update({'ROS_DOMAIN_ID': str(domain_id), 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1'})
+    env.update(extra)
+    return env
+
+
+class Inbox:
+    """Messages received on one subscription, with a wait for a condition on them."""
+
+    def __init__(self):
+        self.messages: List[Any] = []
+        self.condition = threading.Condition()
+
+    def __call__(self, msg) -> None:
+        with self.condition:
+            self.messages.append(msg)
+            self.condition.notify_all()
+
+    @property
+    def last(self) -> Any:
+        """Newest message or None."""
+        with self.condition:
+            return self.messages[-1] if self.messages else None
+
+    def mark(self) -> int:
+        """Count of messages so far: pass it as `since` to wait only for newer ones."""
+        with self.condition:
+            return len(self.messages)
+
+    def wait(self, predicate: Callable[[Any], bool] = lambda msg: True, timeout: float = 10.0,
+             what: str = 'a message', since: int = 0) -> Any:
+        """Return the newest message (after the first `since`) satisfying `predicate`.
+
+        AssertionError after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self.condition:
+            while True:
+                for msg in reversed(self.messages[since:]):
+                    if predicate(msg):
+                        return msg
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what} '
+                                         f'({len(self.messages)} messages received)')
+                self.condition.wait(min(left, 0.5))
+
+
+class RosProbe:
+    """A helper node in its own context: subscribe, publish, call services, wait for conditions."""
+
+    def __init__(self, domain_id: Optional[int] = None, name: str = 'f3rm_probe'):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        from .dds import confine_dds_to_localhost
+        confine_dds_to_localhost()
+        self.domain_id = pick_domain_id() if domain_id is None else int(domain_id)
+        os.environ['ROS_DOMAIN_ID'] = str(self.domain_id)
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._running = True
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self._running and self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # shutting down
+                if not self._running:
+                    return
+                raise
+
+    def subscribe(self, msg_type, topic: str, qos=10) -> Inbox:
+        """Collect messages of `topic` into an `Inbox`."""
+        inbox = Inbox()
+        self.node.create_subscription(msg_type, topic, inbox, qos)
+        return inbox
+
+    def publisher(self, msg_type, topic: str, qos=10):
+        """A publisher on `topic`."""
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:
+        """Wait until `publisher` is matched by at least `count` subscriptions."""
+        self.wait_until(lambda: publisher.get_subscription_count() >= count, timeout,
+                        f'{count} subscriber(s) on {publisher.topic_name}')
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 20.0):
+        """Call a service and return its response; AssertionError on timeout."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise AssertionError(f'service {name} not available after {timeout:.0f} s')
+            future = client.call_async(request if request is not None else srv_type.Request())
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout):
+                raise AssertionError(f'service {name} did not answer within {timeout:.0f} s')
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node_name: str, **values) -> List[Any]:
+        """Set parameters of another node through its ~/set_parameters service; returns the results."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        return list(self.call(SetParameters, f'{node_name}/set_parameters', request).results)
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll_s: float = 0.05) -> None:
+        """Poll `predicate` until true; AssertionError naming `what` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        """Stop spinning and shut the context down."""
+        self._running = False
+        self._thread.join(2.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()

@@ -1,0 +1,172 @@
+"""trainer node: keyframes → a feature field trained online in a background thread.
+
+Inputs: ``capture/keyframe/{image,camera_info,pose,depth,labels}`` (reassembled by stamp) and
+``capture/keyframe/label_names`` (relative names: the capture node's outputs in the same namespace; remap
+them otherwise). At start-up the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt`` are loaded, so
+a restarted trainer goes on where it stopped. Outputs: ``~/status`` (DiagnosticStatus: state, step, loss,
+PSNR, rays/s, frames ...) at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient
+local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset``. The training loop
+lives in `f3rm_ros.core.online.OnlineSession`; this node only translates messages.
+"""
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from ..core.frames import PosedFrame
+from ..core.online import OnlineSession, SessionSettings, StampAssembler
+from . import conversions as conv
+from .common import (QOS_CHOICES, NodeParameters, ParamSpec, ProblemLog, decode_label_names, expand_path,
+                     image_to_labels, latched_qos, make_qos, node_main, non_negative, one_of, positive,
+                     status_message)
+
+PARAMETERS = [
+    ParamSpec('dataset_dir', '', "scan folder to resume from at start-up ('' = none; the capture node's)"),
+    ParamSpec('checkpoint_dir', '', "where latest.ckpt is written ('' = no checkpoints)"),
+    ParamSpec('resume', True, 'load checkpoint_dir/latest.ckpt at start-up when it exists'),
+    ParamSpec('min_frames', 5, 'keyframes before training starts', validator=positive),
+    ParamSpec('teacher_choice', 'auto', 'auto | clip | labels (auto: teacher.name, falling back when CLIP '
+              'weights are missing)', validator=one_of('auto', 'clip', 'labels')),
+    ParamSpec('steps_per_new_frame', 20, 'steps added per keyframe arriving after the step budget is spent',
+              validator=non_negative),
+    ParamSpec('input_qos', 'latched', 'QoS of the keyframe inputs: ' + ' | '.join(QOS_CHOICES)
+              + " (latched matches the capture node's outputs)", validator=one_of(*QOS_CHOICES)),
+    ParamSpec('assembly_wait_s', 2.0, 'how long the parts of one keyframe may trickle in (s)', validator=positive),
+    ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
+    ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
+]
+CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
+
+
+class TrainerNode(Node):
+    """Online training (see the module docstring)."""
+
+    def __init__(self, **kwargs):
+        super().__init__('trainer', **kwargs)
+        self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS)
+        p = self.params
+        self.config = p.config
+        self.base_frame = self.config.workspace.base_frame
+        self.problems = ProblemLog(self.get_logger())
+        settings = SessionSettings(min_frames=p['min_frames'], dataset_dir=expand_path(p['dataset_dir']),
+                                   checkpoint_dir=expand_path(p['checkpoint_dir']), resume=p['resume'],
+                                   teacher_choice=p['teacher_choice'],
+                                   steps_per_new_frame=p['steps_per_new_frame'])
+        self.pub_checkpoint = self.create_publisher(String, '~/checkpoint', latched_qos())
+        self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
+        self.session = OnlineSession(self.config, settings, on_checkpoint=self._on_checkpoint)
+        if settings.dataset_dir or settings.checkpoint_dir:
+            summary = self.session.resume_from_disk()
+            if summary['frames'] or summary['checkpoint']:
+                self.get_logger().info(f'resuming: {summary["frames"]} keyframes from {settings.dataset_dir}'
+                                       + (f', checkpoint {summary["checkpoint"]}' if summary['checkpoint'] else ''))
+        self.assembler = StampAssembler(('image', 'camera_info', 'pose'), ('depth', 'labels'),
+                                        wait_s=p['assembly_wait_s'])
+        qos = make_qos(p['input_qos'], depth=16)
+        for part, kind in (('image', Image), ('camera_info', CameraInfo), ('pose', PoseStamped),
+                           ('depth', Image), ('labels', Image)):
+            self.create_subscription(kind, f'capture/keyframe/{part}',
+                                     lambda msg, part=part: self._on_part(part, msg), qos)
+        self.create_subscription(String, 'capture/keyframe/label_names', self._on_label_names, latched_qos())
+        self.create_service(Trigger, '~/save', self._on_save)
+        self.create_service(Trigger, '~/pause', lambda req, res: self._trigger(res, self.session.pause))
+        self.create_service(Trigger, '~/resume', lambda req, res: self._trigger(res, self.session.resume))
+        self.create_service(Trigger, '~/reset', lambda req, res: self._trigger(res, self.session.reset))
+        self.create_timer(0.1, self._poll)
+        self.create_timer(1.0 / p['status_rate_hz'], self._publish_status)
+        if not p['autostart']:
+            self.session.pause()
+        self.session.start()
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def _on_part(self, part: str, msg) -> None:
+        done, problems = self.assembler.add(part, conv.stamp_to_seconds(msg.header.stamp), msg)
+        for problem in problems:
+            self.problems.report('assembly', problem)
+        for stamp, parts in done:
+            self._add_keyframe(stamp, parts)
+
+    def _poll(self) -> None:
+        done, problems = self.assembler.poll()
+        for problem in problems:
+            self.problems.report('assembly', problem)
+        for stamp, parts in done:
+            self._add_keyframe(stamp, parts)
+
+    def _add_keyframe(self, stamp: float, parts) -> None:
+        try:
+            pose = parts['pose']
+            if pose.header.frame_id != self.base_frame:
+                raise ValueError(f'pose is in frame {pose.header.frame_id!r}, expected {self.base_frame!r}')
+            K, width, height = conv.camera_info_to_K(parts['camera_info'])
+            rgb = conv.image_to_rgb(parts['image'])
+            if rgb.shape[:2] != (height, width):
+                raise ValueError(f'image is {rgb.shape[1]} x {rgb.shape[0]}, camera_info {width} x {height}')
+            depth = conv.depth_to_metres(parts['depth']) if 'depth' in parts else None
+            labels = image_to_labels(parts['labels']) if 'labels' in parts else None
+            frame = PosedFrame(rgb, K, conv.pose_to_matrix(pose.pose), stamp=stamp, depth=depth, labels=labels)
+        except ValueError as error:
+            self.problems.report('keyframe', f'keyframe {stamp:.3f} s ignored: {error}')
+            return
+        added, why = self.session.add_frame(frame)
+        if added:
+            self.get_logger().info(f'keyframe {stamp:.3f} s added ({len(self.session.store)} held)')
+        else:
+            self.problems.report('keyframe', f'keyframe {stamp:.3f} s not added: {why}',
+                                 level='debug' if 'already held' in why else 'warn')
+
+    def _on_label_names(self, msg: String) -> None:
+        try:
+            self.session.set_labels(decode_label_names(msg.data))
+        except ValueError as error:
+            self.problems.report('label_names', f'label_names ignored: {error}')
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def _on_checkpoint(self, path) -> None:
+        self.pub_checkpoint.publish(String(data=str(path)))
+        self.get_logger().info(f'checkpoint {path} (step {self.session.step})')
+
+    def _publish_status(self) -> None:
+        values = self.session.status()
+        values['problems'] = sum(self.problems.counts.values())
+        values['last_problem'] = self.problems.last_problem
+        state = values['state']
+        level = DiagnosticStatus.ERROR if state.startswith('error') else DiagnosticStatus.OK
+        self.pub_status.publish(status_message(
+            self.get_fully_qualified_name(), values, level,
+            f'{state}: step {values["step"]}/{values["target_steps"]}, {values["frames"]} keyframes'))
+
+    def _on_save(self, request, response):
+        try:
+            response.message = str(self.session.save())
+            response.success = True
+        except RuntimeError as error:
+            response.message = str(error)
+            response.success = False
+        return response
+
+    def _trigger(self, response, action):
+        response.message = action()
+        response.success = True
+        self.get_logger().info(response.message)
+        return response
+
+    def destroy_node(self):
+        """Stop training after the current step and save a last checkpoint."""
+        self.session.stop(save=True)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    """``ros2 run f3rm_ros trainer_node``."""
+    return node_main(TrainerNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

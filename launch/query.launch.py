@@ -1,0 +1,32 @@
+"""Query a saved checkpoint: the query node alone (and optionally RViz).
+
+    ros2 launch f3rm_ros query.launch.py checkpoint:=$HOME/.ros/f3rm/checkpoints/latest.ckpt rviz:=true
+    ros2 topic pub --once /query/query std_msgs/String "data: mug"
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    """Build the launch description."""
+    share = get_package_share_directory('f3rm_ros')
+    return LaunchDescription([
+        DeclareLaunchArgument('checkpoint', description='checkpoint file (latest.ckpt of a trainer run)'),
+        DeclareLaunchArgument('params_file', default_value=os.path.join(share, 'config', 'f3rm.yaml'),
+                              description='ROS parameters YAML (query settings: query.* and the query section)'),
+        DeclareLaunchArgument('device', default_value='auto', description='auto | cpu | cuda'),
+        DeclareLaunchArgument('rviz', default_value='false', description='start RViz with config/f3rm.rviz'),
+        Node(package='f3rm_ros', executable='query_node', name='query', output='screen',
+             parameters=[LaunchConfiguration('params_file'),
+                         {'checkpoint': LaunchConfiguration('checkpoint'),
+                          'device': LaunchConfiguration('device')}]),
+        Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
+             arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
+             condition=IfCondition(LaunchConfiguration('rviz'))),
+    ])

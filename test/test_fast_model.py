@@ -1,0 +1,161 @@
+"""The fast path swapped into the whole model (f3rm_ros.core.fast.accelerate) against the reference path."""
+import pytest
+import torch
+
+pytest.importorskip('nerfstudio')
+
+from f3rm_ros.core.config import make_config  # noqa: E402
+from f3rm_ros.core.field import FeatureField  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def test_render_then_project_equals_projecting_every_sample():
+    """W (sum w h) + b sum w == sum w (W h + b): the feature head's output layer applied per ray."""
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+    torch.manual_seed(0)
+    config = make_config('cpu-tiny').feature_field
+    field = FeatureField(config, SceneContraction(order=float('inf')))
+    for p in field.parameters():  # hash tables start near zero: make every term matter
+        torch.nn.init.uniform_(p, -0.5, 0.5)
+    positions = torch.randn(64, 24, 3)
+    weights = torch.rand(64, 24, 1) / 24
+    upstream = torch.randn(64, config.feature_dim)
+    results = []
+    variants = (lambda: torch.sum(weights * field(positions), dim=-2),
+                lambda: field.render_projected(positions, weights))
+    for fn in variants:
+        field.zero_grad()
+        out = fn()
+        (out * upstream).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in field.parameters()]))
+    (ref, ref_grads), (fast, fast_grads) = results
+    assert torch.allclose(fast, ref, rtol=1e-4, atol=1e-6)
+    for a, b in zip(fast_grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _model_pair(preset):
+    from f3rm_ros.core.fast import FastHashEncoding, accelerate
+    from f3rm_ros.core.model import build_model
+    config = make_config(preset, overrides={'feature_field': {'feature_dim': 64}})
+    fast = build_model(config, 8).cuda()
+    accelerate(fast, force=True)
+    # A second model, not a deepcopy: the model's forward hook is a closure over its own modules.
+    reference = build_model(config, 8).cuda()
+    accelerate(reference, force=True)
+    reference.load_state_dict(fast.state_dict())
+    for module in reference.modules():  # back to nerfstudio's torch code
+        if isinstance(module, FastHashEncoding):
+            module.fast = False
+        if isinstance(module, FeatureField):
+            module.fast_render = False
+    assert sum(isinstance(m, FastHashEncoding) for m in fast.modules()) == 4  # nerfacto + 2 proposals + feature
+    return config, fast, reference
+
+
+def _rays(model, num):
+    from nerfstudio.cameras.cameras import Cameras
+    gen = torch.Generator().manual_seed(1)
+    c2w = torch.eye(4)[:3].repeat(8, 1, 1)
+    c2w[:, :3, 3] = torch.rand(8, 3, generator=gen) * 0.4 - 0.2 + torch.tensor([0.0, 0.0, 1.2])
+    cams = Cameras(camera_to_worlds=c2w, fx=60.0, fy=60.0, cx=32.0, cy=24.0, width=64, height=48).to('cuda')
+    idx = torch.randint(0, 8, (num, 1), generator=gen).cuda()
+    coords = torch.rand(num, 2, generator=gen).cuda() * torch.tensor([48.0, 64.0], device='cuda')
+    return cams.generate_rays(camera_indices=idx, coords=coords)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: the fast path only runs on CUDA')
+@pytest.mark.parametrize('preset', ['cpu-tiny', 'gpu'])
+def test_fast_model_matches_reference_outputs_and_gradients(preset):
+    config, fast, reference = _model_pair(preset)
+    gen = torch.Generator(device='cuda').manual_seed(2)
+    torch.manual_seed(3)
+    with torch.no_grad():  # non-trivial tables so that the comparison means something
+        for name, p in fast.named_parameters():
+            if 'hash_table' in name:
+                torch.nn.init.uniform_(p, -0.3, 0.3)
+    reference.load_state_dict(fast.state_dict())
+    target = {'image': torch.rand(1024, 3, device='cuda', generator=gen),
+              'feature': torch.randn(1024, config.feature_field.feature_dim, device='cuda', generator=gen)}
+    results = []
+    for model in (fast, reference):
+        model.train()
+        model.zero_grad()
+        rays = _rays(model, 1024)  # fresh: the camera optimiser rewrites a bundle's origins in place
+        torch.manual_seed(4)  # the stratified samplers draw the same jitter
+        outputs = model(rays)
+        losses = model.get_loss_dict(outputs, target, model.get_metrics_dict(outputs, target))
+        sum(losses.values()).backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        kept = {k: outputs[k].detach() for k in ('rgb', 'depth', 'feature')}
+        results.append((kept, {k: v.detach() for k, v in losses.items()}, grads))
+    (out_f, loss_f, grad_f), (out_r, loss_r, grad_r) = results
+
+    def rel(a, b):
+        return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-20))
+    for key in out_r:
+        print(key, rel(out_f[key], out_r[key]))
+        assert rel(out_f[key], out_r[key]) < 1e-4, key
+    for key in loss_r:
+        assert rel(loss_f[key], loss_r[key]) < 1e-4, key
+    assert grad_f.keys() == grad_r.keys()
+    for key in grad_r:
+        print(key, rel(grad_f[key], grad_r[key]))
+        assert rel(grad_f[key], grad_r[key]) < 2e-3, key
+
+
+def _cameras(device='cpu'):
+    from nerfstudio.cameras.cameras import Cameras
+    gen = torch.Generator().manual_seed(5)
+    rot = torch.linalg.qr(torch.randn(6, 3, 3, generator=gen))[0]
+    c2w = torch.cat([rot, torch.randn(6, 3, 1, generator=gen)], -1)
+    return Cameras(camera_to_worlds=c2w, fx=torch.rand(6, 1, generator=gen) * 100 + 200,
+                   fy=torch.rand(6, 1, generator=gen) * 100 + 200, cx=torch.full((6, 1), 80.0),
+                   cy=torch.full((6, 1), 60.0), width=160, height=120).to(device)
+
+
+def test_sync_free_rays_equal_nerfstudio_rays():
+    from f3rm_ros.core.fast import generate_rays
+    cams = _cameras()
+    gen = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, 6, (500, 1), generator=gen)
+    coords = torch.rand(500, 2, generator=gen) * torch.tensor([120.0, 160.0])
+    ref = cams.generate_rays(camera_indices=idx, coords=coords)
+    fast = generate_rays(cams, idx, coords)
+    for name in ('origins', 'directions', 'pixel_area', 'camera_indices'):
+        assert torch.allclose(getattr(fast, name).float(), getattr(ref, name).float(), rtol=1e-6, atol=1e-7), name
+    assert torch.allclose(fast.metadata['directions_norm'], ref.metadata['directions_norm'], rtol=1e-6)
+    assert fast.times is None and ref.times is None
+
+
+def test_patched_model_keeps_state_dict_and_metric_values():
+    from f3rm_ros.core.fast.patches import patch_model
+    from f3rm_ros.core.model import build_model
+    config = make_config('cpu-tiny')
+    model = build_model(config, 6)
+    keys = sorted(model.state_dict())
+    ref_psnr = model.psnr
+    ref_metrics = {}
+    with torch.no_grad():
+        model.camera_optimizer.pose_adjustment.normal_()
+    model.camera_optimizer.get_metrics_dict(ref_metrics)
+    rays = _cameras().generate_rays(camera_indices=torch.zeros(64, 1, dtype=torch.long),
+                                    coords=torch.rand(64, 2) * 100)
+    rays = model.collider(rays)
+    sampler = model.proposal_sampler.initial_sampler
+    torch.manual_seed(7)
+    ref_samples = sampler.generate_ray_samples(rays, num_samples=16)
+    assert patch_model(model) >= 3
+    assert sorted(model.state_dict()) == keys
+    a, b = torch.rand(100, 3), torch.rand(100, 3)
+    assert torch.allclose(model.psnr(a, b), ref_psnr(a, b), rtol=1e-5)
+    metrics = {}
+    model.camera_optimizer.get_metrics_dict(metrics)
+    assert metrics.keys() == ref_metrics.keys()
+    for key in metrics:
+        assert torch.allclose(torch.as_tensor(metrics[key]).float(), torch.as_tensor(ref_metrics[key]).float()), key
+    torch.manual_seed(7)
+    samples = sampler.generate_ray_samples(rays, num_samples=16)
+    assert torch.equal(samples.frustums.starts, ref_samples.frustums.starts)
+    assert torch.equal(samples.spacing_ends, ref_samples.spacing_ends)

@@ -1,0 +1,206 @@
+"""The whole ROS pipeline on a synthetic table, over real DDS confined to this machine.
+
+1. Separate processes (replay -> capture -> trainer -> query), as `ros2 launch` would start them. The trainer
+   is killed with SIGKILL mid-scan and restarted: it resumes from the dataset folder and the last checkpoint
+   with every kept keyframe. Then "mug" is asked and the heatmap's most similar points must lie on the mug.
+2. The same flow in one process through `f3rm-ros pipeline`.
+
+Semantics come from the labels teacher (ground truth, DESIGN.md §5); the model is the cpu-tiny preset.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseArray
+from sensor_msgs.msg import Image, PointCloud2, PointField
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from f3rm_ros.core.frames import write_dataset
+from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.ros import conversions as conv
+from f3rm_ros.ros.common import latched_qos, status_values
+from f3rm_ros.ros.testing import RosProbe, subprocess_env
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 150
+OBJECTS = ['mug', 'ball', 'box']
+
+
+@pytest.fixture(scope='module')
+def scene_dataset(tmp_path_factory):
+    scene = make_scene(seed=3, object_names=OBJECTS, num_views=24, width=96, height=72)
+    root = tmp_path_factory.mktemp('replay') / 'table'
+    write_dataset(root, scene.frames, metadata=scene.dataset_metadata())
+    return scene, root
+
+
+def write_params(path: Path, work: Path, dataset: Path) -> Path:
+    params = {
+        '/**': {'ros__parameters': {
+            'preset': 'cpu-tiny', 'dataset_dir': str(work / 'scan'), 'checkpoint_dir': str(work / 'ckpt'),
+            'trainer': {'steps': STEPS, 'checkpoint_every': 20, 'eval_every': 0},
+        }},
+        'capture': {'ros__parameters': {'min_interval_s': 0.0, 'min_sharpness': 0.0, 'status_rate_hz': 5.0}},
+        'trainer': {'ros__parameters': {'min_frames': 6, 'status_rate_hz': 5.0}},
+        'query': {'ros__parameters': {'image_width': 64, 'image_height': 48}},
+        'replay': {'ros__parameters': {'dataset': str(dataset), 'rate_hz': 4.0, 'start_delay_s': 1.0}},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+class Processes:
+    """Node processes with their output in log files (printed when a test fails)."""
+
+    def __init__(self, env, logs: Path):
+        self.env, self.logs, self.procs = env, logs, {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, args, tag: str = '') -> subprocess.Popen:
+        log = open(self.logs / f'{name}{tag}.log', 'w')
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def node(self, name: str, params: Path, tag: str = '') -> subprocess.Popen:
+        return self.start(name, ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args', '--params-file', str(params)],
+                          tag)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def tails(self) -> str:
+        return '\n'.join(f'--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(self.logs.glob('*.log')))
+
+
+def status(inbox, predicate, timeout, what, since=0):
+    """Wait for a DiagnosticStatus (after the first `since`) whose values satisfy `predicate`; returns them."""
+    return status_values(inbox.wait(lambda m: predicate(status_values(m)), timeout, what, since))
+
+
+def check_heatmap(cloud: PointCloud2, scene, name: str = 'mug'):
+    """Five float32 fields in the base frame, and the most similar points on the named object."""
+    assert cloud.header.frame_id == 'base_link'
+    assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
+        ('x', 0, PointField.FLOAT32, 1), ('y', 4, PointField.FLOAT32, 1), ('z', 8, PointField.FLOAT32, 1),
+        ('rgb', 12, PointField.FLOAT32, 1), ('similarity', 16, PointField.FLOAT32, 1)]
+    xyz, rgb, similarity = conv.point_cloud2_to_arrays(cloud)
+    assert len(xyz) > 100 and rgb is not None and np.isfinite(similarity).all()
+    top = xyz[np.argsort(similarity)[-20:]]
+    truth = scene.objects[name]
+    lo = truth['center'] - truth['extent'] / 2 - 0.03
+    hi = truth['center'] + truth['extent'] / 2 + 0.03
+    inside = np.all((top >= lo) & (top <= hi), axis=1).mean()
+    median = np.median(top, axis=0)
+    print(f'{name}: top-20 median {np.round(median, 3)}, truth {np.round(truth["center"], 3)}, '
+          f'{inside:.0%} inside the box (+3 cm)')
+    assert inside >= 0.8
+    assert np.linalg.norm(median[:2] - truth['center'][:2]) < 0.05
+
+
+def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_path):
+    scene, dataset = scene_dataset
+    started = time.monotonic()
+    probe = RosProbe()
+    params = write_params(tmp_path / 'params.yaml', tmp_path, dataset)
+    procs = Processes(subprocess_env(probe.domain_id), tmp_path / 'logs')
+    try:
+        capture_status = probe.subscribe(DiagnosticStatus, '/capture/status')
+        trainer_status = probe.subscribe(DiagnosticStatus, '/trainer/status')
+        replay_status = probe.subscribe(DiagnosticStatus, '/replay/status')
+        heatmaps = probe.subscribe(PointCloud2, '/query/heatmap', latched_qos())
+        markers = probe.subscribe(MarkerArray, '/query/markers', latched_qos())
+        grasps = probe.subscribe(PoseArray, '/query/grasp_candidates', latched_qos())
+        pictures = probe.subscribe(Image, '/query/similarity_image', latched_qos())
+        for name in ('capture', 'trainer', 'query', 'replay'):
+            procs.node(name, params)
+
+        # Hold the arm part-way through the scan, once training has checkpointed, kill -9 the trainer.
+        status(capture_status, lambda v: int(v['keyframes']) >= 10, 90, '10 keyframes')
+        assert probe.call(Trigger, '/replay/pause').success
+        status(trainer_status, lambda v: int(v['step']) >= 21, 120, 'a checkpoint after step 20')
+        procs.procs['trainer'].kill()
+        procs.procs['trainer'].wait(10)
+        import torch
+        killed_at = torch.load(tmp_path / 'ckpt' / 'latest.ckpt', map_location='cpu', weights_only=False)['step']
+        assert killed_at >= 20
+
+        # The scan goes on without a trainer: these keyframes reach it only through the dataset folder.
+        assert probe.call(Trigger, '/replay/resume').success
+        status(replay_status, lambda v: v['state'] == 'done', 60, 'the end of the replay')
+        kept = int(status(capture_status, lambda v: v['pending'] == '0', 10, 'capture idle')['keyframes'])
+        on_disk = len(yaml.safe_load((tmp_path / 'scan' / 'transforms.json').read_text())['frames'])
+        assert kept == on_disk and kept > 10
+
+        restart = trainer_status.mark()
+        procs.node('trainer', params, tag='-restarted')
+        values = status(trainer_status, lambda v: v['state'] == 'training', 120, 'the restarted trainer training',
+                        restart)
+        assert int(values['resumed_frames']) == kept        # every kept keyframe, from the folder
+        assert int(values['frames']) == kept                # and none twice (the latched topic copies)
+        assert int(values['resumed_step']) == killed_at     # the last checkpoint
+        values = status(trainer_status, lambda v: v['state'] == 'done', 240, f'{STEPS} steps', restart)
+        assert int(values['trained_frames']) == kept and int(values['step']) >= STEPS
+
+        # Ask the query node (it follows the latched checkpoint path across processes).
+        query = probe.publisher(String, '/query/query')
+        probe.wait_for_subscribers(query)
+        query.publish(String(data='mug'))
+        cloud = heatmaps.wait(timeout=120, what='the heatmap')
+        check_heatmap(cloud, scene)
+        assert markers.wait(timeout=10).markers[0].action == 3            # DELETEALL, then the boxes
+        assert grasps.wait(timeout=10).header.frame_id == 'base_link'
+        picture = pictures.wait(timeout=30)
+        assert (picture.width, picture.height, picture.encoding) == (64, 48, 'rgb8')
+        print(f'separate processes: {time.monotonic() - started:.0f} s')
+    except AssertionError:
+        print(procs.tails())
+        raise
+    finally:
+        procs.stop_all()
+        probe.close()
+
+
+def test_one_process_pipeline(scene_dataset, tmp_path):
+    scene, dataset = scene_dataset
+    started = time.monotonic()
+    probe = RosProbe()
+    params = write_params(tmp_path / 'params.yaml', tmp_path, dataset)
+    procs = Processes(subprocess_env(probe.domain_id), tmp_path / 'logs')
+    try:
+        trainer_status = probe.subscribe(DiagnosticStatus, '/trainer/status')
+        heatmaps = probe.subscribe(PointCloud2, '/query/heatmap', latched_qos())
+        procs.start('pipeline', ['-m', 'f3rm_ros.cli', 'pipeline', '--params', str(params), '--replay',
+                                 str(dataset)])
+        status(trainer_status, lambda v: v['state'] == 'done', 300, f'{STEPS} steps')
+        query = probe.publisher(String, '/query/query')
+        probe.wait_for_subscribers(query)
+        query.publish(String(data='mug'))
+        check_heatmap(heatmaps.wait(timeout=120, what='the heatmap'), scene)
+        print(f'one process: {time.monotonic() - started:.0f} s')
+    except AssertionError:
+        print(procs.tails())
+        raise
+    finally:
+        procs.stop_all()
+        probe.close()
+    assert procs.procs['pipeline'].returncode == 0, procs.tails()
+    assert os.path.exists(tmp_path / 'ckpt' / 'latest.ckpt')
