@@ -1,0 +1,33 @@
+"""``f3rm-ros demo``: scan a table over ROS 2, train online, answer queries, write a report."""
+from pathlib import Path
+
+
+def register(sub) -> None:
+    """Add the sub-command."""
+    parser = sub.add_parser('demo', help='the whole product on a synthetic table (or --data): scan, train, query',
+                            description='Replays an arm-camera scan over ROS 2 (DDS confined to this machine), '
+                                        'captures keyframes, trains the feature field online, asks text queries '
+                                        'and writes report.md with pictures. Ctrl-C stops cleanly.')
+    parser.add_argument('--output', default='outputs/demo', help='output folder (default: outputs/demo)')
+    parser.add_argument('--data', help='replay this nerfstudio dataset instead of the synthetic table')
+    parser.add_argument('--query', action='append', help='query text (repeatable; default: every object)')
+    parser.add_argument('--seed', type=int, default=7, help='synthetic table layout seed (default: 7)')
+    parser.add_argument('--steps', type=int, default=500, help='training steps (default: 500)')
+    parser.add_argument('--budget', type=float, default=480.0, help='training time budget, s (default: 480)')
+    parser.add_argument('--views', type=int, default=36, help='synthetic scan views (default: 36)')
+    parser.add_argument('--preset', default='cpu-tiny', help='config preset (default: cpu-tiny)')
+    parser.add_argument('--clip-weights', default='', help='local open_clip weights: distil CLIP, not labels')
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run the demo."""
+    from ..ros.demo import DemoSettings, run_demo
+    settings = DemoSettings(output=Path(args.output), data=Path(args.data) if args.data else None,
+                            seed=args.seed, steps=args.steps, budget_s=args.budget, views=args.views,
+                            preset=args.preset, queries=tuple(args.query or ()), clip_weights=args.clip_weights)
+    try:
+        run_demo(settings)
+    except KeyboardInterrupt:
+        return 130
+    return 0

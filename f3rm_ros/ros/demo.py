@@ -1,0 +1,258 @@
+"""The product demo: replay -> capture -> trainer -> query over ROS 2 in one process, then a report.
+
+A synthetic table (or a real dataset) is replayed as an arm camera would publish it; the nodes of
+`pipeline` capture keyframes and train online; once training is done (or the time budget is spent) the demo
+publishes text queries on the query node's topic like any client, listens to the heatmap cloud and markers
+it gets back, scores them against ground truth when there is some, and writes pictures and a report.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..core.frames import read_metadata, write_dataset
+from ..core.report import QueryOutcome, RunReport, write_report
+from .common import init_ros
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs."""
+
+    output: Path = Path('outputs/demo')
+    data: Optional[Path] = None          # a nerfstudio dataset instead of the synthetic table
+    seed: int = 7
+    objects: tuple = ('mug', 'bowl', 'ball', 'bottle', 'screwdriver')
+    views: int = 36
+    width: int = 160
+    height: int = 120
+    preset: str = 'cpu-tiny'
+    steps: int = 500
+    budget_s: float = 480.0              # stop training by then, whatever the step count
+    rate_hz: float = 4.0
+    queries: tuple = ()                  # default: every object of the synthetic scene
+    clip_weights: str = ''
+
+
+def _scene_source(settings: DemoSettings, report: Callable[[str], None]) -> Dict:
+    """Write the synthetic scene as a dataset (the replay source) and return its metadata."""
+    from ..core.scenes import make_scene
+    scene = make_scene(seed=settings.seed, object_names=list(settings.objects), num_views=settings.views,
+                       width=settings.width, height=settings.height)
+    root = settings.output / 'source'
+    write_dataset(root, scene.frames, scene.dataset_metadata())
+    report(f'demo: synthetic table (seed {settings.seed}) with {", ".join(scene.objects)}; '
+           f'{len(scene.frames)} views at {settings.width}x{settings.height} written to {root}')
+    return read_metadata(root)
+
+
+class _QueryClient:
+    """Publishes queries and collects the query node's answers, like any downstream ROS user."""
+
+    def __init__(self, node):
+        from geometry_msgs.msg import PoseArray
+        from sensor_msgs.msg import PointCloud2
+        from std_msgs.msg import String
+        from visualization_msgs.msg import MarkerArray
+
+        from .common import latched_qos
+        self.node = node
+        self.answers: Dict[str, Dict] = {}
+        self.ready = threading.Event()
+        self.publisher = node.create_publisher(String, 'query/query', 10)
+        node.create_subscription(PointCloud2, 'query/heatmap', self._on_cloud, latched_qos())
+        node.create_subscription(MarkerArray, 'query/markers', self._on_markers, latched_qos())
+        node.create_subscription(PoseArray, 'query/grasp_candidates', self._on_grasps, latched_qos())
+        self.pending: Dict[str, object] = {}
+        self.received: Dict[str, Dict[tuple, object]] = {'cloud': {}, 'markers': {}, 'grasps': {}}
+        self.expected = ''
+        self.lock = threading.Lock()
+
+    def ask(self, text: str) -> None:
+        from std_msgs.msg import String
+        with self.lock:
+            self.expected, self.pending = text, {}
+            self.ready.clear()
+        self.publisher.publish(String(data=text))
+
+    def _store(self, key, msg, stamp):
+        # Outputs are latched, so earlier answers arrive too: an answer is the three messages sharing the
+        # stamp of the markers that name this query.
+        with self.lock:
+            self.received[key][stamp] = msg
+            answer = next((s for s, m in self.received['markers'].items()
+                           if any(t.text.startswith(self.expected + ':') for t in m.markers)), None)
+            if answer is not None and all(answer in self.received[k] for k in self.received):
+                self.pending = {k: self.received[k][answer] for k in self.received}
+                self.received = {'cloud': {}, 'markers': {}, 'grasps': {}}
+                self.ready.set()
+
+    def _on_cloud(self, msg):
+        self._store('cloud', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
+
+    def _on_markers(self, msg):
+        stamp = next(((m.header.stamp.sec, m.header.stamp.nanosec) for m in msg.markers if m.action == m.ADD),
+                     None)
+        if stamp is not None:
+            self._store('markers', msg, stamp)
+
+    def _on_grasps(self, msg):
+        self._store('grasps', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
+
+
+def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> Path:
+    """Run the whole demo and return the report path (Ctrl-C stops cleanly, keeping scan and checkpoint)."""
+    import open3d as o3d
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from ..core import query as query_core
+    from ..core.render import feature_pca, save_png
+    from . import conversions as conv
+    from .pipeline import create_nodes, ros_arguments
+
+    timings: Dict[str, float] = {}
+    started = time.monotonic()
+    settings.output.mkdir(parents=True, exist_ok=True)
+    if settings.data is None:
+        meta = _scene_source(settings, report)
+        source = settings.output / 'source'
+        source_text = (f'synthetic table, seed {settings.seed}, {settings.views} views at '
+                       f'{settings.width}x{settings.height}')
+    else:
+        source = Path(settings.data)
+        meta = read_metadata(source)
+        source_text = f'dataset {source} ({len(meta["frames"])} frames)'
+    timings['scene generation'] = time.monotonic() - started
+    objects = {name: np.asarray(o['center'], float) for name, o in meta.get('objects', {}).items()}
+    queries = list(settings.queries) or list(objects)
+    if not queries:
+        raise ValueError('no queries: the dataset has no "objects" entry; pass --query')
+    # the replayed arm moves steadily: keep frames a little more often than a hand-held default would
+    parameters = [f'preset:={settings.preset}', f'dataset:={source.resolve()}', 'min_interval_s:=0.2',
+                  f'dataset_dir:={(settings.output / "scan").resolve()}',
+                  f'checkpoint_dir:={(settings.output / "checkpoints").resolve()}',
+                  f'rate_hz:={settings.rate_hz}', 'loop:=false', f'trainer.steps:={settings.steps}',
+                  'resume:=false']
+    if 'workspace' in meta:
+        lo, hi = meta['workspace']['min'], meta['workspace']['max']
+        parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
+                       f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}']
+    if settings.clip_weights:
+        parameters += [f'teacher.pretrained:={Path(settings.clip_weights).resolve()}', 'teacher_choice:=clip',
+                       'teacher.name:=clip']
+    init_ros(ros_arguments((), parameters))
+    nodes = create_nodes(replay=True)
+    client_node = rclpy.create_node('demo_client')
+    client = _QueryClient(client_node)
+    executor = MultiThreadedExecutor()
+    for node in nodes + [client_node]:
+        executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    trainer_node = next(n for n in nodes if n.get_name() == 'trainer')
+    session = trainer_node.session
+    outcomes: List[QueryOutcome] = []
+    curve: List[Dict[str, float]] = []
+    notes: List[str] = []
+    try:
+        train_started = time.monotonic()
+        last_print = 0.0
+        while True:
+            status = session.status()
+            now = time.monotonic()
+            if 'loss' in status and (not curve or curve[-1]['step'] != status['step']):
+                curve.append({'step': status['step'], 'loss': status['loss'], 'psnr': status['psnr'],
+                              'time': now - train_started})
+            if now - last_print > 5.0:
+                psnr = f'{curve[-1]["psnr"]:.1f} dB' if curve else '-'
+                report(f'demo: [{now - started:4.0f} s] {status["state"]}: {status["frames"]} keyframes, '
+                       f'step {status["step"]}/{settings.steps}, training PSNR {psnr}')
+                last_print = now
+            if session.state == 'done' or (now - train_started > settings.budget_s and status.get('step', 0)):
+                break
+            if session.state == 'error':
+                raise RuntimeError(f'training failed: {status.get("error")}')
+            time.sleep(0.5)
+        if session.state != 'done':
+            notes.append(f'training stopped by the {settings.budget_s:.0f} s budget at step {session.step}')
+        session.pause()
+        timings['capture + online training'] = time.monotonic() - train_started
+        report(f'demo: training done at step {session.step} with {len(session.store)} keyframes; asking {queries}')
+        trainer = session.trainer
+        heldout = trainer.evaluate()['psnr'] if trainer.eval_indices else None
+        frames = session.store.snapshot()
+        view = max(frames, key=lambda f: f.width)  # any keyframe: the view every picture is drawn from
+        query_started = time.monotonic()
+        for text in queries:
+            client.ask(text)
+            asked = time.monotonic()
+            if not client.ready.wait(timeout=120.0):
+                notes.append(f'query {text!r}: no answer within 120 s')
+                continue
+            latency = time.monotonic() - asked
+            xyz, rgb, similarity = conv.point_cloud2_to_arrays(client.pending['cloud'])
+            ply = settings.output / f'heatmap_{text.replace(" ", "_")}.ply'
+            cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
+            if rgb is not None:
+                cloud.colors = o3d.utility.Vector3dVector(rgb.astype(np.float64) / 255.0)
+            o3d.io.write_point_cloud(str(ply), cloud)
+            boxes = [m for m in client.pending['markers'].markers if m.type == m.CUBE]
+            top = None
+            if boxes:
+                p = boxes[0].pose.position
+                top = [p.x, p.y, p.z]
+            embedded = query_core.embed_query(session.teacher, [text], list(session.config.query.negatives),
+                                              session.config.query.temperature, session.config.query.mode)
+            best_view = _best_view(frames, objects.get(text))
+            overlay = query_core.similarity_view(trainer, best_view, embedded)
+            overlay_png = save_png(settings.output / f'overlay_{text.replace(" ", "_")}.png', overlay)
+            truth = objects.get(text)
+            error = None if (truth is None or top is None) else float(np.linalg.norm(np.asarray(top) - truth))
+            labels = [m.text for m in client.pending['markers'].markers if m.type == m.TEXT_VIEW_FACING]
+            score = float(labels[0].rsplit(':', 1)[1]) if labels else None  # markers read 'query: score'
+            outcomes.append(QueryOutcome(text, str(overlay_png), str(ply), len(xyz), len(boxes), top, score,
+                                         None if truth is None else truth.tolist(), error, latency))
+            report(f'demo: {text!r}: {len(boxes)} clusters, top at {np.round(top, 3).tolist() if top else None}'
+                   + (f', error {error * 100:.1f} cm' if error is not None else '') + f' ({latency:.1f} s)')
+        timings['queries'] = time.monotonic() - query_started
+        rendered = query_core.render_view(trainer, view)
+        pictures = {
+            'feature PCA (rendered keyframe view)': str(save_png(settings.output / 'feature_pca.png',
+                                                                 feature_pca(rendered['feature']))),
+            'reconstruction (rendered keyframe view)': str(save_png(settings.output / 'render_rgb.png',
+                                                                    rendered['rgb'])),
+        }
+    except KeyboardInterrupt:
+        report('demo: interrupted: saving the checkpoint; the scan stays in ' + str(settings.output / 'scan'))
+        raise
+    finally:
+        session.stop(save=True)
+        executor.shutdown()
+        for node in nodes + [client_node]:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    timings['total'] = time.monotonic() - started
+    run = RunReport(title='f3rm_ros demo', teacher=session.teacher.name, teacher_reason=session.teacher_reason,
+                    source=source_text, keyframes=len(frames), steps=session.step, heldout_psnr=heldout,
+                    curve=curve, timings=timings, queries=outcomes, pictures=pictures, notes=notes)
+    path = write_report(run, settings.output)
+    report(f'demo: report written to {path}')
+    return path
+
+
+def _best_view(frames, center: Optional[np.ndarray]):
+    """Pick the keyframe that looks most directly at `center` (the first keyframe when unknown)."""
+    if center is None:
+        return frames[0]
+
+    def alignment(frame):
+        direction = center - frame.T_base_optical[:3, 3]
+        return float(frame.T_base_optical[:3, 2] @ direction / np.linalg.norm(direction))
+    return max(frames, key=alignment)

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The demo of the README: a synthetic table scanned, trained and queried over ROS 2 on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+exec .venv/bin/f3rm-ros demo "$@"
