@@ -50,8 +50,8 @@ def write_params(path: Path, work: Path, dataset: Path) -> Path:
             'trainer': {'steps': STEPS, 'checkpoint_every': 20, 'eval_every': 0},
         }},
         'capture': {'ros__parameters': {'min_interval_s': 0.0, 'min_sharpness': 0.0, 'status_rate_hz': 5.0}},
-        'trainer': {'ros__parameters': {'min_frames': 6, 'status_rate_hz': 5.0}},
-        'query': {'ros__parameters': {'image_width': 64, 'image_height': 48}},
+        'trainer': {'ros__parameters': {'min_frames': 6, 'status_rate_hz': 5.0, 'torch_threads': 1}},
+        'query': {'ros__parameters': {'image_width': 64, 'image_height': 48, 'torch_threads': 1}},
         'replay': {'ros__parameters': {'dataset': str(dataset), 'rate_hz': 4.0, 'start_delay_s': 1.0}},
     }
     path.write_text(yaml.safe_dump(params))
@@ -113,7 +113,7 @@ def check_heatmap(cloud: PointCloud2, scene, name: str = 'mug'):
     print(f'{name}: top-20 median {np.round(median, 3)}, truth {np.round(truth["center"], 3)}, '
           f'{inside:.0%} inside the box (+3 cm)')
     assert inside >= 0.8
-    assert np.linalg.norm(median[:2] - truth['center'][:2]) < 0.05
+    assert np.linalg.norm(median[:2] - truth['center'][:2]) < np.max(truth['extent'][:2]) / 2 + 0.02
 
 
 def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_path):

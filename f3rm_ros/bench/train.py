@@ -50,6 +50,9 @@ def register(sub) -> None:
                    help='PSNR whose time-to-reach is reported (default: the baseline\'s final PSNR)')
     p.add_argument('--baseline', help='path of ns_baseline.py: run it first on the same data (same GPU)')
     p.add_argument('--baseline-steps', type=int, help='baseline steps (default: --steps)')
+    p.add_argument('--baseline-rays', type=int, default=4096, help='baseline rays per batch (default: 4096)')
+    p.add_argument('--target-margin', type=float, default=0.3,
+                   help='also report the time to (target - margin) dB (default: 0.3, the issue\'s tolerance)')
     p.add_argument('--baseline-result', help='a file with a baseline "RESULT ..." line, instead of running it')
     p.add_argument('--no-fast', action='store_true', help='disable the fast path (F3RM_FAST=0): reference timing')
     p.add_argument('--depth', action='store_true', help='keep the depth loss (off by default: the baseline has none)')
@@ -272,8 +275,7 @@ def run(args) -> int:
         baseline = parse_result_line(Path(args.baseline_result).read_text())
     elif args.baseline:
         bsteps = args.baseline_steps or args.steps
-        env_rays = str(args.rays or 4096)
-        os.environ['RAYS'] = env_rays
+        os.environ['RAYS'] = str(args.baseline_rays)
         baseline = run_baseline([python(), args.baseline, args.data, str(bsteps), str(args.feature_dim), 'amp'],
                                 out / 'baseline.log' if out else None)
     target = args.target_psnr
@@ -297,6 +299,8 @@ def run(args) -> int:
     clock = Stopwatch()
     curve: List[Dict] = []
     reached: Optional[Dict] = None
+    reached_margin: Optional[Dict] = None
+    margin_target = None if target is None else target - args.target_margin
     warm_step, warm_time = 20, None
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
     clock.start()
@@ -304,8 +308,8 @@ def run(args) -> int:
         trainer.step()
         if step == warm_step:
             warm_time = clock.elapsed
-        due = step in milestones or (reached is None and target is not None and args.eval_every
-                                     and step % args.eval_every == 0)
+        due = step in milestones or ((reached is None or reached_margin is None) and target is not None
+                                     and args.eval_every and step % args.eval_every == 0)
         if due:
             train_s = clock.stop()
             mem = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
@@ -319,6 +323,8 @@ def run(args) -> int:
                   f'(evaluation {eval_s:.1f} s, not counted)', flush=True)
             if reached is None and target is not None and value >= target:
                 reached = row
+            if reached_margin is None and margin_target is not None and value >= margin_target:
+                reached_margin = row
             clock.start()
     total_s = clock.stop()
     steady_steps = args.steps - warm_step
@@ -355,8 +361,13 @@ def run(args) -> int:
     add('peak GPU memory (GiB)', peak, number(b.get('peak_mem')) if baseline else None, lambda v: f'{v:.2f}',
         ratio=False)
     if target is not None:
-        rows.append([f'train time to PSNR {target:.2f} dB', 'see train wall' if baseline else '',
-                     f'{reached["train_s"]:.1f} s (step {reached["step"]})' if reached else 'not reached', ''])
+        b_wall = number(b.get('train_wall')) if baseline else float('nan')
+        for label, value, hit in ((f'{target:.2f}', target, reached),
+                                  (f'{margin_target:.2f} (target - {args.target_margin:g})', margin_target,
+                                   reached_margin)):
+            ratio = f'{b_wall / hit["train_s"]:.1f}x faster' if hit and b_wall == b_wall else ''
+            rows.append([f'train time to PSNR {label} dB', f'{b_wall:.1f} s (its final PSNR)' if baseline else '',
+                         f'{hit["train_s"]:.1f} s (step {hit["step"]})' if hit else 'not reached', ratio])
     if baseline and 'steps' in b and int(number(b['steps'])) != args.steps:
         rows.append(['note', f'baseline ran {b["steps"]} steps', f'{args.steps} steps', ''])
     table = format_table(rows)
@@ -365,7 +376,8 @@ def run(args) -> int:
         'device': device_name(), 'data': str(args.data), 'frames': len(frames), 'rays_per_batch': rays,
         'steps': args.steps, 'recipe': args.recipe, 'fast': _fast_summary(trainer.model), 'setup_s': setup_s,
         'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_mem_gib': peak, 'curve': curve,
-        'target_psnr': target, 'reached': reached, 'baseline': baseline, 'table': table,
+        'target_psnr': target, 'reached': reached, 'target_margin': args.target_margin,
+        'reached_margin': reached_margin, 'baseline': baseline, 'table': table,
     }
     write_json(str(out / 'summary.json') if out else None, summary)
     if out is not None:

@@ -394,6 +394,17 @@ def decode_label_names(text: str) -> Dict[int, str]:
         raise ValueError(f'label ids must be integers: {error}') from error
 
 
+def set_torch_threads(count: int) -> None:
+    """Limit torch's intra-op threads of this process (0 = leave torch's default).
+
+    On a small CPU shared by several node processes, one thread per process is several times faster than
+    torch's default (measured on 2 cores with another busy process: 0.5 s vs 1.7-2.9 s per cpu-tiny step).
+    """
+    if count > 0:
+        import torch
+        torch.set_num_threads(int(count))
+
+
 def expand_path(path: str) -> str:
     """'~' and environment variables expanded; '' stays ''."""
     return os.path.expandvars(os.path.expanduser(path)) if path else ''

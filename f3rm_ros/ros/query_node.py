@@ -26,8 +26,8 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from . import conversions as conv
-from .common import (NodeParameters, ParamSpec, ProblemLog, expand_path, latched_qos, node_main, one_of,
-                     positive, status_message)
+from .common import (NodeParameters, ParamSpec, ProblemLog, expand_path, latched_qos, node_main, non_negative,
+                     one_of, positive, set_torch_threads, status_message)
 
 PARAMETERS = [
     ParamSpec('checkpoint', '', "checkpoint to query ('' = follow trainer/checkpoint, or the live trainer)",
@@ -40,6 +40,8 @@ PARAMETERS = [
     ParamSpec('image_width', 160, 'width of ~/similarity_image (px)', True, positive),
     ParamSpec('image_height', 120, 'height of ~/similarity_image (px)', True, positive),
     ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
+    ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
+              'processes share a few cores)', validator=non_negative),
 ]
 CONFIG_SECTIONS = ('query',)
 RUNTIME_SECTIONS = ('query',)
@@ -52,6 +54,7 @@ class QueryNode(Node):
         super().__init__('query', **kwargs)
         self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS, RUNTIME_SECTIONS,
                                      on_change=self._on_parameter)
+        set_torch_threads(self.params['torch_threads'])
         self.live = live
         self.problems = ProblemLog(self.get_logger())
         self.latest_path = ''

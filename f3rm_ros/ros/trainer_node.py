@@ -22,7 +22,7 @@ from ..core.online import OnlineSession, SessionSettings, StampAssembler
 from . import conversions as conv
 from .common import (QOS_CHOICES, NodeParameters, ParamSpec, ProblemLog, decode_label_names, expand_path,
                      image_to_labels, latched_qos, make_qos, node_main, non_negative, one_of, positive,
-                     status_message)
+                     set_torch_threads, status_message)
 
 PARAMETERS = [
     ParamSpec('dataset_dir', '', "scan folder to resume from at start-up ('' = none; the capture node's)"),
@@ -37,6 +37,8 @@ PARAMETERS = [
               + " (latched matches the capture node's outputs)", validator=one_of(*QOS_CHOICES)),
     ParamSpec('assembly_wait_s', 2.0, 'how long the parts of one keyframe may trickle in (s)', validator=positive),
     ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
+    ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
+              'processes share a few cores)', validator=non_negative),
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
@@ -49,6 +51,7 @@ class TrainerNode(Node):
         super().__init__('trainer', **kwargs)
         self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS)
         p = self.params
+        set_torch_threads(p['torch_threads'])
         self.config = p.config
         self.base_frame = self.config.workspace.base_frame
         self.problems = ProblemLog(self.get_logger())
@@ -129,6 +132,8 @@ class TrainerNode(Node):
     # ------------------------------------------------------------------------------------------ outputs
 
     def _on_checkpoint(self, path) -> None:
+        if not self.context.ok():  # the last save while shutting down: nobody to tell
+            return
         self.pub_checkpoint.publish(String(data=str(path)))
         self.get_logger().info(f'checkpoint {path} (step {self.session.step})')
 
