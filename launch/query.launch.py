@@ -1,5 +1,6 @@
 """Query a saved checkpoint: the query node alone (and optionally RViz).
 
+Usage:
     ros2 launch f3rm_ros query.launch.py checkpoint:=$HOME/.ros/f3rm/checkpoints/latest.ckpt rviz:=true
     ros2 topic pub --once /query/query std_msgs/String "data: mug"
 """

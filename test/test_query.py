@@ -14,9 +14,9 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.geometry import WorkspaceBox
-from f3rm_ros.core.query import (Cluster, FieldQuerier, QueryResult, cluster_table, core_points, default_view,
-                                 feature_pca_image, oriented_box, otsu_threshold, render_view, similarity_overlay,
-                                 similarity_view, top_down_grasp, write_heatmap_ply)
+from f3rm_ros.core.query import (Cluster, FieldQuerier, QueryResult, cluster_points, cluster_table, core_points,
+                                 default_view, feature_pca_image, grid_components, oriented_box, otsu_threshold,
+                                 render_view, similarity_overlay, similarity_view, top_down_grasp, write_heatmap_ply)
 from f3rm_ros.core.relevancy import TextQuery, relevancy
 from f3rm_ros.core.teachers.labels import LabelsTeacher
 
@@ -123,6 +123,20 @@ def test_core_points_drop_the_weak_fringe():
     values = np.concatenate([np.full(20, 0.9), np.full(20, 0.6)])
     assert np.array_equal(core_points(points, values), points[:20])
     assert len(core_points(points[:5], values[:5])) == 5
+
+
+def test_grid_components_match_dbscan_on_voxels():
+    """26-connected components: corner contact joins, a one-cell gap separates; same partition as open3d."""
+    mask = np.zeros((6, 6, 6), dtype=bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True          # corner contact: one component
+    mask[3:5, 3:5, 3:5] = True                     # a 2x2x2 block, one cell away from (1, 1, 1)
+    labels = grid_components(mask)
+    assert labels[0, 0, 0] == labels[1, 1, 1] != labels[3, 3, 3]
+    assert (labels[~mask] == -1).all() and labels.max() == 1
+    random = np.random.default_rng(1).random((20, 16, 9)) < 0.3
+    ours = grid_components(random)[random]
+    reference = cluster_points(np.argwhere(random).astype(float), eps=1.75, min_points=1)
+    assert len(set(zip(ours.tolist(), reference.tolist()))) == len(set(ours.tolist())) == len(set(reference.tolist()))
 
 
 # ------------------------------------------------------------------------------------ an analytic field
@@ -294,6 +308,11 @@ def test_chunking_and_thresholds_and_cosine(analytic):
     cosine = FieldQuerier(model, teacher, config).query('ball')
     assert cosine.heatmap.relevancy.max() == pytest.approx(1.0, abs=1e-5)
     assert np.linalg.norm(cosine.best.centroid - SPHERES['ball'][0]) < 0.01
+    config.query.mode, config.query.negatives = 'pairwise_softmax', ()
+    no_negatives = FieldQuerier(model, teacher, config).query('ball')   # plain cosine, no 0.5 floor
+    assert no_negatives.negatives == [] and np.allclose(no_negatives.heatmap.relevancy, cosine.heatmap.relevancy)
+    assert no_negatives.threshold == otsu_threshold(no_negatives.heatmap.relevancy)
+    assert len(no_negatives.clusters) == 1
 
 
 def test_surface_only_keeps_a_shell(analytic):
@@ -414,8 +433,11 @@ def test_heatmap_has_no_points_in_empty_space(trained):
     for truth in scene.objects.values():
         near |= np.all(np.abs(points - truth['center']) <= truth['extent'] / 2 + 4 * voxel, axis=1)
     tallest = max(t['center'][2] + t['extent'][2] / 2 for t in scene.objects.values())
-    print(f'{len(points)} points, {np.sum(points[:, 2] > 3 * voxel)} higher than 3 voxels above the table; '
-          f'highest {points[:, 2].max():.3f} m (tallest object {tallest:.3f} m)')
+    on_objects = np.zeros(len(points), dtype=bool)
+    for truth in scene.objects.values():
+        on_objects |= np.all(np.abs(points - truth['center']) <= truth['extent'] / 2, axis=1)
+    print(f'{len(points)} points; off the objects\' boxes, {np.sum(~on_objects & (points[:, 2] > 3 * voxel))} are '
+          f'3-4 voxels above the table; highest point {points[:, 2].max():.3f} m (tallest object {tallest:.3f} m)')
     assert len(points) > 1000
     assert near.all(), f'{np.sum(~near)} points in empty space, e.g. {np.round(points[~near][:5], 3)}'
     assert points[:, 2].max() <= tallest + 3 * voxel
@@ -424,8 +446,11 @@ def test_heatmap_has_no_points_in_empty_space(trained):
 def test_pictures_and_cli(trained, tmp_path, capsys):
     """similarity_view and the PCA picture from the trainer; `f3rm-ros query` on the saved checkpoint."""
     from f3rm_ros.cli import main
+    from f3rm_ros.core.frames import PosedFrame
     trainer, querier = trained['trainer'], trained['querier']
-    frame = trained['scene'].frames[4]
+    held_out = trained['scene'].frames[4]                           # half size: rendering is slow on a CPU
+    frame = PosedFrame(held_out.image[::2, ::2].copy(), np.diag([0.5, 0.5, 1.0]) @ held_out.K,
+                       held_out.T_base_optical, labels=held_out.labels[::2, ::2].copy())
     text_query, _, _ = querier.embed('mug')
     picture = similarity_view(trainer, frame, text_query)
     assert picture.shape == (frame.height, frame.width, 3) and 0 <= picture.min() and picture.max() <= 1

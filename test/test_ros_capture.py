@@ -29,7 +29,7 @@ class FakeClock:
 
 
 def textured(seed=0):
-    """A sharp random image (variance of the Laplacian in the thousands)."""
+    """Return a sharp random image (variance of the Laplacian in the thousands)."""
     return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
 
 

@@ -400,6 +400,7 @@ class CaptureSession:
         """Counters and state for the status topic."""
         out = {'scanning': self.scanning, 'keyframes': self.num_keyframes, 'capacity': self.settings.capacity,
                'resumed_keyframes': self.resumed, 'pending': len(self.pending),
+               'camera_info': f'{self.camera.width}x{self.camera.height}' if self.camera else 'none',
                'dataset_dir': str(self.writer.root) if self.writer is not None else '',
                'full': self.full_reason()}
         out.update(self.stats.as_dict())

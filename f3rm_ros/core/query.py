@@ -259,6 +259,47 @@ def top_down_grasp(centroid: np.ndarray, extent: np.ndarray, rotation: np.ndarra
     return grasp
 
 
+def grid_components(mask: np.ndarray) -> np.ndarray:
+    """Label the connected components (26-neighbourhood) of a boolean 3D grid: 0.. per cell, -1 outside.
+
+    Union-find over neighbour pairs with pointer jumping, vectorised in numpy (no scipy).
+    """
+    shape = mask.shape
+    flat = np.flatnonzero(mask.ravel())
+    parent = np.arange(len(flat))
+    if len(flat) == 0:
+        return np.full(shape, -1, dtype=np.int64)
+    position = np.full(mask.size, -1, dtype=np.int64)
+    position[flat] = np.arange(len(flat))
+    coords = np.stack(np.unravel_index(flat, shape), axis=-1)
+    sources, targets = [], []
+    # 13 of the 26 offsets: each neighbour pair once.
+    offsets = [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1) if (dx, dy, dz) > (0, 0, 0)]
+    for offset in offsets:
+        other = coords + offset
+        inside = np.all((other >= 0) & (other < shape), axis=1)
+        neighbour = position[np.ravel_multi_index(tuple(other[inside].T), shape)]
+        linked = neighbour >= 0
+        sources.append(np.flatnonzero(inside)[linked])
+        targets.append(neighbour[linked])
+    sources, targets = np.concatenate(sources), np.concatenate(targets)
+    while True:
+        a, b = parent[sources], parent[targets]
+        differ = a != b
+        if not differ.any():
+            break
+        np.minimum.at(parent, np.maximum(a, b)[differ], np.minimum(a, b)[differ])
+        while True:  # pointer jumping: every cell points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    _, labels = np.unique(parent, return_inverse=True)
+    out = np.full(mask.size, -1, dtype=np.int64)
+    out[flat] = labels
+    return out.reshape(shape)
+
+
 def _open3d():
     """Import open3d on first use, so the field and relevancy stages also run where it is not installed."""
     try:
@@ -331,7 +372,8 @@ class FieldQuerier:
         model: the F3RM model (eval or train mode; its mode is restored after every evaluation).
         teacher: the teacher the field was distilled from (its text encoder embeds the query).
         config: the configuration; `workspace` and `query` are used.
-        lock: held while the model is evaluated (the `OnlineTrainer.lock` of a live trainer).
+        lock: held while the model is evaluated, one chunk at a time (the `OnlineTrainer.lock` of a live
+            trainer: training goes on between chunks, so a heatmap of a live model may mix a few steps).
         surface_only: keep only occupied voxels with at least one free 6-neighbour (a shell), instead of
             every occupied voxel; fewer points for RViz, same objects.
         min_component_volume: occupied voxels in connected groups smaller than this (m³) are dropped as
@@ -401,11 +443,11 @@ class FieldQuerier:
         """Density [N] (per field unit) at points [N, 3] in base_frame, in chunks."""
         chunk = self.config.query.chunk_size
         out = np.empty(len(points_base), dtype=np.float32)
-        with _eval_mode(self.model, self.lock):
-            for start in range(0, len(points_base), chunk):
-                positions = self._positions_field(points_base[start:start + chunk])
+        for start in range(0, len(points_base), chunk):
+            positions = self._positions_field(points_base[start:start + chunk])
+            with _eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
                 density = self.model.density_at(positions)
-                out[start:start + chunk] = density[..., 0].float().cpu().numpy()
+            out[start:start + chunk] = density[..., 0].float().cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -415,15 +457,14 @@ class FieldQuerier:
         device = _model_device(self.model)
         features = torch.empty((len(points_base), self.config.feature_field.feature_dim), device=device)
         rgb = np.empty((len(points_base), 3), dtype=np.uint8)
-        with _eval_mode(self.model, self.lock):
-            field_module = self.model.field
-            for start in range(0, len(points_base), chunk):
-                positions = self._positions_field(points_base[start:start + chunk])
-                samples = self._ray_samples(positions)
-                _, embedding = field_module.get_density(samples)
-                colour = field_module.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
-                rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+        for start in range(0, len(points_base), chunk):
+            positions = self._positions_field(points_base[start:start + chunk])
+            samples = self._ray_samples(positions)
+            with _eval_mode(self.model, self.lock):
+                _, embedding = self.model.field.get_density(samples)
+                colour = self.model.field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
                 features[start:start + chunk] = self.model.features_at(positions).float()
+            rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
         return features, rgb
 
     def _occupied(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -452,16 +493,14 @@ class FieldQuerier:
         """
         voxel = self.config.query.voxel_size
         min_voxels = int(np.ceil(self.min_component_volume / voxel ** 3 - 1e-9))
-        index = np.flatnonzero(occupied.ravel())
-        if min_voxels <= 1 or len(index) == 0:
+        if min_voxels <= 1 or not occupied.any():
             return
-        labels = cluster_points(self.grid.reshape(-1, 3)[index], eps=1.75 * voxel, min_points=1)
-        sizes = np.bincount(labels[labels >= 0], minlength=1)
-        small = (labels < 0) | (sizes[np.maximum(labels, 0)] < min_voxels)
+        labels = grid_components(occupied)
+        sizes = np.bincount(labels[labels >= 0])
+        small = (labels >= 0) & (sizes[np.maximum(labels, 0)] < min_voxels)
         if small.any():
-            log.debug('dropping %d voxels in %d specks', int(small.sum()),
-                      int(np.sum((sizes > 0) & (sizes < min_voxels))))
-            occupied.ravel()[index[small]] = False
+            log.debug('dropping %d voxels in %d specks', int(small.sum()), int(np.sum(sizes < min_voxels)))
+            occupied[small] = False
 
     def prepare(self) -> float:
         """Evaluate and cache the occupied voxels (density, features, colour) if needed; returns seconds."""
@@ -499,8 +538,11 @@ class FieldQuerier:
                 out[start:start + chunk] = relevancy(self._features[start:start + chunk], query).float().cpu().numpy()
         return out
 
-    def threshold_of(self, values: np.ndarray) -> float:
-        """Threshold of `values` by `query.threshold` (Otsu or percentile), floored in pairwise-softmax mode."""
+    def threshold_of(self, values: np.ndarray, query: Optional[TextQuery] = None) -> float:
+        """Threshold of `values` by `query.threshold` (Otsu or percentile).
+
+        For a pairwise-softmax `query` with negatives it is at least `SOFTMAX_FLOOR`.
+        """
         q = self.config.query
         if values.size == 0:
             return float('nan')
@@ -508,7 +550,7 @@ class FieldQuerier:
             threshold = float(np.percentile(values, q.percentile))
         else:
             threshold = otsu_threshold(values)
-        if q.mode == 'pairwise_softmax' and q.negatives:
+        if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
             threshold = max(threshold, SOFTMAX_FLOOR)
         return threshold
 
@@ -533,7 +575,7 @@ class FieldQuerier:
 
         started = time.perf_counter()
         values = self.relevancy_of(text_query)
-        threshold = self.threshold_of(values)
+        threshold = self.threshold_of(values, text_query)
         selected = values > threshold if values.size else np.zeros(0, dtype=bool)
         timings['relevancy'] = time.perf_counter() - started
 
@@ -542,8 +584,9 @@ class FieldQuerier:
         timings['cluster'] = time.perf_counter() - started
         timings['total'] = sum(timings.values())
 
-        heatmap = Heatmap(points=cache['points'], rgb=cache['rgb'], relevancy=values, alpha=cache['alpha'],
-                          selected=selected, voxel_size=q.voxel_size, base_frame=self.config.workspace.base_frame)
+        heatmap = Heatmap(points=cache['points'].copy(), rgb=cache['rgb'].copy(), relevancy=values,
+                          alpha=cache['alpha'].copy(), selected=selected, voxel_size=q.voxel_size,
+                          base_frame=self.config.workspace.base_frame)
         return QueryResult(text=text, positives=positives, negatives=negatives, heatmap=heatmap,
                            clusters=clusters, timings=timings, threshold=threshold)
 

@@ -214,6 +214,8 @@ class CaptureNode(Node):
         values.update({'frame_ms': round(self.frame_ms, 3), 'frame_ms_max': round(self.frame_ms_max, 3),
                        'keyframe_ms': round(self.keyframe_ms, 3),
                        'pose_source': 'tf' if self.use_tf else 'topic'})
+        values.update({f'problem_{kind}': count for kind, count in sorted(self.problems.counts.items())})
+        values['last_problem'] = self.problems.last_problem
         problem = values.get('last_problem') or values.get('full')
         level = DiagnosticStatus.WARN if values.get('full') else DiagnosticStatus.OK
         self.pub_status.publish(status_message(

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -45,10 +45,17 @@ def init_ros(args: Optional[Sequence[str]] = None, context=None) -> None:
 
 
 def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None) -> None:
-    """Spin `nodes` on one multi-threaded executor until shutdown (Ctrl-C, SIGTERM); then destroy them."""
+    """Spin `nodes` until shutdown (Ctrl-C, SIGTERM); then destroy them.
+
+    One node spins on a single-threaded executor (its heavy work has threads of its own, and rclpy's
+    multi-threaded executor costs more per callback); several share a multi-threaded one.
+    """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    executor = MultiThreadedExecutor(num_threads=threads, context=context)
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    if len(nodes) == 1 and not threads:
+        executor = SingleThreadedExecutor(context=context)
+    else:
+        executor = MultiThreadedExecutor(num_threads=threads, context=context)
     for node in nodes:
         executor.add_node(node)
     try:
@@ -104,7 +111,10 @@ QOS_CHOICES = ('reliable', 'best_effort', 'sensor_data', 'latched')
 
 
 def make_qos(name: str, depth: int = 10) -> QoSProfile:
-    """QoS by name: reliable | best_effort | sensor_data (best effort, depth 5) | latched (reliable + transient local)."""
+    """Return the QoS named: reliable | best_effort | sensor_data (best effort, depth 5) | latched.
+
+    latched = reliable + transient local.
+    """
     if name not in QOS_CHOICES:
         raise ValueError(f'QoS must be one of {QOS_CHOICES}, got {name!r}')
     if name == 'sensor_data':
@@ -136,20 +146,20 @@ class ParamSpec:
 
 
 def non_negative(value: Any) -> Optional[str]:
-    """Validator: a finite number >= 0."""
+    """Check for a finite number >= 0 (a validator)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return f'must be a finite number >= 0, got {value!r}'
     return None
 
 
 def positive(value: Any) -> Optional[str]:
-    """Validator: a finite number > 0."""
+    """Check for a finite number > 0 (a validator)."""
     problem = non_negative(value)
     return problem or (None if value > 0 else f'must be > 0, got {value!r}')
 
 
 def one_of(*choices: str) -> Validator:
-    """Validator: one of `choices`."""
+    """Return a validator accepting only `choices`."""
     def check(value: Any) -> Optional[str]:
         return None if value in choices else f'must be one of {list(choices)}, got {value!r}'
     return check

@@ -17,7 +17,7 @@ from .dds import localhost_dds_env
 
 
 def pick_domain_id() -> int:
-    """A ROS_DOMAIN_ID for one test run: random in 100..199."""
+    """Pick a ROS_DOMAIN_ID for one test run: random in 100..199."""
     return random.randint(100, 199)
 
 
@@ -101,6 +101,10 @@ class RosProbe:
                     return
                 raise
 
+    def add_node(self, node) -> None:
+        """Spin another node (built with ``context=probe.context``) on the probe's executor."""
+        self.executor.add_node(node)
+
     def subscribe(self, msg_type, topic: str, qos=10) -> Inbox:
         """Collect messages of `topic` into an `Inbox`."""
         inbox = Inbox()
@@ -108,7 +112,7 @@ class RosProbe:
         return inbox
 
     def publisher(self, msg_type, topic: str, qos=10):
-        """A publisher on `topic`."""
+        """Create a publisher on `topic`."""
         return self.node.create_publisher(msg_type, topic, qos)
 
     def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 20.0) -> None:

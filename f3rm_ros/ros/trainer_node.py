@@ -5,8 +5,10 @@ Inputs: ``capture/keyframe/{image,camera_info,pose,depth,labels}`` (reassembled 
 them otherwise). At start-up the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt`` are loaded, so
 a restarted trainer goes on where it stopped. Outputs: ``~/status`` (DiagnosticStatus: state, step, loss,
 PSNR, rays/s, frames ...) at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient
-local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset``. The training loop
-lives in `f3rm_ros.core.online.OnlineSession`; this node only translates messages.
+local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model
+and every keyframe for a new scan; call the capture node's ``~/clear`` too, or a restart resumes the old
+scan from its folder). The training loop lives in `f3rm_ros.core.online.OnlineSession`; this node only
+translates messages.
 """
 from __future__ import annotations
 
