@@ -357,17 +357,17 @@ class Box:
 
 
 def test_markers_from_clusters():
-    """DELETEALL first, then cube + label per cluster ranked by score."""
+    """DELETEALL first, then cube + label per cluster in the given (best-first) order."""
     clusters = [
-        {'centroid': [0.1, 0.2, 0.3], 'extent': [0.04, 0.06, 0.1], 'score': 0.31},
         Box(centroid=np.array([0.5, -0.2, 0.05]), extent=np.array([0.1, 0.2, 0.0]), score=0.9, rotation=RZ90),
+        {'centroid': [0.1, 0.2, 0.3], 'extent': [0.04, 0.06, 0.1], 'score': 0.31},
     ]
     msg = roundtrip(cv.markers_from_clusters(clusters, 'mug', 'base_link', 2.0))
     assert isinstance(msg, MarkerArray) and len(msg.markers) == 5
     clear = msg.markers[0]
     assert clear.action == Marker.DELETEALL and clear.ns == 'f3rm'
     best_cube, best_text, cube, text = msg.markers[1:]
-    # Ranked by score: the 0.9 box first, with the first colour.
+    # The first cluster (the query's best) gets the first colour and ids 0/1.
     assert (best_cube.type, best_cube.id, best_cube.action) == (Marker.CUBE, 0, Marker.ADD)
     assert (best_text.type, best_text.id, best_text.text) == (Marker.TEXT_VIEW_FACING, 1, 'mug: 0.90')
     assert (best_cube.color.r, best_cube.color.g, best_cube.color.b) == pytest.approx(cv.RANK_COLOURS[0])

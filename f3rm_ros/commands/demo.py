@@ -14,7 +14,7 @@ def register(sub) -> None:
     parser.add_argument('--seed', type=int, default=7, help='synthetic table layout seed (default: 7)')
     parser.add_argument('--steps', type=int, default=500, help='training steps (default: 500)')
     parser.add_argument('--budget', type=float, default=480.0, help='training time budget, s (default: 480)')
-    parser.add_argument('--views', type=int, default=36, help='synthetic scan views (default: 36)')
+    parser.add_argument('--views', type=int, default=48, help='synthetic scan views (default: 48)')
     parser.add_argument('--preset', default='cpu-tiny', help='config preset (default: cpu-tiny)')
     parser.add_argument('--clip-weights', default='', help='local open_clip weights: distil CLIP, not labels')
     parser.set_defaults(func=run)

@@ -113,7 +113,7 @@ class QueryConfig:
     temperature: float = 0.1
     mode: str = 'pairwise_softmax'  # or 'cosine'
     voxel_size: float = 0.01
-    alpha_threshold: float = 0.05
+    alpha_threshold: float = 0.1  # F3RM's value; 0.05 keeps thousands of air voxels
     threshold: str = 'otsu'  # or 'percentile'
     percentile: float = 99.0
     cluster_eps: float = 0.02

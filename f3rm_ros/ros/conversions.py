@@ -428,14 +428,15 @@ def markers_from_clusters(clusters: Sequence[Any], query: str, frame_id: str, st
     """Clusters → ``visualization_msgs/MarkerArray``: DELETEALL, then per cluster a CUBE and a label.
 
     Each cluster is a mapping or object with ``centroid`` [3], ``extent`` [3] (box size, metres), ``score``
-    and optionally ``rotation`` (3 x 3, box axes in `frame_id`). Clusters are ranked by score: rank r gets
+    and optionally ``rotation`` (3 x 3, box axes in `frame_id`). Clusters come best first (the order the
+    query ranked them, shared with the grasp PoseArray): rank r gets
     ids 2r (cube) and 2r + 1 (TEXT_VIEW_FACING ``"query: score"`` just above the box) and colour
     ``RANK_COLOURS[r]``.
     """
     header = make_header(frame_id, stamp)
     out = MarkerArray()
     out.markers.append(Marker(header=header, ns=namespace, id=0, action=Marker.DELETEALL))
-    ranked = sorted(clusters, key=lambda c: -float(_get(c, 'score', 0.0)))
+    ranked = list(clusters)
     for rank, cluster in enumerate(ranked):
         centroid = np.asarray(_get(cluster, 'centroid'), dtype=np.float64).reshape(3)
         extent = np.asarray(_get(cluster, 'extent'), dtype=np.float64).reshape(3)
