@@ -662,24 +662,10 @@ def render_view(source, pose: Union[PosedFrame, np.ndarray], K: Optional[np.ndar
         try:
             if render is not None:
                 return render(T, K, width, height)
-            return _render_model(model, box, T, K, width, height)
+            from .trainer import render_model
+            return render_model(model, box, T, K, width, height)
         finally:
             model.query = previous
-
-
-@torch.no_grad()
-def _render_model(model, box: WorkspaceBox, T, K, width, height) -> Dict[str, np.ndarray]:
-    from .trainer import make_cameras
-    probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T)
-    camera = make_cameras([probe], box, _model_device(model))
-    with _eval_mode(model):
-        outputs = model.get_outputs_for_camera(camera)
-    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
-    result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / box.scale
-    result['accumulation'] = result['accumulation'][..., 0]
-    if 'similarity' in outputs:
-        result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
-    return result
 
 
 def similarity_overlay(view: Dict[str, np.ndarray], query: Optional[TextQuery] = None,

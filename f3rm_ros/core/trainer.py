@@ -59,6 +59,30 @@ def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.devi
     ).to(device)
 
 
+@torch.no_grad()
+def render_model(model: F3RMModel, box: WorkspaceBox, T_base_optical: np.ndarray, K: np.ndarray, width: int,
+                 height: int) -> Dict[str, np.ndarray]:
+    """Render a view in eval mode, restoring the model's mode afterwards.
+
+    Returns rgb, depth (metres along the ray), accumulation, feature, and similarity when the model has a
+    query. The caller holds any trainer lock.
+    """
+    probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
+    camera = make_cameras([probe], box, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model.get_outputs_for_camera(camera)
+    finally:
+        model.train(was_training)
+    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
+    result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / box.scale
+    result['accumulation'] = result['accumulation'][..., 0]
+    if 'similarity' in outputs:
+        result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
+    return result
+
+
 def holdout_split(num_frames: int, holdout_every: int) -> Tuple[List[int], List[int]]:
     """(train, eval) frame indices: every `holdout_every`-th frame is held out (0 = none)."""
     if holdout_every <= 1:
@@ -220,20 +244,8 @@ class OnlineTrainer:
         Returns rgb [H, W, 3] in [0, 1], depth [H, W] (metres along the ray), accumulation, feature
         [H, W, D], and similarity [H, W] when a query is set on the model.
         """
-        probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
-        camera = make_cameras([probe], self.box, self.device)
         with self.lock:
-            self.model.eval()
-            try:
-                outputs = self.model.get_outputs_for_camera(camera)
-            finally:
-                self.model.train()
-        result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
-        result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / self.box.scale
-        result['accumulation'] = result['accumulation'][..., 0]
-        if 'similarity' in outputs:
-            result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
-        return result
+            return render_model(self.model, self.box, T_base_optical, K, width, height)
 
     def evaluate(self, indices: Optional[List[int]] = None) -> Dict[str, float]:
         """Mean PSNR (and count) over held-out frames (or the given indices)."""
