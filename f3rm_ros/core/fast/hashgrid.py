@@ -47,6 +47,40 @@ if triton is not None:
         return (h & (T - 1)).to(tl.int32) + level * T
 
     @triton.jit
+    def _cell_corners(x_ptr, offs, mask, s, level, T: tl.constexpr):
+        """Return the fractional position in this level's cell and the table rows of its 8 corners."""
+        px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0) * s
+        py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0) * s
+        pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0) * s
+        fx = tl.floor(px)
+        fy = tl.floor(py)
+        fz = tl.floor(pz)
+        xf = fx.to(tl.int32)
+        yf = fy.to(tl.int32)
+        zf = fz.to(tl.int32)
+        xc = tl.ceil(px).to(tl.int32)
+        yc = tl.ceil(py).to(tl.int32)
+        zc = tl.ceil(pz).to(tl.int32)
+        # corners as nerfstudio numbers them: 0 ccc 1 cfc 2 ffc 3 fcc 4 ccf 5 cff 6 fff 7 fcf (x, y, z)
+        return ((px - fx)[:, None], (py - fy)[:, None], (pz - fz)[:, None],
+                _corner_rows(xc, yc, zc, level, T), _corner_rows(xc, yf, zc, level, T),
+                _corner_rows(xf, yf, zc, level, T), _corner_rows(xf, yc, zc, level, T),
+                _corner_rows(xc, yc, zf, level, T), _corner_rows(xc, yf, zf, level, T),
+                _corner_rows(xf, yf, zf, level, T), _corner_rows(xf, yc, zf, level, T))
+
+    @triton.jit
+    def _corner_values(table_ptr, r0, r1, r2, r3, r4, r5, r6, r7, f, m2, F: tl.constexpr):
+        """Load the feature rows of the 8 corners."""
+        return (tl.load(table_ptr + r0[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r1[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r2[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r3[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r4[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r5[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r6[:, None] * F + f, mask=m2, other=0.0),
+                tl.load(table_ptr + r7[:, None] * F + f, mask=m2, other=0.0))
+
+    @triton.jit
     def _hash_fwd_kernel(x_ptr, table_ptr, scale_ptr, out_ptr, N,
                          L: tl.constexpr, T: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
@@ -54,40 +88,10 @@ if triton is not None:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         s = tl.load(scale_ptr + level)
-        px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0) * s
-        py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0) * s
-        pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0) * s
-        fx = tl.floor(px)
-        fy = tl.floor(py)
-        fz = tl.floor(pz)
-        tx = (px - fx)[:, None]
-        ty = (py - fy)[:, None]
-        tz = (pz - fz)[:, None]
-        xf = fx.to(tl.int32)
-        yf = fy.to(tl.int32)
-        zf = fz.to(tl.int32)
-        xc = tl.ceil(px).to(tl.int32)
-        yc = tl.ceil(py).to(tl.int32)
-        zc = tl.ceil(pz).to(tl.int32)
         f = tl.arange(0, F)[None, :]
         m2 = mask[:, None]
-        # corners as nerfstudio numbers them: 0 ccc 1 cfc 2 ffc 3 fcc 4 ccf 5 cff 6 fff 7 fcf (x, y, z)
-        r0 = _corner_rows(xc, yc, zc, level, T)
-        r1 = _corner_rows(xc, yf, zc, level, T)
-        r2 = _corner_rows(xf, yf, zc, level, T)
-        r3 = _corner_rows(xf, yc, zc, level, T)
-        r4 = _corner_rows(xc, yc, zf, level, T)
-        r5 = _corner_rows(xc, yf, zf, level, T)
-        r6 = _corner_rows(xf, yf, zf, level, T)
-        r7 = _corner_rows(xf, yc, zf, level, T)
-        v0 = tl.load(table_ptr + r0[:, None] * F + f, mask=m2, other=0.0)
-        v1 = tl.load(table_ptr + r1[:, None] * F + f, mask=m2, other=0.0)
-        v2 = tl.load(table_ptr + r2[:, None] * F + f, mask=m2, other=0.0)
-        v3 = tl.load(table_ptr + r3[:, None] * F + f, mask=m2, other=0.0)
-        v4 = tl.load(table_ptr + r4[:, None] * F + f, mask=m2, other=0.0)
-        v5 = tl.load(table_ptr + r5[:, None] * F + f, mask=m2, other=0.0)
-        v6 = tl.load(table_ptr + r6[:, None] * F + f, mask=m2, other=0.0)
-        v7 = tl.load(table_ptr + r7[:, None] * F + f, mask=m2, other=0.0)
+        tx, ty, tz, r0, r1, r2, r3, r4, r5, r6, r7 = _cell_corners(x_ptr, offs, mask, s, level, T)
+        v0, v1, v2, v3, v4, v5, v6, v7 = _corner_values(table_ptr, r0, r1, r2, r3, r4, r5, r6, r7, f, m2, F)
         f03 = v0 * tx + v3 * (1 - tx)
         f12 = v1 * tx + v2 * (1 - tx)
         f56 = v5 * tx + v6 * (1 - tx)
@@ -106,32 +110,10 @@ if triton is not None:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         s = tl.load(scale_ptr + level)
-        px = tl.load(x_ptr + offs * 3 + 0, mask=mask, other=0.0) * s
-        py = tl.load(x_ptr + offs * 3 + 1, mask=mask, other=0.0) * s
-        pz = tl.load(x_ptr + offs * 3 + 2, mask=mask, other=0.0) * s
-        fx = tl.floor(px)
-        fy = tl.floor(py)
-        fz = tl.floor(pz)
-        tx = (px - fx)[:, None]
-        ty = (py - fy)[:, None]
-        tz = (pz - fz)[:, None]
-        xf = fx.to(tl.int32)
-        yf = fy.to(tl.int32)
-        zf = fz.to(tl.int32)
-        xc = tl.ceil(px).to(tl.int32)
-        yc = tl.ceil(py).to(tl.int32)
-        zc = tl.ceil(pz).to(tl.int32)
         f = tl.arange(0, F)[None, :]
         m2 = mask[:, None]
+        tx, ty, tz, r0, r1, r2, r3, r4, r5, r6, r7 = _cell_corners(x_ptr, offs, mask, s, level, T)
         g = tl.load(grad_ptr + offs[:, None] * (L * F) + level * F + f, mask=m2, other=0.0)
-        r0 = _corner_rows(xc, yc, zc, level, T)
-        r1 = _corner_rows(xc, yf, zc, level, T)
-        r2 = _corner_rows(xf, yf, zc, level, T)
-        r3 = _corner_rows(xf, yc, zc, level, T)
-        r4 = _corner_rows(xc, yc, zf, level, T)
-        r5 = _corner_rows(xc, yf, zf, level, T)
-        r6 = _corner_rows(xf, yf, zf, level, T)
-        r7 = _corner_rows(xf, yc, zf, level, T)
         if NEED_TABLE:
             ux = 1 - tx
             uy = 1 - ty
@@ -147,14 +129,8 @@ if triton is not None:
             tl.atomic_add(dtable_ptr + r6[:, None] * F + f, g_fz * uy * ux, mask=m2, sem='relaxed')
             tl.atomic_add(dtable_ptr + r7[:, None] * F + f, g_fz * ty * ux, mask=m2, sem='relaxed')
         if NEED_DX:
-            v0 = tl.load(table_ptr + r0[:, None] * F + f, mask=m2, other=0.0)
-            v1 = tl.load(table_ptr + r1[:, None] * F + f, mask=m2, other=0.0)
-            v2 = tl.load(table_ptr + r2[:, None] * F + f, mask=m2, other=0.0)
-            v3 = tl.load(table_ptr + r3[:, None] * F + f, mask=m2, other=0.0)
-            v4 = tl.load(table_ptr + r4[:, None] * F + f, mask=m2, other=0.0)
-            v5 = tl.load(table_ptr + r5[:, None] * F + f, mask=m2, other=0.0)
-            v6 = tl.load(table_ptr + r6[:, None] * F + f, mask=m2, other=0.0)
-            v7 = tl.load(table_ptr + r7[:, None] * F + f, mask=m2, other=0.0)
+            v0, v1, v2, v3, v4, v5, v6, v7 = _corner_values(table_ptr, r0, r1, r2, r3, r4, r5, r6, r7, f, m2,
+                                                            F)
             f03 = v0 * tx + v3 * (1 - tx)
             f12 = v1 * tx + v2 * (1 - tx)
             f56 = v5 * tx + v6 * (1 - tx)
