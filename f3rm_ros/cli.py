@@ -16,13 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     sub = parser.add_subparsers(dest='command', required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f'.commands.{name}', __package__)
-        except ModuleNotFoundError as error:
-            if error.name != f'{__package__}.commands.{name}':
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f'.commands.{name}', __package__).register(sub)
     return parser
 
 
