@@ -180,28 +180,45 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
         probe.close()
 
 
-def test_one_process_pipeline(scene_dataset, tmp_path):
-    scene, dataset = scene_dataset
+def test_shortened_demo_reports_each_object_where_it_is(tmp_path):
+    """`f3rm-ros demo` end to end (one process: replay, capture, trainer, query, a ROS client), shortened.
+
+    The report must name the labels teacher and why, score every queried object against the ground truth
+    (within 3 cm, as the full demo must), keep the heatmap PLY it got over ROS, and draw its pictures.
+    """
+    import json
+
+    import cv2
+    import open3d as o3d
+
+    from f3rm_ros.ros.testing import pick_domain_id
+    out = tmp_path / 'demo'
+    env = subprocess_env(pick_domain_id())
     started = time.monotonic()
-    probe = RosProbe()
-    params = write_params(tmp_path / 'params.yaml', tmp_path, dataset, steps=ONE_PROCESS_STEPS)
-    procs = Processes(subprocess_env(probe.domain_id), tmp_path / 'logs')
-    try:
-        trainer_status = probe.subscribe(DiagnosticStatus, '/trainer/status')
-        heatmaps = probe.subscribe(PointCloud2, '/query/heatmap', latched_qos())
-        procs.start('pipeline', ['-m', 'f3rm_ros.cli', 'pipeline', '--params', str(params), '--replay',
-                                 str(dataset)])
-        status(trainer_status, lambda v: v['state'] == 'done', 300, f'{ONE_PROCESS_STEPS} steps')
-        query = probe.publisher(String, '/query/query')
-        probe.wait_for_subscribers(query)
-        query.publish(String(data='mug'))
-        check_heatmap(heatmaps.wait(timeout=120, what='the heatmap'), scene)
-        print(f'one process: {time.monotonic() - started:.0f} s')
-    except AssertionError:
-        print(procs.tails())
-        raise
-    finally:
-        procs.stop_all()
-        probe.close()
-    assert procs.procs['pipeline'].returncode == 0, procs.tails()
-    assert os.path.exists(tmp_path / 'ckpt' / 'latest.ckpt')
+    done = subprocess.run([sys.executable, '-m', 'f3rm_ros.cli', 'demo', '--output', str(out), '--objects',
+                           'mug,ball', '--seed', '3', '--views', '48', '--size', '96x72', '--steps',
+                           str(ONE_PROCESS_STEPS), '--budget', '300'], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    print(f'shortened demo: {time.monotonic() - started:.0f} s')
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 'step 0/' in done.stdout or 'keyframes' in done.stdout        # progress was shown
+    report = json.loads((out / 'report.json').read_text())
+    assert report['teacher'] == 'labels' and 'ground-truth' in report['teacher_reason']
+    assert report['steps'] == ONE_PROCESS_STEPS and report['keyframes'] >= 20
+    assert report['heldout_psnr'] > 18.0
+    assert [q['text'] for q in report['queries']] == ['mug', 'ball']
+    scene = make_scene(seed=3, object_names=['mug', 'ball'], num_views=2, width=8, height=6)
+    for q in report['queries']:
+        assert np.allclose(q['true_center'], scene.objects[q['text']]['center'])
+        assert q['error_m'] == pytest.approx(np.linalg.norm(np.subtract(q['top_centroid'], q['true_center'])))
+        assert q['error_m'] < 0.03, f'{q["text"]}: {q["error_m"] * 100:.1f} cm from the object'
+        cloud = o3d.io.read_point_cloud(q['ply'])
+        assert len(cloud.points) == q['num_points'] > 100
+        overlay = cv2.imread(q['overlay_png'])
+        assert overlay is not None and overlay.shape[0] > 0 and overlay.std() > 10   # a picture, not a flat fill
+    assert {'scene generation', 'capture + online training', 'queries', 'total'} <= set(report['timings'])
+    for name in ('feature PCA (rendered keyframe view)', 'training curve'):
+        assert cv2.imread(report['pictures'][name]) is not None
+    markdown = (out / 'report.md').read_text()
+    assert '| `mug` |' in markdown and '![similarity overlay for ball]' in markdown
+    assert (out / 'checkpoints' / 'latest.ckpt').exists() and (out / 'scan' / 'transforms.json').exists()

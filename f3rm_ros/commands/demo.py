@@ -15,17 +15,34 @@ def register(sub) -> None:
     parser.add_argument('--steps', type=int, default=500, help='training steps (default: 500)')
     parser.add_argument('--budget', type=float, default=480.0, help='training time budget, s (default: 480)')
     parser.add_argument('--views', type=int, default=48, help='synthetic scan views (default: 48)')
+    parser.add_argument('--size', default='160x120', help='synthetic image size WxH (default: 160x120)')
+    parser.add_argument('--objects', help='comma-separated objects on the synthetic table (default: mug, bowl, '
+                                          'ball, bottle, screwdriver; catalogue: also box, can, banana)')
     parser.add_argument('--preset', default='cpu-tiny', help='config preset (default: cpu-tiny)')
-    parser.add_argument('--clip-weights', default='', help='local open_clip weights: distil CLIP, not labels')
+    parser.add_argument('--teacher', choices=['auto', 'clip', 'labels'], default='auto',
+                        help="auto (default): CLIP when its weights load (the 'openai' hub tag, or --clip-weights), "
+                             'else the ground-truth labels teacher; the report says which ran and why')
+    parser.add_argument('--clip-model', default='ViT-B-16', help='open_clip model name (default: ViT-B-16)')
+    parser.add_argument('--clip-image-size', type=int, default=224, help='CLIP input size (default: 224)')
+    parser.add_argument('--clip-weights', default='', help='local open_clip weights file for --clip-model')
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Run the demo."""
     from ..ros.demo import DemoSettings, run_demo
+    try:
+        width, height = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        raise SystemExit(f'--size must look like 160x120, got {args.size!r}')
+    extra = {}
+    if args.objects:
+        extra['objects'] = tuple(name.strip() for name in args.objects.split(',') if name.strip())
     settings = DemoSettings(output=Path(args.output), data=Path(args.data) if args.data else None,
                             seed=args.seed, steps=args.steps, budget_s=args.budget, views=args.views,
-                            preset=args.preset, queries=tuple(args.query or ()), clip_weights=args.clip_weights)
+                            width=width, height=height, preset=args.preset, queries=tuple(args.query or ()),
+                            teacher=args.teacher, clip_model=args.clip_model, clip_image_size=args.clip_image_size,
+                            clip_weights=args.clip_weights, **extra)
     try:
         run_demo(settings)
     except KeyboardInterrupt:

@@ -670,17 +670,21 @@ def render_view(source, pose: Union[PosedFrame, np.ndarray], K: Optional[np.ndar
 
 def similarity_overlay(view: Dict[str, np.ndarray], query: Optional[TextQuery] = None,
                        colormap: str = 'turbo', alpha: float = 0.6) -> np.ndarray:
-    """Float RGB [H, W, 3]: a rendered view's similarity over its RGB.
+    """Float RGB [H, W, 3]: a rendered view's similarity over its RGB, desaturated so the heat stands out.
 
     In pairwise-softmax mode the colour scale starts at 0.5 (no more like the query than a negative), as
-    LERF/F3RM show it; in cosine mode it spans the image's range.
+    LERF/F3RM show it; in cosine mode it spans the image's range. The view's colours are mostly greyed out:
+    a red mug under a red heat would otherwise look the same as without it.
     """
     if 'similarity' not in view:
         raise ValueError('the view has no similarity: render it with a query')
     lo = hi = None
     if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
         lo, hi = SOFTMAX_FLOOR, max(float(np.nanmax(view['similarity'])), SOFTMAX_FLOOR + 1e-3)
-    return overlay(np.clip(view['rgb'], 0, 1), view['similarity'], colormap, alpha, lo, hi)
+    rgb = np.clip(view['rgb'], 0, 1)
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    muted = 0.25 * rgb + 0.75 * grey[..., None]
+    return overlay(muted, view['similarity'], colormap, alpha, lo, hi)
 
 
 def similarity_view(source, pose: Union[PosedFrame, np.ndarray], query: TextQuery,

@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from ..core.cloud import CLOUD_FIELDS, CLOUD_POINT_STEP, pack_cloud_points, pack_rgb
 from ..core.geometry import check_rigid, matrix_to_quaternion, quaternion_to_matrix
 
 StampLike = Union[Time, float, int, Any]
@@ -44,10 +45,6 @@ _POINTFIELD_DTYPES = {
     PointField.INT32: np.dtype('<i4'), PointField.UINT32: np.dtype('<u4'),
     PointField.FLOAT32: np.dtype('<f4'), PointField.FLOAT64: np.dtype('<f8'),
 }
-
-# Heatmap cloud layout (DESIGN.md §4): x, y, z, rgb (float32 holding 0x00RRGGBB), similarity.
-CLOUD_FIELDS = (('x', 0), ('y', 4), ('z', 8), ('rgb', 12), ('similarity', 16))
-CLOUD_POINT_STEP = 20
 
 
 # ----------------------------------------------------------------------------------------------- stamps
@@ -304,12 +301,6 @@ def make_pose_array(poses: Iterable[np.ndarray], frame_id: str, stamp: StampLike
 
 # ---------------------------------------------------------------------------------------- point clouds
 
-def pack_rgb(rgb: np.ndarray) -> np.ndarray:
-    """[N, 3] uint8 → [N] uint32 0x00RRGGBB (reinterpret as float32 for PCL/RViz ``rgb`` fields)."""
-    rgb = np.asarray(rgb).astype(np.uint32)
-    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-
-
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     """[N] uint32 0x00RRGGBB (or its float32 bit pattern) → [N, 3] uint8."""
     packed = np.ascontiguousarray(packed)
@@ -327,28 +318,8 @@ def make_point_cloud2(xyz: np.ndarray, rgb: Optional[np.ndarray], similarity: Op
     0x00RRGGBB bit pattern (the PCL/RViz convention). `rgb` None → white; `similarity` None → 0.
     ``is_dense`` is True unless some coordinate is NaN or inf.
     """
-    xyz = np.asarray(xyz)
-    if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise ValueError(f'xyz must be [N, 3], got {xyz.shape}')
-    n = xyz.shape[0]
-    packed = np.full(n, 0xFFFFFF, np.uint32)
-    if rgb is not None:
-        rgb = np.asarray(rgb)
-        if rgb.shape != (n, 3):
-            raise ValueError(f'rgb must be [{n}, 3] like xyz, got {rgb.shape}')
-        if rgb.dtype != np.uint8:
-            raise ValueError(f'rgb must be uint8, got {rgb.dtype}')
-        packed = pack_rgb(rgb)
-    points = np.empty((n, 5), dtype='<f4')
-    points[:, :3] = xyz
-    points.view('<u4')[:, 3] = packed
-    if similarity is None:
-        points[:, 4] = 0.0
-    else:
-        similarity = np.asarray(similarity).reshape(-1)
-        if similarity.shape != (n,):
-            raise ValueError(f'similarity must have {n} values like xyz, got {similarity.shape}')
-        points[:, 4] = similarity
+    points = pack_cloud_points(xyz, rgb, similarity)
+    n = points.shape[0]
     msg = PointCloud2()
     msg.header = make_header(frame_id, stamp)
     msg.height, msg.width = 1, n
@@ -357,7 +328,7 @@ def make_point_cloud2(xyz: np.ndarray, rgb: Optional[np.ndarray], similarity: Op
     msg.is_bigendian = False
     msg.point_step = CLOUD_POINT_STEP
     msg.row_step = CLOUD_POINT_STEP * n
-    msg.is_dense = bool(np.isfinite(xyz).all())
+    msg.is_dense = bool(np.isfinite(points[:, :3]).all())
     msg.data = _as_uint8_array(points)
     return msg
 

@@ -37,7 +37,10 @@ class DemoSettings:
     budget_s: float = 480.0              # stop training by then, whatever the step count
     rate_hz: float = 4.0
     queries: tuple = ()                  # default: every object of the synthetic scene
-    clip_weights: str = ''
+    teacher: str = 'auto'                # auto: CLIP when its weights load, else the labels teacher
+    clip_model: str = 'ViT-B-16'         # small enough to distil on a CPU (about a second per view)
+    clip_image_size: int = 224
+    clip_weights: str = ''               # a local weights file instead of the 'openai' hub tag
 
 
 def _scene_source(settings: DemoSettings, report: Callable[[str], None]) -> Dict:
@@ -144,9 +147,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
         lo, hi = meta['workspace']['min'], meta['workspace']['max']
         parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
                        f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}']
-    if settings.clip_weights:
-        parameters += [f'teacher.pretrained:={Path(settings.clip_weights).resolve()}', 'teacher_choice:=clip',
-                       'teacher.name:=clip']
+    parameters += _teacher_parameters(settings)
     init_ros(ros_arguments((), parameters))
     nodes = create_nodes(replay=True)
     client_node = rclpy.create_node('demo_client')
@@ -210,11 +211,11 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                 top = [p.x, p.y, p.z]
             embedded = query_core.embed_query(session.teacher, [text], list(session.config.query.negatives),
                                               session.config.query.temperature, session.config.query.mode)
-            best_view = _best_view(frames, objects.get(text))
-            overlay = query_core.similarity_view(trainer, best_view, embedded)
-            overlay_png = save_png(settings.output / f'overlay_{text.replace(" ", "_")}.png', overlay)
             truth = objects.get(text)
             error = None if (truth is None or top is None) else float(np.linalg.norm(np.asarray(top) - truth))
+            caption = f'"{text}"' + (f': top cluster {error * 100:.1f} cm from the object' if error is not None else '')
+            overlay = _query_picture(trainer, _best_view(frames, truth), embedded, caption)
+            overlay_png = save_png(settings.output / f'overlay_{text.replace(" ", "_")}.png', overlay)
             labels = [m.text for m in client.pending['markers'].markers if m.type == m.TEXT_VIEW_FACING]
             score = float(labels[0].rsplit(':', 1)[1]) if labels else None  # markers read 'query: score'
             outcomes.append(QueryOutcome(text, str(overlay_png), str(ply), len(xyz), len(boxes), top, score,
@@ -245,6 +246,33 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     path = write_report(run, settings.output)
     report(f'demo: report written to {path}')
     return path
+
+
+def _teacher_parameters(settings: DemoSettings) -> List[str]:
+    """Trainer parameters of the teacher choice: CLIP first unless told otherwise; the trainer says why."""
+    if settings.teacher not in ('auto', 'clip', 'labels'):
+        raise ValueError(f"teacher must be 'auto', 'clip' or 'labels', got {settings.teacher!r}")
+    if settings.teacher == 'labels':
+        return ['teacher_choice:=labels']
+    weights = str(Path(settings.clip_weights).resolve()) if settings.clip_weights else 'openai'
+    if settings.clip_weights and not Path(settings.clip_weights).is_file():
+        raise FileNotFoundError(f'--clip-weights: {settings.clip_weights} is not a file')
+    return [f'teacher_choice:={settings.teacher}', 'teacher.name:=clip', f'teacher.model_name:={settings.clip_model}',
+            f'teacher.image_size:={settings.clip_image_size}', f'teacher.pretrained:={weights}']
+
+
+def _query_picture(trainer, frame, query, caption: str, scale: int = 2) -> np.ndarray:
+    """Draw the rendered view beside its similarity overlay at `scale` x the keyframe size, captioned (uint8 RGB)."""
+    import cv2
+
+    from ..core.query import render_view, similarity_overlay
+    from ..core.render import side_by_side, to_uint8
+    K = np.diag([float(scale), float(scale), 1.0]) @ frame.K
+    view = render_view(trainer, frame.T_base_optical, K, frame.width * scale, frame.height * scale, query=query)
+    image = to_uint8(side_by_side(np.clip(view['rgb'], 0, 1), similarity_overlay(view, query)))
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white text with a dark outline
+        cv2.putText(image, caption, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, thickness, cv2.LINE_AA)
+    return image
 
 
 def _best_view(frames, center: Optional[np.ndarray]):
