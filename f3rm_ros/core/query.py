@@ -401,6 +401,8 @@ class FieldQuerier:
         self.grid = self.box.grid(q.voxel_size)                 # [Nx, Ny, Nz, 3] base_frame
         self._cache: Optional[Dict[str, np.ndarray]] = None
         self._features: Optional[torch.Tensor] = None
+        # seconds of the last `prepare`: 'density' (grid), 'occupancy' (alpha, specks), 'features' (+ colour)
+        self.prepare_timings: Dict[str, float] = {}
 
     @property
     def grid_shape(self) -> Tuple[int, int, int]:
@@ -470,7 +472,10 @@ class FieldQuerier:
     def _occupied(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flat indices of kept voxels, their alpha) from one density pass over the grid."""
         points = self.grid.reshape(-1, 3)
+        started = time.perf_counter()
         density = self.evaluate_density(points)
+        self.prepare_timings = {'density': time.perf_counter() - started}
+        started = time.perf_counter()
         voxel_field = self.config.query.voxel_size * self.box.scale
         alpha = 1.0 - np.exp(-np.maximum(density, 0.0) * voxel_field)
         occupied = (alpha >= self.config.query.alpha_threshold).reshape(self.grid_shape)
@@ -483,6 +488,7 @@ class FieldQuerier:
                     interior &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
             occupied &= ~interior
         index = np.flatnonzero(occupied.ravel())
+        self.prepare_timings['occupancy'] = time.perf_counter() - started
         return index, alpha[index].astype(np.float32)
 
     def _drop_specks(self, occupied: np.ndarray) -> None:
@@ -509,7 +515,9 @@ class FieldQuerier:
         started = time.perf_counter()
         index, alpha = self._occupied()
         points = self.grid.reshape(-1, 3)[index].astype(np.float32)
+        features_started = time.perf_counter()
         features, rgb = self.evaluate_points(points)
+        self.prepare_timings['features'] = time.perf_counter() - features_started
         self._cache = {'index': index, 'points': points, 'alpha': alpha, 'rgb': rgb}
         self._features = features
         seconds = time.perf_counter() - started
@@ -554,8 +562,10 @@ class FieldQuerier:
             threshold = max(threshold, SOFTMAX_FLOOR)
         return threshold
 
-    def query(self, text: str) -> QueryResult:
+    def query(self, text: str, cluster: bool = True) -> QueryResult:
         """Heatmap, ranked clusters and grasp candidates for comma-separated positive phrases.
+
+        `cluster` False gives the heatmap alone (no clusters, no open3d needed).
 
         Clusters are ranked by their evidence, the sum over their points of (relevancy - threshold): a
         cluster wins by being both clearly relevant and big. Mean relevancy alone would let a handful of
@@ -580,7 +590,7 @@ class FieldQuerier:
         timings['relevancy'] = time.perf_counter() - started
 
         started = time.perf_counter()
-        clusters = self._clusters(cache['points'], values, selected, threshold)
+        clusters = self._clusters(cache['points'], values, selected, threshold) if cluster else []
         timings['cluster'] = time.perf_counter() - started
         timings['total'] = sum(timings.values())
 

@@ -270,9 +270,10 @@ def _query_picture(trainer, frame, query, caption: str, scale: int = 2) -> np.nd
     K = np.diag([float(scale), float(scale), 1.0]) @ frame.K
     view = render_view(trainer, frame.T_base_optical, K, frame.width * scale, frame.height * scale, query=query)
     image = to_uint8(side_by_side(np.clip(view['rgb'], 0, 1), similarity_overlay(view, query)))
-    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white text with a dark outline
-        cv2.putText(image, caption, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, thickness, cv2.LINE_AA)
-    return image
+    bar = np.full((26, image.shape[1], 3), 32, dtype=np.uint8)  # a caption bar above the two panels
+    cv2.putText(bar, caption + '   (left: rendered view, right: similarity)', (8, 18), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([bar, image])
 
 
 def _best_view(frames, center: Optional[np.ndarray]):
