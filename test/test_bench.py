@@ -18,7 +18,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 @pytest.fixture(scope='module')
 def scene_dataset(tmp_path_factory):
-    """A small synthetic scan written as a nerfstudio dataset with labels, objects and workspace."""
+    """Write a small synthetic scan as a nerfstudio dataset with labels, objects and workspace."""
     scene = scenes.make_scene(seed=3, object_names=['mug', 'ball'], num_views=12, width=64, height=48)
     root = write_dataset(tmp_path_factory.mktemp('bench') / 'scan', scene.frames, scene.dataset_metadata())
     return scene, root

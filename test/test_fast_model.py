@@ -166,3 +166,53 @@ def test_patched_model_keeps_state_dict_and_metric_values(monkeypatch):
     samples = sampler.generate_ray_samples(rays, num_samples=16)
     assert torch.equal(samples.frustums.starts, ref_samples.frustums.starts)
     assert torch.equal(samples.spacing_ends, ref_samples.spacing_ends)
+
+
+def _trainer(graphs: bool, mixed_precision: bool):
+    from f3rm_ros.core import scenes
+    from f3rm_ros.core.frames import FrameStore
+    from f3rm_ros.core.teachers import make_teacher
+    from f3rm_ros.core.trainer import OnlineTrainer
+    scene = scenes.make_scene(seed=0, object_names=['mug', 'ball'], num_views=8, width=64, height=48)
+    config = make_config('cpu-tiny', overrides={'trainer': {'device': 'cuda', 'cuda_graphs': graphs,
+                                                            'mixed_precision': mixed_precision}})
+    config.workspace = scene.workspace
+    teacher = make_teacher(config.teacher, labels=scene.labels)
+    config.feature_field.feature_dim = teacher.dim
+    store = FrameStore(config.trainer.capacity)
+    for frame in scene.frames:
+        store.add(frame)
+    torch.manual_seed(0)
+    trainer = OnlineTrainer(config, store, teacher)
+    trainer.sync_frames()
+    sampler = trainer.model.proposal_sampler  # no jitter: both runs see exactly the same samples
+    sampler.initial_sampler.train_stratified = False
+    sampler.pdf_sampler.train_stratified = False
+    return trainer
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
+@pytest.mark.parametrize('mixed_precision', [False, True])
+def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
+    """Graph replays give the eager step's losses, and leave the proposal networks alone when nerfstudio does.
+
+    Same seeds and jitter-free sampling, so both trainers see the same rays; fp32 atomics in the hash-grid
+    backward make the two runs differ only by rounding.
+    """
+    from f3rm_ros.core.fast.graphs import CAPTURE_FROM_STEP
+    eager, graphed = _trainer(False, mixed_precision), _trainer(True, mixed_precision)
+    assert eager.graphed is None and graphed.graphed is not None
+    proposal = list(graphed.model.proposal_networks.parameters())
+    losses = {'eager': [], 'graphed': []}
+    moved = {}
+    for step in range(CAPTURE_FROM_STEP + 10):
+        for name, trainer in (('eager', eager), ('graphed', graphed)):
+            before = [p.detach().clone() for p in proposal] if name == 'graphed' else None
+            will_update = graphed.graphed._will_update() if name == 'graphed' else None
+            losses[name].append(trainer.step()['loss'].item())
+            if name == 'graphed' and step >= CAPTURE_FROM_STEP:
+                moved[step] = (will_update, any(not torch.equal(a, b) for a, b in zip(before, proposal)))
+    assert set(graphed.graphed.graphs) == {True, False}, 'both proposal-update variants were replayed'
+    assert all(update == changed for update, changed in moved.values()), moved
+    assert torch.allclose(torch.tensor(losses['graphed']), torch.tensor(losses['eager']), rtol=2e-3, atol=1e-6), \
+        losses

@@ -7,7 +7,6 @@
 
 Semantics come from the labels teacher (ground truth, DESIGN.md §5); the model is the cpu-tiny preset.
 """
-import os
 import signal
 import subprocess
 import sys

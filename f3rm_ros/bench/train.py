@@ -55,6 +55,7 @@ def register(sub) -> None:
                    help='also report the time to (target - margin) dB (default: 0.3, the issue\'s tolerance)')
     p.add_argument('--baseline-result', help='a file with a baseline "RESULT ..." line, instead of running it')
     p.add_argument('--no-fast', action='store_true', help='disable the fast path (F3RM_FAST=0): reference timing')
+    p.add_argument('--no-graphs', action='store_true', help='fast path without CUDA graphs (trainer.cuda_graphs off)')
     p.add_argument('--depth', action='store_true', help='keep the depth loss (off by default: the baseline has none)')
     p.add_argument('--profile', type=int, default=0, metavar='N',
                    help='after training, profile N more steps with the torch profiler and print where time goes')
@@ -131,7 +132,8 @@ def _build(args, frames):
     from ..core.trainer import OnlineTrainer
 
     overrides: Dict = {
-        'trainer': {'steps': args.steps, 'capacity': len(frames), 'eval_chunk_rays': 32768, 'seed': args.seed},
+        'trainer': {'steps': args.steps, 'capacity': len(frames), 'eval_chunk_rays': 32768, 'seed': args.seed,
+                    'cuda_graphs': not args.no_graphs},
         'feature_field': {'feature_dim': args.feature_dim},
     }
     if args.rays:
@@ -161,12 +163,14 @@ def _build(args, frames):
     return config, trainer, held[:args.eval_frames]
 
 
-def _fast_summary(model) -> str:
+def _fast_summary(trainer) -> str:
     from ..core import fast
     from ..core.fast import FastHashEncoding
+    model = trainer.model
     grids = sum(isinstance(m, FastHashEncoding) for m in model.modules())
     return (f'fast path {"ON" if fast.enabled() and grids else "OFF"}: {grids} hash grids on Triton, '
-            f'feature render-then-project {"on" if getattr(model.feature_field, "fast_render", False) else "off"}')
+            f'feature render-then-project {"on" if getattr(model.feature_field, "fast_render", False) else "off"}, '
+            f'CUDA graphs {"on" if trainer.graphed is not None else "off"}')
 
 
 def _profile(trainer, steps: int, out: Optional[Path]) -> List[str]:
@@ -293,7 +297,7 @@ def run(args) -> int:
           f'{len(trainer.train_indices)} train / {len(eval_frames)} scored held-out; {rays} rays/step; '
           f'feature dim {config.feature_field.feature_dim}; mixed precision {trainer.use_amp}; '
           f'recipe {args.recipe}', flush=True)
-    print(f'[bench] {_fast_summary(trainer.model)}', flush=True)
+    print(f'[bench] {_fast_summary(trainer)}', flush=True)
 
     milestones = {int(s) for s in args.milestones.split(',') if s.strip()} | {args.steps}
     clock = Stopwatch()
@@ -374,7 +378,7 @@ def run(args) -> int:
 
     summary = {
         'device': device_name(), 'data': str(args.data), 'frames': len(frames), 'rays_per_batch': rays,
-        'steps': args.steps, 'recipe': args.recipe, 'fast': _fast_summary(trainer.model), 'setup_s': setup_s,
+        'steps': args.steps, 'recipe': args.recipe, 'fast': _fast_summary(trainer), 'setup_s': setup_s,
         'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_mem_gib': peak, 'curve': curve,
         'target_psnr': target, 'reached': reached, 'target_margin': args.target_margin,
         'reached_margin': reached_margin, 'baseline': baseline, 'table': table,

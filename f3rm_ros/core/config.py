@@ -85,6 +85,8 @@ class TrainerConfig:
     holdout_every: int = 8
     device: str = 'auto'
     mixed_precision: bool = True
+    # On CUDA with the fast path: replay forward + backward from CUDA graphs (fast/graphs.py); same results.
+    cuda_graphs: bool = True
     seed: int = 0
     eval_chunk_rays: int = 8192
 

@@ -120,7 +120,7 @@ class F3RMModel(NerfactoModel):
             loss_dict['feature_loss'] = self.config.feature_loss_mult * torch.nn.functional.mse_loss(
                 outputs['feature'], target)
         if self.training and 'depth_image' in batch and self.config.depth_loss_mult > 0:
-            sigma = torch.tensor(self.config.depth_sigma, device=self.device)
+            sigma = self.config.depth_sigma  # a Python float: no host-to-device copy inside a CUDA graph
             levels = len(outputs['weights_list'])
             loss_dict['depth_loss'] = self.config.depth_loss_mult * sum(
                 depth_loss(weights=weights, ray_samples=samples, termination_depth=batch['depth_image'],

@@ -22,7 +22,9 @@ from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
 from .config import F3RMConfig, from_dict, to_dict
+from . import fast
 from .fast import adam_config, sample_rays
+from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, proposal_parameters
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
@@ -130,6 +132,9 @@ class OnlineTrainer:
         self.optimizers = Optimizers(self._optimizer_config(), self.model.get_param_groups())
         self.callbacks = self.model.get_training_callbacks(TrainingCallbackAttributes(
             optimizers=self.optimizers, grad_scaler=self.grad_scaler, pipeline=None, trainer=None))
+        self.graphed: Optional[GraphedTrainStep] = None
+        if config.trainer.cuda_graphs and self.device.type == 'cuda' and fast.enabled():
+            self.graphed = GraphedTrainStep(self.model, self.grad_scaler, self.use_amp, proposal_parameters(self.model))
         self.step_count = 0
         self.cameras: Optional[Cameras] = None
         self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
@@ -219,19 +224,27 @@ class OnlineTrainer:
                 callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
             ray_bundle, batch = self._sample_batch(self.config.trainer.rays_per_batch)
             self.model.mark_cameras_trained(ray_bundle.camera_indices[:, 0])
-            with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                outputs = self.model(ray_bundle)
-                metrics = self.model.get_metrics_dict(outputs, batch)
-                losses = self.model.get_loss_dict(outputs, batch, metrics)
-            total = sum(losses.values())
-            self.optimizers.zero_grad_all()
-            self.grad_scaler.scale(total).backward()
-            self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
+            if self.graphed is not None and self.step_count >= CAPTURE_FROM_STEP:
+                stats = self.graphed.run(ray_bundle, batch, self.optimizers)
+            else:
+                stats = self._eager_step(ray_bundle, batch)
             self.grad_scaler.update()
             self.optimizers.scheduler_step_all(self.step_count)
             for callback in self.callbacks:
                 callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
             self.step_count += 1
+        return stats
+
+    def _eager_step(self, ray_bundle, batch) -> Dict[str, torch.Tensor]:
+        """Forward, backward and optimiser step launched op by op (the CPU path, and warm-up on CUDA)."""
+        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+            outputs = self.model(ray_bundle)
+            metrics = self.model.get_metrics_dict(outputs, batch)
+            losses = self.model.get_loss_dict(outputs, batch, metrics)
+        total = sum(losses.values())
+        self.optimizers.zero_grad_all()
+        self.grad_scaler.scale(total).backward()
+        self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
         stats = {name: value.detach() for name, value in losses.items()}
         stats['loss'] = total.detach()
         stats['psnr'] = metrics['psnr'].detach()
