@@ -169,19 +169,24 @@ def test_patched_model_keeps_state_dict_and_metric_values(monkeypatch):
 
 
 def _trainer(graphs: bool, mixed_precision: bool):
-    from f3rm_ros.core import scenes
-    from f3rm_ros.core.frames import FrameStore
+    """Build an OnlineTrainer on eight random 64 x 48 views of the workspace, looking down (no open3d)."""
+    import numpy as np
+
+    from f3rm_ros.core.frames import FrameStore, PosedFrame
     from f3rm_ros.core.teachers import make_teacher
     from f3rm_ros.core.trainer import OnlineTrainer
-    scene = scenes.make_scene(seed=0, object_names=['mug', 'ball'], num_views=8, width=64, height=48)
     config = make_config('cpu-tiny', overrides={'trainer': {'device': 'cuda', 'cuda_graphs': graphs,
                                                             'mixed_precision': mixed_precision}})
-    config.workspace = scene.workspace
-    teacher = make_teacher(config.teacher, labels=scene.labels)
-    config.feature_field.feature_dim = teacher.dim
+    rng = np.random.default_rng(0)
+    K = np.array([[60.0, 0.0, 32.0], [0.0, 60.0, 24.0], [0.0, 0.0, 1.0]])
     store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
+    for index in range(8):
+        T = np.diag([1.0, -1.0, -1.0, 1.0])  # optical z along base -z
+        T[:3, 3] = (0.4 + 0.03 * index, -0.1 + 0.025 * index, 0.6)
+        store.add(PosedFrame(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), K, T,
+                             labels=rng.integers(0, 3, (48, 64)).astype(np.uint16)))
+    teacher = make_teacher(config.teacher, labels={1: 'mug', 2: 'table'})
+    config.feature_field.feature_dim = teacher.dim
     torch.manual_seed(0)
     trainer = OnlineTrainer(config, store, teacher)
     trainer.sync_frames()
