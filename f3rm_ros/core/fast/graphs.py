@@ -56,6 +56,7 @@ class GraphedTrainStep:
         self.batch: Optional[Dict[str, torch.Tensor]] = None
         self.graphs: Dict[bool, Tuple[torch.cuda.CUDAGraph, Dict[str, torch.Tensor]]] = {}
         self.pool = None
+        self.stream = torch.cuda.Stream(device=device)  # warm-up and capture run here, replays anywhere
 
     # ---- inputs
 
@@ -105,20 +106,29 @@ class GraphedTrainStep:
     def _force_variant(self, updated: bool) -> None:
         self.sampler._steps_since_update = 10 ** 9 if updated else -1
 
+    def _release_autograd_history(self) -> None:
+        # nerfacto's field keeps the last step's sample positions and pre-activation densities, whose autograd
+        # history keeps the parameters' AccumulateGrad nodes alive on the stream of the eager steps: backward on
+        # the capture stream would then synchronise with it, which invalidates the capture.
+        for module in self.model.modules():
+            for name in ('_sample_locations', '_density_before_activation'):
+                if getattr(module, name, None) is not None:
+                    setattr(module, name, None)
+
     def _capture(self, updated: bool) -> None:
         saved = self.sampler._steps_since_update
         self._attach_gradients()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream, as the CUDA-graph docs ask
+        self._release_autograd_history()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):  # warm-up on the capture stream, as the CUDA-graph docs ask
             for _ in range(WARMUP_ITERATIONS):
                 self._force_variant(updated)
                 self._forward_backward()
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.stream)
         self._force_variant(updated)
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads (a query node evaluating the field) may keep using the GPU meanwhile
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode='thread_local'):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
             stats = self._forward_backward()
         self.pool = graph.pool()
         self.sampler._steps_since_update = saved
