@@ -45,14 +45,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _pack(result, frame_id: str):
-    """Pack the query node's heatmap message (or, without ROS, the same little-endian point bytes)."""
+def _packer():
+    """Return the query node's heatmap packing: the PointCloud2 message, or without ROS the same point bytes."""
     try:
         from ..ros.conversions import make_point_cloud2
     except ImportError:
         from ..core.cloud import pack_cloud_points
-        return pack_cloud_points(result.heatmap.points, result.heatmap.rgb, result.heatmap.relevancy).tobytes()
-    return make_point_cloud2(result.heatmap.points, result.heatmap.rgb, result.heatmap.relevancy, frame_id, 0.0)
+        return lambda heatmap, frame_id: pack_cloud_points(heatmap.points, heatmap.rgb, heatmap.relevancy).tobytes()
+    return lambda heatmap, frame_id: make_point_cloud2(heatmap.points, heatmap.rgb, heatmap.relevancy, frame_id, 0.0)
 
 
 def _model_and_teacher(args):
@@ -105,12 +105,13 @@ def _can_cluster() -> bool:
 def _timed_queries(querier, count: int, cold: bool, frame_id: str) -> List[Dict[str, float]]:
     rows = []
     cluster = _can_cluster()
+    pack = _packer()
     for index in range(count):
         if cold:
             querier.invalidate()
         result = querier.query(QUERIES[index % len(QUERIES)], cluster=cluster)
         started = time.perf_counter()
-        _pack(result, frame_id)
+        pack(result.heatmap, frame_id)
         timings = dict(result.timings)
         if cold:
             timings.update({f'field: {k}': v for k, v in querier.prepare_timings.items()})

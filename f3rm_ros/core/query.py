@@ -40,8 +40,10 @@ from .render import colorize, feature_pca, overlay
 log = logging.getLogger(__name__)
 
 # Relevancy of a voxel that is exactly as close to the query as to its closest negative: in pairwise-softmax
-# mode nothing at or below it is "the queried thing", whatever Otsu says (no negatives: no floor).
+# mode nothing at or below it is "the queried thing", whatever Otsu says (no negatives: no floor). Selection
+# needs a margin above it: a phrase that is also a negative scores 0.5 give or take a float32 rounding.
 SOFTMAX_FLOOR = 0.5
+FLOOR_MARGIN = 1e-6
 # Occupied groups of voxels smaller than this (m³; 8 cm³ = 8 voxels of 1 cm) are floaters, not objects.
 MIN_COMPONENT_VOLUME = 8e-6
 # Default grasp depth: how far below the top of a cluster the fingertips' centre goes (capped at half height).
@@ -401,6 +403,8 @@ class FieldQuerier:
         self.grid = self.box.grid(q.voxel_size)                 # [Nx, Ny, Nz, 3] base_frame
         self._cache: Optional[Dict[str, np.ndarray]] = None
         self._features: Optional[torch.Tensor] = None
+        self._grid_field: Optional[torch.Tensor] = None
+        self._negative_embeddings: Dict[Tuple[str, ...], torch.Tensor] = {}
         # seconds of the last `prepare`: 'density' (grid), 'occupancy' (alpha, specks), 'features' (+ colour)
         self.prepare_timings: Dict[str, float] = {}
 
@@ -443,41 +447,53 @@ class FieldQuerier:
     @torch.no_grad()
     def evaluate_density(self, points_base: np.ndarray) -> np.ndarray:
         """Density [N] (per field unit) at points [N, 3] in base_frame, in chunks."""
-        chunk = self.config.query.chunk_size
-        out = np.empty(len(points_base), dtype=np.float32)
-        for start in range(0, len(points_base), chunk):
-            positions = self._positions_field(points_base[start:start + chunk])
-            with _eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
-                density = self.model.density_at(positions)
-            out[start:start + chunk] = density[..., 0].float().cpu().numpy()
-        return out
+        return self._density(self._positions_field(points_base)).cpu().numpy()
 
     @torch.no_grad()
     def evaluate_points(self, points_base: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
         """(features [N, D] float32 on the model's device, RGB [N, 3] uint8) at points in base_frame."""
-        chunk = self.config.query.chunk_size
+        features, rgb = self._features_and_colour(self._positions_field(points_base))
+        return features, rgb.cpu().numpy()
+
+    def _grid_positions(self) -> torch.Tensor:
+        """Every voxel centre in field units [N, 3] on the model's device, made once per device."""
         device = _model_device(self.model)
-        features = torch.empty((len(points_base), self.config.feature_field.feature_dim), device=device)
-        rgb = np.empty((len(points_base), 3), dtype=np.uint8)
-        for start in range(0, len(points_base), chunk):
-            positions = self._positions_field(points_base[start:start + chunk])
-            samples = self._ray_samples(positions)
+        if self._grid_field is None or self._grid_field.device != device:
+            self._grid_field = self._positions_field(self.grid.reshape(-1, 3))
+        return self._grid_field
+
+    def _density(self, positions: torch.Tensor) -> torch.Tensor:
+        """Density [N] float32 on the model's device at field-unit positions [N, 3], in chunks."""
+        chunk = self.config.query.chunk_size
+        out = torch.empty(len(positions), device=positions.device)
+        for start in range(0, len(positions), chunk):
+            with _eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
+                out[start:start + chunk] = self.model.density_at(positions[start:start + chunk])[..., 0].float()
+        return out
+
+    def _features_and_colour(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks."""
+        chunk = self.config.query.chunk_size
+        features = torch.empty((len(positions), self.config.feature_field.feature_dim), device=positions.device)
+        rgb = torch.empty((len(positions), 3), dtype=torch.uint8, device=positions.device)
+        for start in range(0, len(positions), chunk):
+            part = positions[start:start + chunk]
+            samples = self._ray_samples(part)
             with _eval_mode(self.model, self.lock):
                 _, embedding = self.model.field.get_density(samples)
                 colour = self.model.field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
-                features[start:start + chunk] = self.model.features_at(positions).float()
-            rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+                features[start:start + chunk] = self.model.features_at(part).float()
+            rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte()
         return features, rgb
 
     def _occupied(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flat indices of kept voxels, their alpha) from one density pass over the grid."""
-        points = self.grid.reshape(-1, 3)
         started = time.perf_counter()
-        density = self.evaluate_density(points)
+        density = self._density(self._grid_positions())
+        voxel_field = self.config.query.voxel_size * self.box.scale
+        alpha = (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy()  # one transfer
         self.prepare_timings = {'density': time.perf_counter() - started}
         started = time.perf_counter()
-        voxel_field = self.config.query.voxel_size * self.box.scale
-        alpha = 1.0 - np.exp(-np.maximum(density, 0.0) * voxel_field)
         occupied = (alpha >= self.config.query.alpha_threshold).reshape(self.grid_shape)
         self._drop_specks(occupied)
         if self.surface_only:
@@ -516,7 +532,9 @@ class FieldQuerier:
         index, alpha = self._occupied()
         points = self.grid.reshape(-1, 3)[index].astype(np.float32)
         features_started = time.perf_counter()
-        features, rgb = self.evaluate_points(points)
+        positions = self._grid_positions()[torch.from_numpy(index).to(self._grid_field.device)]
+        features, rgb = self._features_and_colour(positions)
+        rgb = rgb.cpu().numpy()
         self.prepare_timings['features'] = time.perf_counter() - features_started
         self._cache = {'index': index, 'points': points, 'alpha': alpha, 'rgb': rgb}
         self._features = features
@@ -534,7 +552,8 @@ class FieldQuerier:
                              f'"mug, coffee cup"')
         q = self.config.query
         negatives = [n for n in (s.strip() for s in q.negatives) if n]
-        return embed_query(self.teacher, positives, negatives, q.temperature, q.mode), positives, negatives
+        query = embed_query(self.teacher, positives, negatives, q.temperature, q.mode, self._negative_embeddings)
+        return query, positives, negatives
 
     def relevancy_of(self, query: TextQuery) -> np.ndarray:
         """Relevancy [N] float32 of the cached voxels (call `prepare` first), in chunks."""
@@ -559,7 +578,7 @@ class FieldQuerier:
         else:
             threshold = otsu_threshold(values)
         if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
-            threshold = max(threshold, SOFTMAX_FLOOR)
+            threshold = max(threshold, SOFTMAX_FLOOR + FLOOR_MARGIN)
         return threshold
 
     def query(self, text: str, cluster: bool = True) -> QueryResult:

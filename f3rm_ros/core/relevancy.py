@@ -7,7 +7,7 @@ which equals ``sigmoid((s_pos - s_neg) / T)``; with no negatives it is the plain
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +51,22 @@ class TextQuery:
 
 
 def embed_query(teacher, positives: Sequence[str], negatives: Sequence[str] = (),
-                temperature: float = 0.1, mode: str = 'pairwise_softmax') -> TextQuery:
-    """Encode phrases with the teacher's text encoder into a `TextQuery`."""
+                temperature: float = 0.1, mode: str = 'pairwise_softmax',
+                negative_cache: Optional[Dict[Tuple[str, ...], torch.Tensor]] = None) -> TextQuery:
+    """Encode phrases with the teacher's text encoder into a `TextQuery`.
+
+    `negative_cache` (a dict the caller keeps per teacher) saves encoding the same negatives for every query.
+    """
     if not positives:
         raise ValueError('the query is empty: give at least one phrase')
     positive_embeddings = teacher.encode_text(list(positives))
-    negative_embeddings = teacher.encode_text(list(negatives)) if negatives else None
+    negative_embeddings = None
+    if negatives:
+        cache = {} if negative_cache is None else negative_cache
+        key = tuple(negatives)
+        if key not in cache:
+            cache[key] = teacher.encode_text(list(negatives))
+        negative_embeddings = cache[key]
     return TextQuery.from_embeddings(positive_embeddings, negative_embeddings, temperature, mode)
 
 
