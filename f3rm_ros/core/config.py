@@ -137,8 +137,8 @@ class F3RMConfig:
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # F3RM's published settings, for a workstation GPU.
-    'gpu': {},
+    # F3RM's published settings, for a workstation GPU; a query evaluates the 220k-voxel grid in one chunk.
+    'gpu': {'query': {'chunk_size': 262144}},
     # Small enough to learn a synthetic table in about a minute on 2 CPU cores.
     'cpu-tiny': {
         'feature_field': {'feature_dim': 16, 'num_levels': 6, 'features_per_level': 2,
