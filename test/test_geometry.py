@@ -88,3 +88,14 @@ def test_backproject_pixel_centre_lands_on_optical_axis():
     T[:3, 3] = [1, 0, 0]
     point = geometry.backproject(depth, K, T)[0]
     np.testing.assert_allclose(point, [1 - 0.5 / 100 * 2, -0.5 / 100 * 2, 2.0])
+
+
+def test_resized_intrinsics_keep_pixel_centres():
+    """A point seen at pixel (u, v) of a 640x480 image is at ((u + 0.5) / 4 - 0.5, ...) of the 160x120 one."""
+    from f3rm_ros.core.geometry import resized_intrinsics
+    K = np.array([[500.0, 0.0, 319.5], [0.0, 480.0, 239.5], [0.0, 0.0, 1.0]])
+    point = np.array([0.1, -0.05, 1.3])
+    uv = (K @ point)[:2] / point[2]
+    small = resized_intrinsics(K, 640, 480, 160, 120)
+    assert np.allclose((small @ point)[:2] / point[2], (uv + 0.5) / 4 - 0.5)
+    assert np.allclose(small[:2, 2], [79.5, 59.5])   # the centre stays the centre

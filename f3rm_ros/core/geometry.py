@@ -148,6 +148,19 @@ class WorkspaceBox:
         return np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
 
 
+def resized_intrinsics(K: np.ndarray, width: int, height: int, new_width: int, new_height: int) -> np.ndarray:
+    """Intrinsics of the same camera for an image resized from width x height to new_width x new_height.
+
+    Pixel centres sit at integer coordinates, so the principal point maps as (c + 0.5) * s - 0.5.
+    """
+    sx, sy = new_width / width, new_height / height
+    out = np.array(K, dtype=np.float64, copy=True)
+    out[0, 0], out[0, 1], out[1, 1] = K[0, 0] * sx, K[0, 1] * sx, K[1, 1] * sy
+    out[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    out[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return out
+
+
 def backproject(depth: np.ndarray, K: np.ndarray, T_base_optical: np.ndarray, stride: int = 1) -> np.ndarray:
     """Lift valid z-depth pixels (sampled every `stride`) to points [N, 3] in base_frame.
 

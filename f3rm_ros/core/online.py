@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = 'latest.ckpt'
 # Two keyframe stamps closer than this are the same keyframe (a double holds epoch seconds to ~0.2 us).
 STAMP_TOLERANCE_S = 1e-5
+# The periodic held-out PSNR of a live session renders views at most this big (full 640x480 views take about a
+# minute on a 2-core CPU and stall training meanwhile).
+EVAL_MAX_PIXELS = 160 * 120
 
 
 # ---------------------------------------------------------------------------------------------- assembly
@@ -366,7 +369,9 @@ class OnlineSession:
                     window_start, window_steps = time.perf_counter(), 0
             every = self.config.trainer.eval_every
             if every > 0 and step % every == 0 and self.trainer.eval_indices:
-                self._eval_psnr = float(self.trainer.evaluate()['psnr'])
+                self._state = 'evaluating held-out views'
+                self._eval_psnr = float(self.trainer.evaluate(max_pixels=EVAL_MAX_PIXELS)['psnr'])
+                self._state = 'training'
             every = self.config.trainer.checkpoint_every
             if self.checkpoint_path is not None and every > 0 and step % every == 0:
                 self._save(self.checkpoint_path)

@@ -20,6 +20,9 @@ from ..core.frames import read_metadata, write_dataset
 from ..core.report import QueryOutcome, RunReport, write_report
 from .common import init_ros
 
+PICTURE_WIDTH = 320                  # pixels per rendered panel in the report
+EVAL_MAX_PIXELS = 320 * 240          # the report's held-out PSNR renders views at most this big
+
 
 @dataclass
 class DemoSettings:
@@ -187,7 +190,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
         timings['capture + online training'] = time.monotonic() - train_started
         report(f'demo: training done at step {session.step} with {len(session.store)} keyframes; asking {queries}')
         trainer = session.trainer
-        heldout = trainer.evaluate()['psnr'] if trainer.eval_indices else None
+        heldout = trainer.evaluate(max_pixels=EVAL_MAX_PIXELS)['psnr'] if trainer.eval_indices else None
         frames = session.store.snapshot()
         view = max(frames, key=lambda f: f.width)  # any keyframe: the view every picture is drawn from
         query_started = time.monotonic()
@@ -223,7 +226,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
             report(f'demo: {text!r}: {len(boxes)} clusters, top at {np.round(top, 3).tolist() if top else None}'
                    + (f', error {error * 100:.1f} cm' if error is not None else '') + f' ({latency:.1f} s)')
         timings['queries'] = time.monotonic() - query_started
-        rendered = query_core.render_view(trainer, view)
+        rendered = query_core.render_view(trainer, _view_at_width(view))
         pictures = {
             'feature PCA (rendered keyframe view)': str(save_png(settings.output / 'feature_pca.png',
                                                                  feature_pca(rendered['feature']))),
@@ -261,14 +264,22 @@ def _teacher_parameters(settings: DemoSettings) -> List[str]:
             f'teacher.image_size:={settings.clip_image_size}', f'teacher.pretrained:={weights}']
 
 
-def _query_picture(trainer, frame, query, caption: str, scale: int = 2) -> np.ndarray:
-    """Draw the rendered view beside its similarity overlay at `scale` x the keyframe size, captioned (uint8 RGB)."""
+def _view_at_width(frame, width: int = PICTURE_WIDTH):
+    """Return the keyframe's camera resized to `width` pixels (same aspect) as a PosedFrame to render."""
+    from ..core.frames import PosedFrame
+    from ..core.geometry import resized_intrinsics
+    height = max(1, round(frame.height * width / frame.width))
+    K = resized_intrinsics(frame.K, frame.width, frame.height, width, height)
+    return PosedFrame(np.zeros((height, width, 3), np.uint8), K, frame.T_base_optical)
+
+
+def _query_picture(trainer, frame, query, caption: str) -> np.ndarray:
+    """Draw the rendered view beside its similarity overlay, `PICTURE_WIDTH` wide each, captioned (uint8 RGB)."""
     import cv2
 
     from ..core.query import render_view, similarity_overlay
     from ..core.render import side_by_side, to_uint8
-    K = np.diag([float(scale), float(scale), 1.0]) @ frame.K
-    view = render_view(trainer, frame.T_base_optical, K, frame.width * scale, frame.height * scale, query=query)
+    view = render_view(trainer, _view_at_width(frame), query=query)
     image = to_uint8(side_by_side(np.clip(view['rgb'], 0, 1), similarity_overlay(view, query)))
     bar = np.full((26, image.shape[1], 3), 32, dtype=np.uint8)  # a caption bar above the two panels
     cv2.putText(bar, caption + '   (left: rendered view, right: similarity)', (8, 18), cv2.FONT_HERSHEY_SIMPLEX,
