@@ -8,6 +8,7 @@ it gets back, scores them against ground truth when there is some, and writes pi
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .common import init_ros
 
 PICTURE_WIDTH = 320                  # pixels per rendered panel in the report
 EVAL_MAX_PIXELS = 320 * 240          # the report's held-out PSNR renders views at most this big
+MAX_QUERY_VOXELS = 1.5e6             # heatmap grid bound for a real scan's box (a CPU evaluates ~0.3M/s)
 
 
 @dataclass
@@ -69,7 +71,6 @@ class _QueryClient:
 
         from .common import latched_qos
         self.node = node
-        self.answers: Dict[str, Dict] = {}
         self.ready = threading.Event()
         self.publisher = node.create_publisher(String, 'query/query', 10)
         node.create_subscription(PointCloud2, 'query/heatmap', self._on_cloud, latched_qos())
@@ -77,36 +78,37 @@ class _QueryClient:
         node.create_subscription(PoseArray, 'query/grasp_candidates', self._on_grasps, latched_qos())
         self.pending: Dict[str, object] = {}
         self.received: Dict[str, Dict[tuple, object]] = {'cloud': {}, 'markers': {}, 'grasps': {}}
-        self.expected = ''
+        self.asked_at = (0, 0)
         self.lock = threading.Lock()
 
     def ask(self, text: str) -> None:
         from std_msgs.msg import String
         with self.lock:
-            self.expected, self.pending = text, {}
+            self.asked_at = self.node.get_clock().now().seconds_nanoseconds()
+            self.pending, self.received = {}, {'cloud': {}, 'markers': {}, 'grasps': {}}
             self.ready.clear()
         self.publisher.publish(String(data=text))
 
     def _store(self, key, msg, stamp):
-        # Outputs are latched, so earlier answers arrive too: an answer is the three messages sharing the
-        # stamp of the markers that name this query.
+        # Outputs are latched, so earlier answers arrive too: the answer is the three messages sharing the
+        # first stamp after the question (the query node stamps with the same clock when it answers).
         with self.lock:
+            if stamp < self.asked_at:
+                return
             self.received[key][stamp] = msg
-            answer = next((s for s, m in self.received['markers'].items()
-                           if any(t.text.startswith(self.expected + ':') for t in m.markers)), None)
-            if answer is not None and all(answer in self.received[k] for k in self.received):
+            complete = [s for s in self.received['markers'] if all(s in self.received[k] for k in self.received)]
+            if complete and not self.ready.is_set():
+                answer = min(complete)
                 self.pending = {k: self.received[k][answer] for k in self.received}
-                self.received = {'cloud': {}, 'markers': {}, 'grasps': {}}
                 self.ready.set()
 
     def _on_cloud(self, msg):
         self._store('cloud', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
 
     def _on_markers(self, msg):
-        stamp = next(((m.header.stamp.sec, m.header.stamp.nanosec) for m in msg.markers if m.action == m.ADD),
-                     None)
-        if stamp is not None:
-            self._store('markers', msg, stamp)
+        if msg.markers:  # the first is DELETEALL, stamped like the rest of the answer
+            stamp = msg.markers[0].header.stamp
+            self._store('markers', msg, (stamp.sec, stamp.nanosec))
 
     def _on_grasps(self, msg):
         self._store('grasps', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
@@ -146,10 +148,10 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                   f'checkpoint_dir:={(settings.output / "checkpoints").resolve()}',
                   f'rate_hz:={settings.rate_hz}', 'loop:=false', f'trainer.steps:={settings.steps}',
                   'resume:=false']
-    if 'workspace' in meta:
-        lo, hi = meta['workspace']['min'], meta['workspace']['max']
-        parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
-                       f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}']
+    lo, hi = _workspace(meta, source, report)
+    parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
+                   f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}',
+                   f'query.voxel_size:={_voxel_size(lo, hi)}']
     parameters += _teacher_parameters(settings)
     init_ros(ros_arguments((), parameters))
     nodes = create_nodes(replay=True)
@@ -184,6 +186,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
             if session.state == 'error':
                 raise RuntimeError(f'training failed: {status.get("error")}')
             time.sleep(0.5)
+            _stop_if_shut_down()
         if session.state != 'done':
             notes.append(f'training stopped by the {settings.budget_s:.0f} s budget at step {session.step}')
         session.pause()
@@ -197,12 +200,12 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
         for text in queries:
             client.ask(text)
             asked = time.monotonic()
-            if not client.ready.wait(timeout=120.0):
+            if not _wait_for_answer(client, 120.0):
                 notes.append(f'query {text!r}: no answer within 120 s')
                 continue
             latency = time.monotonic() - asked
             xyz, rgb, similarity = conv.point_cloud2_to_arrays(client.pending['cloud'])
-            ply = settings.output / f'heatmap_{text.replace(" ", "_")}.ply'
+            ply = settings.output / f'heatmap_{_file_name(text)}.ply'
             cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
             if rgb is not None:
                 cloud.colors = o3d.utility.Vector3dVector(rgb.astype(np.float64) / 255.0)
@@ -218,7 +221,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
             error = None if (truth is None or top is None) else float(np.linalg.norm(np.asarray(top) - truth))
             caption = f'"{text}"' + (f': top cluster {error * 100:.1f} cm from the object' if error is not None else '')
             overlay = _query_picture(trainer, _best_view(frames, truth), embedded, caption)
-            overlay_png = save_png(settings.output / f'overlay_{text.replace(" ", "_")}.png', overlay)
+            overlay_png = save_png(settings.output / f'overlay_{_file_name(text)}.png', overlay)
             labels = [m.text for m in client.pending['markers'].markers if m.type == m.TEXT_VIEW_FACING]
             score = float(labels[0].rsplit(':', 1)[1]) if labels else None  # markers read 'query: score'
             outcomes.append(QueryOutcome(text, str(overlay_png), str(ply), len(xyz), len(boxes), top, score,
@@ -251,6 +254,27 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     return path
 
 
+def _workspace(meta: Dict, source: Path, report: Callable[[str], None]):
+    """(min, max) of the field's box: the dataset's ``workspace`` entry, else estimated from its depth maps."""
+    from ..core.frames import dataset_workspace, read_dataset
+    if 'workspace' in meta:
+        return np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
+    try:
+        lo, hi = dataset_workspace(meta, read_dataset(source, downscale=4))
+    except ValueError as error:
+        raise ValueError(f'{source}: no "workspace" entry in transforms.json and no depth maps to estimate one '
+                         f'from; add "workspace": {{"min": [x, y, z], "max": [x, y, z]}} (metres)') from error
+    report(f'demo: workspace estimated from the depth maps: min {np.round(lo, 2).tolist()} max '
+           f'{np.round(hi, 2).tolist()}')
+    return lo, hi
+
+
+def _voxel_size(lo, hi, max_voxels: float = MAX_QUERY_VOXELS) -> float:
+    """Heatmap voxel: 1 cm, coarser (whole cm) when a room-sized box would exceed `max_voxels` voxels."""
+    volume = float(np.prod(np.maximum(np.asarray(hi, float) - np.asarray(lo, float), 1e-3)))
+    return max(0.01, float(np.ceil(100 * (volume / max_voxels) ** (1 / 3))) / 100)
+
+
 def _teacher_parameters(settings: DemoSettings) -> List[str]:
     """Trainer parameters of the teacher choice: CLIP first unless told otherwise; the trainer says why."""
     if settings.teacher not in ('auto', 'clip', 'labels'):
@@ -262,6 +286,28 @@ def _teacher_parameters(settings: DemoSettings) -> List[str]:
         raise FileNotFoundError(f'--clip-weights: {settings.clip_weights} is not a file')
     return [f'teacher_choice:={settings.teacher}', 'teacher.name:=clip', f'teacher.model_name:={settings.clip_model}',
             f'teacher.image_size:={settings.clip_image_size}', f'teacher.pretrained:={weights}']
+
+
+def _file_name(text: str) -> str:
+    """Turn a query into a file-name part: 'mug, cup' -> 'mug_cup'."""
+    return re.sub(r'[^A-Za-z0-9]+', '_', text).strip('_') or 'query'
+
+
+def _stop_if_shut_down() -> None:
+    """Raise KeyboardInterrupt once rclpy shut down (its SIGINT/SIGTERM handlers): the Ctrl-C path saves."""
+    import rclpy
+    if not rclpy.ok():
+        raise KeyboardInterrupt
+
+
+def _wait_for_answer(client: _QueryClient, timeout_s: float) -> bool:
+    """Wait for the query node's answer, watching for a shutdown; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not client.ready.wait(timeout=0.5):
+        _stop_if_shut_down()
+        if time.monotonic() > deadline:
+            return False
+    return True
 
 
 def _view_at_width(frame, width: int = PICTURE_WIDTH):
