@@ -89,6 +89,25 @@ def test_otsu_splits_two_modes_and_selects_nothing_from_a_constant():
     assert math.isnan(otsu_threshold(np.array([])))
 
 
+def test_threshold_splits_only_what_is_above_the_softmax_floor(analytic):
+    """Walls unlike the query (0.2), a table barely above 0.5, the object near 1: the table stays out.
+
+    Otsu over every value would split walls from the rest and keep the table (it would join a flat object's
+    cluster); above the floor it separates table from object. One tight mode above the floor is all kept.
+    """
+    config, teacher, model = analytic
+    querier = FieldQuerier(model, teacher, config)
+    query, _, _ = querier.embed('apple')
+    rng = np.random.default_rng(0)
+    walls, table, apple = rng.uniform(0.15, 0.25, 20000), rng.uniform(0.5, 0.6, 5000), rng.uniform(0.93, 0.99, 200)
+    values = np.concatenate([walls, table, apple]).astype(np.float32)
+    assert otsu_threshold(values) < 0.5                          # the old split: walls | table + apple
+    threshold = querier.threshold_of(values, query)
+    assert table.max() < threshold < apple.min()
+    tight = np.concatenate([walls, np.full(300, 0.97)]).astype(np.float32)
+    assert querier.threshold_of(tight, query) == pytest.approx(0.5, abs=1e-5)  # the floor: all 300 kept
+
+
 def test_oriented_box_and_top_down_grasp():
     """Fit a 10 x 4 x 6 cm block yawed 30°: box size and axes; a proper top-down grasp across 4 cm.
 

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # needs a margin above it: a phrase that is also a negative scores 0.5 give or take a float32 rounding.
 SOFTMAX_FLOOR = 0.5
 FLOOR_MARGIN = 1e-6
+# Relevancy values above the floor that span less than this are one mode, not two for Otsu to separate.
+OTSU_MIN_SPREAD = 0.05
 # Occupied groups of voxels smaller than this (m³; 8 cm³ = 8 voxels of 1 cm) are floaters, not objects.
 MIN_COMPONENT_VOLUME = 8e-6
 # Default grasp depth: how far below the top of a cluster the fingertips' centre goes (capped at half height).
@@ -568,18 +570,25 @@ class FieldQuerier:
     def threshold_of(self, values: np.ndarray, query: Optional[TextQuery] = None) -> float:
         """Threshold of `values` by `query.threshold` (Otsu or percentile).
 
-        For a pairwise-softmax `query` with negatives it is at least `SOFTMAX_FLOOR`.
+        For a pairwise-softmax `query` with negatives it is at least `SOFTMAX_FLOOR`, and Otsu splits only the
+        values above that floor: most voxels (the table, the room) sit near 0.5, like no negative and unlike the
+        query, and a split of the whole histogram would fall among them, letting a broad region of barely
+        relevant surface join the object's cluster.
         """
         q = self.config.query
         if values.size == 0:
             return float('nan')
+        floor = -np.inf
+        if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
+            floor = SOFTMAX_FLOOR + FLOOR_MARGIN
         if q.threshold == 'percentile':
             threshold = float(np.percentile(values, q.percentile))
         else:
-            threshold = otsu_threshold(values)
-        if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
-            threshold = max(threshold, SOFTMAX_FLOOR + FLOOR_MARGIN)
-        return threshold
+            above = values[values > floor]
+            # one tight mode above the floor (an ideal field: the object alone) has nothing to split
+            split = above.size and np.ptp(above) > OTSU_MIN_SPREAD
+            threshold = otsu_threshold(above) if split else floor
+        return max(threshold, floor)
 
     def query(self, text: str, cluster: bool = True) -> QueryResult:
         """Heatmap, ranked clusters and grasp candidates for comma-separated positive phrases.
