@@ -134,7 +134,7 @@ def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[s
                                  centroid=None if best is None else [float(v) for v in best.centroid],
                                  truth=[float(v) for v in centre]))
     run = SceneRun(scene=name, objects=list(objects), frames=len(frames), steps=steps, train_s=train_s,
-                   heldout_psnr=float(heldout), field_s=field_s, occupied_voxels=len(querier._cache['index']),
+                   heldout_psnr=float(heldout), field_s=field_s, occupied_voxels=querier.num_occupied,
                    grid_voxels=querier.num_voxels)
     del trainer, querier
     if torch.cuda.is_available():

@@ -426,6 +426,11 @@ class FieldQuerier:
         self._features = None
 
     @property
+    def num_occupied(self) -> int:
+        """Voxels kept as occupied by the last `prepare` (0 before it)."""
+        return 0 if self._cache is None else len(self._cache['index'])
+
+    @property
     def cached(self) -> bool:
         """True when the occupied voxels are evaluated and cached."""
         return self._cache is not None
