@@ -1,4 +1,4 @@
-"""Benchmarks behind ``f3rm-ros bench``: one module per kind (`train`, and `query`/`semantic` when present).
+"""Benchmarks behind ``f3rm-ros bench``: one module per kind (train, hashgrid, query, semantic).
 
 A module exposes ``register(subparsers)`` and is listed in `f3rm_ros.commands.bench.BENCH_MODULES`. This
 package holds what they share: device description, a GPU-synchronised clock, baseline runs and tables.
