@@ -87,9 +87,7 @@ def _model_and_teacher(args):
 
 def _keep_fraction(querier, fraction: float) -> None:
     """Set the alpha threshold so that `fraction` of the grid's voxels pass it (untrained models)."""
-    density = querier.evaluate_density(querier.grid.reshape(-1, 3))
-    voxel_field = querier.config.query.voxel_size * querier.box.scale
-    alpha = 1.0 - np.exp(-np.maximum(density, 0.0) * voxel_field)
+    alpha = querier.grid_alpha()
     querier.config.query.alpha_threshold = float(np.quantile(alpha, 1.0 - fraction))
     querier.min_component_volume = 0.0
 

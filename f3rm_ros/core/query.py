@@ -452,15 +452,11 @@ class FieldQuerier:
                           camera_indices=torch.zeros_like(positions[:, :1], dtype=torch.long))
 
     @torch.no_grad()
-    def evaluate_density(self, points_base: np.ndarray) -> np.ndarray:
-        """Density [N] (per field unit) at points [N, 3] in base_frame, in chunks."""
-        return self._density(self._positions_field(points_base)).cpu().numpy()
-
-    @torch.no_grad()
-    def evaluate_points(self, points_base: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
-        """(features [N, D] float32 on the model's device, RGB [N, 3] uint8) at points in base_frame."""
-        features, rgb = self._features_and_colour(self._positions_field(points_base))
-        return features, rgb.cpu().numpy()
+    def grid_alpha(self) -> np.ndarray:
+        """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
+        density = self._density(self._grid_positions())
+        voxel_field = self.config.query.voxel_size * self.box.scale
+        return (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy()
 
     def _grid_positions(self) -> torch.Tensor:
         """Every voxel centre in field units [N, 3] on the model's device, made once per device."""
@@ -496,9 +492,7 @@ class FieldQuerier:
     def _occupied(self) -> Tuple[np.ndarray, np.ndarray]:
         """(flat indices of kept voxels, their alpha) from one density pass over the grid."""
         started = time.perf_counter()
-        density = self._density(self._grid_positions())
-        voxel_field = self.config.query.voxel_size * self.box.scale
-        alpha = (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy()  # one transfer
+        alpha = self.grid_alpha()
         self.prepare_timings = {'density': time.perf_counter() - started}
         started = time.perf_counter()
         occupied = (alpha >= self.config.query.alpha_threshold).reshape(self.grid_shape)
@@ -584,14 +578,14 @@ class FieldQuerier:
         if values.size == 0:
             return float('nan')
         floor = -np.inf
-        if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
+        if query is not None and query.contrastive:
             floor = SOFTMAX_FLOOR + FLOOR_MARGIN
         if q.threshold == 'percentile':
             threshold = float(np.percentile(values, q.percentile))
         else:
             above = values[values > floor]
             # one tight mode above the floor (an ideal field: the object alone) has nothing to split
-            split = above.size and np.ptp(above) > OTSU_MIN_SPREAD
+            split = above.size > 0 and np.ptp(above) > OTSU_MIN_SPREAD
             threshold = otsu_threshold(above) if split else floor
         return max(threshold, floor)
 
@@ -722,7 +716,7 @@ def similarity_overlay(view: Dict[str, np.ndarray], query: Optional[TextQuery] =
     if 'similarity' not in view:
         raise ValueError('the view has no similarity: render it with a query')
     lo = hi = None
-    if query is not None and query.mode == 'pairwise_softmax' and query.negatives is not None:
+    if query is not None and query.contrastive:
         lo, hi = SOFTMAX_FLOOR, max(float(np.nanmax(view['similarity'])), SOFTMAX_FLOOR + 1e-3)
     rgb = np.clip(view['rgb'], 0, 1)
     grey = rgb @ np.array([0.299, 0.587, 0.114])

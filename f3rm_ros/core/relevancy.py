@@ -44,6 +44,11 @@ class TextQuery:
             negatives = None
         return cls(positive, negatives, temperature, mode)
 
+    @property
+    def contrastive(self) -> bool:
+        """True when scores are pairwise softmaxes against negatives (0.5 = no more like the query than one)."""
+        return self.mode == 'pairwise_softmax' and self.negatives is not None
+
     def to(self, device) -> 'TextQuery':
         """Return the same query on another device."""
         negatives = None if self.negatives is None else self.negatives.to(device)
@@ -74,7 +79,7 @@ def relevancy(features: torch.Tensor, query: TextQuery) -> torch.Tensor:
     """Score features [..., D] → [...]: relevancy in [0, 1] (softmax mode) or cosine in [-1, 1]."""
     features = F.normalize(features.float(), dim=-1)
     positive_similarity = features @ query.positive.to(features.device)
-    if query.mode == 'cosine' or query.negatives is None:
+    if not query.contrastive:
         return positive_similarity
     negative_similarity = features @ query.negatives.to(features.device).T
     pairwise = torch.sigmoid((positive_similarity[..., None] - negative_similarity) / query.temperature)

@@ -197,6 +197,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
         frames = session.store.snapshot()
         view = max(frames, key=lambda f: f.width)  # any keyframe: the view every picture is drawn from
         query_started = time.monotonic()
+        negative_embeddings: Dict = {}  # encoded once for every query's picture
         for text in queries:
             client.ask(text)
             asked = time.monotonic()
@@ -216,7 +217,8 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                 p = boxes[0].pose.position
                 top = [p.x, p.y, p.z]
             embedded = query_core.embed_query(session.teacher, [text], list(session.config.query.negatives),
-                                              session.config.query.temperature, session.config.query.mode)
+                                              session.config.query.temperature, session.config.query.mode,
+                                              negative_embeddings)
             truth = objects.get(text)
             error = None if (truth is None or top is None) else float(np.linalg.norm(np.asarray(top) - truth))
             caption = f'"{text}"' + (f': top cluster {error * 100:.1f} cm from the object' if error is not None else '')
