@@ -99,3 +99,23 @@ def test_resized_intrinsics_keep_pixel_centres():
     small = resized_intrinsics(K, 640, 480, 160, 120)
     assert np.allclose((small @ point)[:2] / point[2], (uv + 0.5) / 4 - 0.5)
     assert np.allclose(small[:2, 2], [79.5, 59.5])   # the centre stays the centre
+
+
+def _turns():
+    """Exact 180° turns about x, y, z and oblique axes, straight-down cameras, and random rotations."""
+    from scipy.spatial.transform import Rotation
+    axes = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [1, -2, 3]]
+    out = [Rotation.from_rotvec(np.pi * np.asarray(a, float) / np.linalg.norm(a)).as_matrix() for a in axes]
+    for yaw in np.radians(np.arange(0, 360, 15)):             # optical z pointing at the table, any yaw
+        c, s = np.cos(yaw), np.sin(yaw)
+        out.append(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, -1.0, -1.0]))
+    out += list(Rotation.random(200, random_state=3).as_matrix())
+    return out
+
+
+def test_rotations_survive_matrix_quaternion_matrix_including_half_turns():
+    """Every rotation, including exact half turns (where sign-copying conversions fail), round-trips to 1e-9."""
+    for R in _turns():
+        q = geometry.matrix_to_quaternion(R)
+        assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+        assert np.abs(geometry.quaternion_to_matrix(q) - R).max() < 1e-9, R

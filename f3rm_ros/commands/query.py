@@ -71,7 +71,7 @@ def _view(args, box):
     import numpy as np
 
     from ..core.frames import PosedFrame, read_dataset
-    from ..core.query import default_view
+    from ..core.views import default_view
     if not args.data:
         return default_view(box, args.width, max(1, round(args.width * 3 / 4)))
     frames = read_dataset(Path(args.data))
@@ -91,8 +91,8 @@ def _view(args, box):
 
 def run(args) -> int:
     """Answer the query, print clusters and timings, write the pictures, the PLY and clusters.json."""
-    from ..core.query import (FieldQuerier, cluster_table, feature_pca_image, render_view, similarity_overlay,
-                              write_heatmap_ply)
+    from ..core.query import FieldQuerier, write_heatmap_ply
+    from ..core.views import cluster_table, feature_pca_image, render_view, similarity_overlay
     from ..core.render import save_png, side_by_side
     from ..core.teachers import make_teacher
     from ..core.trainer import load_model
@@ -119,14 +119,17 @@ def run(args) -> int:
     summary = {'checkpoint': str(checkpoint), 'step': state.get('step'), 'text': result.text,
                'positives': result.positives, 'negatives': result.negatives, 'threshold': result.threshold,
                'points': len(result.heatmap), 'selected': int(result.heatmap.selected.sum()),
-               'grid': list(querier.grid_shape), 'timings': result.timings,
-               'clusters': [c.as_dict() for c in result.clusters]}
+               'grid': list(querier.voxels.grid_shape), 'timings': result.timings,
+               'status': result.status, 'reason': result.reason,
+               'clusters': [c.as_dict() for c in result.clusters], 'grasps': [g.as_dict() for g in result.grasps],
+               'grasp_reasons': result.grasp_reasons}
     paths['clusters'] = out / 'clusters.json'
     paths['clusters'].write_text(json.dumps(summary, indent=1))
 
     print(f'query: {result.positives} vs negatives {result.negatives}')
-    grid = 'x'.join(map(str, querier.grid_shape))
-    print(f'grid {grid} ({querier.num_voxels} voxels): {len(result.heatmap)} occupied, '
+    grid = 'x'.join(map(str, querier.voxels.grid_shape))
+    print(f'{result.status}: {result.reason}')
+    print(f'grid {grid} ({querier.voxels.num_voxels} voxels): {len(result.heatmap)} occupied, '
           f'{int(result.heatmap.selected.sum())} above threshold {result.threshold:.3f}')
     print(cluster_table(result.clusters))
     print('timings: ' + '  '.join(f'{name} {seconds * 1000:.0f} ms' for name, seconds in result.timings.items()))

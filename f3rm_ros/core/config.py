@@ -7,6 +7,7 @@ file, the one-process pipeline and the CLI all read the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -107,21 +108,98 @@ class TeacherConfig:
     device: str = 'auto'
 
 
+def _check(problems: List[str]) -> None:
+    """Raise one ValueError listing every problem (a config section's __post_init__ helper)."""
+    if problems:
+        raise ValueError('; '.join(problems))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class QueryConfig:
-    """Text query → relevancy → heatmap and grasp candidates."""
+    """Text query → relevancy → heatmap, clusters and an answer (found / not present)."""
 
     negatives: Tuple[str, ...] = ('object', 'things', 'stuff', 'texture')
     temperature: float = 0.1
     mode: str = 'pairwise_softmax'  # or 'cosine'
     voxel_size: float = 0.01
     alpha_threshold: float = 0.1  # F3RM's value; 0.05 keeps thousands of air voxels
-    threshold: str = 'otsu'  # or 'percentile'
+    threshold: str = 'otsu'  # 'otsu', 'percentile' (of `percentile`) or 'value' (`threshold_value` itself)
     percentile: float = 99.0
+    threshold_value: float = 0.6
+    # Not present unless the best cluster's peak relevancy reaches this (bench semantic's absent objects).
+    present_relevancy: float = 0.6
     cluster_eps: float = 0.02
     cluster_min_points: int = 10
+    max_clusters: int = 10  # 0 = all
+    text_cache_size: int = 256  # phrases whose embeddings are kept: a repeated query skips the text tower
     chunk_size: int = 65536
     colormap: str = 'turbo'
+
+    def __post_init__(self):
+        problems = []
+        if self.mode not in ('pairwise_softmax', 'cosine'):
+            problems.append(f"query.mode must be 'pairwise_softmax' or 'cosine', got {self.mode!r}")
+        if self.threshold not in QUERY_THRESHOLDS:
+            problems.append(f'query.threshold must be one of {list(QUERY_THRESHOLDS)}, got {self.threshold!r}')
+        if not (_finite(self.temperature) and self.temperature > 0):
+            problems.append(f'query.temperature must be a finite number > 0, got {self.temperature!r}')
+        if not (_finite(self.voxel_size) and 1e-3 <= self.voxel_size <= 0.5):
+            problems.append(f'query.voxel_size must be 0.001..0.5 m, got {self.voxel_size!r}')
+        if not (_finite(self.alpha_threshold) and 0 < self.alpha_threshold < 1):
+            problems.append(f'query.alpha_threshold must be in (0, 1), got {self.alpha_threshold!r}')
+        if not (_finite(self.percentile) and 0 <= self.percentile <= 100):
+            problems.append(f'query.percentile must be 0..100, got {self.percentile!r}')
+        for name in ('threshold_value', 'present_relevancy'):
+            value = getattr(self, name)
+            if not (_finite(value) and -1 <= value <= 1):
+                problems.append(f'query.{name} must be a relevancy in -1..1, got {value!r}')
+        if not (_finite(self.cluster_eps) and self.cluster_eps > 0):
+            problems.append(f'query.cluster_eps must be > 0 m, got {self.cluster_eps!r}')
+        for name in ('cluster_min_points', 'chunk_size'):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                problems.append(f'query.{name} must be an integer >= 1, got {getattr(self, name)!r}')
+        for name in ('max_clusters', 'text_cache_size'):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                problems.append(f'query.{name} must be an integer >= 0, got {getattr(self, name)!r}')
+        if any(not isinstance(n, str) for n in self.negatives):
+            problems.append(f'query.negatives must be phrases, got {self.negatives!r}')
+        _check(problems)
+
+
+QUERY_THRESHOLDS = ('otsu', 'percentile', 'value')
+
+
+@dataclass
+class GraspConfig:
+    """Parallel-jaw gripper geometry and candidate generation (core/grasps.py); defaults near a Franka Hand."""
+
+    max_opening: float = 0.08    # widest the fingers open (m)
+    margin: float = 0.01         # opening beyond the object's width across the closing axis (m)
+    finger_length: float = 0.045  # along the approach, fingertip to palm (m)
+    finger_width: float = 0.02   # across the approach and the closing axis (m)
+    finger_depth: float = 0.012  # finger thickness along the closing axis (m)
+    grasp_depth: float = 0.03    # how far the fingertips go past the object's top (or near face) (m)
+    side_min_height: float = 0.06  # objects at least this tall also get side approaches (m)
+    clearance: float = 0.005     # side grasps keep the fingers this far above the object's bottom (m)
+    max_per_cluster: int = 4
+
+    def __post_init__(self):
+        problems = []
+        for name in ('max_opening', 'finger_length', 'finger_width', 'finger_depth', 'grasp_depth'):
+            value = getattr(self, name)
+            if not (_finite(value) and 0 < value <= 1):
+                problems.append(f'grasp.{name} must be 0..1 m and > 0, got {value!r}')
+        for name in ('margin', 'side_min_height', 'clearance'):
+            value = getattr(self, name)
+            if not (_finite(value) and 0 <= value <= 1):
+                problems.append(f'grasp.{name} must be 0..1 m, got {value!r}')
+        if not (isinstance(self.max_per_cluster, int) and self.max_per_cluster >= 1):
+            problems.append(f'grasp.max_per_cluster must be an integer >= 1, got {self.max_per_cluster!r}')
+        _check(problems)
 
 
 @dataclass
@@ -134,6 +212,7 @@ class F3RMConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    grasp: GraspConfig = field(default_factory=GraspConfig)
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 OPTICAL_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -31,28 +32,14 @@ def quaternion_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
     """Convert a quaternion (x, y, z, w), ROS order, to a 3x3 rotation; raises on zero or non-finite input."""
     q = np.asarray(q_xyzw, dtype=np.float64)
     norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise ValueError(f'quaternion {q.tolist()} is zero or not finite')
-    x, y, z, w = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    if q.shape != (4,) or not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f'quaternion {q.tolist()} is zero, not finite or not 4 values')
+    return Rotation.from_quat(q / norm).as_matrix()
 
 
 def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """3x3 rotation → unit quaternion (x, y, z, w) with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    w = np.sqrt(max(0.0, 1.0 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
-    x = np.sqrt(max(0.0, 1.0 + R[0, 0] - R[1, 1] - R[2, 2])) / 2
-    y = np.sqrt(max(0.0, 1.0 - R[0, 0] + R[1, 1] - R[2, 2])) / 2
-    z = np.sqrt(max(0.0, 1.0 - R[0, 0] - R[1, 1] + R[2, 2])) / 2
-    x = np.copysign(x, R[2, 1] - R[1, 2])
-    y = np.copysign(y, R[0, 2] - R[2, 0])
-    z = np.copysign(z, R[1, 0] - R[0, 1])
-    q = np.array([x, y, z, w])
-    return q / np.linalg.norm(q)
+    """3x3 rotation → unit quaternion (x, y, z, w) with w >= 0 (exact for 180° turns, unlike sign-copying)."""
+    return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True)
 
 
 def pose_matrix(translation: np.ndarray, q_xyzw: np.ndarray) -> np.ndarray:

@@ -325,7 +325,7 @@ def _query_picture(trainer, frame, query, caption: str) -> np.ndarray:
     """Draw the rendered view beside its similarity overlay, `PICTURE_WIDTH` wide each, captioned (uint8 RGB)."""
     import cv2
 
-    from ..core.query import render_view, similarity_overlay
+    from ..core.views import render_view, similarity_overlay
     from ..core.render import side_by_side, to_uint8
     view = render_view(trainer, _view_at_width(frame), query=query)
     image = to_uint8(side_by_side(np.clip(view['rgb'], 0, 1), similarity_overlay(view, query)))

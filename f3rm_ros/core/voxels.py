@@ -1,0 +1,209 @@
+"""The workspace voxel grid over a field: occupancy, speck removal, and the occupied voxels' features, cached.
+
+The field's density at every voxel centre becomes ``alpha = 1 - exp(-density * voxel)`` (voxel in field units):
+the opacity of one voxel. Voxels with ``alpha >= query.alpha_threshold`` are on or inside a surface; connected
+groups of them smaller than `min_component_volume` are the NeRF's floaters and are dropped. The kept voxels'
+features and colour (nerfacto's RGB seen from straight above, average appearance embedding) are evaluated
+once and cached until `VoxelField.invalidate` (the model changed). Everything is evaluated in chunks of
+``query.chunk_size`` points under ``no_grad``: bounded memory on a CPU, large batches on a GPU. Features stay
+on the model's device; the host gets the alpha grid once per model and the kept voxels' points and colour.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from nerfstudio.cameras.rays import Frustums, RaySamples
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from scipy import ndimage
+
+from .config import QueryConfig
+from .geometry import WorkspaceBox
+from .grasps import Occupancy
+
+log = logging.getLogger(__name__)
+
+# Occupied groups of voxels smaller than this (m³; 8 cm³ = 8 voxels of 1 cm) are floaters, not objects.
+MIN_COMPONENT_VOLUME = 8e-6
+# A grid larger than this is a mistyped voxel size, not a workspace (64 M voxels ≈ 1 GB of alpha and indices).
+MAX_VOXELS = 64 * 1024 * 1024
+FULL_CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+@contextlib.contextmanager
+def eval_mode(model, lock=None):
+    """Hold `lock` (if any) and keep the model in eval mode, restoring its mode afterwards."""
+    with (lock if lock is not None else contextlib.nullcontext()):
+        was_training = model.training
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
+
+
+def model_device(model) -> torch.device:
+    """Return the device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+class VoxelField:
+    """Occupied voxels of a model over the workspace grid, with their features (see the module docstring).
+
+    Args:
+        model: an `F3RMModel` (or anything with ``density_at``, ``features_at`` and nerfacto's ``field``).
+        box: the workspace box the grid covers (base_frame).
+        config: the query settings (voxel size, alpha threshold, chunk size).
+        feature_dim: width of the model's features.
+        lock: held while the model is evaluated, one chunk at a time (a live trainer trains between chunks).
+        surface_only: publish only occupied voxels with at least one free 6-neighbour (a shell); grasps still
+            see the solid occupancy.
+        min_component_volume: occupied groups smaller than this (m³) are dropped as floaters (0 keeps them).
+    """
+
+    def __init__(self, model, box: WorkspaceBox, config: QueryConfig, feature_dim: int, lock=None,
+                 surface_only: bool = False, min_component_volume: float = MIN_COMPONENT_VOLUME):
+        counts = np.maximum(1, np.round((box.max_xyz - box.min_xyz) / config.voxel_size))
+        if float(np.prod(counts)) > MAX_VOXELS:
+            raise ValueError(f'query.voxel_size {config.voxel_size} m makes {int(np.prod(counts)):,} voxels over the '
+                             f'{np.round(box.max_xyz - box.min_xyz, 3).tolist()} m workspace (at most {MAX_VOXELS:,}): '
+                             'use a larger voxel size or a smaller workspace')
+        self.model = model
+        self.box = box
+        self.config = config
+        self.feature_dim = int(feature_dim)
+        self.lock = lock
+        self.surface_only = surface_only
+        self.min_component_volume = float(min_component_volume)
+        self.grid = box.grid(config.voxel_size)              # [Nx, Ny, Nz, 3] base_frame
+        self._grid_field: Optional[torch.Tensor] = None
+        self.occupancy: Optional[Occupancy] = None
+        self.points = self.alpha = self.rgb = self.coords = None
+        self.features: Optional[torch.Tensor] = None
+        self.device_coords: Optional[torch.Tensor] = None
+        # seconds of the last `prepare`: 'density' (grid), 'occupancy' (alpha, specks), 'features' (+ colour)
+        self.timings: Dict[str, float] = {}
+
+    @property
+    def grid_shape(self) -> Tuple[int, int, int]:
+        """Voxels per axis."""
+        return tuple(self.grid.shape[:3])
+
+    @property
+    def num_voxels(self) -> int:
+        """Voxels in the workspace grid."""
+        return int(np.prod(self.grid_shape))
+
+    @property
+    def cached(self) -> bool:
+        """True when the occupied voxels are evaluated and cached."""
+        return self.points is not None
+
+    @property
+    def num_occupied(self) -> int:
+        """Voxels kept by the last `prepare` (0 before it)."""
+        return 0 if self.points is None else len(self.points)
+
+    def invalidate(self) -> None:
+        """Forget the cached voxels: call after the model changed (training steps, a new checkpoint)."""
+        self.points = self.alpha = self.rgb = self.coords = self.features = self.device_coords = None
+        self.occupancy = None
+
+    # ---- field evaluation
+
+    def _ray_samples(self, positions: torch.Tensor) -> RaySamples:
+        """Point samples looking straight down (base -z; field axes are base axes)."""
+        directions = torch.zeros_like(positions)
+        directions[:, 2] = -1.0
+        zeros = torch.zeros_like(positions[:, :1])
+        frustums = Frustums(origins=positions, directions=directions, starts=zeros, ends=zeros,
+                            pixel_area=torch.ones_like(zeros))
+        return RaySamples(frustums=frustums, camera_indices=torch.zeros_like(positions[:, :1], dtype=torch.long))
+
+    def grid_positions(self) -> torch.Tensor:
+        """Every voxel centre in field units [N, 3] on the model's device, made once per device."""
+        device = model_device(self.model)
+        if self._grid_field is None or self._grid_field.device != device:
+            field_points = self.box.to_field(self.grid.reshape(-1, 3)).astype(np.float32)
+            self._grid_field = torch.from_numpy(field_points).to(device)
+        return self._grid_field
+
+    @torch.no_grad()
+    def grid_alpha(self) -> np.ndarray:
+        """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
+        positions = self.grid_positions()
+        chunk = self.config.chunk_size
+        density = torch.empty(len(positions), device=positions.device)
+        for start in range(0, len(positions), chunk):
+            with eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
+                density[start:start + chunk] = self.model.density_at(positions[start:start + chunk])[..., 0].float()
+        voxel_field = self.config.voxel_size * self.box.scale
+        return (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy()
+
+    @torch.no_grad()
+    def _features_and_colour(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks."""
+        chunk = self.config.chunk_size
+        features = torch.empty((len(positions), self.feature_dim), device=positions.device)
+        rgb = torch.empty((len(positions), 3), dtype=torch.uint8, device=positions.device)
+        for start in range(0, len(positions), chunk):
+            part = positions[start:start + chunk]
+            samples = self._ray_samples(part)
+            with eval_mode(self.model, self.lock):
+                _, embedding = self.model.field.get_density(samples)
+                colour = self.model.field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
+                features[start:start + chunk] = self.model.features_at(part).float()
+            rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte()
+        return features, rgb
+
+    def drop_specks(self, occupied: np.ndarray) -> None:
+        """Clear (in place) connected groups of occupied voxels smaller than `min_component_volume`.
+
+        A NeRF leaves small blobs of density in the air that no camera can rule out; what a robot can grasp
+        rests on something and so joins the support surface's component (26-connected voxels).
+        """
+        min_voxels = int(np.ceil(self.min_component_volume / self.config.voxel_size ** 3 - 1e-9))
+        if min_voxels <= 1 or not occupied.any():
+            return
+        labels, _ = ndimage.label(occupied, structure=FULL_CONNECTIVITY)
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_voxels
+        small[0] = False                                        # background
+        if small.any():
+            log.debug('dropping %d specks', int(small.sum()))
+            occupied[small[labels]] = False
+
+    def prepare(self) -> float:
+        """Evaluate and cache the occupied voxels (density, features, colour) if needed; returns seconds."""
+        if self.cached:
+            return 0.0
+        started = time.perf_counter()
+        alpha = self.grid_alpha()
+        self.timings = {'density': time.perf_counter() - started}
+        mark = time.perf_counter()
+        occupied = (alpha >= self.config.alpha_threshold).reshape(self.grid_shape)
+        self.drop_specks(occupied)
+        self.occupancy = Occupancy(occupied.copy(), self.box.min_xyz.copy(), self.config.voxel_size)
+        if self.surface_only:
+            interior = ndimage.binary_erosion(occupied, border_value=0)  # all six neighbours occupied
+            occupied &= ~interior
+        index = np.flatnonzero(occupied.ravel())
+        self.timings['occupancy'] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        positions = self.grid_positions()
+        index_device = torch.from_numpy(index).to(positions.device)
+        features, rgb = self._features_and_colour(positions[index_device])
+        self.coords = np.stack(np.unravel_index(index, self.grid_shape), axis=-1).astype(np.int64)
+        self.device_coords = torch.from_numpy(self.coords).to(positions.device)
+        self.points = self.grid.reshape(-1, 3)[index].astype(np.float32)
+        self.alpha = alpha[index].astype(np.float32)
+        self.rgb = rgb.cpu().numpy()
+        self.features = features
+        self.timings['features'] = time.perf_counter() - mark
+        seconds = time.perf_counter() - started
+        log.debug('voxels: %d of %d occupied, %.2f s', len(index), self.num_voxels, seconds)
+        return seconds
