@@ -351,7 +351,8 @@ def trained(tmp_path_factory):
     from f3rm_ros.core.trainer import OnlineTrainer
     torch.manual_seed(0)
     scene = scenes.make_scene(seed=0, object_names=OBJECTS, num_views=48, width=96, height=72)
-    config = make_config('cpu-tiny', overrides={'query': {'alpha_threshold': 0.1}})
+    # a wide gripper (14 cm, like a Robotiq 2F-140): the 8 cm mug does not fit a Franka Hand's 8 cm opening
+    config = make_config('cpu-tiny', overrides={'query': {'alpha_threshold': 0.1}, 'grasp': {'max_opening': 0.14}})
     config.workspace = scene.workspace
     teacher = make_teacher(config.teacher, labels=scene.labels)
     config.feature_field.feature_dim = teacher.dim

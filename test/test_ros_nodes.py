@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
+from f3rm_ros_interfaces.msg import QueryAnswer
 from geometry_msgs.msg import PoseStamped
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
@@ -15,7 +16,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from f3rm_ros.ros import conversions as conv
-from f3rm_ros.ros.common import status_values
+from f3rm_ros.ros.common import latched_qos, status_values
 from f3rm_ros.ros.testing import RosProbe
 
 W, H = 96, 72
@@ -188,12 +189,17 @@ def test_query_node_refuses_empty_queries_and_queries_before_a_model(probe):
     probe.add_node(node)
     try:
         status = probe.subscribe(DiagnosticStatus, '/query/status')
+        answers = probe.subscribe(QueryAnswer, '/query/answer', latched_qos(10))
         query = probe.publisher(String, '/query/query')
         probe.wait_for_subscribers(query)
         query.publish(String(data=' , '))
+        empty = answers.wait(lambda m: m.text == ' , ', 20, 'the answer to an empty query')
+        assert empty.status == QueryAnswer.ERROR and 'empty' in empty.reason
         query.publish(String(data='mug'))
         values = status_values(status.wait(lambda m: status_values(m)['problems'] == '2', 20, 'two problems'))
-        assert 'no model yet' in values['last_problem'] and values['answered'] == '0'
+        assert 'no model yet' in values['last_problem'] and values['answered'] == '2'
+        assert values['last_status'] == 'no_model'
+        assert answers.wait(lambda m: m.text == 'mug', 5, 'the answer to mug').status == QueryAnswer.NO_MODEL
         bad = probe.set_parameters('/query', **{'query.temperature': 'hot'})[0]
         assert not bad.successful and 'query.temperature' in bad.reason
         assert probe.set_parameters('/query', **{'query.negatives': ['table', 'wall']})[0].successful

@@ -29,8 +29,8 @@ from .clusters import Cluster, components, group_indices, link_voxels, make_clus
 from .config import F3RMConfig
 from .geometry import WorkspaceBox
 from .grasps import Grasp, GraspPlanner
-from .relevancy import (FLOOR_MARGIN, SOFTMAX_FLOOR, PhraseEmbeddings, TextQuery, check_phrases, embed_query, relevancy,
-                        select_threshold, split_phrases)
+from .relevancy import (FLOOR_MARGIN, SOFTMAX_FLOOR, PhraseEmbeddings, TextQuery, check_phrases, embed_query,
+                        positive_phrases, relevancy, select_threshold)
 from .render import colorize
 from .voxels import MIN_COMPONENT_VOLUME, VoxelField, model_device
 
@@ -165,11 +165,7 @@ class FieldQuerier:
         `positives` is comma-separated text or phrases; `negatives` None means the configured ones. ValueError
         when there is no positive phrase or a phrase is unusable.
         """
-        phrases = split_phrases(positives) if isinstance(positives, str) else list(positives)
-        phrases = check_phrases(phrases)
-        if not phrases:
-            raise ValueError(f'the query {positives!r} is empty: give at least one phrase, e.g. "mug" or '
-                             f'"mug, coffee cup"')
+        phrases = positive_phrases(positives)
         q = self.config.query
         negatives = check_phrases(q.negatives if negatives is None else negatives, 'negative')
         query = embed_query(self.teacher, phrases, negatives, q.temperature, q.mode, self.embeddings)

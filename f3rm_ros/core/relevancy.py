@@ -25,6 +25,15 @@ def split_phrases(text: str) -> list:
     return [part.strip() for part in text.split(',') if part.strip()]
 
 
+def positive_phrases(positives) -> list:
+    """Return the positives of a query (comma-separated text or phrases), checked; ValueError when none is usable."""
+    phrases = check_phrases(split_phrases(positives) if isinstance(positives, str) else list(positives))
+    if not phrases:
+        raise ValueError(f'the query {positives!r} is empty: give at least one phrase, e.g. "mug" or '
+                         f'"mug, coffee cup"')
+    return phrases
+
+
 def check_phrases(phrases: Sequence[str], what: str = 'query') -> list:
     """Return the stripped, non-empty phrases; ValueError names control characters or overlong phrases."""
     out = []

@@ -73,8 +73,8 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
             rclpy.try_shutdown(context=context)
 
 
-def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) -> int:
-    """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it."""
+def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> int:
+    """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it (`threads`: see spin_nodes)."""
     init_ros(args if args is not None else sys.argv)
     try:
         node = factory()
@@ -83,7 +83,7 @@ def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None) 
         import rclpy
         rclpy.try_shutdown()
         return 2
-    spin_nodes([node])
+    spin_nodes([node], threads)
     return 0
 
 

@@ -398,20 +398,21 @@ def markers_from_clusters(clusters: Sequence[Any], query: str, frame_id: str, st
                           alpha: float = 0.5) -> MarkerArray:
     """Clusters → ``visualization_msgs/MarkerArray``: DELETEALL, then per cluster a CUBE and a label.
 
-    Each cluster is a mapping or object with ``centroid`` [3], ``extent`` [3] (box size, metres), ``score``
+    Each cluster is a mapping or object with ``centroid`` [3], ``extent`` [3] (box size, metres), ``relevancy``
     and optionally ``rotation`` (3 x 3, box axes in `frame_id`). Clusters come best first (the order the
     query ranked them, shared with the grasp PoseArray): rank r gets
-    ids 2r (cube) and 2r + 1 (TEXT_VIEW_FACING ``"query: score"`` just above the box) and colour
+    ids 2r (cube) and 2r + 1 (TEXT_VIEW_FACING ``"<query> <mean relevancy>"`` just above the box) and colour
     ``RANK_COLOURS[r]``.
     """
     header = make_header(frame_id, stamp)
     out = MarkerArray()
-    out.markers.append(Marker(header=header, ns=namespace, id=0, action=Marker.DELETEALL))
+    # An empty namespace clears every earlier answer's markers, whatever namespace they used.
+    out.markers.append(Marker(header=header, ns='', id=0, action=Marker.DELETEALL))
     ranked = list(clusters)
     for rank, cluster in enumerate(ranked):
         centroid = np.asarray(_get(cluster, 'centroid'), dtype=np.float64).reshape(3)
         extent = np.asarray(_get(cluster, 'extent'), dtype=np.float64).reshape(3)
-        score = float(_get(cluster, 'score', 0.0))
+        relevancy = float(_get(cluster, 'relevancy', 0.0))
         rotation = _get(cluster, 'rotation')
         T = np.eye(4)
         T[:3, 3] = centroid
@@ -430,7 +431,7 @@ def markers_from_clusters(clusters: Sequence[Any], query: str, frame_id: str, st
                           orientation=Quaternion(w=1.0))
         label = Marker(header=header, ns=namespace, id=2 * rank + 1, type=Marker.TEXT_VIEW_FACING,
                        action=Marker.ADD, pose=label_pose, scale=Vector3(z=float(text_height)),
-                       color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f'{query}: {score:.2f}')
+                       color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0), text=f'{query} {relevancy:.2f}')
         out.markers.extend([cube, label])
     return out
 

@@ -1,17 +1,23 @@
-"""query node: a text on ``~/query`` → heatmap, boxes, grasp candidates and a similarity picture.
+"""query node: text → an answer for a planner (found / not present), heatmap, boxes, grasps, a picture.
 
-Input: ``~/query`` (std_msgs/String, comma-separated positives; negatives and temperature are the
-``query.*`` parameters, changeable at run time). The model is, in this order: the live model of a trainer
-in the same process (`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on
-``trainer/checkpoint`` (reloaded when it changes). Outputs, in ``workspace.base_frame``, all reliable +
-transient local (a late RViz still gets the last answer): ``~/heatmap`` (PointCloud2 x, y, z, rgb,
-similarity), ``~/markers`` (MarkerArray), ``~/grasp_candidates`` (PoseArray, best first),
-``~/similarity_image`` (Image of a rendered overview), and ``~/status``. Queries run on a worker thread,
-newest first; the field itself is `f3rm_ros.core.query.FieldQuerier`.
+Inputs: the service ``~/locate`` (``f3rm_ros_interfaces/srv/Query``: positives, negatives, threshold, maximum
+clusters → a ``QueryAnswer``), and ``~/query`` (std_msgs/String, comma-separated positives, for ``ros2 topic
+pub``; negatives, temperature and the threshold are the ``query.*`` parameters, changeable at run time). Every
+question gets a request id; topic questions are answered newest first, and one replaced while it waited is
+answered ERROR "superseded". The model is, in this order: the live model of a trainer in the same process
+(`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on ``trainer/checkpoint``.
+
+Outputs of every answer, one header (``workspace.base_frame``, one stamp), reliable + transient local (a late
+RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's response too), ``~/heatmap``
+(PointCloud2 x, y, z, rgb, similarity; empty unless found), ``~/markers`` (MarkerArray, namespace
+``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, best first; empty unless found), then
+``~/similarity_image`` (Image of a rendered overview); ``~/status``. The field work is
+`f3rm_ros.core.query.FieldQuerier`; the messages are made in `answers`.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -19,12 +25,17 @@ from typing import Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
+from f3rm_ros_interfaces.msg import QueryAnswer
+from f3rm_ros_interfaces.srv import Query
 from geometry_msgs.msg import PoseArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from ..core.relevancy import positive_phrases
+from . import answers
 from . import conversions as conv
 from .common import (NodeParameters, ParamSpec, ProblemLog, expand_path, latched_qos, node_main, non_negative,
                      one_of, positive, set_torch_threads, status_message)
@@ -35,20 +46,24 @@ PARAMETERS = [
     ParamSpec('device', 'auto', 'auto | cpu | cuda for a loaded checkpoint'),
     ParamSpec('surface_only', True, 'publish only the surface voxels of objects (fewer points)', runtime=True),
     ParamSpec('cloud_color', 'rgb', "what the cloud's rgb field holds: 'rgb' (reconstructed colour) or "
-              "'relevancy' (colormap); similarity is always its own field", True, one_of('rgb', 'relevancy')),
-    ParamSpec('similarity_image', True, 'render ~/similarity_image for each query', runtime=True),
+              "'relevancy' (colormap); the relevancy is always its own field", True, one_of('rgb', 'relevancy')),
+    ParamSpec('similarity_image', True, 'render ~/similarity_image after each answer', runtime=True),
     ParamSpec('image_width', 160, 'width of ~/similarity_image (px)', True, positive),
     ParamSpec('image_height', 120, 'height of ~/similarity_image (px)', True, positive),
     ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
               'processes share a few cores)', validator=non_negative),
 ]
-CONFIG_SECTIONS = ('query',)
-RUNTIME_SECTIONS = ('query',)
+CONFIG_SECTIONS = ('query', 'grasp')
+RUNTIME_SECTIONS = ('query', 'grasp')
+
+
+class NoModel(RuntimeError):
+    """There is no model to query yet (no checkpoint, no live trainer)."""
 
 
 class QueryNode(Node):
-    """Text → 3D relevancy (see the module docstring). `live` is an `OnlineSession` of this process."""
+    """Text → 3D answer (see the module docstring). `live` is an `OnlineSession` of this process."""
 
     def __init__(self, live=None, **kwargs):
         super().__init__('query', **kwargs)
@@ -61,18 +76,26 @@ class QueryNode(Node):
         self._source = None          # (model, teacher, config, lock, key) of the current model
         self.querier = None
         self._querier_key = None
+        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+        self._query_lock = threading.Lock()   # one question at a time on the querier and the publishers
         self._wake = threading.Condition()
-        self._request: Optional[str] = None
+        self._request: Optional[tuple] = None    # (request id, text) of the newest waiting topic question
+        self._picture: Optional[tuple] = None    # (header, query) of the newest answer to draw
         self._stop = False
         self.answered = 0
-        self.last = {'query': '', 'points': 0, 'clusters': 0, 'seconds': 0.0, 'best': ''}
+        self.last = {'id': 0, 'query': '', 'status': '', 'reason': '', 'points': 0, 'clusters': 0, 'grasps': 0,
+                     'seconds': 0.0, 'best': ''}
         out = latched_qos()
+        self.pub_answer = self.create_publisher(QueryAnswer, '~/answer', out)
         self.pub_cloud = self.create_publisher(PointCloud2, '~/heatmap', out)
         self.pub_markers = self.create_publisher(MarkerArray, '~/markers', out)
         self.pub_grasps = self.create_publisher(PoseArray, '~/grasp_candidates', out)
         self.pub_image = self.create_publisher(Image, '~/similarity_image', out)
         self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.create_subscription(String, '~/query', self._on_query, 10)
+        # its own group: a service call in progress does not hold up the topic, status or checkpoint callbacks
+        self.create_service(Query, '~/locate', self._on_locate, callback_group=MutuallyExclusiveCallbackGroup())
         if live is None:
             self.create_subscription(String, 'trainer/checkpoint', self._on_checkpoint, latched_qos())
         self.create_timer(1.0 / self.params['status_rate_hz'], self._publish_status)
@@ -81,16 +104,26 @@ class QueryNode(Node):
 
     # ------------------------------------------------------------------------------------------ inputs
 
+    def _next_id(self) -> int:
+        with self._id_lock:
+            return next(self._ids)
+
     def _on_query(self, msg: String) -> None:
-        text = msg.data.strip()
-        if not any(part.strip() for part in text.split(',')):
-            self.problems.report('query', f'empty query {msg.data!r} ignored: send e.g. "mug" or "mug, cup"')
-            return
+        request = (self._next_id(), msg.data)
         with self._wake:
-            if self._request is not None:
-                self.get_logger().info(f'query {self._request!r} superseded by {text!r}')
-            self._request = text
+            superseded, self._request = self._request, request
             self._wake.notify()
+        if superseded is not None:
+            self.get_logger().info(f'query #{superseded[0]} {superseded[1]!r} superseded by #{request[0]}')
+            self._publish(self._answer_without_query(superseded[0], superseded[1], 'error',
+                                                     f'superseded by a newer query (#{request[0]}) before it ran'))
+
+    def _on_locate(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        text = ', '.join(request.positives)
+        response.answer = self.answer(self._next_id(), text, list(request.positives), list(request.negatives) or None,
+                                      request.threshold_mode, float(request.threshold_value),
+                                      int(request.max_clusters) or None)
+        return response
 
     def _on_checkpoint(self, msg: String) -> None:
         self.latest_path = msg.data
@@ -107,13 +140,13 @@ class QueryNode(Node):
         if self.live is not None and not self.params['checkpoint']:
             trainer = self.live.trainer
             if trainer is None:
-                raise RuntimeError(f'no model yet: the trainer is {self.live.state}')
+                raise NoModel(f'no model yet: the trainer is {self.live.state}')
             return trainer.model, self.live.teacher, trainer.config, trainer.lock, ('live', id(trainer))
         path = expand_path(self.params['checkpoint'] or self.latest_path)
         if not path:
-            raise RuntimeError('no model yet: no checkpoint parameter and nothing on trainer/checkpoint')
+            raise NoModel('no model yet: no checkpoint parameter and nothing on trainer/checkpoint')
         if not Path(path).is_file():
-            raise RuntimeError(f'checkpoint {path} does not exist')
+            raise NoModel(f'checkpoint {path} does not exist')
         key = ('file', path, Path(path).stat().st_mtime_ns)
         if self._source is None or self._source[4] != key:
             started = time.perf_counter()
@@ -128,7 +161,7 @@ class QueryNode(Node):
         from ..core.query import FieldQuerier
         model, teacher, config, lock, key = self._current_source()
         version = self.live.model_version if key[0] == 'live' else 0
-        config = dataclasses.replace(config, query=self.params.config.query)
+        config = dataclasses.replace(config, query=self.params.config.query, grasp=self.params.config.grasp)
         if self.querier is None or self._querier_key is None or self._querier_key[0] != key:
             self.querier = FieldQuerier(model, teacher, config, lock=lock, surface_only=self.params['surface_only'])
         elif self._querier_key[1] != version:
@@ -136,61 +169,120 @@ class QueryNode(Node):
         self._querier_key = (key, version)
         return self.querier, model, lock
 
+    # ------------------------------------------------------------------------------------------ answers
+
+    def answer(self, request_id: int, text: str, positives, negatives=None, threshold_mode: str = '',
+               threshold_value: Optional[float] = None, max_clusters: Optional[int] = None) -> QueryAnswer:
+        """Answer one question, publish every output with one header, and return the ``QueryAnswer``.
+
+        `threshold_mode` '' uses the ``query.threshold`` parameter (and `threshold_value` is ignored).
+        """
+        started = time.perf_counter()
+        with self._query_lock:
+            result, status = None, 'error'
+            try:
+                positive_phrases(positives)          # bad text is an error whether or not a model exists
+                querier, _, _ = self._querier()
+                value = threshold_value if threshold_mode else None
+                result = querier.query(positives, negatives, threshold_mode or None, value, max_clusters)
+                status, reason = result.status, result.reason
+            except NoModel as error:
+                status, reason = 'no_model', str(error)
+            except ValueError as error:
+                reason = f'bad request: {error}'
+            except Exception as error:  # never let one question stop the node
+                reason = f'{type(error).__name__}: {error}'
+                self.problems.report('query', f'query #{request_id} {text!r} failed: {reason}', level='error')
+            if status in ('error', 'no_model'):
+                self.problems.report('query', f'query #{request_id} {text!r}: {reason}')
+            header = conv.make_header(self._frame(), self.get_clock().now())
+            mark = time.perf_counter()
+            colors = None
+            if result is not None:
+                heatmap = result.heatmap
+                colors = heatmap.rgb if self.params['cloud_color'] == 'rgb' else heatmap.colors(
+                    'relevancy', self.params.config.query.colormap)
+            timings = dict(result.timings) if result is not None else {}
+            answer = answers.answer_message(request_id, header, text, status, reason, result, colors, timings)
+            timings['pack'] = time.perf_counter() - mark
+            timings['total'] = time.perf_counter() - started
+            answer.timings = answers.timing_messages(timings)
+            self._publish(answer, result.clusters if result is not None and status == 'found' else [])
+            self._remember(answer, timings['total'])
+        if status == 'found' and self.params['similarity_image']:
+            with self._wake:
+                self._picture = (header, result.positives, result.negatives)
+                self._wake.notify()
+        return answer
+
+    def _answer_without_query(self, request_id: int, text: str, status: str, reason: str) -> QueryAnswer:
+        header = conv.make_header(self._frame(), self.get_clock().now())
+        return answers.answer_message(request_id, header, text, status, reason)
+
+    def _frame(self) -> str:
+        return self.params.config.workspace.base_frame if self._source is None else self._source[2].workspace.base_frame
+
+    def _publish(self, answer: QueryAnswer, clusters=()) -> None:
+        """Publish the answer and its heatmap, markers and grasp poses (all one header)."""
+        self.pub_answer.publish(answer)
+        self.pub_cloud.publish(answer.heatmap)
+        self.pub_markers.publish(answers.answer_markers(answer, clusters))
+        self.pub_grasps.publish(answers.answer_poses(answer))
+
+    def _remember(self, answer: QueryAnswer, seconds: float) -> None:
+        status = answers.STATUS_NAMES[answer.status]
+        best = answer.clusters[0].pose.position if answer.clusters else None
+        self.answered += 1
+        self.last = {'id': answer.request_id, 'query': answer.text, 'status': status, 'reason': answer.reason,
+                     'points': answer.heatmap.width, 'clusters': len(answer.clusters), 'grasps': len(answer.grasps),
+                     'seconds': round(seconds, 3),
+                     'best': '' if best is None else f'{best.x:.3f} {best.y:.3f} {best.z:.3f}'}
+        self.get_logger().info(f'query #{answer.request_id} {answer.text!r}: {status}: {answer.reason} '
+                               f'({len(answer.grasps)} grasps, {seconds:.2f} s)')
+
     # ------------------------------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         while True:
             with self._wake:
-                while self._request is None and not self._stop:
+                while self._request is None and self._picture is None and not self._stop:
                     self._wake.wait()
                 if self._stop:
                     return
-                text, self._request = self._request, None
-            try:
-                self._answer(text)
-            except (RuntimeError, ValueError) as error:
-                self.problems.report('query', f'query {text!r} not answered: {error}')
-            except Exception as error:  # never let one query kill the worker
-                self.problems.report('query', f'query {text!r} failed: {type(error).__name__}: {error}',
-                                     level='error')
+                request, self._request = self._request, None
+                picture = None
+                if request is None:
+                    picture, self._picture = self._picture, None
+            if request is not None:
+                request_id, text = request
+                self.answer(request_id, text, text)
+            else:
+                self._draw(*picture)
 
-    def _answer(self, text: str) -> None:
-        from ..core.query import default_view, similarity_view
-        started = time.perf_counter()
-        querier, model, lock = self._querier()
-        result = querier.query(text)
-        heatmap, frame = result.heatmap, result.heatmap.base_frame
-        stamp = self.get_clock().now()
-        colors = heatmap.rgb if self.params['cloud_color'] == 'rgb' else heatmap.colors(
-            'relevancy', self.params.config.query.colormap)
-        self.pub_cloud.publish(conv.make_point_cloud2(heatmap.points, colors, heatmap.relevancy, frame, stamp))
-        self.pub_markers.publish(conv.markers_from_clusters(result.clusters, text, frame, stamp))
-        self.pub_grasps.publish(conv.make_pose_array([c.grasp for c in result.clusters], frame, stamp))
-        if self.params['similarity_image']:
-            text_query, _, _ = querier.embed(text)
-            view = default_view(querier.box, self.params['image_width'], self.params['image_height'])
-            picture = similarity_view(model, view, text_query, box=querier.box, lock=lock,
-                                      colormap=self.params.config.query.colormap)
+    def _draw(self, header, positives, negatives) -> None:
+        """Render the overview picture of an answer (after it went out: pictures never delay an answer)."""
+        from ..core.views import default_view, similarity_view
+        try:
+            with self._query_lock:
+                querier, model, lock = self._querier()
+                text_query, _, _ = querier.embed(positives, negatives)
+                view = default_view(querier.box, self.params['image_width'], self.params['image_height'])
+                picture = similarity_view(model, view, text_query, box=querier.box, lock=lock,
+                                          colormap=self.params.config.query.colormap)
             pixels = (np.clip(picture, 0, 1) * 255 + 0.5).astype(np.uint8)
-            self.pub_image.publish(conv.rgb_to_image(pixels, stamp, 'f3rm_overview_optical_frame'))
-        seconds = time.perf_counter() - started
-        best = result.clusters[0] if result.clusters else None
-        self.answered += 1
-        self.last = {'query': text, 'points': len(heatmap), 'clusters': len(result.clusters),
-                     'seconds': round(seconds, 3),
-                     'best': '' if best is None else ' '.join(f'{v:.3f}' for v in best.centroid)}
-        self.get_logger().info(f'query {text!r}: {len(heatmap)} points, {len(result.clusters)} clusters'
-                               + (f', best at {self.last["best"]} (score {best.score:.2f})' if best else '')
-                               + f' in {seconds:.2f} s')
+            self.pub_image.publish(conv.rgb_to_image(pixels, header.stamp, 'f3rm_overview_optical_frame'))
+        except Exception as error:  # a picture is a nicety: report, keep serving
+            self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
 
     def _publish_status(self) -> None:
-        values = {'answered': self.answered, 'busy': self._request is not None,
+        values = {'answered': self.answered, 'busy': self._query_lock.locked(),
                   'model': 'live' if self.live is not None and not self.params['checkpoint'] else
                   (self.params['checkpoint'] or self.latest_path or 'none'),
                   'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
-        self.pub_status.publish(status_message(self.get_fully_qualified_name(), values,
-                                               DiagnosticStatus.OK, f'{self.answered} queries answered'))
+        level = DiagnosticStatus.WARN if self.last['status'] == 'error' else DiagnosticStatus.OK
+        self.pub_status.publish(status_message(self.get_fully_qualified_name(), values, level,
+                                               f'{self.answered} queries answered'))
 
     def destroy_node(self):
         """Stop the worker thread."""
@@ -203,7 +295,7 @@ class QueryNode(Node):
 
 def main(args=None) -> int:
     """``ros2 run f3rm_ros query_node``."""
-    return node_main(QueryNode, args)
+    return node_main(QueryNode, args, threads=2)  # the service's group and the others run side by side
 
 
 if __name__ == '__main__':

@@ -1,0 +1,198 @@
+"""The query node as a planner meets it: the Query service and the topics, decoded from the wire.
+
+The model is an analytic field (test/analytic_field.py) handed to the node as a live session, so every yaw of
+an elongated object is a new, exactly known scene: the grasps' closing axes are checked against the object's
+narrow axis from the decoded PoseArray and service response, not from the matrices they were made from.
+"""
+import threading
+
+import numpy as np
+import pytest
+from f3rm_ros_interfaces.msg import QueryAnswer
+from f3rm_ros_interfaces.srv import Query
+from geometry_msgs.msg import PoseArray
+from rclpy.parameter import Parameter
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from f3rm_ros.ros import conversions as conv
+from f3rm_ros.ros.common import latched_qos
+from f3rm_ros.ros.testing import RosProbe
+
+from analytic_field import analytic_scene, yaw_matrix
+
+BAR_SIZE = (0.12, 0.03, 0.04)      # long along its own x, narrow along y
+BAR_CENTRE = (0.5, 0.0, 0.02)
+
+
+class LiveSession:
+    """Stands in for `OnlineSession`: the query node reads `trainer` (model, config, lock), `teacher`,
+    `model_version` and `state`."""
+
+    def __init__(self):
+        self.trainer = None
+        self.teacher = None
+        self.model_version = 0
+        self.state = 'waiting for keyframes'
+
+    def show(self, model, config, teacher):
+        """Replace the model, as a trainer reset would."""
+        self.trainer = type('Trainer', (), {'model': model, 'config': config, 'lock': threading.Lock()})()
+        self.teacher = teacher
+        self.model_version += 1
+
+
+@pytest.fixture(scope='module')
+def rig():
+    """A query node serving a `LiveSession`, and the probe's subscribers on its outputs."""
+    from f3rm_ros.ros.query_node import QueryNode
+    probe = RosProbe()
+    live = LiveSession()
+    node = QueryNode(live=live, context=probe.context, parameter_overrides=[
+        Parameter('similarity_image', value=False), Parameter('status_rate_hz', value=20.0),
+        Parameter('preset', value='cpu-tiny')])
+    probe.add_node(node)
+    inboxes = {name: probe.subscribe(kind, f'/query/{name}', latched_qos(10)) for name, kind in (
+        ('answer', QueryAnswer), ('heatmap', PointCloud2), ('markers', MarkerArray),
+        ('grasp_candidates', PoseArray))}
+    yield probe, live, node, inboxes
+    probe.executor.remove_node(node)
+    node.destroy_node()
+    probe.close()
+
+
+def ask(probe, positives, **fields):
+    """Call ~/locate and return the decoded QueryAnswer."""
+    return probe.call(Query, '/query/locate', Query.Request(positives=positives, **fields), timeout=60).answer
+
+
+def closing_axis(pose):
+    """The gripper's closing axis (y) of a geometry_msgs/Pose, decoded with scipy."""
+    q = pose.orientation
+    return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()[:, 1]
+
+
+def approach_axis(pose):
+    q = pose.orientation
+    return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()[:, 2]
+
+
+def test_before_any_model_the_answer_is_no_model(rig):
+    probe, live, node, inboxes = rig
+    answer = ask(probe, ['mug'])
+    assert answer.status == QueryAnswer.NO_MODEL and 'no model yet' in answer.reason
+    assert answer.heatmap.width == 0 and not answer.clusters and not answer.grasps
+
+
+@pytest.mark.parametrize('yaw', list(range(0, 181, 15)))
+def test_grasps_close_across_the_narrow_side_at_every_yaw(rig, yaw):
+    """A 12 x 3 x 4 cm bar yawed 0°..180°: top-down grasps close along its narrow axis, in the response and
+    on ~/grasp_candidates (same poses, same header), and the cluster box's x axis follows its long side."""
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, float(yaw))})
+    live.show(model, config, teacher)
+    since = len(inboxes['grasp_candidates'].messages)
+    answer = ask(probe, ['bar'])
+    assert answer.status == QueryAnswer.FOUND, answer.reason
+    assert answer.header.frame_id == 'base_link' and len(answer.clusters) == 1
+    narrow, long_side = yaw_matrix(yaw)[:, 1], yaw_matrix(yaw)[:, 0]
+    box = answer.clusters[0]
+    q = box.pose.orientation
+    box_x = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()[:, 0]
+    assert abs(box_x @ long_side) > np.cos(np.radians(5)), f'box x axis {box_x} vs the bar {long_side}'
+    centre = np.array([box.pose.position.x, box.pose.position.y, box.pose.position.z])
+    assert np.linalg.norm(centre[:2] - np.array(BAR_CENTRE[:2])) < 0.01
+    top = [g for g in answer.grasps if g.approach == g.APPROACH_TOP]
+    assert top, answer.reason
+    best = top[0]
+    assert np.allclose(approach_axis(best.pose.pose), [0, 0, -1], atol=1e-9)
+    angle = np.degrees(np.arccos(min(1.0, abs(closing_axis(best.pose.pose) @ narrow))))
+    assert angle < 5.0, f'yaw {yaw}: the best grasp closes {angle:.1f}° off the narrow axis'
+    assert best.width == pytest.approx(0.03 + 0.01, abs=0.011) and best.cluster_index == 0
+    poses = inboxes['grasp_candidates'].wait(lambda m: m.header.stamp == answer.header.stamp, 10,
+                                             'the PoseArray of this answer', since=since)
+    assert len(poses.poses) == len(answer.grasps)
+    for pose, grasp in zip(poses.poses, answer.grasps):
+        assert pose == grasp.pose.pose and grasp.pose.header == answer.header
+    first = poses.poses[0]
+    assert abs(closing_axis(first) @ narrow) > np.cos(np.radians(5))
+
+
+def test_an_absent_object_is_not_present_and_every_output_is_empty(rig):
+    """'apple' is in the teacher's vocabulary but not in the scene: NOT_PRESENT, an empty heatmap, no grasps,
+    markers cleared, on every output of that request id."""
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    assert ask(probe, ['bar']).status == QueryAnswer.FOUND
+    answer = ask(probe, ['apple'])
+    assert answer.status == QueryAnswer.NOT_PRESENT, answer.reason
+    assert answer.heatmap.width == 0 and not answer.clusters and not answer.grasps
+    stamp = answer.header.stamp
+    cloud = inboxes['heatmap'].wait(lambda m: m.header.stamp == stamp, 10, 'the empty heatmap')
+    assert cloud.width == 0
+    assert len(inboxes['grasp_candidates'].wait(lambda m: m.header.stamp == stamp, 10, 'poses').poses) == 0
+    markers = inboxes['markers'].wait(lambda m: m.markers and m.markers[0].header.stamp == stamp, 10, 'markers')
+    assert [m.action for m in markers.markers] == [markers.markers[0].DELETEALL]
+
+
+def test_the_string_topic_answers_with_a_request_id_on_every_output(rig):
+    """`ros2 topic pub /query/query std_msgs/String "data: bar"`: ~/answer says which request it answers; the
+    markers carry the id in their namespace and label, and share the answer's header."""
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 30.0)})
+    live.show(model, config, teacher)
+    publisher = probe.publisher(String, '/query/query')
+    probe.wait_for_subscribers(publisher)
+    since = len(inboxes['answer'].messages)
+    publisher.publish(String(data='bar'))
+    answer = inboxes['answer'].wait(lambda m: m.text == 'bar', 30, 'the topic answer', since=since)
+    assert answer.status == QueryAnswer.FOUND and answer.request_id > 0
+    markers = inboxes['markers'].wait(lambda m: m.markers and m.markers[0].header.stamp == answer.header.stamp,
+                                      10, 'markers of the answer')
+    cubes = [m for m in markers.markers if m.type == m.CUBE]
+    labels = [m for m in markers.markers if m.type == m.TEXT_VIEW_FACING]
+    assert len(cubes) == 1 and cubes[0].ns == f'f3rm/{answer.request_id}'
+    assert labels[0].text.startswith(f'#{answer.request_id} bar')
+    xyz, _, relevancy = conv.point_cloud2_to_arrays(
+        inboxes['heatmap'].wait(lambda m: m.header.stamp == answer.header.stamp, 10, 'heatmap'))
+    assert len(xyz) == answer.heatmap.width > 0 and relevancy.max() > 0.9
+
+
+@pytest.mark.parametrize('positives, fields, words', [
+    ([], {}, 'empty'),
+    (['', '  '], {}, 'empty'),
+    (['x' * 10000], {}, 'too long'),
+    (['mu\x1bg'], {}, 'control characters'),    # (a NUL never arrives: the middleware cuts the string there)
+    (['bar'], {'threshold_mode': 'median'}, 'threshold mode'),
+    (['bar'], {'threshold_mode': 'percentile', 'threshold_value': 150.0}, '0..100'),
+    (['bar'], {'threshold_mode': 'value', 'threshold_value': float('nan')}, '-1..1'),
+    (['bar'], {'negatives': ['ok', 'bad\x07']}, 'control characters'),
+])
+def test_bad_requests_get_an_error_with_a_reason_and_the_node_keeps_serving(rig, positives, fields, words):
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    answer = ask(probe, positives, **fields)
+    assert answer.status == QueryAnswer.ERROR and words in answer.reason, answer.reason
+    assert answer.heatmap.width == 0 and not answer.grasps
+    assert ask(probe, ['bar']).status == QueryAnswer.FOUND
+
+
+def test_request_fields_reach_the_query(rig):
+    """Unicode positives, unknown negatives, a fixed threshold and a cluster limit are honoured."""
+    probe, live, node, inboxes = rig
+    boxes = {'bar': (BAR_CENTRE, BAR_SIZE, 0.0), 'block': ((0.5, 0.2, 0.02), (0.04, 0.04, 0.04), 0.0)}
+    config, teacher, model = analytic_scene(spheres={}, boxes=boxes)
+    live.show(model, config, teacher)
+    both = ask(probe, ['bar', 'block'], negatives=['table', 'никто'], threshold_mode='value', threshold_value=0.7)
+    assert both.status == QueryAnswer.FOUND and list(both.negatives) == ['table', 'никто']
+    assert both.threshold == pytest.approx(0.7) and len(both.clusters) == 2
+    one = ask(probe, ['bar', 'block'], max_clusters=1)
+    assert len(one.clusters) == 1 and {g.cluster_index for g in one.grasps} == {0}
+    unicode = ask(probe, ['杯子'])
+    assert unicode.status in (QueryAnswer.NOT_PRESENT, QueryAnswer.FOUND) and unicode.positives == ['杯子']
+    stages = {t.stage for t in both.timings}
+    assert {'text', 'relevancy', 'threshold', 'cluster', 'grasps', 'pack', 'total'} <= stages
