@@ -352,31 +352,32 @@ class Box:
 
     centroid: np.ndarray
     extent: np.ndarray
-    score: float
+    relevancy: float
     rotation: np.ndarray = None
 
 
 def test_markers_from_clusters():
     """DELETEALL first, then cube + label per cluster in the given (best-first) order."""
     clusters = [
-        Box(centroid=np.array([0.5, -0.2, 0.05]), extent=np.array([0.1, 0.2, 0.0]), score=0.9, rotation=RZ90),
-        {'centroid': [0.1, 0.2, 0.3], 'extent': [0.04, 0.06, 0.1], 'score': 0.31},
+        Box(centroid=np.array([0.5, -0.2, 0.05]), extent=np.array([0.1, 0.2, 0.0]), relevancy=0.9, rotation=RZ90),
+        {'centroid': [0.1, 0.2, 0.3], 'extent': [0.04, 0.06, 0.1], 'relevancy': 0.31},
     ]
     msg = roundtrip(cv.markers_from_clusters(clusters, 'mug', 'base_link', 2.0))
     assert isinstance(msg, MarkerArray) and len(msg.markers) == 5
     clear = msg.markers[0]
-    assert clear.action == Marker.DELETEALL and clear.ns == 'f3rm'
+    assert clear.action == Marker.DELETEALL and clear.ns == ''          # clears every earlier answer's markers
+    assert {m.ns for m in msg.markers[1:]} == {'f3rm'}
     best_cube, best_text, cube, text = msg.markers[1:]
     # The first cluster (the query's best) gets the first colour and ids 0/1.
     assert (best_cube.type, best_cube.id, best_cube.action) == (Marker.CUBE, 0, Marker.ADD)
-    assert (best_text.type, best_text.id, best_text.text) == (Marker.TEXT_VIEW_FACING, 1, 'mug: 0.90')
+    assert (best_text.type, best_text.id, best_text.text) == (Marker.TEXT_VIEW_FACING, 1, 'mug 0.90')
     assert (best_cube.color.r, best_cube.color.g, best_cube.color.b) == pytest.approx(cv.RANK_COLOURS[0])
     assert best_cube.color.a == pytest.approx(0.5)
     p = best_cube.pose
     assert (p.position.x, p.position.y, p.position.z) == (0.5, -0.2, 0.05)
     assert (p.orientation.z, p.orientation.w) == (pytest.approx(S45), pytest.approx(S45))
     assert (best_cube.scale.x, best_cube.scale.y, best_cube.scale.z) == (0.1, 0.2, 0.001)  # zero clamped
-    assert (cube.id, text.id, text.text) == (2, 3, 'mug: 0.31')
+    assert (cube.id, text.id, text.text) == (2, 3, 'mug 0.31')
     assert (cube.scale.x, cube.scale.y, cube.scale.z) == (0.04, 0.06, 0.1)
     assert (cube.color.r, cube.color.g, cube.color.b) == pytest.approx(cv.RANK_COLOURS[1])
     # The label floats above the box top (0.3 + 0.05) by the text height.
@@ -384,7 +385,7 @@ def test_markers_from_clusters():
     assert text.pose.position.z == pytest.approx(0.3 + 0.05 + 0.03)
     assert all(m.header.frame_id == 'base_link' and m.header.stamp.sec == 2 for m in msg.markers)
     only_clear = cv.markers_from_clusters([], 'mug', 'base_link', 0.0, namespace='other')
-    assert [(m.action, m.ns) for m in only_clear.markers] == [(Marker.DELETEALL, 'other')]
+    assert [(m.action, m.ns) for m in only_clear.markers] == [(Marker.DELETEALL, '')]
 
 
 # ------------------------------------------------------------------------------------------------- DDS

@@ -32,8 +32,11 @@ def inside_box(points, centre, size, yaw):
 
 
 def test_two_objects_six_centimetres_apart_no_finger_enters_the_neighbour():
-    """A 5 x 4 x 8 cm block with a twin 6 cm away (centre to centre along x, a 1 cm gap): every candidate of
-    either block keeps both fingers out of the other, and each block still gets a grasp."""
+    """Keep every finger out of a neighbour 6 cm away, and still grasp each object.
+
+    A 5 x 4 x 8 cm block with a twin 6 cm away (centre to centre along x, a 1 cm gap): every candidate of
+    either block keeps both fingers out of the other.
+    """
     size = (0.05, 0.04, 0.08)
     boxes = {'bar': ((0.47, 0.0, 0.04), size, 0.0), 'block': ((0.53, 0.0, 0.04), size, 0.0)}
     config, teacher, model = analytic_scene(spheres={}, boxes=boxes)

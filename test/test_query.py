@@ -10,10 +10,8 @@ import numpy as np
 import open3d as o3d
 import pytest
 import torch
-from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.geometry import WorkspaceBox
 from f3rm_ros.core.clusters import (Cluster, components, core_points, gpu_components, host_components,
                                     oriented_box)
 from f3rm_ros.core.query import FOUND, NOT_PRESENT, FieldQuerier, QueryResult, write_heatmap_ply
@@ -149,8 +147,11 @@ def test_core_points_drop_the_weak_fringe():
 
 
 def test_components_link_within_the_eps_and_match_on_host_and_device():
-    """Corner contact joins at one voxel; a gap of one voxel joins only with a two-voxel link; the device
-    propagation (run here on the CPU) gives the host's partition on random masks."""
+    """Link voxels within the eps; the device propagation gives the host's partition.
+
+    Corner contact joins at one voxel; a gap of one voxel joins only with a two-voxel link; the device
+    propagation (run here on the CPU) gives the host's partition on random masks.
+    """
     coords = np.array([[0, 0, 0], [1, 1, 1], [3, 3, 3], [3, 4, 3], [9, 9, 9]])
     one = host_components(coords, 1)
     assert one[0] == one[1] != one[2] == one[3] != one[4] and one[0] != one[4]

@@ -28,8 +28,10 @@ BAR_CENTRE = (0.5, 0.0, 0.02)
 
 
 class LiveSession:
-    """Stands in for `OnlineSession`: the query node reads `trainer` (model, config, lock), `teacher`,
-    `model_version` and `state`."""
+    """Stand in for `OnlineSession`.
+
+    The query node reads `trainer` (model, config, lock), `teacher`, `model_version` and `state`.
+    """
 
     def __init__(self):
         self.trainer = None
@@ -46,7 +48,7 @@ class LiveSession:
 
 @pytest.fixture(scope='module')
 def rig():
-    """A query node serving a `LiveSession`, and the probe's subscribers on its outputs."""
+    """Start a query node serving a `LiveSession`, and the probe's subscribers on its outputs."""
     from f3rm_ros.ros.query_node import QueryNode
     probe = RosProbe()
     live = LiveSession()
@@ -69,7 +71,7 @@ def ask(probe, positives, **fields):
 
 
 def closing_axis(pose):
-    """The gripper's closing axis (y) of a geometry_msgs/Pose, decoded with scipy."""
+    """Decode the gripper's closing axis (y) of a geometry_msgs/Pose with scipy."""
     q = pose.orientation
     return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()[:, 1]
 
@@ -88,8 +90,11 @@ def test_before_any_model_the_answer_is_no_model(rig):
 
 @pytest.mark.parametrize('yaw', list(range(0, 181, 15)))
 def test_grasps_close_across_the_narrow_side_at_every_yaw(rig, yaw):
-    """A 12 x 3 x 4 cm bar yawed 0°..180°: top-down grasps close along its narrow axis, in the response and
-    on ~/grasp_candidates (same poses, same header), and the cluster box's x axis follows its long side."""
+    """Close top-down grasps along a bar's narrow axis whatever its yaw, in the response and on the topic.
+
+    A 12 x 3 x 4 cm bar yawed 0°..180°: the response's grasps and ~/grasp_candidates (same poses, same header)
+    close along its narrow axis, and the cluster box's x axis follows its long side.
+    """
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, float(yaw))})
     live.show(model, config, teacher)
@@ -121,8 +126,11 @@ def test_grasps_close_across_the_narrow_side_at_every_yaw(rig, yaw):
 
 
 def test_an_absent_object_is_not_present_and_every_output_is_empty(rig):
-    """'apple' is in the teacher's vocabulary but not in the scene: NOT_PRESENT, an empty heatmap, no grasps,
-    markers cleared, on every output of that request id."""
+    """Answer NOT_PRESENT for an absent object, with empty outputs.
+
+    'apple' is in the teacher's vocabulary but not in the scene: NOT_PRESENT, an empty heatmap, no grasps,
+    markers cleared, on every output of that request id.
+    """
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
     live.show(model, config, teacher)
@@ -139,8 +147,11 @@ def test_an_absent_object_is_not_present_and_every_output_is_empty(rig):
 
 
 def test_the_string_topic_answers_with_a_request_id_on_every_output(rig):
-    """`ros2 topic pub /query/query std_msgs/String "data: bar"`: ~/answer says which request it answers; the
-    markers carry the id in their namespace and label, and share the answer's header."""
+    """Answer the String topic with a request id on every output.
+
+    `ros2 topic pub /query/query std_msgs/String "data: bar"`: ~/answer says which request it answers; the
+    markers carry the id in their namespace and label, and share the answer's header.
+    """
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 30.0)})
     live.show(model, config, teacher)

@@ -22,10 +22,14 @@ class QueryOutcome:
     num_points: int
     num_clusters: int
     top_centroid: Optional[List[float]] = None
-    top_score: Optional[float] = None
+    top_relevancy: Optional[float] = None
     true_center: Optional[List[float]] = None
     error_m: Optional[float] = None
     latency_s: Optional[float] = None
+    status: str = ''
+    reason: str = ''
+    num_grasps: int = 0
+    grasp_width_m: Optional[float] = None
 
 
 @dataclass
@@ -89,19 +93,22 @@ def write_report(report: RunReport, out_dir: Path) -> Path:
              f'- **Keyframes:** {report.keyframes}; **training steps:** {report.steps}'
              + (f'; **held-out PSNR:** {report.heldout_psnr:.2f} dB' if report.heldout_psnr is not None else ''),
              '']
-    lines += ['## Queries', '', '| query | top cluster centroid (m, base frame) | score | clusters | points | '
-              'true centre | error | latency |', '|---|---|---|---|---|---|---|---|']
+    lines += ['## Queries', '', '| query | answer | top cluster centroid (m, base frame) | relevancy | clusters | '
+              'points | grasps (best width) | true centre | error | latency |',
+              '|---|---|---|---|---|---|---|---|---|---|']
     for q in report.queries:
         def fmt(v):
             return '—' if v is None else '(' + ', '.join(f'{x:.3f}' for x in v) + ')'
         error = '—' if q.error_m is None else f'{q.error_m * 100:.1f} cm'
         latency = '—' if q.latency_s is None else f'{q.latency_s * 1000:.0f} ms'
-        score = '—' if q.top_score is None else f'{q.top_score:.2f}'
-        lines.append(f'| `{q.text}` | {fmt(q.top_centroid)} | {score} | {q.num_clusters} | {q.num_points} | '
-                     f'{fmt(q.true_center)} | {error} | {latency} |')
+        relevancy = '—' if q.top_relevancy is None else f'{q.top_relevancy:.2f}'
+        grasps = f'{q.num_grasps}' + ('' if q.grasp_width_m is None else f' ({q.grasp_width_m * 100:.1f} cm)')
+        lines.append(f'| `{q.text}` | {q.status} | {fmt(q.top_centroid)} | {relevancy} | {q.num_clusters} | '
+                     f'{q.num_points} | {grasps} | {fmt(q.true_center)} | {error} | {latency} |')
     lines.append('')
     for q in report.queries:
-        lines += [f'### `{q.text}`', '', f'![similarity overlay for {q.text}]({link(q.overlay_png)})', '',
+        lines += [f'### `{q.text}`', '', f'Answer: **{q.status}** — {q.reason}', '',
+                  f'![similarity overlay for {q.text}]({link(q.overlay_png)})', '',
                   f'Heatmap cloud: [{Path(q.ply).name}]({link(q.ply)})', '']
     if report.pictures:
         lines += ['## Pictures', '']

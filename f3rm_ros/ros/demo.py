@@ -61,57 +61,31 @@ def _scene_source(settings: DemoSettings, report: Callable[[str], None]) -> Dict
 
 
 class _QueryClient:
-    """Publishes queries and collects the query node's answers, like any downstream ROS user."""
+    """Asks the query node's ``query/locate`` service, as a grasp planner would."""
 
     def __init__(self, node):
-        from geometry_msgs.msg import PoseArray
-        from sensor_msgs.msg import PointCloud2
-        from std_msgs.msg import String
-        from visualization_msgs.msg import MarkerArray
-
-        from .common import latched_qos
+        from f3rm_ros_interfaces.srv import Query
         self.node = node
-        self.ready = threading.Event()
-        self.publisher = node.create_publisher(String, 'query/query', 10)
-        node.create_subscription(PointCloud2, 'query/heatmap', self._on_cloud, latched_qos())
-        node.create_subscription(MarkerArray, 'query/markers', self._on_markers, latched_qos())
-        node.create_subscription(PoseArray, 'query/grasp_candidates', self._on_grasps, latched_qos())
-        self.pending: Dict[str, object] = {}
-        self.received: Dict[str, Dict[tuple, object]] = {'cloud': {}, 'markers': {}, 'grasps': {}}
-        self.asked_at = (0, 0)
-        self.lock = threading.Lock()
+        self.client = node.create_client(Query, 'query/locate')
 
-    def ask(self, text: str) -> None:
-        from std_msgs.msg import String
-        with self.lock:
-            self.asked_at = self.node.get_clock().now().seconds_nanoseconds()
-            self.pending, self.received = {}, {'cloud': {}, 'markers': {}, 'grasps': {}}
-            self.ready.clear()
-        self.publisher.publish(String(data=text))
+    def ask(self, text: str, timeout_s: float):
+        """Return the ``QueryAnswer`` to `text` (comma-separated positives), or None after `timeout_s`."""
+        from f3rm_ros_interfaces.srv import Query
 
-    def _store(self, key, msg, stamp):
-        # Outputs are latched, so earlier answers arrive too: the answer is the three messages sharing the
-        # first stamp after the question (the query node stamps with the same clock when it answers).
-        with self.lock:
-            if stamp < self.asked_at:
-                return
-            self.received[key][stamp] = msg
-            complete = [s for s in self.received['markers'] if all(s in self.received[k] for k in self.received)]
-            if complete and not self.ready.is_set():
-                answer = min(complete)
-                self.pending = {k: self.received[k][answer] for k in self.received}
-                self.ready.set()
-
-    def _on_cloud(self, msg):
-        self._store('cloud', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
-
-    def _on_markers(self, msg):
-        if msg.markers:  # the first is DELETEALL, stamped like the rest of the answer
-            stamp = msg.markers[0].header.stamp
-            self._store('markers', msg, (stamp.sec, stamp.nanosec))
-
-    def _on_grasps(self, msg):
-        self._store('grasps', msg, (msg.header.stamp.sec, msg.header.stamp.nanosec))
+        from ..core.relevancy import split_phrases
+        deadline = time.monotonic() + timeout_s
+        while not self.client.wait_for_service(timeout_sec=0.5):
+            _stop_if_shut_down()
+            if time.monotonic() > deadline:
+                return None
+        future = self.client.call_async(Query.Request(positives=split_phrases(text)))
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        while not done.wait(timeout=0.5):
+            _stop_if_shut_down()
+            if time.monotonic() > deadline:
+                return None
+        return future.result().answer
 
 
 def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> Path:
@@ -120,7 +94,9 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from ..core import query as query_core
+    from ..core.relevancy import PhraseEmbeddings, embed_query, split_phrases
+    from ..core.views import render_view
+    from . import answers
     from ..core.render import feature_pca, save_png
     from . import conversions as conv
     from .pipeline import create_nodes, ros_arguments
@@ -147,7 +123,9 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                   f'dataset_dir:={(settings.output / "scan").resolve()}',
                   f'checkpoint_dir:={(settings.output / "checkpoints").resolve()}',
                   f'rate_hz:={settings.rate_hz}', 'loop:=false', f'trainer.steps:={settings.steps}',
-                  'resume:=false']
+                  'resume:=false',
+                  # the synthetic bowl (13 cm) and mug (8 cm) are wider than a Franka Hand (8 cm): a 15 cm gripper
+                  'grasp.max_opening:=0.15']
     lo, hi = _workspace(meta, source, report)
     parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
                    f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}',
@@ -197,41 +175,43 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
         frames = session.store.snapshot()
         view = max(frames, key=lambda f: f.width)  # any keyframe: the view every picture is drawn from
         query_started = time.monotonic()
-        negative_embeddings: Dict = {}  # encoded once for every query's picture
+        embeddings = PhraseEmbeddings(session.teacher)  # negatives encoded once for every query's picture
         for text in queries:
-            client.ask(text)
             asked = time.monotonic()
-            if not _wait_for_answer(client, 120.0):
+            answer = client.ask(text, 120.0)
+            if answer is None:
                 notes.append(f'query {text!r}: no answer within 120 s')
                 continue
             latency = time.monotonic() - asked
-            xyz, rgb, similarity = conv.point_cloud2_to_arrays(client.pending['cloud'])
+            status = answers.STATUS_NAMES[answer.status]
+            xyz, rgb, _ = conv.point_cloud2_to_arrays(answer.heatmap)
             ply = settings.output / f'heatmap_{_file_name(text)}.ply'
             cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
             if rgb is not None:
                 cloud.colors = o3d.utility.Vector3dVector(rgb.astype(np.float64) / 255.0)
             o3d.io.write_point_cloud(str(ply), cloud)
-            boxes = [m for m in client.pending['markers'].markers if m.type == m.CUBE]
             top = None
-            if boxes:
-                p = boxes[0].pose.position
+            if answer.clusters:
+                p = answer.clusters[0].pose.position
                 top = [p.x, p.y, p.z]
-            embedded = query_core.embed_query(session.teacher, [text], list(session.config.query.negatives),
-                                              session.config.query.temperature, session.config.query.mode,
-                                              negative_embeddings)
+            embedded = embed_query(session.teacher, split_phrases(text), list(session.config.query.negatives),
+                                   session.config.query.temperature, session.config.query.mode, embeddings)
             truth = objects.get(text)
             error = None if (truth is None or top is None) else float(np.linalg.norm(np.asarray(top) - truth))
             caption = f'"{text}"' + (f': top cluster {error * 100:.1f} cm from the object' if error is not None else '')
             overlay = _query_picture(trainer, _best_view(frames, truth), embedded, caption)
             overlay_png = save_png(settings.output / f'overlay_{_file_name(text)}.png', overlay)
-            labels = [m.text for m in client.pending['markers'].markers if m.type == m.TEXT_VIEW_FACING]
-            score = float(labels[0].rsplit(':', 1)[1]) if labels else None  # markers read 'query: score'
-            outcomes.append(QueryOutcome(text, str(overlay_png), str(ply), len(xyz), len(boxes), top, score,
-                                         None if truth is None else truth.tolist(), error, latency))
-            report(f'demo: {text!r}: {len(boxes)} clusters, top at {np.round(top, 3).tolist() if top else None}'
-                   + (f', error {error * 100:.1f} cm' if error is not None else '') + f' ({latency:.1f} s)')
+            relevancy = answer.clusters[0].relevancy if answer.clusters else None
+            grasp_width = answer.grasps[0].width if answer.grasps else None
+            outcomes.append(QueryOutcome(text, str(overlay_png), str(ply), len(xyz), len(answer.clusters), top,
+                                         relevancy, None if truth is None else truth.tolist(), error, latency,
+                                         status, answer.reason, len(answer.grasps), grasp_width))
+            report(f'demo: {text!r}: {status}, {len(answer.clusters)} clusters, '
+                   f'top at {np.round(top, 3).tolist() if top else None}'
+                   + (f', error {error * 100:.1f} cm' if error is not None else '')
+                   + f', {len(answer.grasps)} grasps ({latency:.1f} s)')
         timings['queries'] = time.monotonic() - query_started
-        rendered = query_core.render_view(trainer, _view_at_width(view))
+        rendered = render_view(trainer, _view_at_width(view))
         pictures = {
             'feature PCA (rendered keyframe view)': str(save_png(settings.output / 'feature_pca.png',
                                                                  feature_pca(rendered['feature']))),
@@ -300,16 +280,6 @@ def _stop_if_shut_down() -> None:
     import rclpy
     if not rclpy.ok():
         raise KeyboardInterrupt
-
-
-def _wait_for_answer(client: _QueryClient, timeout_s: float) -> bool:
-    """Wait for the query node's answer, watching for a shutdown; False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not client.ready.wait(timeout=0.5):
-        _stop_if_shut_down()
-        if time.monotonic() > deadline:
-            return False
-    return True
 
 
 def _view_at_width(frame, width: int = PICTURE_WIDTH):
