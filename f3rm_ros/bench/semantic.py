@@ -1,24 +1,47 @@
-"""``f3rm-ros bench semantic``: does a query point at the right object? Scored on ground truth.
+"""``f3rm-ros bench semantic``: does a query find the right object, and say "not present" for a missing one.
 
 Each seed lays out a synthetic table of its own (objects drawn and placed by the seed, `core.scenes`), scans
-it, trains the product's model with the ``labels`` teacher, asks for every object by name and measures the
-distance from the top cluster's centroid to the object's true centre (its bounding-box centre). With
-``--data DIR`` a nerfstudio dataset made by any tool is scored the same way: it needs per-frame
-``label_file_path`` maps, top-level ``labels`` ({"1": "mug", ...}) and ``objects`` ({"mug": {"center":
-[x, y, z]}}) in its world frame; ``workspace`` ({"min": [...], "max": [...]}) is optional (else estimated
-from depth).
+it, trains the product's model with the ``labels`` teacher and asks the product's `FieldQuerier`:
 
-The tests use seeds 0, 3 and 7 (7 is the demo's table); the defaults, 11-15, are not used by any test. The
-README lists results on seeds 11-30 and which of them informed a change.
+- for every object on the table by name: the answer's status, the best cluster's peak relevancy
+  (`core.query.peak_relevancy`), the distance from the top cluster's centroid to the object's true centre
+  (its bounding-box centre) in 3D and in the table plane, and *on the object*: the centroid inside the
+  object's true box grown by 1 cm. A synthetic object's box is the axis-aligned box of its yawed mesh in
+  ``base_frame`` (`SyntheticScene.objects`), so the object's yaw is already in it; a dataset object may add
+  ``"yaw"`` (radians about base z) to give a box in its own frame instead. A present object answered
+  ``not_present`` is a miss (no centroid: infinite error, not on the object);
+- for every catalogue object (`core.scenes.CATALOGUE`) that is NOT on the table: whether the answer is
+  ``not_present`` (``absent_correct``).
+
+The last line is ``RESULT layouts=.. queries=.. within_2cm=.. within_5cm=.. on_object=.. absent=..
+absent_correct=.. found=.. median_cm=..`` (fractions of the present-object queries, ``absent_correct`` of the
+absent ones); above it the peak relevancy of present and absent queries, the data ``query.present_relevancy``
+is calibrated from (the bench uses the configured value).
+
+With ``--data DIR`` a nerfstudio dataset made by any tool is scored the same way: it needs per-frame
+``label_file_path`` maps, top-level ``labels`` ({"1": "mug", ...}) and ``objects`` ({"mug": {"center":
+[x, y, z], "extent": [dx, dy, dz]}}; extent optional, without it on_object is not scored) in its world frame;
+``workspace`` ({"min": [...], "max": [...]}) is optional (else estimated from depth). Absent queries are the
+catalogue names the dataset does not label, or ``--absent`` names.
+
+A machine without open3d (the GPU machine) cannot render the synthetic scans: ``--scenes DIR`` keeps rendered
+scans there (rendered and saved where open3d exists, e.g. with ``--render-only``, read back elsewhere).
+``--save-voxels DIR`` keeps each trained field's occupied voxels and features; ``--voxels FILE ...`` scores
+such files again without training (a change to thresholds, clustering or the verdict, re-scored in seconds).
+
+Seeds: the tests use 0, 3 and 7 (7 is the demo's table); the defaults, 11-15, are not used by any test.
+Seeds 11-30 informed the query changes and the ``query.present_relevancy`` calibration; 31-50 were kept
+aside for one final run (README).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,20 +49,39 @@ from . import device_name, format_table, write_json
 
 DEFAULT_SEEDS = (11, 12, 13, 14, 15)
 SUCCESS_RADII_M = (0.02, 0.05)
+ON_OBJECT_MARGIN_M = 0.01
+# A Robotiq 2F-140-like opening: the synthetic mug is 8 cm wide, a Franka Hand opens 8 cm.
+SYNTHETIC_MAX_OPENING_M = 0.14
+PERCENTILES = (1, 5, 50, 95, 99)
+# `core.scenes.CATALOGUE`'s names, for machines without open3d (scenes imports it); a test keeps them equal.
+CATALOGUE_NAMES = ('mug', 'bowl', 'box', 'ball', 'bottle', 'can', 'screwdriver', 'banana')
 
 
 @dataclass
 class QueryScore:
-    """One query of one scene."""
+    """One query of one scene (a present object, or a catalogue object that is not there)."""
 
     scene: str
     query: str
-    error_m: float            # top cluster centroid -> true centre, 3D (inf when there is no cluster)
+    present: bool
+    status: str               # 'found' | 'not_present'
+    peak: float               # best cluster's peak relevancy before the verdict (nan: no cluster formed)
+    best_relevancy: float     # the most relevant voxel (nan: no occupied voxel)
+    error_m: float            # top cluster centroid -> true centre, 3D (inf: not found; nan: absent object)
     error_xy_m: float         # the same in the table plane: what a top-down grasp needs most
+    on_object: Optional[bool]  # centroid inside the true box + 1 cm (None: absent, or the truth has no box)
     clusters: int
-    latency_s: float          # text -> clusters with the scene's voxels cached
+    latency_s: float          # text -> answer with the scene's voxels cached
     centroid: Optional[List[float]]
-    truth: List[float]
+    truth: Optional[List[float]]
+    reason: str = ''
+
+    @property
+    def correct(self) -> bool:
+        """Absent: answered not_present. Present: found within 2 cm."""
+        if not self.present:
+            return self.status == 'not_present'
+        return self.error_m <= SUCCESS_RADII_M[0]
 
 
 @dataclass
@@ -48,6 +90,7 @@ class SceneRun:
 
     scene: str
     objects: List[str]
+    absent: List[str]
     frames: int
     steps: int
     train_s: float
@@ -55,6 +98,18 @@ class SceneRun:
     field_s: float            # density over the grid + features of the occupied voxels, once per scene
     occupied_voxels: int
     grid_voxels: int
+
+
+@dataclass
+class Scene:
+    """A scan with ground truth: what a bench run scores."""
+
+    name: str
+    frames: list
+    labels: Dict[int, str]
+    objects: Dict[str, Dict]
+    workspace: object
+    absent: List[str] = field(default_factory=list)
 
 
 def register(sub) -> None:
@@ -65,89 +120,106 @@ def register(sub) -> None:
                    help=f'synthetic layouts to generate (default: {" ".join(map(str, DEFAULT_SEEDS))})')
     p.add_argument('--objects', type=int, default=5, help='objects per synthetic table (default: 5)')
     p.add_argument('--data', type=Path, nargs='+', help='score these nerfstudio datasets instead of seeds')
+    p.add_argument('--absent', nargs='*', help='names to ask for that are not in the scene (default: the '
+                   'catalogue objects the scene lacks; give none to skip absent queries)')
     p.add_argument('--preset', default='cpu-tiny', help="config preset (default: cpu-tiny, the demo's)")
     p.add_argument('--steps', type=int, default=500, help="training steps per scene (default: 500, the demo's)")
     p.add_argument('--views', type=int, default=48, help="views per synthetic scan (default: 48, the demo's)")
     p.add_argument('--width', type=int, default=160, help='synthetic image width (default: 160)')
     p.add_argument('--height', type=int, default=120, help='synthetic image height (default: 120)')
     p.add_argument('--downscale', type=int, default=1, help='--data images are shrunk by this factor')
+    p.add_argument('--max-opening', type=float, default=SYNTHETIC_MAX_OPENING_M,
+                   help='grasp.max_opening in m (default: 0.14, a Robotiq 2F-140: the synthetic mug is 8 cm wide)')
     p.add_argument('--device', default='auto', help='cpu | cuda | auto (default: auto)')
+    p.add_argument('--scenes', type=Path, help='folder of rendered synthetic scans: read seed_N.npz from it '
+                   'when there, else render (open3d) and save it there')
+    p.add_argument('--render-only', action='store_true', help='render the seeds into --scenes and stop')
+    p.add_argument('--save-voxels', type=Path, help="save each trained field's occupied voxels into this folder")
+    p.add_argument('--voxels', type=Path, nargs='+', help='score saved voxel files (--save-voxels) instead of '
+                   'training')
     p.add_argument('--json', help='also write the scores to this JSON file')
     p.set_defaults(func=run)
 
 
-def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[str, Mapping],
-                workspace, config, steps: int, progress: bool = True):
-    """Train on `frames` with the labels teacher and query every object of `objects` by name.
+# ------------------------------------------------------------------------------------------- ground truth
 
-    Args:
-        name: scene name for the tables.
-        frames: the PosedFrames of the scan (with label maps).
-        labels: {object id: name} of the label maps.
-        objects: {name: {'center': [x, y, z], ...}} ground truth in the frames' world frame.
-        workspace: `WorkspaceConfig` of the scene.
-        config: `F3RMConfig`; a copy of it is trained (its workspace and feature width are set here).
-        steps: training steps.
-        progress: show a progress bar.
+def on_object(centroid: Optional[np.ndarray], truth: Mapping, margin: float = ON_OBJECT_MARGIN_M) -> Optional[bool]:
+    """Tell whether `centroid` lies inside the true box grown by `margin` (None: the truth has no extent).
 
-    Returns:
-        (SceneRun, [QueryScore, ...]).
+    The box is ``center ± extent / 2`` along base axes, or along the object's own axes when the truth has a
+    ``yaw`` (radians about base z). No centroid (nothing found) is not on the object.
     """
-    import copy
-
-    import torch
-    from tqdm import tqdm
-
-    from ..core.frames import FrameStore
-    from ..core.query import FieldQuerier
-    from ..core.teachers import choose_teacher
-    from ..core.trainer import OnlineTrainer
-
-    config = copy.deepcopy(config)
-    config.workspace = workspace
-    config.trainer.steps = steps
-    teacher, _ = choose_teacher(config, labels, 'labels')
-    store = FrameStore(max(config.trainer.capacity, len(frames)))
-    for frame in frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
-    started = time.perf_counter()
-    for _ in tqdm(range(steps), desc=f'{name}: training', disable=not progress, unit='step', leave=False):
-        trainer.step()
-    train_s = time.perf_counter() - started
-    heldout = trainer.evaluate()['psnr'] if trainer.eval_indices else float('nan')
-
-    querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock)
-    field_s = querier.prepare()
-    scores = []
-    for query, truth in objects.items():
-        result = querier.query(query)
-        centre = np.asarray(truth['center'], dtype=np.float64)
-        best = result.best
-        if best is None:
-            error = error_xy = float('inf')
-        else:
-            error = float(np.linalg.norm(best.centroid - centre))
-            error_xy = float(np.linalg.norm(best.centroid[:2] - centre[:2]))
-        scores.append(QueryScore(scene=name, query=query, error_m=error, error_xy_m=error_xy,
-                                 clusters=len(result.clusters), latency_s=result.timings['total'],
-                                 centroid=None if best is None else [float(v) for v in best.centroid],
-                                 truth=[float(v) for v in centre]))
-    run = SceneRun(scene=name, objects=list(objects), frames=len(frames), steps=steps, train_s=train_s,
-                   heldout_psnr=float(heldout), field_s=field_s, occupied_voxels=querier.num_occupied,
-                   grid_voxels=querier.num_voxels)
-    del trainer, querier
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return run, scores
+    if 'extent' not in truth:
+        return None
+    if centroid is None:
+        return False
+    offset = np.asarray(centroid, dtype=np.float64) - np.asarray(truth['center'], dtype=np.float64)
+    yaw = float(truth.get('yaw', 0.0))
+    c, s = np.cos(yaw), np.sin(yaw)
+    local = np.array([c * offset[0] + s * offset[1], -s * offset[0] + c * offset[1], offset[2]])
+    return bool(np.all(np.abs(local) <= np.asarray(truth['extent'], dtype=np.float64) / 2 + margin + 1e-9))
 
 
-def synthetic_scene(seed: int, num_objects: int, views: int, width: int, height: int):
-    """(name, frames, labels, objects, workspace) of the seed's layout."""
+def absent_names(objects: Mapping[str, Mapping], labels: Mapping[int, str],
+                 explicit: Optional[Sequence[str]] = None) -> List[str]:
+    """Names to ask for that the scene lacks: `explicit`, else the catalogue objects it does not label."""
+    if explicit is not None:
+        return list(explicit)
+    from ..core.teachers.labels import normalize_name
+    there = {normalize_name(n) for n in list(objects) + list(labels.values())}
+    return [name for name in CATALOGUE_NAMES if normalize_name(name) not in there]
+
+
+# ------------------------------------------------------------------------------------------------- scenes
+
+def synthetic_scene(seed: int, num_objects: int, views: int, width: int, height: int,
+                    cache: Optional[Path] = None):
+    """(name, frames, labels, objects, workspace) of the seed's layout (from `cache` when it holds it)."""
+    path = None if cache is None else Path(cache) / f'seed_{seed}_{num_objects}x{views}_{width}x{height}.npz'
+    if path is not None and path.exists():
+        return load_scene(path)
     from ..core.scenes import make_scene
     scene = make_scene(seed=seed, num_objects=num_objects, num_views=views, width=width, height=height)
-    return f'seed {seed}', scene.frames, scene.labels, scene.objects, scene.workspace
+    out = (f'seed {seed}', scene.frames, scene.labels, scene.objects, scene.workspace)
+    if path is not None:
+        save_scene(path, *out)
+    return out
+
+
+def save_scene(path: Path, name: str, frames, labels, objects, workspace) -> Path:
+    """Write a scan and its ground truth to one compressed .npz (what `load_scene` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {'name': name, 'labels': {str(k): v for k, v in labels.items()},
+            'objects': {n: {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v) for k, v in o.items()}
+                        for n, o in objects.items()},
+            'workspace': {'min_xyz': list(workspace.min_xyz), 'max_xyz': list(workspace.max_xyz),
+                          'base_frame': workspace.base_frame},
+            'frames': [{'stamp': f.stamp, 'name': f.name} for f in frames]}
+    tmp = path.with_suffix('.tmp.npz')
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), image=np.stack([f.image for f in frames]),
+                        depth=np.stack([f.depth for f in frames]), labels=np.stack([f.labels for f in frames]),
+                        K=np.stack([f.K for f in frames]), T=np.stack([f.T_base_optical for f in frames]))
+    tmp.replace(path)
+    return path
+
+
+def load_scene(path: Path):
+    """Read a `save_scene` file: (name, frames, labels, objects, workspace)."""
+    from ..core.config import WorkspaceConfig
+    from ..core.frames import PosedFrame
+    with np.load(path) as data:
+        meta = json.loads(str(data['meta']))
+        arrays = {k: data[k] for k in ('image', 'depth', 'labels', 'K', 'T')}
+    frames = [PosedFrame(image=arrays['image'][i], K=arrays['K'][i], T_base_optical=arrays['T'][i],
+                         stamp=entry['stamp'], depth=arrays['depth'][i], labels=arrays['labels'][i],
+                         name=entry['name'])
+              for i, entry in enumerate(meta['frames'])]
+    objects = {n: {k: (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v) for k, v in o.items()}
+               for n, o in meta['objects'].items()}
+    w = meta['workspace']
+    workspace = WorkspaceConfig(min_xyz=tuple(w['min_xyz']), max_xyz=tuple(w['max_xyz']), base_frame=w['base_frame'])
+    return meta['name'], frames, {int(k): v for k, v in meta['labels'].items()}, objects, workspace
 
 
 def dataset_scene(root: Path, downscale: int = 1):
@@ -184,14 +256,276 @@ def dataset_scene(root: Path, downscale: int = 1):
     return str(root), frames, labels, objects, workspace
 
 
+# ---------------------------------------------------------------------------------------------- scoring
+
+def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
+                  absent: Sequence[str] = ()) -> List[QueryScore]:
+    """Ask `querier` for every object of `objects` (scored against its truth) and every name of `absent`."""
+    scores = []
+    for query, present in [(name, True) for name in objects] + [(name, False) for name in absent]:
+        result = querier.query(query)
+        best = result.best if result.found else None
+        values = result.heatmap.relevancy
+        common = dict(scene=scene_name, query=query, present=present, status=result.status,
+                      peak=float(result.peak), best_relevancy=float(values.max()) if values.size else float('nan'),
+                      clusters=len(result.clusters), latency_s=result.timings['total'],
+                      centroid=None if best is None else [float(v) for v in best.centroid], reason=result.reason)
+        if not present:
+            scores.append(QueryScore(error_m=float('nan'), error_xy_m=float('nan'), on_object=None, truth=None,
+                                     **common))
+            continue
+        truth = objects[query]
+        centre = np.asarray(truth['center'], dtype=np.float64)
+        if best is None:
+            error = error_xy = float('inf')
+        else:
+            error = float(np.linalg.norm(best.centroid - centre))
+            error_xy = float(np.linalg.norm(best.centroid[:2] - centre[:2]))
+        scores.append(QueryScore(error_m=error, error_xy_m=error_xy,
+                                 on_object=on_object(None if best is None else best.centroid, truth),
+                                 truth=[float(v) for v in centre], **common))
+    return scores
+
+
+def train_scene(name: str, frames, labels: Mapping[int, str], workspace, config, steps: int,
+                progress: bool = True):
+    """Train on `frames` with the labels teacher: (trainer, teacher, config copy, train seconds, held-out PSNR)."""
+    import copy
+
+    from tqdm import tqdm
+
+    from ..core.frames import FrameStore
+    from ..core.teachers import choose_teacher
+    from ..core.trainer import OnlineTrainer
+
+    config = copy.deepcopy(config)
+    config.workspace = workspace
+    config.trainer.steps = steps
+    teacher, _ = choose_teacher(config, labels, 'labels')
+    store = FrameStore(max(config.trainer.capacity, len(frames)))
+    for frame in frames:
+        store.add(frame)
+    trainer = OnlineTrainer(config, store, teacher)
+    trainer.sync_frames()
+    started = time.perf_counter()
+    for _ in tqdm(range(steps), desc=f'{name}: training', disable=not progress, unit='step', leave=False):
+        trainer.step()
+    from . import sync
+    sync()
+    train_s = time.perf_counter() - started
+    heldout = trainer.evaluate()['psnr'] if trainer.eval_indices else float('nan')
+    return trainer, teacher, config, train_s, float(heldout)
+
+
+def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[str, Mapping],
+                workspace, config, steps: int, progress: bool = True, absent: Sequence[str] = (),
+                save_voxels: Optional[Path] = None):
+    """Train on `frames` with the labels teacher, query every object of `objects` and every name of `absent`.
+
+    Args:
+        name: scene name for the tables.
+        frames: the PosedFrames of the scan (with label maps).
+        labels: {object id: name} of the label maps.
+        objects: {name: {'center': [x, y, z], 'extent': [dx, dy, dz] (optional), ...}} ground truth in the
+            frames' world frame.
+        workspace: `WorkspaceConfig` of the scene.
+        config: `F3RMConfig`; a copy of it is trained (its workspace and feature width are set here).
+        steps: training steps.
+        progress: show a progress bar.
+        absent: names that are not in the scene (each should be answered not_present).
+        save_voxels: folder to keep the trained field's voxels in (`save_voxel_file`), or None.
+
+    Returns:
+        (SceneRun, [QueryScore, ...]).
+    """
+    import torch
+
+    from ..core.query import FieldQuerier
+
+    trainer, teacher, config, train_s, heldout = train_scene(name, frames, labels, workspace, config, steps,
+                                                             progress)
+    querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock)
+    field_s = querier.prepare()
+    scores = score_queries(querier, name, objects, absent)
+    run = SceneRun(scene=name, objects=list(objects), absent=list(absent), frames=len(frames), steps=steps,
+                   train_s=train_s, heldout_psnr=heldout, field_s=field_s,
+                   occupied_voxels=querier.voxels.num_occupied, grid_voxels=querier.voxels.num_voxels)
+    if save_voxels is not None:
+        save_voxel_file(Path(save_voxels) / f'{_slug(name)}.npz', querier, run, objects)
+    del trainer, querier
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return run, scores
+
+
+def _slug(name: str) -> str:
+    return ''.join(c if c.isalnum() or c in '-_' else '_' for c in name).strip('_') or 'scene'
+
+
+def save_voxel_file(path: Path, querier, run: SceneRun, objects: Mapping[str, Mapping]) -> Path:
+    """Keep a prepared querier's voxels (points, grid coordinates, features, alpha, colour, solid occupancy)."""
+    v = querier.voxels
+    meta = {'run': asdict(run), 'teacher': querier.teacher.state(),
+            'objects': {n: {k: (np.asarray(x).tolist() if isinstance(x, np.ndarray) else x) for k, x in o.items()}
+                        for n, o in objects.items()},
+            'workspace': {'min_xyz': list(querier.config.workspace.min_xyz),
+                          'max_xyz': list(querier.config.workspace.max_xyz),
+                          'base_frame': querier.config.workspace.base_frame},
+            'voxel_size': querier.config.query.voxel_size, 'alpha_threshold': querier.config.query.alpha_threshold}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), points=v.points, coords=v.coords,
+                        features=v.features.float().cpu().numpy(), alpha=v.alpha, rgb=v.rgb,
+                        occupancy=np.packbits(v.occupancy.grid.ravel()),
+                        occupancy_shape=np.array(v.occupancy.grid.shape),
+                        origin=v.occupancy.origin)
+    return path
+
+
+def load_voxel_querier(path: Path, config):
+    """(querier, SceneRun, objects) of a `save_voxel_file` file: a `FieldQuerier` with no model, its voxels cached.
+
+    `config` gives the query and grasp settings (its workspace, voxel size and feature width come from the file).
+    """
+    import copy
+
+    import torch
+
+    from ..core.config import WorkspaceConfig
+    from ..core.grasps import Occupancy
+    from ..core.query import FieldQuerier
+    from ..core.teachers import make_teacher
+    with np.load(path) as data:
+        meta = json.loads(str(data['meta']))
+        arrays = {k: data[k] for k in data.files if k != 'meta'}
+    config = copy.deepcopy(config)
+    w = meta['workspace']
+    config.workspace = WorkspaceConfig(min_xyz=tuple(w['min_xyz']), max_xyz=tuple(w['max_xyz']),
+                                       base_frame=w['base_frame'])
+    config.query.voxel_size = float(meta['voxel_size'])
+    teacher = make_teacher(config.teacher, state=meta['teacher'])
+    config.feature_field.feature_dim = teacher.dim
+    querier = FieldQuerier(None, teacher, config)
+    v = querier.voxels
+    shape = tuple(int(s) for s in arrays['occupancy_shape'])
+    grid = np.unpackbits(arrays['occupancy'], count=int(np.prod(shape))).astype(bool).reshape(shape)
+    v.occupancy = Occupancy(grid, arrays['origin'], config.query.voxel_size)
+    v.points, v.alpha, v.rgb, v.coords = arrays['points'], arrays['alpha'], arrays['rgb'], arrays['coords']
+    v.features = torch.from_numpy(arrays['features'])
+    v.device_coords = torch.from_numpy(v.coords)
+    run = SceneRun(**meta['run'])
+    objects = {n: {k: (np.asarray(x, dtype=np.float64) if isinstance(x, list) else x) for k, x in o.items()}
+               for n, o in meta['objects'].items()}
+    return querier, run, objects
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
 def summary_rows(scores: Sequence[QueryScore]) -> Dict[str, float]:
-    """Success rates within each of `SUCCESS_RADII_M`, median error and median latency."""
-    errors = np.array([s.error_m for s in scores])
-    out = {f'within_{round(r * 100)}cm': float(np.mean(errors <= r)) for r in SUCCESS_RADII_M}
+    """Rates over the present-object queries, ``absent_correct`` over the absent ones, medians.
+
+    within_Xcm: found and the centroid within X cm of the true centre; on_object: found and inside the true box
+    + 1 cm (over the queries whose truth has a box; nan when none has); found: answered 'found';
+    absent_correct: absent objects answered 'not_present' (nan without absent queries).
+    """
+    present = [s for s in scores if s.present]
+    absent = [s for s in scores if not s.present]
+    errors = np.array([s.error_m for s in present], dtype=np.float64)
+    out: Dict[str, float] = {}
+    for r in SUCCESS_RADII_M:
+        out[f'within_{round(r * 100)}cm'] = float(np.mean(errors <= r)) if len(errors) else float('nan')
+    boxed = [s.on_object for s in present if s.on_object is not None]
+    out['on_object'] = float(np.mean(boxed)) if boxed else float('nan')
+    out['found'] = float(np.mean([s.status == 'found' for s in present])) if present else float('nan')
+    out['absent_correct'] = (float(np.mean([s.status == 'not_present' for s in absent])) if absent
+                             else float('nan'))
     out['median_error_m'] = float(np.median(errors)) if len(errors) else float('nan')
     out['median_latency_s'] = statistics.median(s.latency_s for s in scores) if scores else float('nan')
-    out['queries'] = len(scores)
+    out['queries'] = len(present)
+    out['absent'] = len(absent)
+    out['layouts'] = len({s.scene for s in scores})
     return out
+
+
+def result_line(summary: Mapping[str, float]) -> str:
+    """Return the ``RESULT ...`` line of a summary (fractions with 3 decimals, the median error in cm)."""
+    return (f'RESULT layouts={summary["layouts"]} queries={summary["queries"]} '
+            f'within_2cm={summary["within_2cm"]:.3f} within_5cm={summary["within_5cm"]:.3f} '
+            f'on_object={summary["on_object"]:.3f} absent={summary["absent"]} '
+            f'absent_correct={summary["absent_correct"]:.3f} found={summary["found"]:.3f} '
+            f'median_cm={summary["median_error_m"] * 100:.2f} '
+            f'median_latency_ms={summary["median_latency_s"] * 1000:.1f}')
+
+
+def peak_distribution(scores: Sequence[QueryScore]) -> Dict[str, Dict[str, float]]:
+    """Peak relevancy of the best cluster, present vs absent queries: count, no-cluster count, min, percentiles, max.
+
+    A query whose relevancy never forms a cluster (every voxel at the 0.5 floor, or too few voxels) has no
+    peak: it is not present whatever ``query.present_relevancy`` says, and is only counted.
+    """
+    out = {}
+    for kind, present in (('present', True), ('absent', False)):
+        peaks = np.array([s.peak for s in scores if s.present == present], dtype=np.float64)
+        have = peaks[np.isfinite(peaks)]
+        row = {'n': int(len(peaks)), 'no_cluster': int(len(peaks) - len(have))}
+        if len(have):
+            row.update({'min': float(have.min()), 'max': float(have.max())})
+            row.update({f'p{p}': float(np.percentile(have, p)) for p in PERCENTILES})
+        out[kind] = row
+    return out
+
+
+def separating_bound(distribution: Mapping[str, Mapping[str, float]]) -> Optional[Tuple[float, float]]:
+    """(highest absent peak, lowest present peak) when every present peak is above every absent one, else None."""
+    low = distribution['present'].get('min')
+    high = distribution['absent'].get('max', 0.5)
+    if low is None or high >= low:
+        return None
+    return float(high), float(low)
+
+
+def print_report(runs: Sequence[SceneRun], scores: Sequence[QueryScore], present_relevancy: float) -> Dict:
+    """Print the per-query, per-scene and calibration tables and the RESULT line; return the summary."""
+    print('\nPer query (error: top cluster centroid to the true centre; on object: inside the true box + 1 cm)')
+    rows = [('scene', 'query', 'there', 'status', 'peak', 'error 3D (cm)', 'error xy (cm)', '<= 2 cm', 'on object',
+             'clusters', 'latency (ms)')]
+    for s in scores:
+        rows.append((s.scene, s.query, 'yes' if s.present else 'no', s.status, f'{s.peak:.3f}',
+                     f'{s.error_m * 100:.1f}' if s.present else '-', f'{s.error_xy_m * 100:.1f}' if s.present else '-',
+                     ('yes' if s.error_m <= 0.02 else 'no') if s.present else '-',
+                     {None: '-', True: 'yes', False: 'no'}[s.on_object], s.clusters, f'{s.latency_s * 1000:.1f}'))
+    print(format_table(rows))
+    print('\nPer scene')
+    rows = [('scene', 'frames', 'steps', 'train (s)', 'held-out PSNR (dB)', 'field eval (s)', 'occupied voxels',
+             'within 2 cm', 'on object', 'absent correct')]
+    for r in runs:
+        mine = summary_rows([s for s in scores if s.scene == r.scene])
+        rows.append((r.scene, r.frames, r.steps, f'{r.train_s:.0f}', f'{r.heldout_psnr:.1f}', f'{r.field_s:.2f}',
+                     f'{r.occupied_voxels} / {r.grid_voxels}', f'{mine["within_2cm"]:.0%}', f'{mine["on_object"]:.0%}',
+                     f'{mine["absent_correct"]:.0%}' if mine['absent'] else '-'))
+    print(format_table(rows))
+    misses = [s for s in scores if not s.correct]
+    if misses:
+        print('\nMisses: ' + '; '.join(
+            f'{s.scene} {s.query} ' + (f'{s.status}, {s.error_m * 100:.1f} cm, peak {s.peak:.3f}' if s.present
+                                       else f'absent but {s.status}, peak {s.peak:.3f}') for s in misses))
+    distribution = peak_distribution(scores)
+    print(f'\nPeak relevancy of the best cluster (mean of its 10 most relevant voxels), which '
+          f'query.present_relevancy = {present_relevancy:.3f} is compared with')
+    rows = [('queries', 'n', 'no cluster', 'min') + tuple(f'{p} %' for p in PERCENTILES) + ('max',)]
+    for kind, row in distribution.items():
+        rows.append((kind, row['n'], row['no_cluster'], *(f'{row[k]:.3f}' if k in row else '-' for k in
+                                                          ['min'] + [f'p{p}' for p in PERCENTILES] + ['max'])))
+    print(format_table(rows))
+    bound = separating_bound(distribution)
+    if bound is None:
+        print('present and absent peaks overlap: no bound separates them all')
+    else:
+        print(f'any bound in ({bound[0]:.3f}, {bound[1]:.3f}] separates them (midpoint {sum(bound) / 2:.3f})')
+    total = summary_rows(scores)
+    print()
+    print(result_line(total))
+    return {'summary': total, 'peaks': distribution, 'separating_bound': bound}
 
 
 def run(args) -> int:
@@ -199,47 +533,49 @@ def run(args) -> int:
     import torch
 
     from ..core.config import make_config
-    config = make_config(args.preset, overrides={'trainer': {'device': args.device}})
+    overrides = {'trainer': {'device': args.device}, 'grasp': {'max_opening': args.max_opening}}
+    config = make_config(args.preset, overrides=overrides)
+    if args.render_only:
+        if not args.scenes:
+            raise SystemExit('--render-only needs --scenes DIR')
+        for seed in args.seeds:
+            synthetic_scene(seed, args.objects, args.views, args.width, args.height, args.scenes)
+        print(f'[bench] rendered seeds {" ".join(map(str, args.seeds))} into {args.scenes}')
+        return 0
     torch.manual_seed(0)
-    print(f'[bench] semantic: preset {args.preset}, {args.steps} steps, labels teacher, {device_name()}', flush=True)
-    if args.data:
-        sources = [lambda root=root: dataset_scene(root, args.downscale) for root in args.data]
-    else:
-        sources = [lambda seed=seed: synthetic_scene(seed, args.objects, args.views, args.width, args.height)
-                   for seed in args.seeds]
     runs: List[SceneRun] = []
     scores: List[QueryScore] = []
-    for source in sources:
-        name, frames, labels, objects, workspace = source()
-        print(f'[bench] {name}: {len(frames)} frames, objects {", ".join(objects)}', flush=True)
-        scene_run, scene_scores = score_scene(name, frames, labels, objects, workspace, config, args.steps)
-        runs.append(scene_run)
-        scores.extend(scene_scores)
-        print(f'[bench] {name}: trained {scene_run.steps} steps in {scene_run.train_s:.0f} s, held-out PSNR '
-              f'{scene_run.heldout_psnr:.1f} dB; '
-              + ', '.join(f'{s.query} {s.error_m * 100:.1f} cm' for s in scene_scores), flush=True)
-
-    print('\nPer query (error: top cluster centroid to the true centre)')
-    rows = [('scene', 'query', 'error 3D (cm)', 'error xy (cm)', '<= 2 cm', '<= 5 cm', 'clusters', 'latency (ms)')]
-    for s in scores:
-        rows.append((s.scene, s.query, f'{s.error_m * 100:.1f}', f'{s.error_xy_m * 100:.1f}',
-                     'yes' if s.error_m <= 0.02 else 'no', 'yes' if s.error_m <= 0.05 else 'no', s.clusters,
-                     f'{s.latency_s * 1000:.0f}'))
-    print(format_table(rows))
-    print('\nPer scene')
-    rows = [('scene', 'frames', 'steps', 'train (s)', 'held-out PSNR (dB)', 'field eval (s)', 'occupied voxels',
-             'within 2 cm', 'within 5 cm')]
-    for r in runs:
-        mine = summary_rows([s for s in scores if s.scene == r.scene])
-        rows.append((r.scene, r.frames, r.steps, f'{r.train_s:.0f}', f'{r.heldout_psnr:.1f}', f'{r.field_s:.2f}',
-                     f'{r.occupied_voxels} / {r.grid_voxels}', f'{mine["within_2cm"]:.0%}',
-                     f'{mine["within_5cm"]:.0%}'))
-    print(format_table(rows))
-    total = summary_rows(scores)
-    print(f'\nRESULT queries={total["queries"]} within_2cm={total["within_2cm"]:.3f} '
-          f'within_5cm={total["within_5cm"]:.3f} median_error_cm={total["median_error_m"] * 100:.2f} '
-          f'median_latency_ms={total["median_latency_s"] * 1000:.0f}')
+    if args.voxels:
+        print(f'[bench] semantic: re-scoring {len(args.voxels)} saved field(s), preset {args.preset} query '
+              f'settings, {device_name()}', flush=True)
+        for path in args.voxels:
+            querier, scene_run, objects = load_voxel_querier(path, config)
+            absent = absent_names(objects, {}, args.absent) if args.absent is not None else scene_run.absent
+            scene_run.absent = list(absent)
+            runs.append(scene_run)
+            scores.extend(score_queries(querier, scene_run.scene, objects, absent))
+    else:
+        print(f'[bench] semantic: preset {args.preset}, {args.steps} steps, labels teacher, grasp.max_opening '
+              f'{args.max_opening} m, {device_name()}', flush=True)
+        if args.data:
+            sources = [lambda root=root: dataset_scene(root, args.downscale) for root in args.data]
+        else:
+            sources = [lambda seed=seed: synthetic_scene(seed, args.objects, args.views, args.width, args.height,
+                                                         args.scenes) for seed in args.seeds]
+        for source in sources:
+            name, frames, labels, objects, workspace = source()
+            absent = absent_names(objects, labels, args.absent)
+            print(f'[bench] {name}: {len(frames)} frames, objects {", ".join(objects)}; absent '
+                  f'{", ".join(absent) or "-"}', flush=True)
+            scene_run, scene_scores = score_scene(name, frames, labels, objects, workspace, config, args.steps,
+                                                  absent=absent, save_voxels=args.save_voxels)
+            runs.append(scene_run)
+            scores.extend(scene_scores)
+            mine = summary_rows(scene_scores)
+            print(f'[bench] {name}: trained in {scene_run.train_s:.1f} s, within 2 cm {mine["within_2cm"]:.0%}, '
+                  f'on object {mine["on_object"]:.0%}, absent correct {mine["absent_correct"]:.0%}', flush=True)
+    report = print_report(runs, scores, config.query.present_relevancy)
     write_json(args.json, {'device': device_name(), 'preset': args.preset, 'steps': args.steps,
-                           'summary': total, 'scenes': [asdict(r) for r in runs],
-                           'queries': [asdict(s) for s in scores]})
+                           'present_relevancy': config.query.present_relevancy, **report,
+                           'scenes': [asdict(r) for r in runs], 'queries': [asdict(s) for s in scores]})
     return 0

@@ -94,6 +94,8 @@ class QueryResult:
         timings: seconds per stage: 'text', 'density', 'occupancy', 'features' (0 when the voxel cache was
             warm), 'relevancy', 'threshold', 'cluster', 'grasps', and 'total'.
         threshold: relevancy threshold the clustered points passed (nan with no occupied voxels).
+        peak: `peak_relevancy` of the best cluster before the verdict (nan without a cluster): the number
+            ``query.present_relevancy`` is compared with (kept for a not-present answer too, to calibrate it).
     """
 
     text: str
@@ -107,6 +109,7 @@ class QueryResult:
     grasp_reasons: List[str]
     timings: Dict[str, float]
     threshold: float
+    peak: float = float('nan')
 
     @property
     def found(self) -> bool:
@@ -218,7 +221,8 @@ class FieldQuerier:
         mark = time.perf_counter()
         clusters = self._clusters(values, values_device, selected, cut, limit) if cluster else []
         timings['cluster'] = time.perf_counter() - mark
-        status, reason = self._verdict(phrases, values, text_query, clusters, cluster)
+        peak = peak_relevancy(clusters[0], values) if clusters else float('nan')
+        status, reason = self._verdict(phrases, values, text_query, clusters, cluster, peak)
         if status != FOUND:
             clusters = []
         mark = time.perf_counter()
@@ -233,7 +237,7 @@ class FieldQuerier:
         text = positives if isinstance(positives, str) else ', '.join(phrases)
         return QueryResult(text=text, positives=phrases, negatives=negatives, status=status, reason=reason,
                            heatmap=heatmap, clusters=clusters, grasps=grasps, grasp_reasons=grasp_reasons,
-                           timings=timings, threshold=cut)
+                           timings=timings, threshold=cut, peak=peak)
 
     def _clusters(self, values: np.ndarray, values_device: torch.Tensor, selected: np.ndarray, threshold: float,
                   limit: int) -> List[Cluster]:
@@ -251,7 +255,7 @@ class FieldQuerier:
         return rank_clusters(clusters, limit)
 
     def _verdict(self, phrases: List[str], values: np.ndarray, query: TextQuery, clusters: List[Cluster],
-                 clustered: bool):
+                 clustered: bool, peak: float):
         """(status, reason) of an answer."""
         name = ', '.join(phrases)
         if values.size == 0:
@@ -266,7 +270,6 @@ class FieldQuerier:
         if not clusters:
             return NOT_PRESENT, (f'no group of at least {self.config.query.cluster_min_points} relevant voxels '
                                  f'for {name!r} (best relevancy {best_value:.3f})')
-        peak = peak_relevancy(clusters[0], values)
         bound = self.config.query.present_relevancy
         if peak < bound:
             return NOT_PRESENT, (f'the best match for {name!r} has peak relevancy {peak:.3f}, below '
