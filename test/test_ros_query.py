@@ -207,3 +207,78 @@ def test_request_fields_reach_the_query(rig):
     assert unicode.status in (QueryAnswer.NOT_PRESENT, QueryAnswer.FOUND) and unicode.positives == ['杯子']
     stages = {t.stage for t in both.timings}
     assert {'text', 'relevancy', 'threshold', 'cluster', 'grasps', 'pack', 'total'} <= stages
+
+
+class SlowModel:
+    """Wraps an analytic model so that each density chunk takes `delay_s`: a cold query lasts a while."""
+
+    def __init__(self, model, delay_s):
+        self.model, self.delay_s = model, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def density_at(self, positions):
+        import time
+        time.sleep(self.delay_s)
+        return self.model.density_at(positions)
+
+
+def test_the_locate_action_reports_stages_and_can_be_cancelled():
+    """Report each stage of the Locate action and stop when cancelled.
+
+    Feedback names each stage of a cold query and the result is the service's answer; a cancel sent during the
+    (slow) field stage ends the goal CANCELED with an ERROR answer saying so.
+    """
+    from action_msgs.msg import GoalStatus
+    from f3rm_ros_interfaces.action import Locate
+    from rclpy.action import ActionClient
+    from rclpy.executors import MultiThreadedExecutor
+
+    from f3rm_ros.ros.query_node import QueryNode
+    probe = RosProbe()
+    live = LiveSession()
+    node = QueryNode(live=live, context=probe.context, parameter_overrides=[
+        Parameter('similarity_image', value=False), Parameter('preset', value='cpu-tiny'),
+        Parameter('query.chunk_size', value=20000)])
+    executor = MultiThreadedExecutor(num_threads=3, context=probe.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    client = ActionClient(probe.node, Locate, '/query/locate')
+    try:
+        assert client.wait_for_server(timeout_sec=20)
+        config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+        live.show(model, config, teacher)
+        stages = []
+        goal = client.send_goal_async(Locate.Goal(positives=['bar']),
+                                      feedback_callback=lambda f: stages.append(f.feedback.stage))
+        result = wait_future(wait_future(goal).get_result_async())
+        assert result.status == GoalStatus.STATUS_SUCCEEDED
+        assert result.result.answer.status == QueryAnswer.FOUND and result.result.answer.grasps
+        assert stages == ['text', 'field', 'relevancy', 'threshold', 'cluster', 'grasps']
+
+        live.show(SlowModel(model, 0.5), config, teacher)      # 6 chunks of 0.5 s: 3 s in the field stage
+        stages.clear()
+        goal = wait_future(client.send_goal_async(Locate.Goal(positives=['bar']),
+                                                  feedback_callback=lambda f: stages.append(f.feedback.stage)))
+        RosProbe.wait_until(lambda: 'field' in stages, 20, 'the field stage')
+        wait_future(goal.cancel_goal_async())
+        result = wait_future(goal.get_result_async())
+        assert result.status == GoalStatus.STATUS_CANCELED
+        answer = result.result.answer
+        assert answer.status == QueryAnswer.ERROR and 'cancelled' in answer.reason and not answer.grasps
+        assert 'cluster' not in stages
+    finally:
+        client.destroy()
+        executor.shutdown()
+        node.destroy_node()
+        probe.close()
+
+
+def wait_future(future, timeout=60.0):
+    """Block until an rclpy future is done (the probe's executor completes it) and return its result."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout), 'timed out waiting for the action server'
+    return future.result()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -185,13 +185,16 @@ class FieldQuerier:
 
     def query(self, positives: Union[str, Sequence[str]], negatives: Optional[Sequence[str]] = None,
               threshold: Optional[str] = None, threshold_value: Optional[float] = None,
-              max_clusters: Optional[int] = None, cluster: bool = True) -> QueryResult:
+              max_clusters: Optional[int] = None, cluster: bool = True,
+              progress: Optional[Callable[[str], None]] = None) -> QueryResult:
         """Answer a query: status and reason, heatmap, ranked clusters and grasp candidates.
 
         `positives` is comma-separated text or a list of phrases; `negatives` None uses ``query.negatives``;
         `threshold` None uses ``query.threshold`` ('otsu' | 'percentile' | 'value'), `threshold_value` the
         percentile (0..100) or relevancy it needs; `max_clusters` None uses ``query.max_clusters`` (0 = all).
-        `cluster` False gives the heatmap alone (no clusters, no grasps).
+        `cluster` False gives the heatmap alone (no clusters, no grasps). `progress(stage)` is called before
+        each stage ('text', 'field' when the voxel cache is cold, 'relevancy', 'threshold', 'cluster',
+        'grasps'); an exception it raises stops the query there (how a cancelled action goal ends it).
 
         Raises:
             ValueError: no positive phrase, an unusable phrase, or an out-of-range threshold.
@@ -200,24 +203,31 @@ class FieldQuerier:
         mode = q.threshold if not threshold else threshold
         level = _threshold_level(mode, threshold_value, q)
         limit = q.max_clusters if max_clusters is None else int(max_clusters)
+        report = progress if progress is not None else (lambda stage: None)
         started = time.perf_counter()
+        report('text')
         text_query, phrases, negatives = self.embed(positives, negatives)
         timings = {'text': time.perf_counter() - started}
         warm = self.voxels.cached
+        if not warm:
+            report('field')
         self.voxels.prepare()
         for stage in ('density', 'occupancy', 'features'):
             timings[stage] = 0.0 if warm else self.voxels.timings.get(stage, 0.0)
 
+        report('relevancy')
         mark = time.perf_counter()
         values_device = self.relevancy_of(text_query)
         values = values_device.cpu().numpy()
         timings['relevancy'] = time.perf_counter() - mark
+        report('threshold')
         mark = time.perf_counter()
         cut = select_threshold(values, mode, q.percentile if mode == 'percentile' else level, level,
                                text_query.contrastive)
         selected = values > cut if values.size else np.zeros(0, dtype=bool)
         timings['threshold'] = time.perf_counter() - mark
 
+        report('cluster')
         mark = time.perf_counter()
         clusters = self._clusters(values, values_device, selected, cut, limit) if cluster else []
         timings['cluster'] = time.perf_counter() - mark
@@ -225,6 +235,7 @@ class FieldQuerier:
         status, reason = self._verdict(phrases, values, text_query, clusters, cluster, peak)
         if status != FOUND:
             clusters = []
+        report('grasps')
         mark = time.perf_counter()
         self.grasp_planner.occupancy = self.voxels.occupancy
         grasps, grasp_reasons = self.grasp_planner.plan_all(clusters)

@@ -1,8 +1,10 @@
 """query node: text → an answer for a planner (found / not present), heatmap, boxes, grasps, a picture.
 
 Inputs: the service ``~/locate`` (``f3rm_ros_interfaces/srv/Query``: positives, negatives, threshold, maximum
-clusters → a ``QueryAnswer``), and ``~/query`` (std_msgs/String, comma-separated positives, for ``ros2 topic
-pub``; negatives, temperature and the threshold are the ``query.*`` parameters, changeable at run time). Every
+clusters → a ``QueryAnswer``), the action ``~/locate`` (``f3rm_ros_interfaces/action/Locate``: the same
+question with feedback per stage and cancel, for cold queries that take seconds on a CPU), and ``~/query``
+(std_msgs/String, comma-separated positives, for ``ros2 topic pub``; negatives, temperature and the threshold
+are the ``query.*`` parameters, changeable at run time). Every
 question gets a request id; topic questions are answered newest first, and one replaced while it waited is
 answered ERROR "superseded". The model is, in this order: the live model of a trainer in the same process
 (`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on ``trainer/checkpoint``.
@@ -25,10 +27,12 @@ from typing import Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
+from f3rm_ros_interfaces.action import Locate
 from f3rm_ros_interfaces.msg import QueryAnswer
 from f3rm_ros_interfaces.srv import Query
 from geometry_msgs.msg import PoseArray
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.action import ActionServer, CancelResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
@@ -60,6 +64,10 @@ RUNTIME_SECTIONS = ('query', 'grasp')
 
 class NoModel(RuntimeError):
     """There is no model to query yet (no checkpoint, no live trainer)."""
+
+
+class Cancelled(Exception):
+    """An action goal's cancel request arrived: the query stops before its next stage."""
 
 
 class QueryNode(Node):
@@ -96,6 +104,10 @@ class QueryNode(Node):
         self.create_subscription(String, '~/query', self._on_query, 10)
         # its own group: a service call in progress does not hold up the topic, status or checkpoint callbacks
         self.create_service(Query, '~/locate', self._on_locate, callback_group=MutuallyExclusiveCallbackGroup())
+        # reentrant: a cancel request is served while the goal it cancels runs
+        self.action_server = ActionServer(self, Locate, '~/locate', execute_callback=self._on_locate_goal,
+                                          cancel_callback=lambda _: CancelResponse.ACCEPT,
+                                          callback_group=ReentrantCallbackGroup())
         if live is None:
             self.create_subscription(String, 'trainer/checkpoint', self._on_checkpoint, latched_qos())
         self.create_timer(1.0 / self.params['status_rate_hz'], self._publish_status)
@@ -124,6 +136,22 @@ class QueryNode(Node):
                                       request.threshold_mode, float(request.threshold_value),
                                       int(request.max_clusters) or None)
         return response
+
+    def _on_locate_goal(self, goal_handle) -> Locate.Result:
+        goal, request_id = goal_handle.request, self._next_id()
+
+        def progress(stage: str) -> None:
+            if goal_handle.is_cancel_requested:
+                raise Cancelled(f'cancelled by the client before the {stage} stage')
+            goal_handle.publish_feedback(Locate.Feedback(request_id=request_id, stage=stage))
+        answer = self.answer(request_id, ', '.join(goal.positives), list(goal.positives), list(goal.negatives) or None,
+                             goal.threshold_mode, float(goal.threshold_value), int(goal.max_clusters) or None,
+                             progress)
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.succeed()
+        return Locate.Result(answer=answer)
 
     def _on_checkpoint(self, msg: String) -> None:
         self.latest_path = msg.data
@@ -172,10 +200,12 @@ class QueryNode(Node):
     # ------------------------------------------------------------------------------------------ answers
 
     def answer(self, request_id: int, text: str, positives, negatives=None, threshold_mode: str = '',
-               threshold_value: Optional[float] = None, max_clusters: Optional[int] = None) -> QueryAnswer:
+               threshold_value: Optional[float] = None, max_clusters: Optional[int] = None,
+               progress=None) -> QueryAnswer:
         """Answer one question, publish every output with one header, and return the ``QueryAnswer``.
 
-        `threshold_mode` '' uses the ``query.threshold`` parameter (and `threshold_value` is ignored).
+        `threshold_mode` '' uses the ``query.threshold`` parameter (and `threshold_value` is ignored);
+        `progress(stage)` is called before each stage (see `FieldQuerier.query`).
         """
         started = time.perf_counter()
         with self._query_lock:
@@ -184,12 +214,15 @@ class QueryNode(Node):
                 positive_phrases(positives)          # bad text is an error whether or not a model exists
                 querier, _, _ = self._querier()
                 value = threshold_value if threshold_mode else None
-                result = querier.query(positives, negatives, threshold_mode or None, value, max_clusters)
+                result = querier.query(positives, negatives, threshold_mode or None, value, max_clusters,
+                                       progress=progress)
                 status, reason = result.status, result.reason
             except NoModel as error:
                 status, reason = 'no_model', str(error)
             except ValueError as error:
                 reason = f'bad request: {error}'
+            except Cancelled as error:
+                reason = str(error)
             except Exception as error:  # never let one question stop the node
                 reason = f'{type(error).__name__}: {error}'
                 self.problems.report('query', f'query #{request_id} {text!r} failed: {reason}', level='error')
@@ -295,7 +328,7 @@ class QueryNode(Node):
 
 def main(args=None) -> int:
     """``ros2 run f3rm_ros query_node``."""
-    return node_main(QueryNode, args, threads=2)  # the service's group and the others run side by side
+    return node_main(QueryNode, args, threads=3)  # the service's, the action's and the other callbacks side by side
 
 
 if __name__ == '__main__':
