@@ -282,3 +282,24 @@ def wait_future(future, timeout=60.0):
     future.add_done_callback(lambda _: done.set())
     assert done.wait(timeout), 'timed out waiting for the action server'
     return future.result()
+
+
+def test_the_readme_planner_client_runs_against_the_node(rig):
+    """The rclpy client of README's "Asking from a planner", run as written in another process, gets an answer."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from f3rm_ros.ros.testing import subprocess_env
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    section = readme[readme.index('## Asking from a planner'):]
+    code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+    done = subprocess.run([sys.executable, '-c', code], env=subprocess_env(probe.domain_id), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the scene has a bar, no mug: the client prints the status (NOT_PRESENT = 1) and the reason
+    assert done.stdout.startswith(f'{QueryAnswer.NOT_PRESENT} '), done.stdout
