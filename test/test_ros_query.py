@@ -65,6 +65,12 @@ def rig():
     probe.close()
 
 
+def reorder(scene):
+    """(config, teacher, model) → (model, config, teacher), the order `LiveSession.show` takes."""
+    config, teacher, model = scene
+    return model, config, teacher
+
+
 def ask(probe, positives, **fields):
     """Call ~/locate and return the decoded QueryAnswer."""
     return probe.call(Query, '/query/locate', Query.Request(positives=positives, **fields), timeout=60).answer
@@ -201,6 +207,12 @@ def test_request_fields_reach_the_query(rig):
     both = ask(probe, ['bar', 'block'], negatives=['table', 'никто'], threshold_mode='value', threshold_value=0.7)
     assert both.status == QueryAnswer.FOUND and list(both.negatives) == ['table', 'никто']
     assert both.threshold == pytest.approx(0.7) and len(both.clusters) == 2
+    wide = {'block': ((0.5, 0.0, 0.025), (0.12, 0.10, 0.05), 0.0)}       # wider than the 8 cm gripper
+    live.show(*reorder(analytic_scene(spheres={}, boxes=wide)))
+    no_grasp = ask(probe, ['block'])
+    assert no_grasp.status == QueryAnswer.FOUND and not no_grasp.grasps
+    assert 'no grasp for cluster 0' in no_grasp.reason and 'gripper opens 8.0 cm' in no_grasp.reason
+    live.show(model, config, teacher)
     one = ask(probe, ['bar', 'block'], max_clusters=1)
     assert len(one.clusters) == 1 and {g.cluster_index for g in one.grasps} == {0}
     unicode = ask(probe, ['杯子'])

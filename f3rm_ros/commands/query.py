@@ -92,7 +92,7 @@ def _view(args, box):
 def run(args) -> int:
     """Answer the query, print clusters and timings, write the pictures, the PLY and clusters.json."""
     from ..core.query import FieldQuerier, write_heatmap_ply
-    from ..core.views import cluster_table, feature_pca_image, render_view, similarity_overlay
+    from ..core.views import cluster_table, feature_pca_image, grasp_table, render_view, similarity_overlay
     from ..core.render import save_png, side_by_side
     from ..core.teachers import make_teacher
     from ..core.trainer import load_model
@@ -132,6 +132,7 @@ def run(args) -> int:
     print(f'grid {grid} ({querier.voxels.num_voxels} voxels): {len(result.heatmap)} occupied, '
           f'{int(result.heatmap.selected.sum())} above threshold {result.threshold:.3f}')
     print(cluster_table(result.clusters))
+    print(grasp_table(result.grasps, result.grasp_reasons))
     print('timings: ' + '  '.join(f'{name} {seconds * 1000:.0f} ms' for name, seconds in result.timings.items()))
     for name, path in paths.items():
         print(f'{name}: {path}')

@@ -8,6 +8,7 @@ import numpy as np
 
 from .clusters import Cluster
 from .frames import PosedFrame
+from .grasps import Grasp
 from .geometry import WorkspaceBox
 from .relevancy import SOFTMAX_FLOOR, TextQuery
 from .render import feature_pca, overlay
@@ -108,3 +109,16 @@ def cluster_table(clusters: Sequence[Cluster], limit: int = 10) -> str:
         lines.append(f'{rank:>2}  {c[0]:7.3f} {c[1]:7.3f} {c[2]:7.3f}  {e[0]:6.3f} {e[1]:6.3f} {e[2]:6.3f} '
                      f'{cluster.relevancy:6.3f} {cluster.num_points:6d}')
     return '\n'.join(lines)
+
+
+def grasp_table(grasps: Sequence[Grasp], reasons: Sequence[str] = (), limit: int = 10) -> str:
+    """Human-readable lines: rank, cluster, approach, position, opening, score; then clusters without a grasp."""
+    lines = []
+    if grasps:
+        lines.append(f'{"#":>2}  {"cluster":>7} {"approach":<8} {"position x y z (m)":<24} {"width":>6} {"score":>6}')
+        for rank, grasp in enumerate(grasps[:limit]):
+            p = grasp.pose[:3, 3]
+            lines.append(f'{rank:>2}  {grasp.cluster_index:>7} {grasp.approach:<8} '
+                         f'{p[0]:7.3f} {p[1]:7.3f} {p[2]:7.3f}  {grasp.width:6.3f} {grasp.score:6.3f}')
+    lines += [f'no grasp for cluster {i}: {why}' for i, why in enumerate(reasons) if why]
+    return '\n'.join(lines) or 'no grasp candidates'

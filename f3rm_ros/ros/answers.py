@@ -61,6 +61,8 @@ def answer_message(request_id: int, header: Header, text: str, status: str, reas
         answer.positives, answer.negatives = list(result.positives), list(result.negatives)
         answer.threshold = float(result.threshold)
         if status == 'found':
+            missing = [f'no grasp for cluster {i}: {why}' for i, why in enumerate(result.grasp_reasons) if why]
+            answer.reason = '; '.join([reason] + missing)
             name = ', '.join(result.positives)
             answer.clusters = [cluster_message(c, name) for c in result.clusters]
             answer.grasps = [grasp_message(g, header) for g in result.grasps]
