@@ -116,3 +116,28 @@ def test_read_dataset_with_global_intrinsics_and_downscale(tmp_path):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match='transforms.json'):
         read_dataset(tmp_path / 'nothing')
+
+
+def test_workspace_from_the_cameras_when_there_is_no_depth():
+    """A scan with neither depth nor a workspace entry: the box sits where the optical axes converge.
+
+    The synthetic scan looks at the table centre from 0.4-0.7 m: the box contains every object's centre, and
+    a scan whose cameras all look the same way is refused with a reason.
+    """
+    from f3rm_ros.core import scenes
+    from f3rm_ros.core.frames import cameras_workspace, dataset_workspace
+    scene = scenes.make_scene(seed=0, object_names=['mug', 'ball'], num_views=12, width=64, height=48)
+    frames = [PosedFrame(f.image, f.K, f.T_base_optical) for f in scene.frames]       # no depth
+    lo, hi = dataset_workspace({}, frames)
+    assert np.allclose((lo, hi), cameras_workspace(frames))
+    for obj in scene.objects.values():
+        assert np.all(obj['center'] > lo) and np.all(obj['center'] < hi), (obj['center'], lo, hi)
+    assert np.all(hi - lo < 1.5)                       # a tabletop, not a room
+    same_way = [PosedFrame(f.image, f.K, frames[0].T_base_optical @ np.diag([1, 1, 1, 1.0])) for f in frames[:3]]
+    for index, frame in enumerate(same_way):
+        frame.T_base_optical = frame.T_base_optical.copy()
+        frame.T_base_optical[0, 3] += 0.1 * index
+    with pytest.raises(ValueError, match='parallel'):
+        cameras_workspace(same_way)
+    with pytest.raises(ValueError, match='at least two camera views'):
+        cameras_workspace(frames[:1])

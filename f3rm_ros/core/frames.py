@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from .distortion import Undistorter, from_dataset
 from .geometry import backproject, check_rigid, opengl_to_optical, optical_to_opengl
 
 log = logging.getLogger(__name__)
@@ -222,14 +223,14 @@ def read_metadata(root: Path) -> Dict:
 def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) -> List[PosedFrame]:
     """Read a nerfstudio dataset (ours or any other tool's) into PosedFrames.
 
-    Intrinsics may be per frame or global; distortion coefficients are ignored with a warning; depth is
-    read from ``depth_file_path`` (``depth_unit_scale_factor``, default 1 mm) and object ids from
-    ``label_file_path``. `downscale` shrinks images, depth and labels by an integer factor.
+    Intrinsics may be per frame or global; lens distortion (``camera_model`` OPENCV / OPENCV_FISHEYE with
+    k1.. p2) is removed on reading (`distortion.Undistorter`: the frames get the pinhole K of the undistorted
+    images); depth is read from ``depth_file_path`` (``depth_unit_scale_factor``, default 1 mm) and object ids
+    from ``label_file_path``. `downscale` shrinks images, depth and labels by an integer factor.
     """
     root = Path(root)
     meta = read_metadata(root)
-    if any(abs(meta.get(k, 0.0)) > 1e-6 for k in ('k1', 'k2', 'p1', 'p2')):
-        log.warning('%s has lens distortion; it is ignored (undistort images for best results)', root)
+    undistorter: Optional[Undistorter] = None
     depth_unit = float(meta.get('depth_unit_scale_factor', DEPTH_UNIT))
     frames = []
     entries = meta['frames'][:limit] if limit else meta['frames']
@@ -262,6 +263,14 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
             if labels is None:
                 raise FileNotFoundError(f'cannot read label map {root / entry["label_file_path"]}')
             labels = labels.astype(np.uint16)
+        distortion = from_dataset(meta, entry)
+        if distortion is not None:
+            if undistorter is None or not undistorter.matches(K, distortion, w, h):
+                undistorter = Undistorter(K, distortion, w, h)
+                log.info('%s: removing %s lens distortion %s', root, distortion.model, distortion.coefficients)
+            image, K = undistorter.image(image), undistorter.K_new.copy()
+            depth = None if depth is None else undistorter.nearest(depth)
+            labels = None if labels is None else undistorter.nearest(labels)
         if downscale > 1:
             size = (w // downscale, h // downscale)
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -277,18 +286,47 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
 
 
 def dataset_workspace(meta: Dict, frames: Sequence[PosedFrame], margin: float = 0.05):
-    """Return workspace (min, max) for a dataset.
+    """Return workspace (min, max) for a dataset, and say where it came from in the log.
 
-    Its ``workspace`` entry, else the 2-98 % range of its depth points plus `margin`; raises when neither
-    exists (then pass bounds explicitly).
+    Its ``workspace`` entry; else the 2-98 % range of its depth points plus `margin`; else (COLMAP or phone
+    captures: no depth) `cameras_workspace`, the box around the point the cameras look at.
     """
     if 'workspace' in meta:
         return np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
     with_depth = [f for f in frames if f.depth is not None]
     if not with_depth:
-        raise ValueError('the dataset has neither a "workspace" entry nor depth maps: give workspace bounds '
-                         '(--workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)')
+        lo, hi = cameras_workspace(frames, margin)
+        log.info('workspace from the cameras (no "workspace" entry, no depth): %s .. %s m (override with '
+                 '--workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)', np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
+        return lo, hi
     stride = max(1, with_depth[0].width // 80)
     points = np.concatenate([backproject(f.depth, f.K, f.T_base_optical, stride) for f in with_depth])
     lo, hi = np.percentile(points, 2, axis=0), np.percentile(points, 98, axis=0)
     return lo - margin, hi + margin
+
+
+def cameras_workspace(frames: Sequence[PosedFrame], margin: float = 0.05):
+    """Return (min, max) of a cube around the point where the cameras' optical axes converge.
+
+    The point is the least-squares closest point to every optical axis (what an object-centred capture looks
+    at); the cube's half size is the median camera distance to it times the tangent of half the narrower field
+    of view (what one camera sees around that point), plus `margin`. Raises when the axes do not converge
+    (all parallel, or the point behind the cameras).
+    """
+    if len(frames) < 2:
+        raise ValueError('the workspace needs depth maps, a "workspace" entry, or at least two camera views '
+                         '(or give --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)')
+    origins = np.array([f.T_base_optical[:3, 3] for f in frames])
+    axes = np.array([f.T_base_optical[:3, 2] for f in frames])
+    projectors = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]     # onto each axis's normal plane
+    A, b = projectors.sum(axis=0), np.einsum('nij,nj->i', projectors, origins)
+    if np.linalg.cond(A) > 1e6:
+        raise ValueError('the cameras look in parallel directions: their axes do not converge on a workspace '
+                         '(give --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)')
+    centre = np.linalg.solve(A, b)
+    ahead = np.einsum('ni,ni->n', centre - origins, axes)
+    if np.median(ahead) <= 0:
+        raise ValueError('the cameras\' axes converge behind them: give --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX')
+    half_fov = np.array([np.arctan(min(f.width / (2 * f.K[0, 0]), f.height / (2 * f.K[1, 1]))) for f in frames])
+    half = float(np.median(np.linalg.norm(centre - origins, axis=1) * np.tan(half_fov))) + margin
+    return centre - half, centre + half
