@@ -14,7 +14,7 @@ from f3rm_ros.core.capture import CaptureSession, CaptureSettings
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.frames import PosedFrame, read_dataset
 from f3rm_ros.core.online import OnlineSession, SessionSettings, StampAssembler
-from f3rm_ros.ros import common
+from f3rm_ros.ros import conversions, diagnostics, qos
 
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
 W, H = 96, 72
@@ -69,12 +69,13 @@ def test_keyframes_need_motion_and_are_written_before_they_are_reported(tmp_path
     assert s.status()['keyframes'] == 3 and s.status()['rejected_moved_too_little'] == 2
 
 
-def test_the_pose_is_matched_by_stamp_never_the_latest():
+def test_the_pose_is_interpolated_at_the_image_stamp_never_the_latest():
     clock = FakeClock()
     s = session(clock=clock, pose_tolerance_s=0.02)
     s.add_pose(1.00, pose(0.0))
     s.add_pose(1.10, pose(0.5))
-    assert offer(s, 1.015)[0].frame.T_base_optical[0, 3] == 0.0      # 15 ms from the first pose
+    x = offer(s, 1.015)[0].frame.T_base_optical[0, 3]                # 15 % of the way from the first pose
+    assert x == pytest.approx(0.075)
     out = offer(s, 1.5)                                              # 0.4 s after the newest pose: wait ...
     assert out == [] and len(s.pending) == 1
     clock.now += 0.6                                                 # ... until pose_wait_s, then refuse
@@ -266,36 +267,36 @@ def test_session_resumes_every_keyframe_of_the_dataset(tmp_path):
 
 def test_depth_and_label_images_bytes():
     depth = np.array([[0.5, 1.25], [0.0, 2.0]], np.float32)
-    msg = common.depth_to_image(depth, 1.5, 'cam')
+    msg = conversions.depth_to_image(depth, 1.5, 'cam')
     assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ('32FC1', 2, 2, 8, 0)
     assert bytes(msg.data) == struct.pack('<4f', 0.5, 1.25, 0.0, 2.0)
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (1, 500000000, 'cam')
     labels = np.array([[0, 1], [258, 65535]], np.uint16)
-    msg = common.labels_to_image(labels, 2.0, 'cam')
+    msg = conversions.labels_to_image(labels, 2.0, 'cam')
     assert (msg.encoding, msg.step) == ('16UC1', 4)
     assert bytes(msg.data) == bytes([0, 0, 1, 0, 2, 1, 255, 255])
-    np.testing.assert_array_equal(common.image_to_labels(msg), labels)
+    np.testing.assert_array_equal(conversions.image_to_labels(msg), labels)
     with pytest.raises(ValueError, match='0..65535'):
-        common.labels_to_image(np.array([[70000]]), 0.0, 'cam')
+        conversions.labels_to_image(np.array([[70000]]), 0.0, 'cam')
     msg.encoding = 'rgb8'
     with pytest.raises(ValueError, match='unsupported label encoding'):
-        common.image_to_labels(msg)
+        conversions.image_to_labels(msg)
 
 
 def test_label_names_and_status_values():
-    assert common.encode_label_names({2: 'bowl', 1: 'mug'}) == '{"1": "mug", "2": "bowl"}'
-    assert common.decode_label_names('{"1": "mug"}') == {1: 'mug'}
+    assert conversions.encode_label_names({2: 'bowl', 1: 'mug'}) == '{"1": "mug", "2": "bowl"}'
+    assert conversions.decode_label_names('{"1": "mug"}') == {1: 'mug'}
     for bad in ('[1, 2]', '{"x": "mug"}', 'not json'):
         with pytest.raises(ValueError):
-            common.decode_label_names(bad)
-    msg = common.status_message('/trainer', {'step': 3, 'loss': 0.012345, 'psnr': float('nan'), 'state': 'done'})
-    assert common.status_values(msg) == {'step': '3', 'loss': '0.01235', 'psnr': 'nan', 'state': 'done'}
+            conversions.decode_label_names(bad)
+    msg = diagnostics.status_message('/trainer', {'step': 3, 'loss': 0.012345, 'psnr': float('nan'), 'state': 'done'})
+    assert diagnostics.status_values(msg) == {'step': '3', 'loss': '0.01235', 'psnr': 'nan', 'state': 'done'}
 
 
 def test_qos_choices():
     from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-    latched = common.make_qos('latched', 4)
+    latched = qos.make_qos('latched', 4)
     assert latched.durability == DurabilityPolicy.TRANSIENT_LOCAL and latched.depth == 4
-    assert common.make_qos('best_effort').reliability == ReliabilityPolicy.BEST_EFFORT
+    assert qos.make_qos('best_effort').reliability == ReliabilityPolicy.BEST_EFFORT
     with pytest.raises(ValueError, match='QoS must be one of'):
-        common.make_qos('fast')
+        qos.make_qos('fast')
