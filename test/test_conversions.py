@@ -89,6 +89,13 @@ def test_mono8_replicates_grey_and_mono16_keeps_high_byte():
     np.testing.assert_array_equal(little, big)
 
 
+def test_depth_encodings_on_a_colour_input_are_refused_with_the_reason():
+    """A 16UC1 / 32FC1 depth image is a wiring mistake on the colour topic, never a grey keyframe."""
+    for encoding, step in (('16UC1', 4), ('32FC1', 8)):
+        with pytest.raises(ValueError, match="is a depth image.*remap the depth topic to 'depth'"):
+            cv.image_to_rgb(image(encoding, 2, 1, step, [0] * step))
+
+
 def test_last_row_padding_may_be_omitted():
     """Data that stops after the last pixel of the last row is accepted."""
     data = [1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12]  # 14 bytes: step 8, last row unpadded

@@ -34,7 +34,7 @@ def console_scripts():
 
 def declared(executable):
     """Parameter names the node behind a console script declares (from its static tables)."""
-    from f3rm_ros.ros.common import declared_names
+    from f3rm_ros.ros.params import declared_names
     module = importlib.import_module(console_scripts()[executable].split(':')[0])
     return set(declared_names(module.PARAMETERS, getattr(module, 'CONFIG_SECTIONS', ())))
 

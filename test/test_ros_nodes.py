@@ -16,7 +16,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from f3rm_ros.ros import conversions as conv
-from f3rm_ros.ros.common import latched_qos, status_values
+from f3rm_ros.ros.diagnostics import status_values
+from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.testing import RosProbe
 
 W, H = 96, 72
@@ -91,7 +92,7 @@ class CaptureRig:
 
 
 def conv_qos():
-    from f3rm_ros.ros.common import latched_qos
+    from f3rm_ros.ros.qos import latched_qos
     return latched_qos(8)
 
 

@@ -26,7 +26,8 @@ from visualization_msgs.msg import MarkerArray
 from f3rm_ros.core.frames import write_dataset
 from f3rm_ros.core.scenes import make_scene
 from f3rm_ros.ros import conversions as conv
-from f3rm_ros.ros.common import latched_qos, status_values
+from f3rm_ros.ros.diagnostics import status_values
+from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.testing import RosProbe, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent

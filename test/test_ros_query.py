@@ -18,7 +18,7 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from f3rm_ros.ros import conversions as conv
-from f3rm_ros.ros.common import latched_qos
+from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.testing import RosProbe
 
 from analytic_field import analytic_scene, yaw_matrix

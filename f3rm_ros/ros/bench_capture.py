@@ -35,7 +35,7 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
     from sensor_msgs.msg import CameraInfo, Image
 
     from . import conversions as conv
-    from .common import status_values
+    from .diagnostics import status_values
     from .testing import RosProbe, subprocess_env
 
     probe = RosProbe(name='bench_camera')

@@ -24,9 +24,10 @@ from std_srvs.srv import Trigger
 
 from ..core.capture import ROUTINE, CaptureSession, CaptureSettings, Outcome
 from . import conversions as conv
-from .common import (QOS_CHOICES, NodeParameters, ParamSpec, ProblemLog, decode_label_names, depth_to_image,
-                     encode_label_names, expand_path, image_to_labels, labels_to_image, latched_qos, make_qos,
-                     non_negative, node_main, one_of, positive, status_message)
+from .common import expand_path, node_main
+from .diagnostics import ProblemLog, status_message
+from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
+from .qos import latched_qos, make_qos, QOS_CHOICES
 
 try:  # tf2_ros has no pip wheel: the PoseStamped topic is the fallback
     import tf2_ros
@@ -113,7 +114,7 @@ class CaptureNode(Node):
         self.create_timer(0.05, self._poll)
         self.status_timer = self.create_timer(1.0 / p['status_rate_hz'], self._publish_status)
         if self.session.label_names:
-            self.pub_names.publish(String(data=encode_label_names(self.session.label_names)))
+            self.pub_names.publish(String(data=conv.encode_label_names(self.session.label_names)))
         self.get_logger().info(
             f'capture: poses from {"tf2" if self.use_tf else "the camera_pose topic"}, base frame '
             f'{self.base_frame!r}, dataset {settings.dataset_dir or "(none)"}'
@@ -151,17 +152,17 @@ class CaptureNode(Node):
             self.problems.report('pose', f'camera_pose ignored: {error}')
 
     def _on_aligned(self, kind: str, msg: Image) -> None:
-        convert = (lambda: conv.depth_to_metres(msg)) if kind == 'depth' else (lambda: image_to_labels(msg))
+        convert = (lambda: conv.depth_to_metres(msg)) if kind == 'depth' else (lambda: conv.image_to_labels(msg))
         self._handle(self.session.add_aux(kind, conv.stamp_to_seconds(msg.header.stamp), convert))
 
     def _on_label_names(self, msg: String) -> None:
         try:
-            names = decode_label_names(msg.data)
+            names = conv.decode_label_names(msg.data)
         except ValueError as error:
             self.problems.report('label_names', f'label_names ignored: {error}')
             return
         if self.session.set_label_names(names):
-            self.pub_names.publish(String(data=encode_label_names(names)))
+            self.pub_names.publish(String(data=conv.encode_label_names(names)))
 
     def _on_image(self, msg: Image) -> None:
         started = time.perf_counter()
@@ -201,9 +202,9 @@ class CaptureNode(Node):
         stamp = conv.seconds_to_stamp(frame.stamp)
         camera_frame = self.params['camera_frame'] or frame_id or 'camera_optical_frame'
         if frame.depth is not None:
-            self.pub_depth.publish(depth_to_image(frame.depth, stamp, camera_frame))
+            self.pub_depth.publish(conv.depth_to_image(frame.depth, stamp, camera_frame))
         if frame.labels is not None:
-            self.pub_labels.publish(labels_to_image(frame.labels, stamp, camera_frame))
+            self.pub_labels.publish(conv.labels_to_image(frame.labels, stamp, camera_frame))
         self.pub_info.publish(conv.K_to_camera_info(frame.K, frame.width, frame.height, stamp, camera_frame))
         self.pub_pose.publish(conv.pose_stamped(frame.T_base_optical, self.base_frame, stamp))
         self.pub_image.publish(conv.rgb_to_image(frame.image, stamp, camera_frame))

@@ -12,8 +12,9 @@ Conventions:
 from __future__ import annotations
 
 import array
+import json
 import math
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -34,8 +35,10 @@ QUATERNION_NORM_TOLERANCE = 1e-2
 # encoding -> (channels, bytes per channel)
 _COLOR_ENCODINGS = {
     'rgb8': (3, 1), 'bgr8': (3, 1), 'rgba8': (4, 1), 'bgra8': (4, 1),
-    'mono8': (1, 1), '8UC1': (1, 1), '8UC3': (3, 1), 'mono16': (1, 2), '16UC1': (1, 2),
+    'mono8': (1, 1), '8UC1': (1, 1), '8UC3': (3, 1), 'mono16': (1, 2),
 }
+# Encodings of depth / range images (REP 118): on a colour input they are a wiring mistake, not grey pictures.
+_NOT_COLOUR = ('16UC1', '32FC1', '16SC1', '32SC1', '64FC1')
 _DEPTH_ENCODINGS = {'16UC1': '<u2', 'mono16': '<u2', '32FC1': '<f4'}
 
 # PointField datatype -> numpy dtype (little endian; swapped for big-endian clouds)
@@ -124,20 +127,29 @@ def _image_view(msg: Image, channels: int, dtype: np.dtype) -> np.ndarray:
                       strides=(step, pixel_bytes, dtype.itemsize))
 
 
+def check_colour_encoding(encoding: str) -> None:
+    """Raise ValueError with the reason unless `encoding` is a colour or grey encoding `image_to_rgb` reads."""
+    if encoding in _NOT_COLOUR:
+        raise ValueError(f'encoding {encoding!r} is a depth image, not a colour one: remap the depth topic to '
+                         "'depth', and the camera's colour topic to 'image' (a 16-bit grey camera publishes mono16)")
+    if encoding not in _COLOR_ENCODINGS:
+        raise ValueError(f'unsupported image encoding {encoding!r}; expected one of '
+                         f'{", ".join(sorted(_COLOR_ENCODINGS))}')
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
     """``sensor_msgs/Image`` → H x W x 3 uint8 RGB (a fresh contiguous array).
 
     Encodings: rgb8, bgr8, rgba8, bgra8 (alpha dropped), mono8 / 8UC1 (grey replicated), 8UC3 (taken as
     BGR, OpenCV's order), mono16 (top 8 bits). Row padding (``step``) and ``is_bigendian`` are honoured.
+    Depth encodings (16UC1, 32FC1 ...) are refused with a reason: a depth image on a colour input.
     """
+    check_colour_encoding(msg.encoding)
     encoding = msg.encoding
-    if encoding not in _COLOR_ENCODINGS:
-        raise ValueError(f'unsupported image encoding {encoding!r}; expected one of '
-                         f'{", ".join(sorted(_COLOR_ENCODINGS))}')
     channels, item = _COLOR_ENCODINGS[encoding]
     pixels = _image_view(msg, channels, np.dtype('u1') if item == 1 else np.dtype('<u2'))
     # Every branch returns a new array, never a view of the message buffer.
-    if encoding in ('mono16', '16UC1'):
+    if encoding == 'mono16':
         return cv2.cvtColor((pixels[..., 0] >> 8).astype(np.uint8), cv2.COLOR_GRAY2RGB)
     if channels == 1:
         return cv2.cvtColor(pixels[..., 0], cv2.COLOR_GRAY2RGB)
@@ -194,6 +206,67 @@ def rgb_to_image(rgb: np.ndarray, stamp: StampLike, frame_id: str, encoding: str
     msg.step = width * (1 if pixels.ndim == 2 else 3)
     msg.data = _as_uint8_array(pixels)
     return msg
+
+
+# ----------------------------------------------------------------------- aligned images and label names
+
+LABEL_ENCODINGS = ('16UC1', 'mono16', '8UC1', 'mono8')
+
+
+def depth_to_image(depth: np.ndarray, stamp, frame_id: str) -> Image:
+    """H x W float32 metres (0 = invalid) → ``32FC1`` Image (little endian, tight step)."""
+    values = np.ascontiguousarray(np.asarray(depth, dtype='<f4'))
+    if values.ndim != 2:
+        raise ValueError(f'depth must be H x W, got {values.shape}')
+    return _raw_image(values, '32FC1', 4, stamp, frame_id)
+
+
+def labels_to_image(labels: np.ndarray, stamp, frame_id: str) -> Image:
+    """H x W object ids (0 = background) → ``16UC1`` Image (little endian, tight step)."""
+    values = np.asarray(labels)
+    if values.ndim != 2:
+        raise ValueError(f'label image must be H x W, got {values.shape}')
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError('object ids must be in 0..65535')
+    return _raw_image(np.ascontiguousarray(values.astype('<u2')), '16UC1', 2, stamp, frame_id)
+
+
+def _raw_image(values: np.ndarray, encoding: str, itemsize: int, stamp, frame_id: str) -> Image:
+    msg = Image()
+    msg.header = make_header(frame_id, stamp)
+    msg.height, msg.width = values.shape
+    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, values.shape[1] * itemsize
+    msg.data = _as_uint8_array(values)
+    return msg
+
+
+def image_to_labels(msg: Image) -> np.ndarray:
+    """Label Image (16UC1 / mono16 / 8UC1 / mono8 object ids) → H x W uint16."""
+    if msg.encoding not in LABEL_ENCODINGS:
+        raise ValueError(f'unsupported label encoding {msg.encoding!r}; expected one of {LABEL_ENCODINGS}')
+    if msg.encoding in ('16UC1', 'mono16'):
+        # depth_to_metres with scale 1 returns the raw 16-bit values as float32: exact for 0..65535.
+        return depth_to_metres(msg, 1.0).astype(np.uint16)
+    return image_to_rgb(msg)[..., 0].astype(np.uint16)
+
+
+def encode_label_names(names: Mapping[int, str]) -> str:
+    """{id: name} → JSON text for a ``std_msgs/String`` (``{"1": "mug", ...}``)."""
+    return json.dumps({str(int(k)): str(v) for k, v in sorted(names.items())})
+
+
+def decode_label_names(text: str) -> Dict[int, str]:
+    """JSON ``{"1": "mug"}`` → {1: 'mug'}; ValueError with the reason for anything else."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f'label names are not JSON: {error}') from error
+    if not isinstance(data, dict):
+        raise ValueError(f'label names must be a JSON object {{"id": "name"}}, got {type(data).__name__}')
+    try:
+        return {int(k): str(v) for k, v in data.items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'label ids must be integers: {error}') from error
 
 
 # --------------------------------------------------------------------------------------- camera info
@@ -438,7 +511,9 @@ def markers_from_clusters(clusters: Sequence[Any], query: str, frame_id: str, st
 
 __all__: List[str] = [
     'stamp_to_seconds', 'seconds_to_stamp', 'as_stamp', 'make_header',
-    'image_to_rgb', 'depth_to_metres', 'rgb_to_image', 'camera_info_to_K', 'K_to_camera_info',
+    'check_colour_encoding', 'image_to_rgb', 'depth_to_metres', 'rgb_to_image', 'depth_to_image', 'labels_to_image',
+    'image_to_labels', 'encode_label_names', 'decode_label_names', 'LABEL_ENCODINGS',
+    'camera_info_to_K', 'K_to_camera_info',
     'pose_to_matrix', 'matrix_to_pose', 'pose_stamped', 'transform_to_matrix', 'matrix_to_transform',
     'make_pose_array', 'pack_rgb', 'unpack_rgb', 'make_point_cloud2', 'point_cloud2_to_arrays',
     'markers_from_clusters', 'CLOUD_FIELDS', 'CLOUD_POINT_STEP', 'RANK_COLOURS',

@@ -41,8 +41,10 @@ from visualization_msgs.msg import MarkerArray
 from ..core.relevancy import positive_phrases
 from . import answers
 from . import conversions as conv
-from .common import (NodeParameters, ParamSpec, ProblemLog, expand_path, latched_qos, node_main, non_negative,
-                     one_of, positive, set_torch_threads, status_message)
+from .common import expand_path, node_main, set_torch_threads
+from .diagnostics import ProblemLog, status_message
+from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
+from .qos import latched_qos
 
 PARAMETERS = [
     ParamSpec('checkpoint', '', "checkpoint to query ('' = follow trainer/checkpoint, or the live trainer)",

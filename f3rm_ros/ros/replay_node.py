@@ -18,9 +18,10 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from . import conversions as conv
-from .common import (QOS_CHOICES, NodeParameters, ParamSpec, depth_to_image, encode_label_names, expand_path,
-                     labels_to_image, latched_qos, make_qos, node_main, non_negative, one_of, positive,
-                     status_message)
+from .common import expand_path, node_main
+from .diagnostics import status_message
+from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
+from .qos import latched_qos, make_qos, QOS_CHOICES
 
 try:
     import tf2_ros
@@ -83,7 +84,7 @@ class ReplayNode(Node):
         self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.tf = tf2_ros.TransformBroadcaster(self) if tf2_ros is not None and p['publish_tf'] else None
         if p['publish_labels'] and self.label_names:
-            self.pub_names.publish(String(data=encode_label_names(self.label_names)))
+            self.pub_names.publish(String(data=conv.encode_label_names(self.label_names)))
         self.index = 0
         self.published = 0
         self.paused = False
@@ -117,9 +118,9 @@ class ReplayNode(Node):
                                          transform=conv.matrix_to_transform(frame.T_base_optical))
             self.tf.sendTransform(transform)
         if p['publish_depth'] and frame.depth is not None:
-            self.pub_depth.publish(depth_to_image(frame.depth, stamp, camera))
+            self.pub_depth.publish(conv.depth_to_image(frame.depth, stamp, camera))
         if p['publish_labels'] and frame.labels is not None:
-            self.pub_labels.publish(labels_to_image(frame.labels, stamp, camera))
+            self.pub_labels.publish(conv.labels_to_image(frame.labels, stamp, camera))
         self.pub_info.publish(conv.K_to_camera_info(frame.K, frame.width, frame.height, stamp, camera))
         self.pub_pose.publish(conv.pose_stamped(frame.T_base_optical, p['base_frame'], stamp))
         self.pub_image.publish(conv.rgb_to_image(frame.image, stamp, camera))

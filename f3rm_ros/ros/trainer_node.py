@@ -22,9 +22,10 @@ from std_srvs.srv import Trigger
 from ..core.frames import PosedFrame
 from ..core.online import OnlineSession, SessionSettings, StampAssembler
 from . import conversions as conv
-from .common import (QOS_CHOICES, NodeParameters, ParamSpec, ProblemLog, decode_label_names, expand_path,
-                     image_to_labels, latched_qos, make_qos, node_main, non_negative, one_of, positive,
-                     set_torch_threads, status_message)
+from .common import expand_path, node_main, set_torch_threads
+from .diagnostics import ProblemLog, status_message
+from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
+from .qos import latched_qos, make_qos, QOS_CHOICES
 
 PARAMETERS = [
     ParamSpec('dataset_dir', '', "scan folder to resume from at start-up ('' = none; the capture node's)"),
@@ -113,7 +114,7 @@ class TrainerNode(Node):
             if rgb.shape[:2] != (height, width):
                 raise ValueError(f'image is {rgb.shape[1]} x {rgb.shape[0]}, camera_info {width} x {height}')
             depth = conv.depth_to_metres(parts['depth']) if 'depth' in parts else None
-            labels = image_to_labels(parts['labels']) if 'labels' in parts else None
+            labels = conv.image_to_labels(parts['labels']) if 'labels' in parts else None
             frame = PosedFrame(rgb, K, conv.pose_to_matrix(pose.pose), stamp=stamp, depth=depth, labels=labels)
         except ValueError as error:
             self.problems.report('keyframe', f'keyframe {stamp:.3f} s ignored: {error}')
@@ -127,7 +128,7 @@ class TrainerNode(Node):
 
     def _on_label_names(self, msg: String) -> None:
         try:
-            self.session.set_labels(decode_label_names(msg.data))
+            self.session.set_labels(conv.decode_label_names(msg.data))
         except ValueError as error:
             self.problems.report('label_names', f'label_names ignored: {error}')
 
