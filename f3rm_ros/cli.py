@@ -7,13 +7,14 @@ import logging
 import sys
 from typing import List, Optional
 
-from .commands import COMMAND_MODULES
+from .commands import COMMAND_MODULES, add_dds_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog='f3rm-ros', description=__doc__)
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    add_dds_arguments(parser, top_level=True)
     sub = parser.add_subparsers(dest='command', required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f'.commands.{name}', __package__).register(sub)
@@ -25,6 +26,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='[%(levelname)s] %(name)s: %(message)s')
+    if args.localhost_only:  # before anything starts ROS: this process and its children inherit it
+        from .ros.dds import confine_dds_to_localhost, describe_localhost
+        confine_dds_to_localhost()
+        logging.getLogger('f3rm_ros').info(describe_localhost())
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:

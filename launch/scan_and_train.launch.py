@@ -7,17 +7,37 @@
 Parameters come from `params_file` (default: the package's config/f3rm.yaml; `/**` for every node plus a
 section per node name). Poses come from TF (base_frame <- the image's optical frame) where tf2 runs, else
 from the `camera_pose` PoseStamped topic. Then: ros2 topic pub --once /query/query std_msgs/String "data: mug"
+
+DDS is left as the environment has it (ROS_AUTOMATIC_DISCOVERY_RANGE, the middleware's profiles): nodes on
+other computers (a camera driver, RViz) are found. `localhost_only:=true` keeps every process this file starts
+(RViz included) on this machine: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and the packaged Fast DDS profile
+config/fastdds_localhost.xml (shared memory + UDP on 127.0.0.1).
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 INPUTS = ('image', 'camera_info', 'camera_pose', 'depth', 'labels', 'label_names')
+
+
+def localhost_only_actions(share):
+    """`localhost_only` argument; when true, both DDS variables for every process started after these actions."""
+    enabled = IfCondition(LaunchConfiguration('localhost_only'))
+    profile = os.path.join(share, 'config', 'fastdds_localhost.xml')
+    return [
+        DeclareLaunchArgument('localhost_only', default_value='false',
+                              description='keep DDS on this machine (LOCALHOST discovery, loopback + shared memory '
+                                          'Fast DDS profile) for every process started here, RViz included'),
+        SetEnvironmentVariable('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST', condition=enabled),
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile, condition=enabled),
+        LogInfo(msg=f'localhost_only: DDS confined to this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, '
+                    f'FASTDDS_DEFAULT_PROFILES_FILE={profile})', condition=enabled),
+    ]
 
 
 def generate_launch_description():
@@ -53,4 +73,4 @@ def generate_launch_description():
              arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),
     ]
-    return LaunchDescription(arguments + nodes)
+    return LaunchDescription(arguments + localhost_only_actions(share) + nodes)

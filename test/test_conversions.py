@@ -398,29 +398,81 @@ def test_markers_from_clusters():
 # ------------------------------------------------------------------------------------------------- DDS
 
 def test_localhost_dds_env_sets_both_variables():
-    """Both variables are set; a user profile and the opt-out are kept."""
-    env = dds.localhost_dds_env({'PATH': '/usr/bin', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'})
+    """Both variables are set explicitly, whatever the environment had (an explicit SUBNET, another profile)."""
+    env = dds.localhost_dds_env({'PATH': '/usr/bin', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                                 'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/mine.xml'})
     assert env['PATH'] == '/usr/bin'
     assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
     profile = Path(env['FASTDDS_DEFAULT_PROFILES_FILE'])
     assert profile.is_file() and profile.name == 'fastdds_localhost.xml'
-    # A profile the user chose is kept; the opt-out leaves everything alone.
-    kept = dds.localhost_dds_env({'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/mine.xml'})
-    assert kept['FASTDDS_DEFAULT_PROFILES_FILE'] == '/etc/mine.xml'
-    assert kept['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
-    assert dds.localhost_dds_env({'F3RM_ROS_DDS_LOCALHOST': '0'}) == {'F3RM_ROS_DDS_LOCALHOST': '0'}
+    # The undocumented opt-out variable of old is gone: asking for confinement confines.
+    env = dds.localhost_dds_env({'F3RM_ROS_DDS_LOCALHOST': '0'})
+    assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST' and env['FASTDDS_DEFAULT_PROFILES_FILE'] == str(profile)
 
 
 def test_confine_dds_to_localhost(monkeypatch):
     """os.environ is updated once; a second call changes nothing."""
-    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
-    monkeypatch.delenv('F3RM_ROS_DDS_LOCALHOST', raising=False)
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/etc/mine.xml')
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'SUBNET')
     changed = dds.confine_dds_to_localhost()
     assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
     assert os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] == str(dds.fastdds_profile_path())
     assert set(changed) == {'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE'}
     assert dds.confine_dds_to_localhost() == {}
+    assert 'LOCALHOST' in dds.describe_localhost() and str(dds.fastdds_profile_path()) in dds.describe_localhost()
+
+
+def _environment_at_rclpy_init(monkeypatch, start):
+    """Run `start()` with rclpy.init replaced by a recorder (no DDS participant is ever created here)."""
+    import rclpy
+    seen = {}
+
+    def fake_init(*args, **kwargs):
+        seen.update({k: os.environ.get(k) for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE')})
+    monkeypatch.setattr(rclpy, 'init', fake_init)
+    start()
+    return seen
+
+
+def test_nodes_leave_dds_alone_by_default(monkeypatch):
+    """init_ros (every node, the pipeline, the demo) keeps the user's discovery range and profile."""
+    from f3rm_ros.ros.common import init_ros
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'SUBNET')
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/etc/robot_profile.xml')
+    seen = _environment_at_rclpy_init(monkeypatch, lambda: init_ros(['node']))
+    assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                    'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/robot_profile.xml'}
+    monkeypatch.delenv('ROS_AUTOMATIC_DISCOVERY_RANGE')
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE')
+    seen = _environment_at_rclpy_init(monkeypatch, lambda: init_ros(['node']))
+    assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': None, 'FASTDDS_DEFAULT_PROFILES_FILE': None}
+
+
+@pytest.mark.parametrize('argv, confined', [
+    (['pipeline'], False), (['pipeline', '--localhost-only'], True), (['--localhost-only', 'pipeline'], True),
+    (['demo', '--localhost-only'], True), (['bench', '--localhost-only', 'query'], True)])
+def test_cli_localhost_only_flag(monkeypatch, argv, confined):
+    """`f3rm-ros <command> --localhost-only` sets both variables before the command runs; without it, nothing."""
+    import importlib
+
+    from f3rm_ros import cli
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'SUBNET')
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/etc/robot_profile.xml')
+    seen = {}
+
+    def fake_run(args):
+        seen.update({k: os.environ.get(k) for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE')})
+        return 0
+    module = {'pipeline': 'f3rm_ros.commands.pipeline', 'demo': 'f3rm_ros.commands.demo',
+              'bench': 'f3rm_ros.bench.query'}[next(a for a in argv if not a.startswith('-'))]
+    monkeypatch.setattr(importlib.import_module(module), 'run', fake_run)
+    assert cli.main(argv) == 0
+    if confined:
+        assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+                        'FASTDDS_DEFAULT_PROFILES_FILE': str(dds.fastdds_profile_path())}
+    else:
+        assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
+                        'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/robot_profile.xml'}
 
 
 def test_profile_is_loopback_and_shared_memory_only():

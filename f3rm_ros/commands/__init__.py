@@ -2,6 +2,10 @@
 import argparse
 from pathlib import Path
 
+LOCALHOST_ONLY_HELP = ('keep DDS on this machine for this process and everything it starts: '
+                       'ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and the packaged Fast DDS profile (loopback + shared '
+                       'memory). Default: DDS as your environment has it')
+
 COMMAND_MODULES = ('train', 'query', 'bench', 'pipeline', 'demo')
 
 
@@ -20,3 +24,12 @@ def config_from_args(args, **overrides):
         overrides.setdefault('trainer', {})['device'] = args.device
         overrides.setdefault('teacher', {})['device'] = args.device
     return make_config(args.preset, [Path(p) for p in args.config or []], overrides)
+
+
+def add_dds_arguments(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """--localhost-only, on the top-level parser and on each sub-command that starts ROS processes.
+
+    On a sub-command the flag has no default, so it does not undo ``f3rm-ros --localhost-only <command>``.
+    """
+    parser.add_argument('--localhost-only', action='store_true', help=LOCALHOST_ONLY_HELP,
+                        **({} if top_level else {'default': argparse.SUPPRESS}))

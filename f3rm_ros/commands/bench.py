@@ -5,12 +5,15 @@ Each module named in `BENCH_MODULES` exposes ``register(subparsers)`` (adding it
 """
 import importlib
 
+from . import add_dds_arguments
+
 BENCH_MODULES = ('train', 'hashgrid', 'query', 'semantic')
 
 
 def register(sub) -> None:
     """Add ``bench`` and its sub-commands."""
     parser = sub.add_parser('bench', help='benchmarks: train | hashgrid | query | semantic')
+    add_dds_arguments(parser)  # f3rm-ros bench --localhost-only KIND ...
     kinds = parser.add_subparsers(dest='bench', required=True, metavar='KIND')
     for name in BENCH_MODULES:
         importlib.import_module(f'f3rm_ros.bench.{name}').register(kinds)

@@ -1,11 +1,14 @@
 """``f3rm-ros demo``: scan a table over ROS 2, train online, answer queries, write a report."""
 from pathlib import Path
 
+from . import add_dds_arguments
+
 
 def register(sub) -> None:
     """Add the sub-command."""
     parser = sub.add_parser('demo', help='the whole product on a synthetic table (or --data): scan, train, query',
-                            description='Replays an arm-camera scan over ROS 2 (DDS confined to this machine), '
+                            description='Replays an arm-camera scan over ROS 2 (--localhost-only keeps DDS on '
+                                        'this machine), '
                                         'captures keyframes, trains the feature field online, asks text queries '
                                         'and writes report.md with pictures. Ctrl-C stops cleanly.')
     parser.add_argument('--output', default='outputs/demo', help='output folder (default: outputs/demo)')
@@ -25,6 +28,7 @@ def register(sub) -> None:
     parser.add_argument('--clip-model', default='ViT-B-16', help='open_clip model name (default: ViT-B-16)')
     parser.add_argument('--clip-image-size', type=int, default=224, help='CLIP input size (default: 224)')
     parser.add_argument('--clip-weights', default='', help='local open_clip weights file for --clip-model')
+    add_dds_arguments(parser)
     parser.set_defaults(func=run)
 
 

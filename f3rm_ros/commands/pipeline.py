@@ -1,12 +1,15 @@
 """``f3rm-ros pipeline``: capture, trainer and query nodes (and optionally a replayed arm) in one process."""
 
+from . import add_dds_arguments
+
 
 def register(sub) -> None:
     """Add the sub-command."""
     parser = sub.add_parser(
         'pipeline', help='run the ROS 2 nodes in one process (for pip installs without ros2 launch)',
         description='Run capture, trainer and query (and with --replay a replayed camera) as ROS 2 nodes on one '
-                    'multi-threaded executor, configured like the launch file. DDS stays on this machine.')
+                    'multi-threaded executor, configured like the launch file. DDS is left as your environment has it; '
+                    '--localhost-only keeps it on this machine.')
     parser.add_argument('--params', action='append',
                         help='ROS parameters YAML (repeatable; default: the packaged config/f3rm.yaml)')
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
@@ -18,6 +21,7 @@ def register(sub) -> None:
     parser.add_argument('--query', default='', help='ask this query once training is done and print the answer')
     parser.add_argument('--exit-after-query', action='store_true', help='stop once --query was answered')
     parser.add_argument('--threads', type=int, help='executor threads (default: CPU count)')
+    add_dds_arguments(parser)
     parser.set_defaults(func=run)
 
 

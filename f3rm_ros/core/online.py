@@ -165,6 +165,7 @@ class OnlineSession:
         self._resumed_frames = 0
         self._saved_step = -1
         self._checkpoint_pending: Optional[Path] = None
+        self._save_lock = threading.Lock()      # one checkpoint write at a time (training thread, service, stop)
         self.model_version = 0                  # bumps whenever the model's weights change
 
     # ------------------------------------------------------------------------------------------ paths
@@ -243,15 +244,32 @@ class OnlineSession:
             self._thread = threading.Thread(target=self._run, name='f3rm-training', daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0, save: bool = False) -> None:
-        """Stop the training thread (after its current step); optionally save a last checkpoint."""
+    def stop(self, timeout: float = 30.0, save: bool = False) -> bool:
+        """Stop the training thread; optionally save a last checkpoint. Returns whether the thread ended.
+
+        The thread checks the stop flag between training steps, between teacher-feature chunks and after
+        building the teacher, so it ends within one step or one chunk. `timeout` bounds the wait (a node
+        shutting down under ``ros2 launch`` has 5 s before SIGTERM): a thread still busy after it (the first
+        load of a CLIP model) is a daemon and is left behind; the last checkpoint is written anyway (it waits
+        for a step in progress, never for feature extraction).
+        """
         self._stop.set()
         self._wake.set()
+        ended = True
         if self._thread is not None:
             self._thread.join(timeout)
+            ended = not self._thread.is_alive()
+            if not ended:
+                log.warning('training thread still busy (%s) after %.1f s; stopping without it', self._state, timeout)
         if save and self.trainer is not None and self.checkpoint_path is not None \
                 and self.trainer.step_count != self._saved_step:
             self._save(self.checkpoint_path)
+        return ended
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop` was called (the training thread ends at its next check)."""
+        return self._stop.is_set()
 
     def pause(self) -> str:
         """Pause training after the current step."""
@@ -280,8 +298,12 @@ class OnlineSession:
         return self._save(self.checkpoint_path)
 
     def _save(self, path: Path) -> Path:
-        path = self.trainer.save_checkpoint(path)
-        self._saved_step = self.trainer.step_count
+        with self._save_lock:
+            trainer = self.trainer
+            if trainer.step_count == self._saved_step and trainer.last_checkpoint == path and path.exists():
+                return path  # another thread has just written this very step
+            path = trainer.save_checkpoint(path)
+            self._saved_step = trainer.step_count
         if self.on_checkpoint is not None:
             try:
                 self.on_checkpoint(path)
@@ -407,6 +429,8 @@ class OnlineSession:
             self.teacher, self.teacher_reason = choose_teacher(self.config, self.labels,
                                                                self.settings.teacher_choice)
         log.info('teacher: %s (%s)', self.teacher.name, self.teacher_reason)
+        if self._stop.is_set():  # loading a CLIP model takes seconds: do not build a model nobody will train
+            return False
         self._state = 'building the model'
         trainer = OnlineTrainer(self.config, self.store, self.teacher)
         if checkpoint is not None:
@@ -428,7 +452,9 @@ class OnlineSession:
         version = self.store.version
         before = self.trainer.num_frames
         self._state = 'extracting teacher features'
-        added = self.trainer.sync_frames()
+        added = self.trainer.sync_frames(should_stop=self._stop.is_set)
+        if self._stop.is_set():  # interrupted between chunks: the frames are taken again by a later sync
+            return
         self._synced_version = version
         self.model_version += 1
         if added and before >= self.settings.min_frames and self.trainer.step_count >= self.target_steps:

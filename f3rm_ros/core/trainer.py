@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -160,8 +160,12 @@ class OnlineTrainer:
         """Frames the trainer has features for."""
         return len(self.frames)
 
-    def sync_frames(self) -> int:
-        """Take frames added to the store since the last call: teacher features, images, cameras."""
+    def sync_frames(self, should_stop: Optional[Callable[[], bool]] = None) -> int:
+        """Take frames added to the store since the last call: teacher features, images, cameras.
+
+        `should_stop` is asked before each teacher chunk: when it says True, nothing is taken (0 is returned)
+        and a later call starts again (a node shutting down must not wait for minutes of feature extraction).
+        """
         frames = self.store.snapshot()
         new = frames[len(self.frames):]
         if len(frames) < len(self.frames):  # the store was cleared
@@ -171,6 +175,8 @@ class OnlineTrainer:
         batch_size = self.config.teacher.batch_size
         chunks = []
         for i in range(0, len(new), batch_size):
+            if should_stop is not None and should_stop():
+                return 0
             chunks.append(self.teacher.extract(new[i:i + batch_size]))
             if len(new) > batch_size:  # a resumed or offline scan: this can take minutes on a CPU
                 log.info('teacher features: %d of %d new frames', min(i + batch_size, len(new)), len(new))

@@ -6,28 +6,38 @@ logging to ROS loggers) and `conversions` (messages <-> numpy, incl. depth / lab
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-
-from .dds import confine_dds_to_localhost
 
 
 # ------------------------------------------------------------------------------------------------ startup
 
 def init_ros(args: Optional[Sequence[str]] = None, context=None) -> None:
-    """``rclpy.init`` after confining DDS to this machine (DESIGN.md §6); every entry point calls this."""
+    """``rclpy.init``; every entry point calls this.
+
+    DDS discovery and transports are the user's (``ROS_AUTOMATIC_DISCOVERY_RANGE``, the middleware's
+    profiles): nothing here changes them. Confining DDS to this machine is asked for explicitly: the launch
+    files' ``localhost_only:=true``, ``f3rm-ros ... --localhost-only`` (`dds.confine_dds_to_localhost`).
+    """
     import rclpy
-    confine_dds_to_localhost()
     rclpy.init(args=list(args) if args is not None else None, context=context)
 
 
-def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None) -> None:
-    """Spin `nodes` until shutdown (Ctrl-C, SIGTERM); then destroy them.
+def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None, exiting: bool = False) -> None:
+    """Spin `nodes` until shutdown (Ctrl-C, SIGINT/SIGTERM from ``ros2 launch``); then destroy them.
 
     One node spins on a single-threaded executor (its heavy work has threads of its own, and rclpy's
     multi-threaded executor costs more per callback); several share a multi-threaded one.
+
+    While the nodes are destroyed (the trainer writes its last checkpoint) a further SIGINT is ignored: a
+    terminal's Ctrl-C reaches ``ros2 launch`` and every node, and launch forwards one more SIGINT, so a node
+    sees two; the second must not cut the clean-up short. SIGTERM and SIGKILL still end the process.
+    `exiting`: the process ends right after (an entry point): SIGINT stays ignored until then.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
@@ -42,28 +52,72 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for node in nodes:
-            try:
-                node.destroy_node()
-            except Exception as error:  # shutting down: report, keep destroying the others
-                print(f'[f3rm_ros] error while stopping {node.get_name()}: {error}', file=sys.stderr)
-        executor.shutdown()
-        if rclpy.ok(context=context):
-            rclpy.try_shutdown(context=context)
+        with interrupts_ignored(restore=not exiting):
+            for node in nodes:
+                _quietly(node.destroy_node, f'stopping {node.get_name()}')
+            _quietly(executor.shutdown, 'shutting the executor down')
+            if rclpy.ok(context=context):
+                _quietly(lambda: rclpy.try_shutdown(context=context), 'shutting ROS down')
+
+
+def _quietly(action: Callable[[], Any], what: str) -> None:
+    """Run one clean-up step; an error (or a KeyboardInterrupt that slipped in) is reported, not raised."""
+    try:
+        action()
+    except (Exception, KeyboardInterrupt) as error:  # shutting down: report, keep cleaning up
+        print(f'[f3rm_ros] error while {what}: {type(error).__name__}: {error}', file=sys.stderr)
+
+
+@contextlib.contextmanager
+def interrupts_ignored(restore: bool = True):
+    """SIGINT does nothing inside the block (main thread only: elsewhere Python cannot handle signals).
+
+    With `restore` false it stays ignored after the block (a process that is about to exit: a KeyboardInterrupt
+    left uncaught would make it die of SIGINT, which launch reports as a failure).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: print(
+        '[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)', file=sys.stderr))
+    try:
+        yield
+    finally:
+        if restore:
+            # rclpy installs its handler in C (getsignal then says None): Python's default comes back, and the
+            # next rclpy.init installs rclpy's again.
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> int:
     """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it (`threads`: see spin_nodes)."""
+    import rclpy
     init_ros(args if args is not None else sys.argv)
     try:
         node = factory()
     except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
         print(f'[f3rm_ros] cannot start: {error}', file=sys.stderr)
-        import rclpy
         rclpy.try_shutdown()
         return 2
-    spin_nodes([node], threads)
+    except KeyboardInterrupt:  # stopped while starting (launch's SIGINT): nothing to save yet
+        with interrupts_ignored(restore=False):
+            rclpy.try_shutdown()
+        return 0
+    spin_nodes([node], threads, exiting=True)
+    _fast_exit()
     return 0
+
+
+def _fast_exit() -> None:
+    """Skip the interpreter's last garbage collection: with torch loaded it takes 1-2.5 s on a small CPU.
+
+    Everything that matters is done (nodes destroyed, checkpoint written, ROS shut down); a node must end
+    within ``ros2 launch``'s 5 s SIGINT timeout. Exit handlers and stream flushing still run.
+    """
+    import gc
+    gc.disable()
+    gc.freeze()
 
 
 def packaged_file(relative: str) -> Path:

@@ -1,23 +1,28 @@
-"""Keep DDS traffic on this machine (DESIGN.md §6).
+"""Confine DDS to this machine, when asked (DESIGN.md §6).
 
-Fast DDS multicasts discovery on every interface by default. Every f3rm_ros entry point calls
-`confine_dds_to_localhost()` before ``rclpy.init()``: it sets ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``
-and points ``FASTDDS_DEFAULT_PROFILES_FILE`` at the packaged profile (shared memory with 32 MiB segments +
-UDPv4 on 127.0.0.1, built-in transports off). A profile the user already chose is kept.
+By default f3rm_ros leaves DDS alone: discovery range, transports and middleware profiles are the user's,
+as for any ROS 2 package (a robot's camera driver, trainer and RViz often run on different computers).
+Confinement is asked for explicitly, and then sets both variables for the process and everything it starts:
 
-Set ``F3RM_ROS_DDS_LOCALHOST=0`` to leave the environment alone (robots whose camera driver or RViz run on
-another machine). This module does not import rclpy.
+* ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (any RMW: discovery only on this machine), and
+* ``FASTDDS_DEFAULT_PROFILES_FILE`` = the packaged profile ``config/fastdds_localhost.xml`` (Fast DDS:
+  shared memory with 32 MiB segments + UDPv4 on 127.0.0.1 only, the built-in transports off).
+
+Who asks: the launch files' ``localhost_only:=true`` argument (SetEnvironmentVariable actions for every
+process they start, RViz included), ``f3rm-ros <command> --localhost-only``, and the project's own tests,
+``make demo`` and CI (``scripts/env.sh``; `f3rm_ros.ros.testing`). This module does not import rclpy.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 PACKAGE = 'f3rm_ros'
 PROFILE_NAME = 'fastdds_localhost.xml'
-OPT_OUT_VARIABLE = 'F3RM_ROS_DDS_LOCALHOST'
+RANGE_VARIABLE = 'ROS_AUTOMATIC_DISCOVERY_RANGE'
+PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
 
 
 def _candidate_profiles() -> List[Path]:
@@ -48,25 +53,28 @@ def fastdds_profile_path() -> Path:
         + '. Reinstall f3rm_ros, or set FASTDDS_DEFAULT_PROFILES_FILE yourself.')
 
 
-def localhost_dds_env(env: Optional[Mapping[str, str]] = None) -> dict:
-    """Return a copy of `env` (default: os.environ) whose DDS settings stay on this machine.
+def localhost_dds_env(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Return a copy of `env` (default: os.environ) whose DDS stays on this machine.
 
-    ``ROS_AUTOMATIC_DISCOVERY_RANGE`` becomes ``LOCALHOST``; ``FASTDDS_DEFAULT_PROFILES_FILE`` is set to
-    the packaged profile unless it is already set to a non-empty value. With ``F3RM_ROS_DDS_LOCALHOST=0``
-    in `env` the copy is returned unchanged. Use it for subprocesses: ``subprocess.run(..., env=...)``.
+    Both variables are set, whatever they were: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and
+    ``FASTDDS_DEFAULT_PROFILES_FILE`` = the packaged profile. Use it for subprocesses:
+    ``subprocess.run(..., env=localhost_dds_env())``.
     """
     out = dict(os.environ if env is None else env)
-    if out.get(OPT_OUT_VARIABLE, '').strip().lower() in ('0', 'false', 'no', 'off'):
-        return out
-    out['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    if not out.get('FASTDDS_DEFAULT_PROFILES_FILE'):
-        out['FASTDDS_DEFAULT_PROFILES_FILE'] = str(fastdds_profile_path())
+    out[RANGE_VARIABLE] = 'LOCALHOST'
+    out[PROFILE_VARIABLE] = str(fastdds_profile_path())
     return out
 
 
-def confine_dds_to_localhost() -> dict:
+def confine_dds_to_localhost() -> Dict[str, str]:
     """Apply `localhost_dds_env` to os.environ (call before ``rclpy.init()``); returns the changes made."""
     wanted = localhost_dds_env()
-    changed = {key: value for key, value in wanted.items() if os.environ.get(key) != value}
+    changed = {key: wanted[key] for key in (RANGE_VARIABLE, PROFILE_VARIABLE) if os.environ.get(key) != wanted[key]}
     os.environ.update(changed)
     return changed
+
+
+def describe_localhost() -> str:
+    """One line for logs: what confinement set."""
+    return (f'DDS confined to this machine: {RANGE_VARIABLE}=LOCALHOST, {PROFILE_VARIABLE}={fastdds_profile_path()} '
+            '(shared memory + UDP on 127.0.0.1)')

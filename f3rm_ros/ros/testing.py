@@ -1,9 +1,10 @@
 """Helpers for tests and scripts that talk to f3rm_ros nodes: a private ROS context on its own domain.
 
-`RosProbe` confines DDS to this machine, picks a ROS_DOMAIN_ID (random in 100..199 unless given) so
-parallel runs do not hear each other, spins a helper node on a background thread, and offers condition
-waits with timeouts (never sleeps as synchronisation). `subprocess_env` gives child processes the same
-domain and the localhost DDS settings.
+`RosProbe` confines DDS to this machine (the tests' own choice, set explicitly: the product leaves DDS
+alone unless asked), picks a ROS_DOMAIN_ID (random in 100..199 unless given) so parallel runs do not hear
+each other, spins a helper node on a background thread, and offers condition waits with timeouts (never
+sleeps as synchronisation). `subprocess_env` gives child processes the same domain and both localhost DDS
+variables.
 """
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ def pick_domain_id() -> int:
     return random.randint(100, 199)
 
 
-def subprocess_env(domain_id: int, **extra: str) -> Dict[str, str]:
-    """Environment for a child process: localhost-only DDS, `domain_id`, no model hub, unbuffered output."""
-    env = localhost_dds_env()
+def subprocess_env(domain_id: int, localhost_only: bool = True, **extra: str) -> Dict[str, str]:
+    """Environment for a child process: `domain_id`, no model hub, unbuffered output, and DDS on this machine.
+
+    Both DDS variables are set explicitly (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, the packaged Fast DDS
+    profile); `localhost_only=False` passes the environment's DDS settings through instead.
+    """
+    env = localhost_dds_env() if localhost_only else dict(os.environ)
     env.update({'ROS_DOMAIN_ID': str(domain_id), 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1'})
     env.update(extra)
     return env
@@ -74,13 +79,14 @@ class Inbox:
 class RosProbe:
     """A helper node in its own context: subscribe, publish, call services, wait for conditions."""
 
-    def __init__(self, domain_id: Optional[int] = None, name: str = 'f3rm_probe'):
+    def __init__(self, domain_id: Optional[int] = None, name: str = 'f3rm_probe', localhost_only: bool = True):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
 
-        from .dds import confine_dds_to_localhost
-        confine_dds_to_localhost()
+        if localhost_only:  # both variables, explicitly (and for the children this process starts)
+            from .dds import confine_dds_to_localhost
+            confine_dds_to_localhost()
         self.domain_id = pick_domain_id() if domain_id is None else int(domain_id)
         os.environ['ROS_DOMAIN_ID'] = str(self.domain_id)
         self.context = Context()

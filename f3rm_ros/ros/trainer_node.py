@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
+import rclpy.logging
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
@@ -45,6 +46,8 @@ PARAMETERS = [
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
+# How long a shutting-down node waits for the training thread before it saves without it (s).
+STOP_WAIT_S = 2.0
 
 
 class TrainerNode(Node):
@@ -166,9 +169,22 @@ class TrainerNode(Node):
         return response
 
     def destroy_node(self):
-        """Stop training after the current step and save a last checkpoint."""
-        self.session.stop(save=True)
-        return super().destroy_node()
+        """Stop training (within one step or one teacher chunk) and save a last checkpoint.
+
+        ``ros2 launch`` sends SIGTERM 5 s after SIGINT: the wait for the training thread is bounded by
+        STOP_WAIT_S, and the checkpoint is written whatever the thread is doing.
+        """
+        name, level, message = self.get_name(), 'info', ''
+        try:
+            self.session.stop(timeout=STOP_WAIT_S, save=True)
+            if self.session.trainer is not None and self.session.checkpoint_path is not None:
+                message = f'final checkpoint {self.session.checkpoint_path} (step {self.session.step})'
+        except Exception as error:  # e.g. disk full: say so, and still release the node
+            level, message = 'error', f'last checkpoint not written: {type(error).__name__}: {error}'
+        result = super().destroy_node()
+        if message:  # logged once the node is gone: after SIGINT its /rosout publisher cannot publish any more
+            getattr(rclpy.logging.get_logger(name), level)(message)
+        return result
 
 
 def main(args=None) -> int:
