@@ -43,6 +43,11 @@ class Grasp:
                 'cluster_index': self.cluster_index, 'approach': self.approach}
 
 
+def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Return the 8 corners [8, 3] of the box [lo, hi]."""
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
 @dataclass
 class Occupancy:
     """Solid occupied voxels of the field.
@@ -54,22 +59,32 @@ class Occupancy:
     origin: np.ndarray
     voxel_size: float
 
-    def centres_in_box(self, pose: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
-        """Count occupied voxel centres inside the box [lo, hi] given in the frame `pose` (4 x 4 in base_frame)."""
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        world = corners @ pose[:3, :3].T + pose[:3, 3]
-        first = np.floor((world.min(axis=0) - self.origin) / self.voxel_size - 0.5).astype(int)
-        last = np.ceil((world.max(axis=0) - self.origin) / self.voxel_size - 0.5).astype(int)
+    def centres_around(self, world_lo: np.ndarray, world_hi: np.ndarray) -> np.ndarray:
+        """Occupied voxel centres [K, 3] (base_frame) of the grid block around the axis-aligned [world_lo, world_hi].
+
+        Every centre inside the box is among them, and some outside it (the block reaches half a voxel beyond).
+        """
+        first = np.floor((world_lo - self.origin) / self.voxel_size - 0.5).astype(int)
+        last = np.ceil((world_hi - self.origin) / self.voxel_size - 0.5).astype(int)
         first = np.clip(first, 0, np.array(self.grid.shape) - 1)
         last = np.clip(last, -1, np.array(self.grid.shape) - 1)
         if np.any(last < first):
-            return 0
+            return np.zeros((0, 3))
         block = self.grid[first[0]:last[0] + 1, first[1]:last[1] + 1, first[2]:last[2] + 1]
         cells = np.argwhere(block)
-        if len(cells) == 0:
-            return 0
-        centres = self.origin + (cells + first + 0.5) * self.voxel_size
-        local = (centres - pose[:3, 3]) @ pose[:3, :3]
+        return self.origin + (cells + first + 0.5) * self.voxel_size
+
+    def centres_near(self, pose: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Occupied voxel centres [K, 3] in the frame `pose` (4 x 4 in base_frame), from the block around [lo, hi].
+
+        Every centre inside the box [lo, hi] (given in that frame) is among them, and some outside it.
+        """
+        world = box_corners(lo, hi) @ pose[:3, :3].T + pose[:3, 3]
+        return (self.centres_around(world.min(axis=0), world.max(axis=0)) - pose[:3, 3]) @ pose[:3, :3]
+
+    def centres_in_box(self, pose: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+        """Count occupied voxel centres inside the box [lo, hi] given in the frame `pose` (4 x 4 in base_frame)."""
+        local = self.centres_near(pose, lo, hi)
         return int(np.sum(np.all((local >= lo - 1e-9) & (local <= hi + 1e-9), axis=1)))
 
 
@@ -83,8 +98,9 @@ class ClusterGrasps:
 
 def gripper_pose(approach: np.ndarray, closing: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """4 x 4 pose with z = `approach`, y = `closing` (both unit, orthogonal), x = y × z, at `origin`."""
+    (cx, cy, cz), (ax, ay, az) = (float(v) for v in closing), (float(v) for v in approach)
     pose = np.eye(4)
-    pose[:3, 0] = np.cross(closing, approach)
+    pose[:3, 0] = (cy * az - cz * ay, cz * ax - cx * az, cx * ay - cy * ax)   # np.cross, without its overhead
     pose[:3, 1], pose[:3, 2], pose[:3, 3] = closing, approach, origin
     return pose
 
@@ -112,6 +128,57 @@ class GraspPlanner:
             return 0
         return sum(self.occupancy.centres_in_box(pose, lo, hi) for lo, hi in self.finger_boxes(opening))
 
+    def finger_region(self, openings: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Return the finger boxes [O, 2, 2 (lo, hi), 3] of `openings` and the box (lo, hi) holding them all."""
+        boxes = np.array([self.finger_boxes(float(opening)) for opening in openings])
+        return boxes, (boxes[:, :, 0].reshape(-1, 3).min(axis=0), boxes[:, :, 1].reshape(-1, 3).max(axis=0))
+
+    def first_free_opening(self, pose: np.ndarray, openings: np.ndarray) -> Optional[float]:
+        """Return the first of `openings` at which `collisions` is 0, or None.
+
+        The narrowest opening is checked alone (it is usually free); when it is blocked, the occupied centres
+        around the fingers at every remaining opening are gathered and moved into the gripper frame once, and
+        each opening tests them against its own finger boxes, exactly as `collisions` would.
+        """
+        if len(openings) == 0:
+            return None
+        if self.occupancy is None:
+            return float(openings[0])
+        for part in (openings[:1], openings[1:]):
+            if len(part) == 0:
+                continue
+            boxes, (lo, hi) = self.finger_region(part)
+            local = self.occupancy.centres_near(pose, lo, hi)
+            if len(local) == 0:
+                return float(part[0])
+            inside = np.all((local >= boxes[:, :, 0, None, :] - 1e-9) & (local <= boxes[:, :, 1, None, :] + 1e-9),
+                            axis=-1)                                                       # [O, 2, K]
+            free = np.flatnonzero(~inside.any(axis=(1, 2)))
+            if len(free):
+                return float(part[free[0]])
+        return None
+
+    def _narrowest_free(self, tries: Sequence[Tuple[str, np.ndarray, np.ndarray]]) -> List[bool]:
+        """Tell for each (kind, pose, openings) whether its narrowest opening is free (`collisions` 0).
+
+        One gather of the occupancy around every candidate's fingers; each candidate then tests those centres in
+        its own frame.
+        """
+        if self.occupancy is None or not tries:
+            return [True] * len(tries)
+        regions = [self.finger_region(openings[:1]) for _, _, openings in tries]
+        corners = np.concatenate([box_corners(*region) @ pose[:3, :3].T + pose[:3, 3]
+                                  for (_, pose, _), (_, region) in zip(tries, regions)])
+        centres = self.occupancy.centres_around(corners.min(axis=0), corners.max(axis=0))
+        if len(centres) == 0:
+            return [True] * len(tries)
+        poses = np.array([pose for _, pose, _ in tries])
+        local = np.matmul(centres[None] - poses[:, None, :3, 3], poses[:, :3, :3])        # [T, K, 3]
+        boxes = np.array([boxes[0] for boxes, _ in regions])[:, :, :, None, :]             # [T, 2, lo/hi, 1, 3]
+        inside = np.all((local[:, None] >= boxes[:, :, 0] - 1e-9) & (local[:, None] <= boxes[:, :, 1] + 1e-9),
+                        axis=-1)                                                           # [T, 2, K]
+        return [bool(value) for value in ~inside.any(axis=(1, 2))]
+
     def _orientations(self, cluster: Cluster) -> List[Tuple[str, np.ndarray, np.ndarray, float, np.ndarray]]:
         """(approach kind, approach, closing, object extent across closing, fingertip point) per candidate."""
         g = self.config
@@ -138,21 +205,21 @@ class GraspPlanner:
         """Return the feasible candidates for one cluster, best first (at most ``max_per_cluster``), or why none."""
         g = self.config
         step = self.occupancy.voxel_size if self.occupancy is not None else g.margin
-        candidates, too_wide, blocked = [], [], 0
+        candidates, too_wide, blocked, tries = [], [], 0, []
         for kind, approach, closing, extent, point in self._orientations(cluster):
             needed = extent + g.margin
             if needed > g.max_opening:
                 too_wide.append(extent)
                 continue
-            closing = _canonical(closing)
-            pose = gripper_pose(approach, closing, point)
-            for opening in np.arange(needed, g.max_opening + 1e-9, step):
-                if self.collisions(pose, opening) == 0:
-                    score = APPROACH_PREFERENCE[kind] * (1 - opening / (2 * g.max_opening)) * cluster.relevancy
-                    candidates.append(Grasp(pose, float(opening), float(score), cluster_index, kind))
-                    break
-            else:
+            tries.append((kind, gripper_pose(approach, _canonical(closing), point),
+                          np.arange(needed, g.max_opening + 1e-9, step)))
+        for (kind, pose, openings), narrowest_free in zip(tries, self._narrowest_free(tries)):
+            opening = float(openings[0]) if narrowest_free else self.first_free_opening(pose, openings[1:])
+            if opening is None:
                 blocked += 1
+                continue
+            score = APPROACH_PREFERENCE[kind] * (1 - opening / (2 * g.max_opening)) * cluster.relevancy
+            candidates.append(Grasp(pose, float(opening), float(score), cluster_index, kind))
         candidates.sort(key=lambda grasp: -grasp.score)
         candidates = candidates[:g.max_per_cluster]
         if candidates:

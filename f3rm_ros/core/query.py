@@ -18,6 +18,7 @@ All outputs are in ``base_frame`` metres (the workspace's frame); nothing here i
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -37,6 +38,10 @@ from .voxels import MIN_COMPONENT_VOLUME, VoxelField, model_device
 FOUND, NOT_PRESENT = 'found', 'not_present'
 # The peak relevancy of a cluster: the mean of its most relevant voxels (one stray voxel is not a peak).
 PEAK_VOXELS = 10
+# Selections of at most this many voxels are clustered on the host even when the features live on a GPU: their
+# relevancy is on the host already (the heatmap needs it), and the GPU's label propagation pays a host sync every
+# few rounds, more than scipy takes for a few thousand voxels. Bigger selections are clustered on the GPU.
+HOST_CLUSTER_MAX_VOXELS = 20000
 
 
 @dataclass
@@ -150,6 +155,7 @@ class FieldQuerier:
         self.voxels = VoxelField(model, self.box, config.query, config.feature_field.feature_dim, lock,
                                  surface_only, min_component_volume)
         self.embeddings = PhraseEmbeddings(teacher, config.query.text_cache_size)
+        self._text_queries: 'OrderedDict[tuple, TextQuery]' = OrderedDict()   # whole queries, as `embeddings`
         self.grasp_planner = GraspPlanner(config.grasp)
 
     def invalidate(self) -> None:
@@ -171,17 +177,27 @@ class FieldQuerier:
         phrases = positive_phrases(positives)
         q = self.config.query
         negatives = check_phrases(q.negatives if negatives is None else negatives, 'negative')
-        query = embed_query(self.teacher, phrases, negatives, q.temperature, q.mode, self.embeddings)
+        key = (tuple(phrases), tuple(negatives), q.temperature, q.mode)
+        query = self._text_queries.get(key)
+        if query is None:
+            query = embed_query(self.teacher, phrases, negatives, q.temperature, q.mode, self.embeddings)
+        if q.text_cache_size:
+            self._text_queries[key] = query
+            self._text_queries.move_to_end(key)
+            while len(self._text_queries) > q.text_cache_size:
+                self._text_queries.popitem(last=False)
         return query, phrases, negatives
 
     def relevancy_of(self, query: TextQuery) -> torch.Tensor:
         """Relevancy [N] float32 of the cached voxels (call `prepare` first), on the features' device."""
-        features = self.voxels.features
+        features = self.voxels.unit_features()
         query = query.to(features.device)
-        chunk = self.config.query.chunk_size
+        chunk = self.voxels.chunk_size(features.device)
         with torch.no_grad():
-            return torch.cat([relevancy(features[start:start + chunk], query)
-                              for start in range(0, len(features), chunk)] or [features.new_zeros(0)])
+            if len(features) <= chunk:
+                return relevancy(features, query, normalized=True)
+            return torch.cat([relevancy(features[start:start + chunk], query, normalized=True)
+                              for start in range(0, len(features), chunk)])
 
     def query(self, positives: Union[str, Sequence[str]], negatives: Optional[Sequence[str]] = None,
               threshold: Optional[str] = None, threshold_value: Optional[float] = None,
@@ -255,9 +271,10 @@ class FieldQuerier:
         q = self.config.query
         chosen = np.flatnonzero(selected)
         link = link_voxels(q.cluster_eps, q.voxel_size)
-        if self.voxels.device_coords is not None and self.voxels.device_coords.is_cuda:
+        device_coords = self.voxels.device_coords
+        if device_coords is not None and device_coords.is_cuda and len(chosen) > HOST_CLUSTER_MAX_VOXELS:
             mask = torch.from_numpy(selected).to(values_device.device)
-            labels = components(self.voxels.device_coords[mask], link).cpu().numpy()
+            labels = components(device_coords[mask], link).cpu().numpy()
         else:
             labels = components(self.voxels.coords[chosen], link)
         groups = group_indices(labels, q.cluster_min_points)

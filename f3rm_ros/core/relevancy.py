@@ -7,7 +7,7 @@ which equals ``sigmoid((s_pos - s_neg) / T)``; with no negatives it is the plain
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -60,6 +60,7 @@ class TextQuery:
     negatives: Optional[torch.Tensor]      # [M, D] or None
     temperature: float = 0.1
     mode: str = 'pairwise_softmax'
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)   # device -> this query there
 
     @classmethod
     def from_embeddings(cls, positives: torch.Tensor, negatives: Optional[torch.Tensor] = None,
@@ -84,9 +85,14 @@ class TextQuery:
         return self.mode == 'pairwise_softmax' and self.negatives is not None
 
     def to(self, device) -> 'TextQuery':
-        """Return the same query on another device."""
-        negatives = None if self.negatives is None else self.negatives.to(device)
-        return TextQuery(self.positive.to(device), negatives, self.temperature, self.mode)
+        """Return the same query on another device (copied once per device, then kept: a cached query pays no copy)."""
+        device = torch.device(device)
+        if self.positive.device == device:
+            return self
+        if device not in self._copies:
+            negatives = None if self.negatives is None else self.negatives.to(device)
+            self._copies[device] = TextQuery(self.positive.to(device), negatives, self.temperature, self.mode)
+        return self._copies[device]
 
 
 class PhraseEmbeddings:
@@ -175,9 +181,14 @@ def select_threshold(values: np.ndarray, mode: str = 'otsu', percentile: float =
     return max(threshold, floor)
 
 
-def relevancy(features: torch.Tensor, query: TextQuery) -> torch.Tensor:
-    """Score features [..., D] → [...]: relevancy in [0, 1] (softmax mode) or cosine in [-1, 1]."""
-    features = F.normalize(features.float(), dim=-1)
+def relevancy(features: torch.Tensor, query: TextQuery, normalized: bool = False) -> torch.Tensor:
+    """Score features [..., D] → [...]: relevancy in [0, 1] (softmax mode) or cosine in [-1, 1].
+
+    `normalized` says the features are unit length already (`VoxelField.unit_features`): the same scores, without
+    normalising them again on every query.
+    """
+    if not normalized:
+        features = F.normalize(features.float(), dim=-1)
     positive_similarity = features @ query.positive.to(features.device)
     if not query.contrastive:
         return positive_similarity

@@ -32,18 +32,46 @@ MIN_COMPONENT_VOLUME = 8e-6
 # A grid larger than this is a mistyped voxel size, not a workspace (64 M voxels ≈ 1 GB of alpha and indices).
 MAX_VOXELS = 64 * 1024 * 1024
 FULL_CONNECTIVITY = np.ones((3, 3, 3), bool)
+# On a GPU a chunk holds at least this many points (the `gpu` preset's chunk, F3RM's 220k-voxel grid at once):
+# there the cost of a chunk is its fixed overhead, and ``query.chunk_size`` of a CPU preset would pay it many times.
+GPU_MIN_CHUNK = 262144
 
 
 @contextlib.contextmanager
 def eval_mode(model, lock=None):
-    """Hold `lock` (if any) and keep the model in eval mode, restoring its mode afterwards."""
+    """Hold `lock` (if any) and keep the model in eval mode, restoring its mode afterwards.
+
+    A model already in eval mode (a loaded checkpoint) is left alone: ``Module.train`` walks every submodule,
+    about 0.3 ms for nerfacto, paid twice per chunk otherwise.
+    """
     with (lock if lock is not None else contextlib.nullcontext()):
         was_training = model.training
-        model.eval()
+        if was_training:
+            model.eval()
         try:
             yield model
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train(True)
+
+
+def interior(occupied: np.ndarray) -> np.ndarray:
+    """Occupied voxels whose six face neighbours are all occupied (outside the grid counts as free).
+
+    The same as ``ndimage.binary_erosion(occupied, border_value=0)`` with its default cross, by slicing
+    (a tenth of the time).
+    """
+    out = np.zeros_like(occupied)
+    if min(occupied.shape) < 3:
+        return out
+    core = occupied[1:-1, 1:-1, 1:-1].copy()
+    for axis in range(3):
+        for lo in (0, 2):
+            index = [slice(1, -1)] * 3
+            index[axis] = slice(lo, lo + occupied.shape[axis] - 2)
+            core &= occupied[tuple(index)]
+    out[1:-1, 1:-1, 1:-1] = core
+    return out
 
 
 def model_device(model) -> torch.device:
@@ -80,10 +108,12 @@ class VoxelField:
         self.surface_only = surface_only
         self.min_component_volume = float(min_component_volume)
         self.grid = box.grid(config.voxel_size)              # [Nx, Ny, Nz, 3] base_frame
+        self._centres = self.grid.reshape(-1, 3).astype(np.float32)   # the heatmap's points come from here
         self._grid_field: Optional[torch.Tensor] = None
         self.occupancy: Optional[Occupancy] = None
         self.points = self.alpha = self.rgb = self.coords = None
         self.features: Optional[torch.Tensor] = None
+        self._unit_features: Optional[torch.Tensor] = None
         self.device_coords: Optional[torch.Tensor] = None
         # seconds of the last `prepare`: 'density' (grid), 'occupancy' (alpha, specks), 'features' (+ colour)
         self.timings: Dict[str, float] = {}
@@ -111,7 +141,14 @@ class VoxelField:
     def invalidate(self) -> None:
         """Forget the cached voxels: call after the model changed (training steps, a new checkpoint)."""
         self.points = self.alpha = self.rgb = self.coords = self.features = self.device_coords = None
+        self._unit_features = None
         self.occupancy = None
+
+    def unit_features(self) -> torch.Tensor:
+        """Return the cached features, each scaled to unit length (what relevancy compares), computed once per cache."""
+        if self._unit_features is None or len(self._unit_features) != len(self.features):
+            self._unit_features = torch.nn.functional.normalize(self.features.float(), dim=-1)
+        return self._unit_features
 
     # ---- field evaluation
 
@@ -132,11 +169,16 @@ class VoxelField:
             self._grid_field = torch.from_numpy(field_points).to(device)
         return self._grid_field
 
+    def chunk_size(self, device: torch.device) -> int:
+        """Points per model evaluation: ``query.chunk_size``, at least `GPU_MIN_CHUNK` on a GPU."""
+        chunk = int(self.config.chunk_size)
+        return max(chunk, GPU_MIN_CHUNK) if device.type == 'cuda' else chunk
+
     @torch.no_grad()
     def grid_alpha(self) -> np.ndarray:
         """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
         positions = self.grid_positions()
-        chunk = self.config.chunk_size
+        chunk = self.chunk_size(positions.device)
         density = torch.empty(len(positions), device=positions.device)
         for start in range(0, len(positions), chunk):
             with eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
@@ -147,7 +189,7 @@ class VoxelField:
     @torch.no_grad()
     def _features_and_colour(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks."""
-        chunk = self.config.chunk_size
+        chunk = self.chunk_size(positions.device)
         features = torch.empty((len(positions), self.feature_dim), device=positions.device)
         rgb = torch.empty((len(positions), 3), dtype=torch.uint8, device=positions.device)
         for start in range(0, len(positions), chunk):
@@ -189,8 +231,7 @@ class VoxelField:
         self.drop_specks(occupied)
         self.occupancy = Occupancy(occupied.copy(), self.box.min_xyz.copy(), self.config.voxel_size)
         if self.surface_only:
-            interior = ndimage.binary_erosion(occupied, border_value=0)  # all six neighbours occupied
-            occupied &= ~interior
+            occupied &= ~interior(occupied)                            # all six neighbours occupied
         index = np.flatnonzero(occupied.ravel())
         self.timings['occupancy'] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -199,10 +240,11 @@ class VoxelField:
         features, rgb = self._features_and_colour(positions[index_device])
         self.coords = np.stack(np.unravel_index(index, self.grid_shape), axis=-1).astype(np.int64)
         self.device_coords = torch.from_numpy(self.coords).to(positions.device)
-        self.points = self.grid.reshape(-1, 3)[index].astype(np.float32)
+        self.points = self._centres[index]
         self.alpha = alpha[index].astype(np.float32)
         self.rgb = rgb.cpu().numpy()
         self.features = features
+        self._unit_features = None
         self.timings['features'] = time.perf_counter() - mark
         seconds = time.perf_counter() - started
         log.debug('voxels: %d of %d occupied, %.2f s', len(index), self.num_voxels, seconds)
