@@ -11,7 +11,8 @@ command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
 # cmake, ninja-build, g++: building f3rm_ros_interfaces (the generated C/C++ code and Python extension).
-for pkg in libusb-1.0-0 libgl1 libgomp1 cmake ninja-build g++; do
+# iproute2: the two-computer DDS test (network namespaces joined by a veth pair).
+for pkg in libusb-1.0-0 libgl1 libgomp1 cmake ninja-build g++ iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,7 +22,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 stamp="$VENV/.f3rm_setup_stamp"
-want=$(cat requirements.txt requirements-nodeps.txt setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# requirements.txt includes -ml (the ML stack), -ros (the ROS 2 Kilted wheels) and -dev (tests, lint)
+want=$(cat requirements*.txt setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] $VENV is up to date"
 else
