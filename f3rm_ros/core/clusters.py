@@ -104,18 +104,35 @@ def link_voxels(cluster_eps: float, voxel_size: float) -> int:
     return max(1, int(round(cluster_eps / voxel_size)))
 
 
+# The host labels selected voxels on a dense grid over their bounding box up to this many cells (bool, 64 MB);
+# beyond it, pairs from a k-d tree.
+DENSE_MAX_CELLS = 64 * 1024 * 1024
+
+
 def host_components(coords: np.ndarray, link: int) -> np.ndarray:
     """Component label [N] of integer grid coordinates [N, 3], linked within Chebyshev distance `link`.
 
-    One link voxel is plain 26-connectivity (`ndimage.label`); longer links use a k-d tree's pairs.
+    Each voxel v covers the cells ``v + {0 .. link-1}³`` of a grid over the voxels' bounding box; two covers
+    touch or overlap (26-connected cells) exactly when their voxels are at most `link` apart along every axis,
+    so `ndimage.label` of the covers' union gives the components (one link voxel: plain 26-connectivity).
+    A bounding box over `DENSE_MAX_CELLS` cells uses a k-d tree's pairs instead.
     """
     if len(coords) == 0:
         return np.zeros(0, np.int64)
-    if link == 1:
-        lo = coords.min(axis=0)
-        local = coords - lo
-        mask = np.zeros(local.max(axis=0) + 1, bool)
+    coords = np.asarray(coords)
+    lo = coords.min(axis=0)
+    local = coords - lo
+    shape = local.max(axis=0) + link
+    if float(np.prod(shape.astype(np.float64))) <= DENSE_MAX_CELLS:
+        mask = np.zeros(shape, bool)
         mask[tuple(local.T)] = True
+        for axis in range(3):
+            grown = mask.copy()
+            for shift in range(1, link):
+                target, source = [slice(None)] * 3, [slice(None)] * 3
+                target[axis], source[axis] = slice(shift, None), slice(None, -shift)
+                grown[tuple(target)] |= mask[tuple(source)]
+            mask = grown
         labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
         return labels[tuple(local.T)].astype(np.int64) - 1
     pairs = cKDTree(coords).query_pairs(link + 0.5, p=np.inf, output_type='ndarray')

@@ -177,18 +177,39 @@ class VoxelField:
     @torch.no_grad()
     def grid_alpha(self) -> np.ndarray:
         """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
+        return self._grid_alpha(keep_embedding=False)[0]
+
+    @torch.no_grad()
+    def _grid_alpha(self, keep_embedding: bool) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
+        """(`grid_alpha`, nerfacto's density embedding of every voxel on the device, or None unless `keep_embedding`).
+
+        The embedding is what the colour head needs; kept, the occupied voxels' colour skips a second density pass.
+        """
         positions = self.grid_positions()
         chunk = self.chunk_size(positions.device)
         density = torch.empty(len(positions), device=positions.device)
+        embedding = None
         for start in range(0, len(positions), chunk):
+            part = positions[start:start + chunk]
             with eval_mode(self.model, self.lock):  # per chunk: a live trainer waits for one chunk at most
-                density[start:start + chunk] = self.model.density_at(positions[start:start + chunk])[..., 0].float()
+                if keep_embedding:
+                    values, part_embedding = self.model.field.get_density(self._ray_samples(part))
+                    if embedding is None:
+                        embedding = part_embedding.new_empty((len(positions), *part_embedding.shape[1:]))
+                    embedding[start:start + chunk] = part_embedding
+                else:
+                    values = self.model.density_at(part)
+            density[start:start + chunk] = values[..., 0].float()
         voxel_field = self.config.voxel_size * self.box.scale
-        return (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy()
+        return (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy(), embedding
 
     @torch.no_grad()
-    def _features_and_colour(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks."""
+    def _features_and_colour(self, positions: torch.Tensor, embedding: Optional[torch.Tensor] = None
+                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks.
+
+        `embedding`: the points' density embedding from the grid pass (else the density is evaluated again).
+        """
         chunk = self.chunk_size(positions.device)
         features = torch.empty((len(positions), self.feature_dim), device=positions.device)
         rgb = torch.empty((len(positions), 3), dtype=torch.uint8, device=positions.device)
@@ -196,8 +217,11 @@ class VoxelField:
             part = positions[start:start + chunk]
             samples = self._ray_samples(part)
             with eval_mode(self.model, self.lock):
-                _, embedding = self.model.field.get_density(samples)
-                colour = self.model.field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
+                if embedding is None:
+                    _, part_embedding = self.model.field.get_density(samples)
+                else:
+                    part_embedding = embedding[start:start + chunk]
+                colour = self.model.field.get_outputs(samples, density_embedding=part_embedding)[FieldHeadNames.RGB]
                 features[start:start + chunk] = self.model.features_at(part).float()
             rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte()
         return features, rgb
@@ -211,20 +235,25 @@ class VoxelField:
         min_voxels = int(np.ceil(self.min_component_volume / self.config.voxel_size ** 3 - 1e-9))
         if min_voxels <= 1 or not occupied.any():
             return
-        labels, _ = ndimage.label(occupied, structure=FULL_CONNECTIVITY)
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_voxels
+        # label the occupied voxels' bounding box only (a view: clearing it clears `occupied`)
+        box = tuple(slice(int(np.argmax(used)), len(used) - int(np.argmax(used[::-1])))
+                    for used in (occupied.any(axis=(1, 2)), occupied.any(axis=(0, 2)), occupied.any(axis=(0, 1))))
+        region = occupied[box]
+        labels, _ = ndimage.label(region, structure=FULL_CONNECTIVITY)
+        small = np.bincount(labels[region]) < min_voxels
         small[0] = False                                        # background
         if small.any():
             log.debug('dropping %d specks', int(small.sum()))
-            occupied[small[labels]] = False
+            region[small[labels]] = False
 
     def prepare(self) -> float:
         """Evaluate and cache the occupied voxels (density, features, colour) if needed; returns seconds."""
         if self.cached:
             return 0.0
         started = time.perf_counter()
-        alpha = self.grid_alpha()
+        # on a GPU the grid pass keeps the density embedding for the colour head (memory there is ample; a CPU
+        # recomputes it for the occupied voxels instead of holding it for the whole grid)
+        alpha, embedding = self._grid_alpha(keep_embedding=self.grid_positions().device.type == 'cuda')
         self.timings = {'density': time.perf_counter() - started}
         mark = time.perf_counter()
         occupied = (alpha >= self.config.alpha_threshold).reshape(self.grid_shape)
@@ -237,7 +266,9 @@ class VoxelField:
         mark = time.perf_counter()
         positions = self.grid_positions()
         index_device = torch.from_numpy(index).to(positions.device)
-        features, rgb = self._features_and_colour(positions[index_device])
+        features, rgb = self._features_and_colour(positions[index_device],
+                                                  None if embedding is None else embedding[index_device])
+        del embedding
         self.coords = np.stack(np.unravel_index(index, self.grid_shape), axis=-1).astype(np.int64)
         self.device_coords = torch.from_numpy(self.coords).to(positions.device)
         self.points = self._centres[index]

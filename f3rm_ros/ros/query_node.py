@@ -62,6 +62,7 @@ PARAMETERS = [
 ]
 CONFIG_SECTIONS = ('query', 'grasp')
 RUNTIME_SECTIONS = ('query', 'grasp')
+STOP_WAIT_S = 2.0  # how long a shutting-down node waits for a query in progress (s)
 
 
 class NoModel(RuntimeError):
@@ -324,7 +325,9 @@ class QueryNode(Node):
         with self._wake:
             self._stop = True
             self._wake.notify()
-        self.worker.join(60.0)  # a query in progress finishes first
+        # A query or picture in progress may finish within STOP_WAIT_S; after that the worker (a daemon) is left
+        # behind: ros2 launch sends SIGTERM 5 s after SIGINT, and its answer could not go out anyway.
+        self.worker.join(STOP_WAIT_S)
         return super().destroy_node()
 
 
