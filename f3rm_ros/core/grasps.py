@@ -128,56 +128,39 @@ class GraspPlanner:
             return 0
         return sum(self.occupancy.centres_in_box(pose, lo, hi) for lo, hi in self.finger_boxes(opening))
 
-    def finger_region(self, openings: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Return the finger boxes [O, 2, 2 (lo, hi), 3] of `openings` and the box (lo, hi) holding them all."""
-        boxes = np.array([self.finger_boxes(float(opening)) for opening in openings])
-        return boxes, (boxes[:, :, 0].reshape(-1, 3).min(axis=0), boxes[:, :, 1].reshape(-1, 3).max(axis=0))
-
     def first_free_opening(self, pose: np.ndarray, openings: np.ndarray) -> Optional[float]:
-        """Return the first of `openings` at which `collisions` is 0, or None.
+        """Return the first of `openings` at which `collisions` is 0, or None."""
+        return self.first_free_openings([pose], [openings])[0]
 
-        The narrowest opening is checked alone (it is usually free); when it is blocked, the occupied centres
-        around the fingers at every remaining opening are gathered and moved into the gripper frame once, and
-        each opening tests them against its own finger boxes, exactly as `collisions` would.
+    def first_free_openings(self, poses: Sequence[np.ndarray], openings: Sequence[np.ndarray]) -> List[Optional[float]]:
+        """For each pose, the first of its `openings` (ascending) at which `collisions` is 0, or None.
+
+        All at once: the occupied centres around every pose's fingers at its widest opening are gathered once,
+        moved into each gripper frame, and every opening tests them against its finger boxes (``|x| <= width / 2``,
+        ``-length <= z <= 0``, ``opening / 2 <= |y| <= opening / 2 + depth``, the same 1e-9 tolerance as
+        `collisions`).
         """
-        if len(openings) == 0:
-            return None
-        if self.occupancy is None:
-            return float(openings[0])
-        for part in (openings[:1], openings[1:]):
-            if len(part) == 0:
-                continue
-            boxes, (lo, hi) = self.finger_region(part)
-            local = self.occupancy.centres_near(pose, lo, hi)
-            if len(local) == 0:
-                return float(part[0])
-            inside = np.all((local >= boxes[:, :, 0, None, :] - 1e-9) & (local <= boxes[:, :, 1, None, :] + 1e-9),
-                            axis=-1)                                                       # [O, 2, K]
-            free = np.flatnonzero(~inside.any(axis=(1, 2)))
-            if len(free):
-                return float(part[free[0]])
-        return None
-
-    def _narrowest_free(self, tries: Sequence[Tuple[str, np.ndarray, np.ndarray]]) -> List[bool]:
-        """Tell for each (kind, pose, openings) whether its narrowest opening is free (`collisions` 0).
-
-        One gather of the occupancy around every candidate's fingers; each candidate then tests those centres in
-        its own frame.
-        """
-        if self.occupancy is None or not tries:
-            return [True] * len(tries)
-        regions = [self.finger_region(openings[:1]) for _, _, openings in tries]
-        corners = np.concatenate([box_corners(*region) @ pose[:3, :3].T + pose[:3, 3]
-                                  for (_, pose, _), (_, region) in zip(tries, regions)])
+        if self.occupancy is None or not any(len(o) for o in openings):
+            return [float(o[0]) if len(o) else None for o in openings]
+        g = self.config
+        reach = max((float(o[-1]) for o in openings if len(o)), default=0.0) / 2 + g.finger_depth
+        lo = np.array([-g.finger_width / 2, -reach, -g.finger_length])
+        hi = np.array([g.finger_width / 2, reach, 0.0])
+        corners = np.concatenate([box_corners(lo, hi) @ pose[:3, :3].T + pose[:3, 3] for pose in poses])
         centres = self.occupancy.centres_around(corners.min(axis=0), corners.max(axis=0))
         if len(centres) == 0:
-            return [True] * len(tries)
-        poses = np.array([pose for _, pose, _ in tries])
-        local = np.matmul(centres[None] - poses[:, None, :3, 3], poses[:, :3, :3])        # [T, K, 3]
-        boxes = np.array([boxes[0] for boxes, _ in regions])[:, :, :, None, :]             # [T, 2, lo/hi, 1, 3]
-        inside = np.all((local[:, None] >= boxes[:, :, 0] - 1e-9) & (local[:, None] <= boxes[:, :, 1] + 1e-9),
-                        axis=-1)                                                           # [T, 2, K]
-        return [bool(value) for value in ~inside.any(axis=(1, 2))]
+            return [float(o[0]) if len(o) else None for o in openings]
+        local = np.stack([(centres - pose[:3, 3]) @ pose[:3, :3] for pose in poses])             # [T, K, 3]
+        beside = ((np.abs(local[..., 0]) <= g.finger_width / 2 + 1e-9) & (local[..., 2] >= -g.finger_length - 1e-9)
+                  & (local[..., 2] <= 1e-9))
+        across = np.where(beside, np.abs(local[..., 1]), np.inf)[:, None, :]                     # [T, 1, K]
+        half = np.full((len(poses), max(len(o) for o in openings)), np.nan)
+        for row, o in zip(half, openings):
+            row[:len(o)] = np.asarray(o, dtype=np.float64) / 2
+        hit = (across >= half[:, :, None] - 1e-9) & (across <= half[:, :, None] + g.finger_depth + 1e-9)
+        free = ~hit.any(axis=-1) & ~np.isnan(half)                                              # [T, O]
+        first = np.argmax(free, axis=1)
+        return [float(o[i]) if ok else None for o, i, ok in zip(openings, first, free[np.arange(len(poses)), first])]
 
     def _orientations(self, cluster: Cluster) -> List[Tuple[str, np.ndarray, np.ndarray, float, np.ndarray]]:
         """(approach kind, approach, closing, object extent across closing, fingertip point) per candidate."""
@@ -213,8 +196,8 @@ class GraspPlanner:
                 continue
             tries.append((kind, gripper_pose(approach, _canonical(closing), point),
                           np.arange(needed, g.max_opening + 1e-9, step)))
-        for (kind, pose, openings), narrowest_free in zip(tries, self._narrowest_free(tries)):
-            opening = float(openings[0]) if narrowest_free else self.first_free_opening(pose, openings[1:])
+        free = self.first_free_openings([pose for _, pose, _ in tries], [openings for _, _, openings in tries])
+        for (kind, pose, _), opening in zip(tries, free):
             if opening is None:
                 blocked += 1
                 continue

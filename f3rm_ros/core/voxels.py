@@ -7,11 +7,17 @@ features and colour (nerfacto's RGB seen from straight above, average appearance
 once and cached until `VoxelField.invalidate` (the model changed). Everything is evaluated in chunks of
 ``query.chunk_size`` points under ``no_grad``: bounded memory on a CPU, large batches on a GPU. Features stay
 on the model's device; the host gets the alpha grid once per model and the kept voxels' points and colour.
+
+On a GPU a cold evaluation is bound by launching a few hundred small kernels from Python, not by the GPU's work:
+there the grid's density pass and the occupied voxels' features and colour (padded to a power-of-two size)
+replay from CUDA graphs (`FieldGraphs`), captured on first use per model; ``F3RM_FAST=0`` or a failed capture
+falls back to the eager evaluation (the same kernels).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from typing import Dict, Optional, Tuple
 
@@ -74,6 +80,85 @@ def interior(occupied: np.ndarray) -> np.ndarray:
     return out
 
 
+def graphs_enabled() -> bool:
+    """Tell whether voxel evaluation may replay CUDA graphs (CUDA present, ``F3RM_FAST`` not 0)."""
+    if os.environ.get('F3RM_FAST', '1').strip().lower() in ('0', 'false', 'no', 'off'):
+        return False
+    return torch.cuda.is_available()
+
+
+class FieldGraphs:
+    """CUDA graphs of a `VoxelField`'s evaluation.
+
+    One graph evaluates the whole grid's density pass; one per point-count bucket (powers of two from
+    `MIN_BUCKET`) the features and colour of gathered points.
+
+    Graphs read the model's parameters in place (training steps and ``load_state_dict`` update them there) and
+    write static output buffers; the caller copies what it keeps. Captured with ``capture_error_mode=
+    'thread_local'``: a trainer may keep using the GPU from its own thread.
+    """
+
+    MIN_BUCKET = 1024
+    WARMUP = 2
+
+    def __init__(self, voxels: 'VoxelField'):
+        self.voxels = voxels
+        self.pool = None
+        self.stream: Optional[torch.cuda.Stream] = None
+        self.density: Optional[Tuple[torch.cuda.CUDAGraph, Tuple[torch.Tensor, torch.Tensor]]] = None
+        self.features: Dict[int, Tuple[torch.cuda.CUDAGraph, Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]] = {}
+
+    def _capture(self, function):
+        """Warm `function` up on a side stream, then capture it; returns (graph, its outputs)."""
+        device = self.voxels.grid_positions().device
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=device)
+        self.stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self.stream):
+            for _ in range(self.WARMUP):
+                function()
+        torch.cuda.current_stream(device).wait_stream(self.stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
+            outputs = function()
+        self.pool = graph.pool()
+        return graph, outputs
+
+    def grid(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Replay the density pass: (alpha [N], density embedding [N, E]) of every grid voxel, static buffers."""
+        v = self.voxels
+        if self.density is None:
+            positions = v.grid_positions()
+            samples = v._ray_samples(positions)
+            with eval_mode(v.model, v.lock):
+                self.density = self._capture(lambda: v._density_pass(positions, samples))
+            log.info('voxels: captured the density pass over %d voxels as a CUDA graph', len(positions))
+        graph, outputs = self.density
+        with (v.lock if v.lock is not None else contextlib.nullcontext()):
+            graph.replay()
+        return outputs
+
+    def points(self, positions: torch.Tensor, embedding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Replay features and colour of `positions` [n, 3] with their density `embedding`: (features, rgb) views."""
+        v = self.voxels
+        count = len(positions)
+        bucket = max(self.MIN_BUCKET, 1 << max(0, count - 1).bit_length())
+        if bucket not in self.features:
+            inputs = (torch.zeros((bucket, 3), device=positions.device),
+                      torch.zeros((bucket, *embedding.shape[1:]), dtype=embedding.dtype, device=positions.device))
+            samples = v._ray_samples(inputs[0])
+            with eval_mode(v.model, v.lock):
+                graph, outputs = self._capture(lambda: v._features_pass(inputs[0], samples, inputs[1]))
+            self.features[bucket] = (graph, inputs, outputs)
+            log.info('voxels: captured the features of %d points as a CUDA graph', bucket)
+        graph, inputs, outputs = self.features[bucket]
+        inputs[0][:count] = positions
+        inputs[1][:count] = embedding
+        with (v.lock if v.lock is not None else contextlib.nullcontext()):
+            graph.replay()
+        return outputs[0][:count], outputs[1][:count]
+
+
 def model_device(model) -> torch.device:
     """Return the device of the model's parameters."""
     return next(model.parameters()).device
@@ -114,6 +199,8 @@ class VoxelField:
         self.points = self.alpha = self.rgb = self.coords = None
         self.features: Optional[torch.Tensor] = None
         self._unit_features: Optional[torch.Tensor] = None
+        self.use_graphs = True                      # False: evaluate eagerly on a GPU too
+        self._field_graphs: Optional[FieldGraphs] = None
         self.device_coords: Optional[torch.Tensor] = None
         # seconds of the last `prepare`: 'density' (grid), 'occupancy' (alpha, specks), 'features' (+ colour)
         self.timings: Dict[str, float] = {}
@@ -179,6 +266,32 @@ class VoxelField:
         """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
         return self._grid_alpha(keep_embedding=False)[0]
 
+    def _alpha(self, density: torch.Tensor) -> torch.Tensor:
+        """Return the opacity of voxels of `density` (field units)."""
+        return 1.0 - torch.exp(-density.clamp(min=0.0) * (self.config.voxel_size * self.box.scale))
+
+    @torch.no_grad()
+    def _density_pass(self, positions: torch.Tensor, samples: RaySamples) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(alpha [N], density embedding [N, E]) of `positions` and their `samples`, in chunks (model in eval mode)."""
+        chunk = self.chunk_size(positions.device)
+        alpha = torch.empty(len(positions), device=positions.device)
+        embedding = None
+        for start in range(0, len(positions), chunk):
+            values, part = self.model.field.get_density(samples[start:start + chunk])
+            if embedding is None:
+                embedding = part.new_empty((len(positions), *part.shape[1:]))
+            embedding[start:start + chunk] = part
+            alpha[start:start + chunk] = self._alpha(values[..., 0].float())
+        return alpha, embedding
+
+    @torch.no_grad()
+    def _features_pass(self, positions: torch.Tensor, samples: RaySamples,
+                       embedding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, D] float32, RGB [N, 3] uint8) of `positions` with their samples and density embedding."""
+        colour = self.model.field.get_outputs(samples, density_embedding=embedding)[FieldHeadNames.RGB]
+        features = self.model.features_at(positions).float()
+        return features, (colour.float().clamp(0, 1) * 255 + 0.5).byte()
+
     @torch.no_grad()
     def _grid_alpha(self, keep_embedding: bool) -> Tuple[np.ndarray, Optional[torch.Tensor]]:
         """(`grid_alpha`, nerfacto's density embedding of every voxel on the device, or None unless `keep_embedding`).
@@ -200,8 +313,7 @@ class VoxelField:
                 else:
                     values = self.model.density_at(part)
             density[start:start + chunk] = values[..., 0].float()
-        voxel_field = self.config.voxel_size * self.box.scale
-        return (1.0 - torch.exp(-density.clamp(min=0.0) * voxel_field)).cpu().numpy(), embedding
+        return self._alpha(density).cpu().numpy(), embedding
 
     @torch.no_grad()
     def _features_and_colour(self, positions: torch.Tensor, embedding: Optional[torch.Tensor] = None
@@ -221,10 +333,22 @@ class VoxelField:
                     _, part_embedding = self.model.field.get_density(samples)
                 else:
                     part_embedding = embedding[start:start + chunk]
-                colour = self.model.field.get_outputs(samples, density_embedding=part_embedding)[FieldHeadNames.RGB]
-                features[start:start + chunk] = self.model.features_at(part).float()
-            rgb[start:start + chunk] = (colour.float().clamp(0, 1) * 255 + 0.5).byte()
+                features[start:start + chunk], rgb[start:start + chunk] = self._features_pass(part, samples,
+                                                                                              part_embedding)
         return features, rgb
+
+    def _graphs(self, device: torch.device) -> Optional[FieldGraphs]:
+        """Return the CUDA graphs of this field, or None (a CPU, graphs disabled, or a capture that failed once)."""
+        if device.type != 'cuda' or not self.use_graphs or not graphs_enabled():
+            return None
+        if self._field_graphs is None:
+            self._field_graphs = FieldGraphs(self)
+        return self._field_graphs
+
+    def _graph_failed(self, error: Exception) -> None:
+        log.warning('voxels: CUDA-graph evaluation failed (%s); evaluating eagerly from now on', error)
+        self.use_graphs = False
+        self._field_graphs = None
 
     def drop_specks(self, occupied: np.ndarray) -> None:
         """Clear (in place) connected groups of occupied voxels smaller than `min_component_volume`.
@@ -251,9 +375,18 @@ class VoxelField:
         if self.cached:
             return 0.0
         started = time.perf_counter()
-        # on a GPU the grid pass keeps the density embedding for the colour head (memory there is ample; a CPU
-        # recomputes it for the occupied voxels instead of holding it for the whole grid)
-        alpha, embedding = self._grid_alpha(keep_embedding=self.grid_positions().device.type == 'cuda')
+        positions = self.grid_positions()
+        graphs = self._graphs(positions.device)
+        if graphs is not None:
+            try:
+                alpha_device, embedding = graphs.grid()
+                alpha = alpha_device.cpu().numpy()
+            except RuntimeError as error:   # a capture that fails (an unsupported op) leaves the eager path
+                graphs = self._graph_failed(error)
+        if graphs is None:
+            # on a GPU the grid pass keeps the density embedding for the colour head (memory there is ample; a
+            # CPU recomputes it for the occupied voxels instead of holding it for the whole grid)
+            alpha, embedding = self._grid_alpha(keep_embedding=positions.device.type == 'cuda')
         self.timings = {'density': time.perf_counter() - started}
         mark = time.perf_counter()
         occupied = (alpha >= self.config.alpha_threshold).reshape(self.grid_shape)
@@ -264,15 +397,25 @@ class VoxelField:
         index = np.flatnonzero(occupied.ravel())
         self.timings['occupancy'] = time.perf_counter() - mark
         mark = time.perf_counter()
-        positions = self.grid_positions()
         index_device = torch.from_numpy(index).to(positions.device)
-        features, rgb = self._features_and_colour(positions[index_device],
-                                                  None if embedding is None else embedding[index_device])
+        features = None
+        if graphs is not None and len(index):
+            try:
+                features, rgb = graphs.points(positions[index_device], embedding[index_device])
+                features = features.clone()
+            except RuntimeError as error:
+                self._graph_failed(error)
+                features = None
+        if features is None:
+            features, rgb = self._features_and_colour(positions[index_device],
+                                                      None if embedding is None else embedding[index_device])
         del embedding
+        # host work while the GPU evaluates; the grid coordinates on the device come from the index there
         self.coords = np.stack(np.unravel_index(index, self.grid_shape), axis=-1).astype(np.int64)
-        self.device_coords = torch.from_numpy(self.coords).to(positions.device)
         self.points = self._centres[index]
         self.alpha = alpha[index].astype(np.float32)
+        ny, nz = self.grid_shape[1:]
+        self.device_coords = torch.stack((index_device // (ny * nz), (index_device // nz) % ny, index_device % nz), -1)
         self.rgb = rgb.cpu().numpy()
         self.features = features
         self._unit_features = None
