@@ -1,9 +1,10 @@
 """Launch files and the shared YAML are valid for a real ROS 2 install, checked without starting ROS.
 
-`launch` / `launch_ros` have no pip wheels: the files are compiled and parsed. Every executable a launch
-file names must be a console script of setup.py pointing at a node module, and every parameter it passes
-(inline dicts, and the node sections of config/f3rm.yaml) must be one that node declares. Where `launch`
-imports, the descriptions are also built.
+The files are compiled and parsed: every executable a launch file names must be a console script of
+setup.py pointing at a node module, and every parameter it passes (inline dicts, and the node sections of
+config/f3rm.yaml) must be one that node declares. The descriptions are also built and their DDS actions
+evaluated with the real launch library (a ROS install's, else ../shared/vendor/ros2_launch: launch and
+launch_ros have no pip wheels). test_workspace_build.py runs both files for real from a colcon install.
 """
 import ast
 import importlib
@@ -115,15 +116,61 @@ def test_rviz_config_shows_the_heatmap_by_similarity():
     assert {'/query/markers', '/query/grasp_candidates', '/capture/keyframe/image'} <= topics
 
 
-@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_description_builds_where_launch_imports(path, monkeypatch):
-    pytest.importorskip('launch')
-    pytest.importorskip('launch_ros')
+def load_description(path, monkeypatch):
+    """generate_launch_description() of a launch file, its share folder faked as the source tree."""
     import importlib.util
 
     import ament_index_python.packages as packages
+    from launch_support import import_launch
+    import_launch()
     monkeypatch.setattr(packages, 'get_package_share_directory', lambda name: str(ROOT))
     spec = importlib.util.spec_from_file_location('launch_under_test', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.generate_launch_description().entities
+    return module.generate_launch_description()
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_description_builds_with_the_real_launch_library(path, monkeypatch):
+    description = load_description(path, monkeypatch)
+    assert description.entities
+    arguments = {a.name: a for a in description.get_launch_arguments()}
+    assert {'localhost_only', 'rviz', 'params_file'} <= set(arguments)
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize('localhost_only', ['false', 'true'])
+def test_localhost_only_sets_both_dds_variables_before_any_process(path, localhost_only, monkeypatch):
+    """Default: the environment's DDS settings stay. localhost_only:=true: both variables, logged, for RViz too."""
+    from launch_support import import_launch
+    launch, launch_ros = import_launch()
+    from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'SUBNET')
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/etc/robot_profile.xml')
+    description = load_description(path, monkeypatch)
+    context = launch.LaunchContext()
+    context.launch_configurations.update({'localhost_only': localhost_only, 'checkpoint': 'x.ckpt'})
+    logged, first_process = [], None
+    for index, entity in enumerate(description.entities):
+        if isinstance(entity, launch_ros.actions.Node):
+            first_process = index if first_process is None else first_process
+            continue
+        if isinstance(entity, DeclareLaunchArgument) or not (
+                entity.condition is None or entity.condition.evaluate(context)):
+            continue
+        if isinstance(entity, SetEnvironmentVariable):
+            assert first_process is None, 'DDS variables must be set before the first process starts'
+            entity.visit(context)  # launch's context environment is the launch process's (inherited)
+        elif isinstance(entity, LogInfo):
+            logged.append(''.join(s.perform(context) for s in entity.msg))
+    env = context.environment
+    if localhost_only == 'true':
+        assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+        assert env['FASTDDS_DEFAULT_PROFILES_FILE'] == str(ROOT / 'config' / 'fastdds_localhost.xml')
+        assert any('localhost_only' in line and 'LOCALHOST' in line for line in logged), logged
+    else:
+        assert env['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'SUBNET'
+        assert env['FASTDDS_DEFAULT_PROFILES_FILE'] == '/etc/robot_profile.xml'
+        assert not logged
+    text = path.read_text()
+    assert "executable='rviz2'" in text  # RViz is one of the processes started after the variables

@@ -90,8 +90,13 @@ def interrupts_ignored(restore: bool = True):
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
-def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None) -> int:
-    """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it (`threads`: see spin_nodes)."""
+def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+              exit_when_done: bool = True) -> int:
+    """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it (`threads`: see spin_nodes).
+
+    After a clean stop the process ends at once with exit code 0 (`exit_now`), unless `exit_when_done` is
+    false; a node that cannot start returns 2.
+    """
     import rclpy
     init_ros(args if args is not None else sys.argv)
     try:
@@ -103,21 +108,39 @@ def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, 
     except KeyboardInterrupt:  # stopped while starting (launch's SIGINT): nothing to save yet
         with interrupts_ignored(restore=False):
             rclpy.try_shutdown()
+        if exit_when_done:
+            exit_now(0)
         return 0
-    spin_nodes([node], threads, exiting=True)
-    _fast_exit()
+    spin_nodes([node], threads, exiting=exit_when_done)
+    if exit_when_done:
+        exit_now(0)
     return 0
 
 
-def _fast_exit() -> None:
-    """Skip the interpreter's last garbage collection: with torch loaded it takes 1-2.5 s on a small CPU.
+def exit_now(code: int = 0) -> None:
+    """End a node process whose clean-up is done: ROS context destroyed, logs flushed, then ``os._exit(code)``.
 
-    Everything that matters is done (nodes destroyed, checkpoint written, ROS shut down); a node must end
-    within ``ros2 launch``'s 5 s SIGINT timeout. Exit handlers and stream flushing still run.
+    The interpreter's own teardown is skipped on purpose. A daemon thread still inside C++ code (a query or
+    picture in progress, a CLIP model still loading) aborts the process during that teardown ("terminate
+    called without an active exception", exit -6, which ``ros2 launch`` reports as a crash), and the final
+    garbage collection with torch loaded takes 1-2.5 s of the 5 s launch grants after SIGINT. Everything that
+    matters was done explicitly before: nodes destroyed (the trainer's last checkpoint written and fsynced),
+    the DDS participant removed (peers see the node leave), stdout/stderr and logging flushed.
     """
-    import gc
-    gc.disable()
-    gc.freeze()
+    import logging
+
+    import rclpy
+    try:
+        rclpy.utilities.get_default_context().destroy()
+    except Exception as error:  # already gone or never made: nothing to release
+        print(f'[f3rm_ros] ROS context not destroyed: {error}', file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def packaged_file(relative: str) -> Path:
