@@ -308,6 +308,8 @@ class QueryNode(Node):
             pixels = (np.clip(picture, 0, 1) * 255 + 0.5).astype(np.uint8)
             self.pub_image.publish(conv.rgb_to_image(pixels, header.stamp, 'f3rm_overview_optical_frame'))
         except Exception as error:  # a picture is a nicety: report, keep serving
+            if self._stop:  # shutting down: the publisher is gone, nobody is waiting for the picture
+                return
             self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
 
     def _publish_status(self) -> None:
