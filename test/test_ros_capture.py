@@ -170,15 +170,20 @@ def test_resume_continues_the_scan_and_clear_forgets_it(tmp_path):
     s.set_label_names({1: 'mug'})
     for i in range(3):
         offer(s, 1.0 + i / 10, x=0.2 * i)
-    again = session(tmp_path)                                        # a restarted capture node
+    again = session(tmp_path, resume=True)                           # a restarted capture node, resume:=true
     assert again.num_keyframes == 3 and again.resumed == 3 and again.label_names == {1: 'mug'}
+    assert again.scan_id == s.scan_id and again.scan_size == (W, H)
     assert offer(again, 1.25, x=0.41)[0].kind == 'moved_too_little'  # measured from the last kept keyframe
     assert offer(again, 1.3, x=0.6)[0].index == 3
     assert len(read_dataset(tmp_path / 'scan')) == 4
-    assert again.clear() == 'cleared 4 keyframes'
-    assert json.loads((tmp_path / 'scan' / 'transforms.json').read_text())['frames'] == []
-    fresh = session(tmp_path, resume=False)
-    assert fresh.num_keyframes == 0
+    message = again.clear()
+    assert message == f'new scan {again.scan_id}: cleared 4 keyframes' and again.scan_id != s.scan_id
+    meta = json.loads((tmp_path / 'scan' / 'transforms.json').read_text())
+    assert meta['frames'] == [] and meta['scan_id'] == again.scan_id
+    for i in range(2):
+        offer(again, 2.0 + i / 10, x=0.2 * i)
+    fresh = session(tmp_path)                                        # a new launch: a new scan by default
+    assert fresh.num_keyframes == 0 and fresh.scan_id != again.scan_id
 
 
 def test_stop_and_start():
@@ -256,10 +261,11 @@ def test_session_resumes_every_keyframe_of_the_dataset(tmp_path):
         c.add_pose(1.0 + i, pose(0.2 * i))
         c.add_aux('labels', 1.0 + i, lambda: np.ones((H, W), np.uint16))
         c.add_image(1.0 + i, W, H, textured)
-    s = OnlineSession(make_config('cpu-tiny'), SessionSettings(dataset_dir=str(tmp_path / 'scan'),
+    s = OnlineSession(make_config('cpu-tiny'), SessionSettings(dataset_dir=str(tmp_path / 'scan'), resume=True,
                                                                checkpoint_dir=str(tmp_path / 'ckpt')))
     summary = s.resume_from_disk()
-    assert summary == {'frames': 4, 'checkpoint': ''} and s.labels == {1: 'mug'}
+    assert summary == {'frames': 4, 'checkpoint': '', 'scan_id': c.scan_id, 'previous': ''}
+    assert s.labels == {1: 'mug'} and s.scan_id == c.scan_id
     assert not s.add_frame(read_dataset(tmp_path / 'scan')[2])[0]  # the topic's copy of a resumed frame
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseArray
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import String
@@ -29,6 +28,7 @@ from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.testing import RosProbe, subprocess_env
+from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
@@ -48,6 +48,7 @@ def write_params(path: Path, work: Path, dataset: Path, steps: int = STEPS) -> P
     params = {
         '/**': {'ros__parameters': {
             'preset': 'cpu-tiny', 'dataset_dir': str(work / 'scan'), 'checkpoint_dir': str(work / 'ckpt'),
+            'resume': True,  # a restarted trainer continues the scan (a new launch would start a new one)
             'trainer': {'steps': steps, 'checkpoint_every': 20, 'eval_every': 0},
         }},
         'capture': {'ros__parameters': {'min_interval_s': 0.0, 'min_sharpness': 0.0, 'status_rate_hz': 5.0}},
@@ -74,8 +75,9 @@ class Processes:
         return proc
 
     def node(self, name: str, params: Path, tag: str = '') -> subprocess.Popen:
-        return self.start(name, ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args', '--params-file', str(params)],
-                          tag)
+        remaps = {'trainer': trainer_remaps(), 'query': query_remaps()}.get(name, [])
+        return self.start(name, ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args', '--params-file', str(params),
+                                 *remap_arguments(remaps)], tag)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -124,9 +126,9 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
     params = write_params(tmp_path / 'params.yaml', tmp_path, dataset)
     procs = Processes(subprocess_env(probe.domain_id), tmp_path / 'logs')
     try:
-        capture_status = probe.subscribe(DiagnosticStatus, '/capture/status')
-        trainer_status = probe.subscribe(DiagnosticStatus, '/trainer/status')
-        replay_status = probe.subscribe(DiagnosticStatus, '/replay/status')
+        capture_status = probe.status('/capture')
+        trainer_status = probe.status('/trainer')
+        replay_status = probe.status('/replay')
         heatmaps = probe.subscribe(PointCloud2, '/query/heatmap', latched_qos())
         markers = probe.subscribe(MarkerArray, '/query/markers', latched_qos())
         grasps = probe.subscribe(PoseArray, '/query/grasp_candidates', latched_qos())
@@ -140,8 +142,8 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
         status(trainer_status, lambda v: int(v['step']) >= 21, 120, 'a checkpoint after step 20')
         procs.procs['trainer'].kill()
         procs.procs['trainer'].wait(10)
-        import torch
-        killed_at = torch.load(tmp_path / 'ckpt' / 'latest.ckpt', map_location='cpu', weights_only=False)['step']
+        from f3rm_ros.core.trainer import read_checkpoint
+        killed_at = read_checkpoint(tmp_path / 'ckpt' / 'latest.ckpt')['step']
         assert killed_at >= 20
 
         # The scan goes on without a trainer: these keyframes reach it only through the dataset folder.

@@ -7,9 +7,11 @@ never loses a frame that was already kept, and a restarted process can resume fr
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,19 +136,34 @@ class FrameStore:
         return np.array([f.T_base_optical for f in self.snapshot()]).reshape(-1, 4, 4)
 
 
+def _space_note(folder: Path) -> str:
+    """Say how much room is left where a write failed: ': disk full (0.0 MB free)' or ' (12.3 MB free there)'."""
+    try:
+        free = shutil.disk_usage(folder).free / 1e6
+    except OSError:
+        return ''
+    return f': disk full ({free:.1f} MB free)' if free < 1.0 else f' ({free:.1f} MB free there)'
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w') as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f'could not write {path}: {error.strerror or error}'
+                      f'{_space_note(path.parent)}') from error
 
 
 def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
     tmp = path.with_name('.tmp-' + path.name)
     if not cv2.imwrite(str(tmp), image):
-        raise OSError(f'could not write {path}')
+        tmp.unlink(missing_ok=True)
+        raise OSError(errno.EIO, f'could not write {path}{_space_note(path.parent)}')
     os.replace(tmp, path)
 
 
@@ -190,7 +207,11 @@ class DatasetWriter:
             entry['label_file_path'] = f'labels/{name}.png'
             _atomic_imwrite(self.root / entry['label_file_path'], frame.labels.astype(np.uint16))
         self.meta['frames'].append(entry)
-        self._flush()
+        try:
+            self._flush()
+        except OSError:  # not published: forget it, so the next append (space back) writes a clean entry
+            self.meta['frames'].pop()
+            raise
 
     def clear(self) -> None:
         """Drop every frame from transforms.json (files are left for inspection)."""

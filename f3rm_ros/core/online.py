@@ -29,6 +29,8 @@ STAMP_TOLERANCE_S = 1e-5
 # The periodic held-out PSNR of a live session renders views at most this big (full 640x480 views take about a
 # minute on a 2-core CPU and stall training meanwhile).
 EVAL_MAX_PIXELS = 160 * 120
+# After a failed checkpoint write (e.g. disk full) the training loop tries again after this long.
+WRITE_RETRY_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------------- assembly
@@ -110,12 +112,16 @@ class SessionSettings:
     """How the background training runs (the trainer node's own parameters)."""
 
     min_frames: int = 5              # keyframes before training starts
-    dataset_dir: str = ''            # resume from this scan folder at start-up ('' = none)
+    dataset_dir: str = ''            # the capture's scan folder (read at start-up only with `resume`)
     checkpoint_dir: str = ''         # where latest.ckpt goes ('' = no checkpoints)
-    resume: bool = True              # load checkpoint_dir/latest.ckpt when it exists
+    # continue the scan in dataset_dir and checkpoint_dir/latest.ckpt; False (a new scan) keeps an old
+    # latest.ckpt as previous.ckpt
+    resume: bool = False
     teacher_choice: str = 'auto'     # auto | clip | labels (see teachers.choose_teacher)
+    allow_random_teacher: bool = False  # distil random-weight CLIP (not semantic) rather than refuse it
     steps_per_new_frame: int = 20    # after the step budget is spent, train this much more per new keyframe
     stats_every: int = 5             # read losses back from the device every N steps
+    stall_timeout_s: float = 120.0   # health() says ERROR after this long without a step while it should train
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -125,6 +131,8 @@ class SessionSettings:
             raise ValueError(f"teacher_choice must be auto, clip or labels, got {self.teacher_choice!r}")
         if int(self.steps_per_new_frame) < 0 or int(self.stats_every) < 1:
             raise ValueError('steps_per_new_frame must be >= 0 and stats_every >= 1')
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f'stall_timeout_s must be > 0, got {self.stall_timeout_s}')
 
 
 class OnlineSession:
@@ -141,6 +149,7 @@ class OnlineSession:
         settings.validate()
         self.config = config
         self.settings = settings
+        self.config_teacher_asked = config.teacher.name   # choose_teacher rewrites config.teacher.name
         self.on_checkpoint = on_checkpoint
         self.store = FrameStore(config.trainer.capacity)
         self.labels: Optional[Dict[int, str]] = dict(labels) if labels else None
@@ -166,6 +175,13 @@ class OnlineSession:
         self._saved_step = -1
         self._checkpoint_pending: Optional[Path] = None
         self._save_lock = threading.Lock()      # one checkpoint write at a time (training thread, service, stop)
+        self.scan_id = ''                       # the scan the keyframes belong to ('' = not known yet)
+        self._after_reset: List[PosedFrame] = []   # keyframes that arrived while a reset was pending
+        self.checkpoint_problem = ''            # a checkpoint refused at start-up (until the next good save)
+        self.write_error = ''                   # the last checkpoint write failed (until one succeeds)
+        self._write_failed_at = 0.0
+        self.teacher_warning = ''               # the teacher is not what was asked for, or not semantic
+        self._progress = time.monotonic()       # last step / build / sync end (stall detection)
         self.model_version = 0                  # bumps whenever the model's weights change
 
     # ------------------------------------------------------------------------------------------ paths
@@ -182,6 +198,10 @@ class OnlineSession:
     def add_frame(self, frame: PosedFrame) -> Tuple[bool, str]:
         """Offer a keyframe; returns (added, why not). Frames already held (same stamp) are skipped."""
         with self._lock:
+            if self._reset_requested:  # the reset drops the store: keep this one for after it
+                self._after_reset.append(frame)
+                self._wake.set()
+                return True, ''
             if self._holds(frame.stamp):
                 return False, f'keyframe {frame.stamp:.6f} s is already held'
             if self.store.full:
@@ -216,24 +236,53 @@ class OnlineSession:
         self._wake.set()
 
     def resume_from_disk(self) -> Dict[str, Any]:
-        """Load the scan in `dataset_dir` (all its keyframes, its label names); returns a summary.
+        """Start-up: continue the scan on disk (`resume`), or set an old checkpoint aside for a new scan.
 
-        The newest checkpoint (if `resume`) is loaded when training starts.
+        With `resume`: every keyframe and the label names of the scan in `dataset_dir`, and its scan id, are
+        taken; the newest checkpoint is loaded when training starts. Without: nothing is read, and an old
+        ``latest.ckpt`` becomes ``previous.ckpt`` (a new scan's first save would overwrite it). Returns
+        ``{'frames', 'checkpoint', 'scan_id', 'previous'}``.
         """
-        summary = {'frames': 0, 'checkpoint': ''}
+        summary = {'frames': 0, 'checkpoint': '', 'scan_id': '', 'previous': ''}
+        path = self.checkpoint_path
+        if not self.settings.resume:
+            if path is not None and path.exists():
+                previous = path.with_name('previous.ckpt')
+                path.replace(previous)
+                summary['previous'] = str(previous)
+            return summary
         root = Path(self.settings.dataset_dir).expanduser() if self.settings.dataset_dir else None
         if root is not None and (root / 'transforms.json').exists():
             meta = read_metadata(root)
             if isinstance(meta.get('labels'), dict) and meta['labels']:
                 self.set_labels({int(k): v for k, v in meta['labels'].items()})
+            self.scan_id = summary['scan_id'] = str(meta.get('scan_id', ''))
             for frame in read_dataset(root):
                 added, _ = self.add_frame(frame)
                 summary['frames'] += int(added)
-        path = self.checkpoint_path
-        if self.settings.resume and path is not None and path.exists():
+        if path is not None and path.exists():
             summary['checkpoint'] = str(path)
         self._resumed_frames = summary['frames']
         return summary
+
+    def set_scan(self, scan_id: str) -> bool:
+        """Take the capture's current scan id: one different from the held scan's resets the session.
+
+        Returns True when that started a reset (a new scan: model and keyframes dropped). The first id
+        heard by a session that holds nothing is simply adopted.
+        """
+        scan_id = str(scan_id)
+        with self._lock:
+            if not scan_id or scan_id == self.scan_id:
+                return False
+            previous, self.scan_id = self.scan_id, scan_id
+            holds = bool(len(self.store) or self.trainer is not None)
+        if not previous or not holds:  # the first id heard (keyframes held are of this scan), or nothing held
+            return False
+        log.info('new scan %s (was %s): dropping the model and %d keyframes', scan_id, previous or '?',
+                 len(self.store))
+        self.reset()
+        return True
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -298,11 +347,21 @@ class OnlineSession:
         return self._save(self.checkpoint_path)
 
     def _save(self, path: Path) -> Path:
+        """Write the checkpoint; `CheckpointWriteError` (disk full ...) is remembered in `write_error` and raised."""
+        from .trainer import CheckpointWriteError
         with self._save_lock:
             trainer = self.trainer
             if trainer.step_count == self._saved_step and trainer.last_checkpoint == path and path.exists():
                 return path  # another thread has just written this very step
-            path = trainer.save_checkpoint(path)
+            try:
+                path = trainer.save_checkpoint(path, scan_id=self.scan_id)
+            except CheckpointWriteError as error:
+                self.write_error, self._write_failed_at = str(error), time.monotonic()
+                log.error('checkpoint at step %d not written: %s', trainer.step_count, error)
+                raise
+            if self.write_error:
+                log.info('checkpoint written again (step %d): %s', trainer.step_count, path)
+            self.write_error = self.checkpoint_problem = ''
             self._saved_step = trainer.step_count
         if self.on_checkpoint is not None:
             try:
@@ -310,6 +369,20 @@ class OnlineSession:
             except Exception:  # a listener must not stop training
                 log.exception('checkpoint listener failed')
         return path
+
+    def _try_save(self, path: Path) -> bool:
+        """`_save` for the training loop: a failed write is reported and retried later, never fatal.
+
+        After a failure the next attempt waits `WRITE_RETRY_S` (a full disk is not asked every step).
+        """
+        from .trainer import CheckpointWriteError
+        if self.write_error and time.monotonic() - self._write_failed_at < WRITE_RETRY_S:
+            return False
+        try:
+            self._save(path)
+            return True
+        except CheckpointWriteError:
+            return False
 
     # ------------------------------------------------------------------------------------------ status
 
@@ -332,9 +405,37 @@ class OnlineSession:
                'teacher': self.teacher.name if self.teacher is not None else '',
                'device': str(self.trainer.device) if self.trainer is not None else '',
                'checkpoint': str(self.trainer.last_checkpoint or '') if self.trainer is not None else '',
-               'error': self._error}
+               'error': self._error, 'scan_id': self.scan_id,
+               'teacher_reason': self.teacher_reason if self.teacher is not None else '',
+               'checkpoint_problem': self.checkpoint_problem, 'write_error': self.write_error,
+               'since_progress_s': round(time.monotonic() - self._progress, 1)}
         out.update(self._loss)
         return out
+
+    def health(self) -> Tuple[str, str]:
+        """('ok' | 'warn' | 'error', why): what the trainer node's diagnostics level says.
+
+        ERROR: the training thread died, a checkpoint write failed (until one succeeds), a checkpoint was
+        refused at start-up (until the next good save), or no step for `stall_timeout_s` while it should
+        train. WARN: a long teacher-feature extraction, or a teacher that is not semantic or not the one
+        asked for (`teacher_warning`).
+        """
+        if self._error:
+            return 'error', f'training stopped: {self._error}'
+        if self.write_error:
+            return 'error', f'checkpoint not written: {self.write_error}'
+        if self.checkpoint_problem:
+            return 'error', self.checkpoint_problem
+        idle = time.monotonic() - self._progress
+        should_train = (self.trainer is not None and not self._paused and not self._stop.is_set()
+                        and not self._reset_requested and self.step < self.target_steps)
+        if should_train and idle > self.settings.stall_timeout_s:
+            if self._state == 'extracting teacher features':
+                return 'warn', f'extracting teacher features for {idle:.0f} s'
+            return 'error', f'training stalled: no step for {idle:.0f} s (state: {self._state})'
+        if self.teacher_warning:
+            return 'warn', self.teacher_warning
+        return 'ok', ''
 
     # ------------------------------------------------------------------------------------------ thread
 
@@ -368,15 +469,18 @@ class OnlineSession:
             if self.store.version != self._synced_version:
                 self._sync()
             if self.trainer.step_count >= self.target_steps:
-                if self._state != 'done':  # save first: 'done' promises the final checkpoint is on disk
-                    if self.checkpoint_path is not None and self._saved_step != self.trainer.step_count:
-                        self._save(self.checkpoint_path)
-                    self._state = 'done'
+                # save first: 'done' promises the final checkpoint is on disk (or write_error says why not;
+                # the write is tried again every WRITE_RETRY_S, so space that comes back is used)
+                if self.checkpoint_path is not None and self._saved_step != self.trainer.step_count:
+                    self._try_save(self.checkpoint_path)
+                self._state = 'done'
+                self._progress = time.monotonic()
                 self._wait(0.5)
                 window_start, window_steps = time.perf_counter(), 0
                 continue
             self._state = 'training'
             stats = self.trainer.step()
+            self._progress = time.monotonic()
             self.model_version += 1
             window_steps += 1
             step = self.trainer.step_count
@@ -396,11 +500,11 @@ class OnlineSession:
                 self._state = 'training'
             every = self.config.trainer.checkpoint_every
             if self.checkpoint_path is not None and every > 0 and step % every == 0:
-                self._save(self.checkpoint_path)
+                self._try_save(self.checkpoint_path)
 
     def _try_build(self) -> bool:
         """Build teacher and trainer once enough keyframes (and label names) exist; False while waiting."""
-        from .teachers import choose_teacher, make_teacher
+        from .teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher
         from .trainer import OnlineTrainer
 
         count = len(self.store)
@@ -411,31 +515,31 @@ class OnlineSession:
             self._state = 'waiting for label names (labels teacher)'
             return False
         self._state = 'loading the teacher'
-        checkpoint = None
+        checkpoint = self._resume_checkpoint()
         path = self.checkpoint_path
-        if self.settings.resume and path is not None and path.exists():
-            import torch
-            try:
-                checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-            except Exception as error:
-                log.warning('cannot read %s (%s); training from scratch', path, error)
         if checkpoint is not None:
             stored = checkpoint['teacher']
             self.config.teacher.name = stored['name']
             self.teacher = make_teacher(self.config.teacher, labels=self.labels, state=stored['state'])
             self.config.feature_field.feature_dim = self.teacher.dim
             self.teacher_reason = f'{stored["name"]} teacher of the resumed checkpoint'
+            if is_random(self.teacher) and not self.settings.allow_random_teacher:
+                raise RandomTeacherRefused(f'the resumed checkpoint {path} was distilled from RANDOM-WEIGHT CLIP '
+                                           f'(not semantic); refusing it. To fix: {RANDOM_HINT}')
         else:
             self.teacher, self.teacher_reason = choose_teacher(self.config, self.labels,
-                                                               self.settings.teacher_choice)
-        log.info('teacher: %s (%s)', self.teacher.name, self.teacher_reason)
+                                                               self.settings.teacher_choice,
+                                                               allow_random=self.settings.allow_random_teacher)
+        self.teacher_warning = self._teacher_warning()
+        (log.warning if self.teacher_warning else log.info)('teacher: %s (%s)', self.teacher.name,
+                                                            self.teacher_reason)
         if self._stop.is_set():  # loading a CLIP model takes seconds: do not build a model nobody will train
             return False
         self._state = 'building the model'
         trainer = OnlineTrainer(self.config, self.store, self.teacher)
         if checkpoint is not None:
             try:
-                trainer.load_checkpoint(path)
+                trainer.load_checkpoint(path, state=checkpoint)
                 self._resumed_step = trainer.step_count
                 self._saved_step = trainer.step_count
                 self.target_steps = max(self.target_steps, trainer.step_count)
@@ -445,8 +549,50 @@ class OnlineSession:
                             path, error)
                 trainer = OnlineTrainer(self.config, self.store, self.teacher)
         self.trainer = trainer
+        self._progress = time.monotonic()
         self._sync()
         return True
+
+    def _resume_checkpoint(self) -> Optional[Dict[str, Any]]:
+        """Return the checkpoint to resume (`read_checkpoint`) or None; a refused one is set aside with the reason.
+
+        Refused: unreadable (truncated, corrupt), unsafe (objects other than tensors: never run) or of another
+        scan. It is renamed ``latest.ckpt.refused`` (so the next save does not destroy the evidence and no
+        later start-up trips over it), `checkpoint_problem` says why, and training starts from scratch on
+        the scan's keyframes.
+        """
+        from .trainer import CheckpointError, read_checkpoint
+        path = self.checkpoint_path
+        if not self.settings.resume or path is None or not path.exists():
+            return None
+        try:
+            checkpoint = read_checkpoint(path)
+        except CheckpointError as error:
+            problem = str(error)
+        else:
+            stored_scan = checkpoint.get('scan_id', '')
+            if not (stored_scan and self.scan_id and stored_scan != self.scan_id):
+                return checkpoint
+            problem = f'{path} belongs to scan {stored_scan}, not to the scan being resumed ({self.scan_id})'
+        refused = path.with_name(path.name + '.refused')
+        try:
+            path.replace(refused)
+            where = f'moved to {refused.name}'
+        except OSError as error:
+            where = f'could not be moved aside: {error}'
+        self.checkpoint_problem = f'checkpoint refused: {problem} ({where}); training from scratch'
+        log.error('%s', self.checkpoint_problem)
+        return None
+
+    def _teacher_warning(self) -> str:
+        """Say why the teacher deserves a WARN ('' if not): not semantic, or a fallback from what was asked."""
+        from .teachers import is_random
+        if is_random(self.teacher):
+            return f'RANDOM-WEIGHT CLIP teacher: the features are not semantic ({self.teacher_reason})'
+        asked = self.settings.teacher_choice if self.settings.teacher_choice != 'auto' else self.config_teacher_asked
+        if self.teacher.name != asked and 'resumed checkpoint' not in self.teacher_reason:
+            return f'{self.teacher.name} teacher instead of {asked}: {self.teacher_reason}'
+        return ''
 
     def _sync(self) -> None:
         version = self.store.version
@@ -465,8 +611,10 @@ class OnlineSession:
             self._reset_requested = False
             self.store.clear()
             self._stamps.clear()
+            early, self._after_reset = self._after_reset, []
         self.trainer = None
         self.teacher = None
+        self.teacher_warning = self.checkpoint_problem = ''
         self._synced_version = -1
         self._loss, self._eval_psnr, self._rays_per_s = {}, float('nan'), 0.0
         self._resumed_step = self._resumed_frames = 0
@@ -477,3 +625,6 @@ class OnlineSession:
         if path is not None and path.exists():
             path.replace(path.with_name('previous.ckpt'))
         self._state = 'waiting for keyframes'
+        self._progress = time.monotonic()
+        for frame in early:  # keyframes of the new scan that arrived while the reset was pending
+            self.add_frame(frame)

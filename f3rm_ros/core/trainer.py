@@ -6,11 +6,16 @@ Every step samples random pixels of the training frames with their teacher featu
 """
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import math
 import os
+import pickle
+import shutil
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -33,7 +38,9 @@ from .teachers import Teacher
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+# 2: metadata (config, teacher, step ...) as JSON beside the tensors, loaded with weights_only=True
+CHECKPOINT_VERSION = 2
+CHECKPOINT_TENSORS = ('model', 'optimizers', 'schedulers', 'grad_scaler')
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -94,10 +101,108 @@ def holdout_split(num_frames: int, holdout_every: int) -> Tuple[List[int], List[
     return [i for i in range(num_frames) if i not in held], held
 
 
+class CheckpointError(ValueError):
+    """A checkpoint refused: unreadable (truncated, corrupt), unsafe (Python objects) or of another format."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); no partial file is left behind."""
+
+
+def _no_space(error: BaseException) -> bool:
+    """Tell whether `error` (or what caused it) is 'no space left on device' / over quota."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_mb(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 1e6
+    except OSError:
+        return float('nan')
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
+    """Write `obj` to `path` through a temporary file: a failed write leaves the old file and no temporary."""
     tmp = path.with_name('.tmp-' + path.name)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as handle:  # a file object: torch re-raises the OSError (errno) of a failed write
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        free = _free_mb(path.parent)
+        tmp.unlink(missing_ok=True)
+        if _no_space(error):
+            raise CheckpointWriteError(f'disk full: no space left on the device of {path.parent} for the checkpoint '
+                                       f'({free:.1f} MB free); nothing was written, the previous checkpoint is '
+                                       'kept; free some space and the next save succeeds') from error
+        raise CheckpointWriteError(f'could not write checkpoint {path}: {error} ({free:.1f} MB free there); the '
+                                   'previous checkpoint is kept') from error
+
+
+def _plain_state(value):
+    """Optimiser / scheduler state with numpy scalars made Python numbers (weights_only loads only plain types)."""
+    if isinstance(value, dict):
+        return type(value)((k, _plain_state(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_state(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_checkpoint(path: Path) -> Dict:
+    """Load a checkpoint safely: tensors only (``torch.load(weights_only=True)``), metadata from JSON.
+
+    Returns ``{'version', 'step', 'num_frames', 'capacity', 'config' (dict), 'teacher': {'name', 'state'},
+    'scan_id', 'saved_at', 'model', 'optimizers', 'schedulers', 'grad_scaler'}``. Raises `CheckpointError`
+    with the reason for a file that holds anything but tensors and plain data (no code ever runs while
+    loading), a truncated or corrupt file, or another format.
+    """
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if 'Unsupported' in line or 'GLOBAL' in line), lines[0] if lines else '')
+        detail = detail.split(' was not an allowed global')[0].replace('WeightsUnpickler error: ', '')
+        raise CheckpointError(f'{path} refused: it holds Python objects other than tensors and plain data, which '
+                              f'f3rm_ros never writes (loaded with weights_only=True, nothing in it was run): '
+                              f'{detail[:200]}') from error
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(f'{path} is not a readable checkpoint ({size} bytes; truncated or corrupt?): '
+                              f'{str(error).splitlines()[0][:200]}') from error
+    if not isinstance(raw, dict):
+        raise CheckpointError(f'{path} is not an f3rm_ros checkpoint (it holds a {type(raw).__name__})')
+    if 'meta_json' in raw:
+        try:
+            meta = json.loads(raw['meta_json'])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f'{path}: its metadata is not JSON: {error}') from error
+    else:
+        meta = {k: v for k, v in raw.items() if k not in CHECKPOINT_TENSORS}   # version 1: plain data
+    if meta.get('version') not in (1, CHECKPOINT_VERSION):
+        raise CheckpointError(f'{path}: checkpoint version {meta.get("version")!r} is not one this f3rm_ros reads '
+                              f'(1..{CHECKPOINT_VERSION})')
+    missing = [key for key in ('step', 'num_frames', 'capacity', 'config', 'teacher') if key not in meta] + [
+        key for key in ('model',) if key not in raw]
+    if missing:
+        raise CheckpointError(f'{path}: not an f3rm_ros checkpoint (no {", ".join(missing)})')
+    state = dict(meta)
+    state.setdefault('scan_id', '')
+    for key in CHECKPOINT_TENSORS:
+        state[key] = raw.get(key, {})
+    return state
 
 
 def _resize_per_camera(state_dict: Dict[str, torch.Tensor], model: F3RMModel) -> bool:
@@ -290,33 +395,43 @@ class OnlineTrainer:
             values.append(psnr(torch.from_numpy(rendered['rgb']), torch.from_numpy(image / 255.0)))
         return {'psnr': float(np.mean(values)), 'frames': len(values)}
 
-    def save_checkpoint(self, path: Path) -> Path:
-        """Write model, optimiser state, config and teacher state atomically (a crash keeps the old file)."""
+    def save_checkpoint(self, path: Path, scan_id: str = '') -> Path:
+        """Write model, optimiser state, config and teacher state atomically (a crash keeps the old file).
+
+        Tensors go through torch.save, everything else as one JSON string (`read_checkpoint`). Raises
+        `CheckpointWriteError` (disk full, ...) leaving the previous checkpoint and no temporary file.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            state = {
+            meta = {
+                'format': 'f3rm_ros',
                 'version': CHECKPOINT_VERSION,
                 'step': self.step_count,
                 'num_frames': self.num_frames,
                 'capacity': self.store.capacity,
                 'config': to_dict(self.config),
                 'teacher': {'name': self.teacher.name, 'state': self.teacher.state()},
-                'model': {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                'optimizers': {k: o.state_dict() for k, o in self.optimizers.optimizers.items()},
-                'schedulers': {k: s.state_dict() for k, s in self.optimizers.schedulers.items()},
-                'grad_scaler': self.grad_scaler.state_dict(),
+                'scan_id': scan_id,
                 'saved_at': time.time(),
+            }
+            state = {
+                'meta_json': json.dumps(meta),
+                'model': {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                'optimizers': {k: _plain_state(o.state_dict()) for k, o in self.optimizers.optimizers.items()},
+                'schedulers': {k: _plain_state(s.state_dict()) for k, s in self.optimizers.schedulers.items()},
+                'grad_scaler': _plain_state(self.grad_scaler.state_dict()),
             }
         _atomic_torch_save(state, path)
         self.last_checkpoint = path
         return path
 
-    def load_checkpoint(self, path: Path) -> Dict:
-        """Restore a checkpoint; per-camera parameters are fitted when the capacity differs."""
-        state = torch.load(Path(path), map_location='cpu', weights_only=False)
-        if state.get('version') != CHECKPOINT_VERSION:
-            raise ValueError(f'{path}: checkpoint version {state.get("version")} is not {CHECKPOINT_VERSION}')
+    def load_checkpoint(self, path: Path, state: Optional[Dict] = None) -> Dict:
+        """Restore a checkpoint; per-camera parameters are fitted when the capacity differs.
+
+        `state` is the checkpoint's `read_checkpoint` when the caller has read it already.
+        """
+        state = read_checkpoint(path) if state is None else state
         model_state = dict(state['model'])
         resized = _resize_per_camera(model_state, self.model)
         with self.lock:
@@ -336,9 +451,7 @@ class OnlineTrainer:
 
 def load_model(path: Path, device: str = 'auto') -> Tuple[F3RMModel, F3RMConfig, Dict]:
     """Load a checkpoint for querying only: (model in eval mode, its config, the raw checkpoint)."""
-    state = torch.load(Path(path), map_location='cpu', weights_only=False)
-    if state.get('version') != CHECKPOINT_VERSION:
-        raise ValueError(f'{path}: checkpoint version {state.get("version")} is not {CHECKPOINT_VERSION}')
+    state = read_checkpoint(path)
     config = from_dict(state['config'])
     model = build_model(config, state['capacity'])
     model.load_state_dict(state['model'])

@@ -161,7 +161,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                 last_print = now
             if session.state == 'done' or (now - train_started > settings.budget_s and status.get('step', 0)):
                 break
-            if session.state == 'error':
+            if session.state.startswith('error'):
                 raise RuntimeError(f'training failed: {status.get("error")}')
             time.sleep(0.5)
             _stop_if_shut_down()
@@ -266,8 +266,12 @@ def _teacher_parameters(settings: DemoSettings) -> List[str]:
     weights = str(Path(settings.clip_weights).resolve()) if settings.clip_weights else 'openai'
     if settings.clip_weights and not Path(settings.clip_weights).is_file():
         raise FileNotFoundError(f'--clip-weights: {settings.clip_weights} is not a file')
-    return [f'teacher_choice:={settings.teacher}', 'teacher.name:=clip', f'teacher.model_name:={settings.clip_model}',
-            f'teacher.image_size:={settings.clip_image_size}', f'teacher.pretrained:={weights}']
+    # auto: the demo distils whatever it can and its report says which teacher ran and why, random-weight
+    # CLIP included (nodes refuse that unless allowed)
+    allow = ['allow_random_teacher:=true'] if settings.teacher == 'auto' else []
+    return allow + [f'teacher_choice:={settings.teacher}', 'teacher.name:=clip',
+                    f'teacher.model_name:={settings.clip_model}', f'teacher.image_size:={settings.clip_image_size}',
+                    f'teacher.pretrained:={weights}']
 
 
 def _file_name(text: str) -> str:

@@ -3,8 +3,9 @@
 For pip installs, where ``ros2 launch`` does not exist: the nodes are the same classes the launch file
 starts, configured from the same YAML (``--params-file`` semantics: the ``/**`` section for every node,
 ``capture:`` / ``trainer:`` / ``query:`` / ``replay:`` sections for each), and they still talk over topics,
-so RViz and ``ros2 topic`` see the usual graph. One difference: the query node uses the trainer's live
-model (no checkpoint round trip).
+so RViz and ``ros2 topic`` see the usual graph: the trainer's ``keyframe/*`` inputs are remapped to the
+capture node's ``~/keyframe/*`` and the query node's ``checkpoint`` to the trainer's (`topics`), as in the
+launch file. One difference: the query node uses the trainer's live model (no checkpoint round trip).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from .common import init_ros
+from .topics import query_remaps, remap_arguments, trainer_remaps
 
 
 def ros_arguments(params_files: Sequence[Path] = (), parameters: Sequence[str] = ()) -> List[str]:
@@ -39,10 +41,13 @@ def create_nodes(replay: bool = False, context=None) -> list:
         if replay:
             from .replay_node import ReplayNode
             nodes.append(ReplayNode(context=context))
-        nodes.append(CaptureNode(context=context))
-        trainer = TrainerNode(context=context)
+        capture = CaptureNode(context=context)
+        nodes.append(capture)
+        trainer = TrainerNode(context=context,
+                              cli_args=['--ros-args', *remap_arguments(trainer_remaps(capture.get_name()))])
         nodes.append(trainer)
-        nodes.append(QueryNode(live=trainer.session, context=context))
+        nodes.append(QueryNode(live=trainer.session, context=context,
+                               cli_args=['--ros-args', *remap_arguments(query_remaps(trainer.get_name()))]))
     except Exception:
         for node in nodes:
             node.destroy_node()

@@ -4,29 +4,34 @@ Inputs: the service ``~/locate`` (``f3rm_ros_interfaces/srv/Query``: positives, 
 clusters → a ``QueryAnswer``), the action ``~/locate`` (``f3rm_ros_interfaces/action/Locate``: the same
 question with feedback per stage and cancel, for cold queries that take seconds on a CPU), and ``~/query``
 (std_msgs/String, comma-separated positives, for ``ros2 topic pub``; negatives, temperature and the threshold
-are the ``query.*`` parameters, changeable at run time). Every
+are the ``query.*`` parameters, changeable at run time and refused with the reason when they would break an
+answer). Every
 question gets a request id; topic questions are answered newest first, and one replaced while it waited is
 answered ERROR "superseded". The model is, in this order: the live model of a trainer in the same process
-(`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on ``trainer/checkpoint``.
+(`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on ``checkpoint`` (relative:
+remap it to a trainer's ``~/checkpoint``, as the launch files do). A path announced on that topic is accepted
+only inside ``checkpoint_dir`` or ``checkpoint_dirs_allowed``; every checkpoint is loaded tensors-only
+(``weights_only=True``, nothing in it ever runs), and one distilled from random-weight CLIP only with
+``allow_random_teacher: true``. A refused checkpoint is an ERROR on ``/diagnostics`` and in the answers.
 
 Outputs of every answer, one header (``workspace.base_frame``, one stamp), reliable + transient local (a late
 RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's response too), ``~/heatmap``
 (PointCloud2 x, y, z, rgb, similarity; empty unless found), ``~/markers`` (MarkerArray, namespace
 ``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, best first; empty unless found), then
-``~/similarity_image`` (Image of a rendered overview); ``~/status``. The field work is
+``~/similarity_image`` (Image of a rendered overview); the status on ``/diagnostics``. The field work is
 `f3rm_ros.core.query.FieldQuerier`; the messages are made in `answers`.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus
 from f3rm_ros_interfaces.action import Locate
 from f3rm_ros_interfaces.msg import QueryAnswer
 from f3rm_ros_interfaces.srv import Query
@@ -42,13 +47,18 @@ from ..core.relevancy import positive_phrases
 from . import answers
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
-from .diagnostics import ProblemLog, status_message
+from .diagnostics import NodeDiagnostics, ProblemLog, host_name
+from .logs import route_core_logging, unroute_core_logging
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos
 
 PARAMETERS = [
-    ParamSpec('checkpoint', '', "checkpoint to query ('' = follow trainer/checkpoint, or the live trainer)",
+    ParamSpec('checkpoint', '', "checkpoint to query ('' = follow the checkpoint topic, or the live trainer)",
               runtime=True),
+    ParamSpec('checkpoint_dir', '', 'the trainer\'s checkpoint folder: paths announced on the checkpoint topic are '
+              'accepted only inside it (or checkpoint_dirs_allowed)'),
+    ParamSpec('checkpoint_dirs_allowed', [], 'further folders whose checkpoints the checkpoint topic may announce'),
+    ParamSpec('allow_random_teacher', False, 'query a checkpoint distilled from random-weight CLIP (not semantic)'),
     ParamSpec('device', 'auto', 'auto | cpu | cuda for a loaded checkpoint'),
     ParamSpec('surface_only', True, 'publish only the surface voxels of objects (fewer points)', runtime=True),
     ParamSpec('cloud_color', 'rgb', "what the cloud's rgb field holds: 'rgb' (reconstructed colour) or "
@@ -56,13 +66,15 @@ PARAMETERS = [
     ParamSpec('similarity_image', True, 'render ~/similarity_image after each answer', runtime=True),
     ParamSpec('image_width', 160, 'width of ~/similarity_image (px)', True, positive),
     ParamSpec('image_height', 120, 'height of ~/similarity_image (px)', True, positive),
-    ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
+    ParamSpec('status_rate_hz', 1.0, 'rate of the status on /diagnostics (Hz)', validator=positive),
+    ParamSpec('hardware_id', '', "hardware_id of the status on /diagnostics ('' = host/device)"),
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
               'processes share a few cores)', validator=non_negative),
 ]
 CONFIG_SECTIONS = ('query', 'grasp')
 RUNTIME_SECTIONS = ('query', 'grasp')
-STOP_WAIT_S = 2.0  # how long a shutting-down node waits for a query in progress (s)
+PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s)
+STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
 
 
 class NoModel(RuntimeError):
@@ -79,11 +91,15 @@ class QueryNode(Node):
     def __init__(self, live=None, **kwargs):
         super().__init__('query', **kwargs)
         self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS, RUNTIME_SECTIONS,
-                                     on_change=self._on_parameter)
+                                     on_change=self._on_parameter, check=self._check_parameters)
+        route_core_logging(self, ('f3rm_ros.core.query', 'f3rm_ros.core.voxels', 'f3rm_ros.core.relevancy',
+                                  'f3rm_ros.core.clusters', 'f3rm_ros.core.grasps', 'f3rm_ros.core.views',
+                                  'f3rm_ros.core.render'))
         set_torch_threads(self.params['torch_threads'])
         self.live = live
         self.problems = ProblemLog(self.get_logger())
         self.latest_path = ''
+        self.model_problem = ''      # why the model to query was refused or could not be loaded ('' = fine)
         self._source = None          # (model, teacher, config, lock, key) of the current model
         self.querier = None
         self._querier_key = None
@@ -103,7 +119,6 @@ class QueryNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, '~/markers', out)
         self.pub_grasps = self.create_publisher(PoseArray, '~/grasp_candidates', out)
         self.pub_image = self.create_publisher(Image, '~/similarity_image', out)
-        self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.create_subscription(String, '~/query', self._on_query, 10)
         # its own group: a service call in progress does not hold up the topic, status or checkpoint callbacks
         self.create_service(Query, '~/locate', self._on_locate, callback_group=MutuallyExclusiveCallbackGroup())
@@ -112,8 +127,8 @@ class QueryNode(Node):
                                           cancel_callback=lambda _: CancelResponse.ACCEPT,
                                           callback_group=ReentrantCallbackGroup())
         if live is None:
-            self.create_subscription(String, 'trainer/checkpoint', self._on_checkpoint, latched_qos())
-        self.create_timer(1.0 / self.params['status_rate_hz'], self._publish_status)
+            self.create_subscription(String, 'checkpoint', self._on_checkpoint, latched_qos())
+        self.diagnostics = NodeDiagnostics(self, self.params['status_rate_hz'], self._health, self._hardware_id)
         self.worker = threading.Thread(target=self._work, name='f3rm-query', daemon=True)
         self.worker.start()
 
@@ -157,7 +172,44 @@ class QueryNode(Node):
         return Locate.Result(answer=answer)
 
     def _on_checkpoint(self, msg: String) -> None:
+        problem = self._unallowed(msg.data)
+        if problem:
+            self.model_problem = f'checkpoint {msg.data!r} announced on the checkpoint topic refused: {problem}'
+            self.problems.report('checkpoint', self.model_problem, level='error')
+            return
         self.latest_path = msg.data
+
+    def _unallowed(self, path: str) -> str:
+        """Why a path announced on the checkpoint topic is not accepted ('' = it is)."""
+        folders = [self.params['checkpoint_dir']] + [str(f) for f in self.params['checkpoint_dirs_allowed']]
+        folders = [os.path.realpath(expand_path(folder)) for folder in folders if folder]
+        if not folders:
+            return ('no checkpoint_dir is set, so no announced path is accepted (set checkpoint_dir to the '
+                    "trainer's, or list folders in checkpoint_dirs_allowed)")
+        real = os.path.realpath(expand_path(path)) if path else ''
+        if real and any(os.path.commonpath([real, folder]) == folder for folder in folders):
+            return ''
+        return f'it is not inside checkpoint_dir or checkpoint_dirs_allowed ({", ".join(folders)})'
+
+    def _check_parameters(self, values, config) -> str:
+        """Refuse a query.voxel_size that would make too many voxels over the loaded model's workspace."""
+        from ..core.geometry import WorkspaceBox
+        from ..core.voxels import MAX_VOXELS
+        if config is None:
+            return ''
+        if self.live is not None and not values.get('checkpoint'):
+            workspace = self.live.config.workspace
+        elif self._source is not None:
+            workspace = self._source[2].workspace
+        else:
+            return ''  # no model yet: the first query checks it against the model's workspace
+        box = WorkspaceBox.from_config(workspace)
+        size = config.query.voxel_size
+        count = float(np.prod(np.maximum(1, np.round((box.max_xyz - box.min_xyz) / size))))
+        if count > MAX_VOXELS:
+            return (f'query.voxel_size {size} m makes {int(count):,} voxels over the model\'s '
+                    f'{np.round(box.max_xyz - box.min_xyz, 3).tolist()} m workspace (at most {MAX_VOXELS:,})')
+        return ''
 
     def _on_parameter(self, name: str, value) -> None:
         self._querier_key = None  # rebuild with the new query settings before the next query
@@ -166,8 +218,8 @@ class QueryNode(Node):
 
     def _current_source(self):
         """(model, teacher, config, lock, key) to query, or raise RuntimeError saying why there is none."""
-        from ..core.teachers import make_teacher
-        from ..core.trainer import load_model
+        from ..core.teachers import RANDOM_HINT, is_random, make_teacher
+        from ..core.trainer import CheckpointError, load_model
         if self.live is not None and not self.params['checkpoint']:
             trainer = self.live.trainer
             if trainer is None:
@@ -181,8 +233,19 @@ class QueryNode(Node):
         key = ('file', path, Path(path).stat().st_mtime_ns)
         if self._source is None or self._source[4] != key:
             started = time.perf_counter()
-            model, config, state = load_model(Path(path), self.params['device'])
-            teacher = make_teacher(config.teacher, state=state['teacher']['state'])
+            try:
+                model, config, state = load_model(Path(path), self.params['device'])
+                teacher = make_teacher(config.teacher, state=state['teacher']['state'])
+            except (CheckpointError, RuntimeError, FileNotFoundError, ValueError) as error:
+                self.model_problem = f'checkpoint {path} not loaded: {error}'
+                self.problems.report('checkpoint', self.model_problem, level='error')
+                raise NoModel(self.model_problem) from error
+            if is_random(teacher) and not self.params['allow_random_teacher']:
+                self.model_problem = (f'checkpoint {path} was distilled from RANDOM-WEIGHT CLIP: its answers mean '
+                                      f'nothing; refused. To fix: {RANDOM_HINT}')
+                self.problems.report('checkpoint', self.model_problem, level='error')
+                raise NoModel(self.model_problem)
+            self.model_problem = ''
             self._source = (model, teacher, config, None, key)
             self.get_logger().info(f'loaded {path} (step {state["step"]}, {state["num_frames"]} keyframes) in '
                                    f'{time.perf_counter() - started:.1f} s')
@@ -312,15 +375,22 @@ class QueryNode(Node):
                 return
             self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
 
-    def _publish_status(self) -> None:
+    def _health(self):
+        """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""
+        source = self._source
         values = {'answered': self.answered, 'busy': self._query_lock.locked(),
+                  'waiting': int(self._request is not None), 'pictures_waiting': int(self._picture is not None),
                   'model': 'live' if self.live is not None and not self.params['checkpoint'] else
                   (self.params['checkpoint'] or self.latest_path or 'none'),
+                  'teacher': source[1].name if source is not None else '',
+                  'model_problem': self.model_problem,
                   'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
-        level = DiagnosticStatus.WARN if self.last['status'] == 'error' else DiagnosticStatus.OK
-        self.pub_status.publish(status_message(self.get_fully_qualified_name(), values, level,
-                                               f'{self.answered} queries answered'))
+        level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)
+        return level, f'{self.answered} queries answered' + (f'; {why}' if why else ''), values
+
+    def _hardware_id(self) -> str:
+        return self.params['hardware_id'] or f'{host_name()}/{self.params["device"]}'
 
     def destroy_node(self):
         """Stop the worker thread."""
@@ -330,6 +400,7 @@ class QueryNode(Node):
         # A query or picture in progress may finish within STOP_WAIT_S; after that the worker (a daemon) is left
         # behind: ros2 launch sends SIGTERM 5 s after SIGINT, and its answer could not go out anyway.
         self.worker.join(STOP_WAIT_S)
+        unroute_core_logging(self)
         return super().destroy_node()
 
 

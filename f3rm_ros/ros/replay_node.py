@@ -4,13 +4,12 @@ Publishes at ``rate_hz``, each frame stamped with the current time: ``image`` (r
 ``camera_pose`` (PoseStamped of the optical frame in ``base_frame``), ``depth`` (32FC1 metres) and
 ``labels`` (16UC1 object ids) when the data has them, ``label_names`` (latched JSON), and TF
 (``base_frame`` → ``camera_frame``) where tf2_ros exists. ``loop`` replays forever; ``~/pause`` and
-``~/resume`` (std_srvs/Trigger) hold and continue the arm. ``~/status`` says how far it got.
+``~/resume`` (std_srvs/Trigger) hold and continue the arm. Its status on ``/diagnostics`` says how far it got.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -19,7 +18,8 @@ from std_srvs.srv import Trigger
 
 from . import conversions as conv
 from .common import expand_path, node_main
-from .diagnostics import status_message
+from .diagnostics import NodeDiagnostics
+from .logs import route_core_logging, unroute_core_logging
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos, make_qos, QOS_CHOICES
 
@@ -46,8 +46,8 @@ PARAMETERS = [
     ParamSpec('publish_depth', True, 'publish aligned depth when the data has it'),
     ParamSpec('publish_labels', True, 'publish object-id images and label_names when the data has them'),
     ParamSpec('publish_tf', True, 'broadcast base_frame -> camera_frame on TF (needs tf2_ros)'),
-    ParamSpec('output_qos', 'reliable', 'QoS of the camera outputs: ' + ' | '.join(QOS_CHOICES),
-              validator=one_of(*QOS_CHOICES)),
+    ParamSpec('output_qos', 'reliable', 'QoS of the camera outputs: ' + ' | '.join(QOS_CHOICES)
+              + ' (reliable reaches reliable and best-effort subscribers alike)', validator=one_of(*QOS_CHOICES)),
 ]
 
 
@@ -71,6 +71,7 @@ class ReplayNode(Node):
     def __init__(self, **kwargs):
         super().__init__('replay', **kwargs)
         self.params = p = NodeParameters(self, PARAMETERS)
+        route_core_logging(self, ('f3rm_ros.core.scenes',))
         self.frames, self.label_names = load_frames(p)
         if not self.frames:
             raise ValueError('nothing to replay: the dataset has no frames')
@@ -81,7 +82,6 @@ class ReplayNode(Node):
         self.pub_depth = self.create_publisher(Image, 'depth', qos)
         self.pub_labels = self.create_publisher(Image, 'labels', qos)
         self.pub_names = self.create_publisher(String, 'label_names', latched_qos())
-        self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.tf = tf2_ros.TransformBroadcaster(self) if tf2_ros is not None and p['publish_tf'] else None
         if p['publish_labels'] and self.label_names:
             self.pub_names.publish(String(data=conv.encode_label_names(self.label_names)))
@@ -90,7 +90,8 @@ class ReplayNode(Node):
         self.paused = False
         self.create_service(Trigger, '~/pause', lambda req, res: self._set_paused(res, True))
         self.create_service(Trigger, '~/resume', lambda req, res: self._set_paused(res, False))
-        self.create_timer(1.0, self._publish_status)
+        self.diagnostics = NodeDiagnostics(self, 1.0, self._health,
+                                           f'replay of {p["dataset"] or "a synthetic table"}')
         self._delay = self.create_timer(max(p['start_delay_s'], 1e-3), self._begin)
         self.timer = None
         self.get_logger().info(f'replaying {len(self.frames)} frames at {p["rate_hz"]} Hz '
@@ -135,12 +136,15 @@ class ReplayNode(Node):
         response.message = f'{"paused" if paused else "playing"} at frame {self.index} of {len(self.frames)}'
         return response
 
-    def _publish_status(self) -> None:
+    def _health(self):
         state = 'done' if self.done else ('paused' if self.paused else 'playing')
-        self.pub_status.publish(status_message(
-            self.get_fully_qualified_name(),
-            {'state': state, 'published': self.published, 'index': self.index, 'frames': len(self.frames)},
-            DiagnosticStatus.OK, f'{state}: frame {self.index} of {len(self.frames)}'))
+        return ('ok', f'{state}: frame {self.index} of {len(self.frames)}',
+                {'state': state, 'published': self.published, 'index': self.index, 'frames': len(self.frames)})
+
+    def destroy_node(self):
+        """Stop forwarding core logging here, then destroy the node."""
+        unroute_core_logging(self)
+        return super().destroy_node()
 
 
 def main(args=None) -> int:

@@ -117,6 +117,24 @@ class RosProbe:
         self.node.create_subscription(msg_type, topic, inbox, qos)
         return inbox
 
+    def status(self, node_name: str) -> Inbox:
+        """Collect one node's DiagnosticStatus from /diagnostics, from now on, into a new `Inbox`.
+
+        `node_name` is the fully qualified name the status carries, e.g. '/capture'.
+        """
+        from diagnostic_msgs.msg import DiagnosticArray
+        if not hasattr(self, '_diagnostics'):
+            self._diagnostics: Dict[str, List[Inbox]] = {}
+
+            def dispatch(array) -> None:
+                for status in array.status:
+                    for inbox in list(self._diagnostics.get(status.name, ())):
+                        inbox(status)
+            self.node.create_subscription(DiagnosticArray, '/diagnostics', dispatch, 50)
+        inbox = Inbox()
+        self._diagnostics.setdefault(node_name, []).append(inbox)
+        return inbox
+
     def publisher(self, msg_type, topic: str, qos=10):
         """Create a publisher on `topic`."""
         return self.node.create_publisher(msg_type, topic, qos)

@@ -1,18 +1,22 @@
 """trainer node: keyframes → a feature field trained online in a background thread.
 
-Inputs: ``capture/keyframe/{image,camera_info,pose,depth,labels}`` (reassembled by stamp) and
-``capture/keyframe/label_names`` (relative names: the capture node's outputs in the same namespace; remap
-them otherwise). At start-up the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt`` are loaded, so
-a restarted trainer goes on where it stopped. Outputs: ``~/status`` (DiagnosticStatus: state, step, loss,
-PSNR, rays/s, frames ...) at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient
-local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model
-and every keyframe for a new scan; call the capture node's ``~/clear`` too, or a restart resumes the old
-scan from its folder). The training loop lives in `f3rm_ros.core.online.OnlineSession`; this node only
-translates messages.
+Inputs (relative names: remap them to a capture node's outputs, as the launch files and ``f3rm-ros pipeline``
+do, ``keyframe/image:=capture/keyframe/image`` ...): ``keyframe/{image,camera_info,pose,depth,labels}``
+(reassembled by stamp), ``keyframe/label_names`` and ``keyframe/scan`` (the capture's scan id: a new one drops
+the model and every keyframe, so ``capture/new_scan`` starts both afresh). Nothing is read from disk at
+start-up unless ``resume: true`` (then the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt``, so a
+restarted trainer goes on where it stopped; a checkpoint that is unreadable, unsafe or of another scan is
+refused with the reason). Outputs: the status on ``/diagnostics`` (state, step, loss, PSNR, rays/s, frames,
+teacher, queue ...; ERROR when training stalls or checkpoints cannot be written, WARN for a teacher that is not
+semantic or not the one asked for) at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient
+local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and
+every keyframe). Random-weight CLIP is refused unless ``allow_random_teacher: true``. The training loop lives
+in `f3rm_ros.core.online.OnlineSession`; this node only translates messages.
 """
 from __future__ import annotations
 
-from diagnostic_msgs.msg import DiagnosticStatus
+import time
+
 from geometry_msgs.msg import PoseStamped
 import rclpy.logging
 from rclpy.node import Node
@@ -24,14 +28,20 @@ from ..core.frames import PosedFrame
 from ..core.online import OnlineSession, SessionSettings, StampAssembler
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
-from .diagnostics import ProblemLog, status_message
+from .diagnostics import NodeDiagnostics, ProblemLog, host_name, worse
+from .logs import route_core_logging, unroute_core_logging
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos, make_qos, QOS_CHOICES
 
 PARAMETERS = [
-    ParamSpec('dataset_dir', '', "scan folder to resume from at start-up ('' = none; the capture node's)"),
+    ParamSpec('dataset_dir', '', "the capture node's scan folder, read at start-up with resume ('' = none)"),
     ParamSpec('checkpoint_dir', '', "where latest.ckpt is written ('' = no checkpoints)"),
-    ParamSpec('resume', True, 'load checkpoint_dir/latest.ckpt at start-up when it exists'),
+    ParamSpec('resume', False, 'continue the scan in dataset_dir and checkpoint_dir/latest.ckpt (false: a new '
+              'scan; an old latest.ckpt is kept as previous.ckpt)'),
+    ParamSpec('allow_random_teacher', False, 'distil random-weight CLIP (not semantic: plumbing tests only) '
+              'instead of refusing to train without CLIP weights or labels'),
+    ParamSpec('stall_timeout_s', 120.0, 'status ERROR after this long without a training step while it should '
+              'train (s)', validator=positive),
     ParamSpec('min_frames', 5, 'keyframes before training starts', validator=positive),
     ParamSpec('teacher_choice', 'auto', 'auto | clip | labels (auto: teacher.name, falling back when CLIP '
               'weights are missing)', validator=one_of('auto', 'clip', 'labels')),
@@ -40,12 +50,17 @@ PARAMETERS = [
     ParamSpec('input_qos', 'latched', 'QoS of the keyframe inputs: ' + ' | '.join(QOS_CHOICES)
               + " (latched matches the capture node's outputs)", validator=one_of(*QOS_CHOICES)),
     ParamSpec('assembly_wait_s', 2.0, 'how long the parts of one keyframe may trickle in (s)', validator=positive),
-    ParamSpec('status_rate_hz', 1.0, 'rate of ~/status (Hz)', validator=positive),
+    ParamSpec('status_rate_hz', 1.0, 'rate of the status on /diagnostics (Hz)', validator=positive),
+    ParamSpec('hardware_id', '', "hardware_id of the status on /diagnostics ('' = host/device)"),
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
               'processes share a few cores)', validator=non_negative),
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
+KEYFRAME_TOPICS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'label_names', 'scan')
+# how long a problem keeps the status at WARN, and how long without a keyframe publisher before it says so (s)
+PROBLEM_WINDOW_S = 10.0
+UNCONNECTED_S = 10.0
 # How long a shutting-down node waits for the training thread before it saves without it (s).
 STOP_WAIT_S = 2.0
 
@@ -61,32 +76,41 @@ class TrainerNode(Node):
         self.config = p.config
         self.base_frame = self.config.workspace.base_frame
         self.problems = ProblemLog(self.get_logger())
+        route_core_logging(self, ('f3rm_ros.core.online', 'f3rm_ros.core.trainer', 'f3rm_ros.core.teachers',
+                                  'f3rm_ros.core.model', 'f3rm_ros.core.field', 'f3rm_ros.core.fast'))
         settings = SessionSettings(min_frames=p['min_frames'], dataset_dir=expand_path(p['dataset_dir']),
                                    checkpoint_dir=expand_path(p['checkpoint_dir']), resume=p['resume'],
-                                   teacher_choice=p['teacher_choice'],
-                                   steps_per_new_frame=p['steps_per_new_frame'])
+                                   teacher_choice=p['teacher_choice'], allow_random_teacher=p['allow_random_teacher'],
+                                   steps_per_new_frame=p['steps_per_new_frame'], stall_timeout_s=p['stall_timeout_s'])
         self.pub_checkpoint = self.create_publisher(String, '~/checkpoint', latched_qos())
-        self.pub_status = self.create_publisher(DiagnosticStatus, '~/status', 10)
         self.session = OnlineSession(self.config, settings, on_checkpoint=self._on_checkpoint)
         if settings.dataset_dir or settings.checkpoint_dir:
             summary = self.session.resume_from_disk()
             if summary['frames'] or summary['checkpoint']:
-                self.get_logger().info(f'resuming: {summary["frames"]} keyframes from {settings.dataset_dir}'
+                self.get_logger().info(f'resuming scan {summary["scan_id"] or "(no id)"}: {summary["frames"]} '
+                                       f'keyframes from {settings.dataset_dir}'
                                        + (f', checkpoint {summary["checkpoint"]}' if summary['checkpoint'] else ''))
+            elif summary['previous']:
+                self.get_logger().info(f'a new scan (resume: false): the last checkpoint is kept as '
+                                       f'{summary["previous"]}')
         self.assembler = StampAssembler(('image', 'camera_info', 'pose'), ('depth', 'labels'),
                                         wait_s=p['assembly_wait_s'])
         qos = make_qos(p['input_qos'], depth=16)
         for part, kind in (('image', Image), ('camera_info', CameraInfo), ('pose', PoseStamped),
                            ('depth', Image), ('labels', Image)):
-            self.create_subscription(kind, f'capture/keyframe/{part}',
-                                     lambda msg, part=part: self._on_part(part, msg), qos)
-        self.create_subscription(String, 'capture/keyframe/label_names', self._on_label_names, latched_qos())
+            subscription = self.create_subscription(kind, f'keyframe/{part}',
+                                                    lambda msg, part=part: self._on_part(part, msg), qos)
+            if part == 'image':
+                self.image_subscription = subscription
+        self.create_subscription(String, 'keyframe/label_names', self._on_label_names, latched_qos())
+        self.create_subscription(String, 'keyframe/scan', self._on_scan, latched_qos())
+        self._started = time.monotonic()
         self.create_service(Trigger, '~/save', self._on_save)
         self.create_service(Trigger, '~/pause', lambda req, res: self._trigger(res, self.session.pause))
         self.create_service(Trigger, '~/resume', lambda req, res: self._trigger(res, self.session.resume))
         self.create_service(Trigger, '~/reset', lambda req, res: self._trigger(res, self.session.reset))
         self.create_timer(0.1, self._poll)
-        self.create_timer(1.0 / p['status_rate_hz'], self._publish_status)
+        self.diagnostics = NodeDiagnostics(self, p['status_rate_hz'], self._health, self._hardware_id)
         if not p['autostart']:
             self.session.pause()
         self.session.start()
@@ -129,6 +153,10 @@ class TrainerNode(Node):
             self.problems.report('keyframe', f'keyframe {stamp:.3f} s not added: {why}',
                                  level='debug' if 'already held' in why else 'warn')
 
+    def _on_scan(self, msg: String) -> None:
+        if self.session.set_scan(msg.data):
+            self.get_logger().info(f'new scan {msg.data}: model and keyframes dropped')
+
     def _on_label_names(self, msg: String) -> None:
         try:
             self.session.set_labels(conv.decode_label_names(msg.data))
@@ -143,15 +171,29 @@ class TrainerNode(Node):
         self.pub_checkpoint.publish(String(data=str(path)))
         self.get_logger().info(f'checkpoint {path} (step {self.session.step})')
 
-    def _publish_status(self) -> None:
+    def _health(self):
+        """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""
         values = self.session.status()
+        values['assembling'] = len(self.assembler.pending)
         values['problems'] = sum(self.problems.counts.values())
         values['last_problem'] = self.problems.last_problem
+        health = worse(self.session.health(), self.problems.recent(PROBLEM_WINDOW_S))
+        topic = self.image_subscription.topic_name
+        if (health[0] == 'ok' and not values['frames'] and self.image_subscription.get_publisher_count() == 0
+                and time.monotonic() - self._started > UNCONNECTED_S):
+            health = ('warn', f'nothing publishes on {topic}: remap keyframe/* to the capture node\'s '
+                              '~/keyframe/* (the launch files and f3rm-ros pipeline do)')
+        level, why = health
         state = values['state']
-        level = DiagnosticStatus.ERROR if state.startswith('error') else DiagnosticStatus.OK
-        self.pub_status.publish(status_message(
-            self.get_fully_qualified_name(), values, level,
-            f'{state}: step {values["step"]}/{values["target_steps"]}, {values["frames"]} keyframes'))
+        message = (f'{state}: step {values["step"]}/{values["target_steps"]}, {values["frames"]} keyframes'
+                   + (f'; {why}' if why else ''))
+        return level, message, values
+
+    def _hardware_id(self) -> str:
+        if self.params['hardware_id']:
+            return self.params['hardware_id']
+        trainer = self.session.trainer
+        return f'{host_name()}/{trainer.device if trainer is not None else self.config.trainer.device}'
 
     def _on_save(self, request, response):
         try:
@@ -182,6 +224,7 @@ class TrainerNode(Node):
         except Exception as error:  # e.g. disk full: say so, and still release the node
             level, message = 'error', f'last checkpoint not written: {type(error).__name__}: {error}'
         result = super().destroy_node()
+        unroute_core_logging(self)
         if message:  # logged once the node is gone: after SIGINT its /rosout publisher cannot publish any more
             getattr(rclpy.logging.get_logger(name), level)(message)
         return result

@@ -24,7 +24,7 @@ from ..frames import PosedFrame
 
 log = logging.getLogger(__name__)
 
-__all__ = ['Teacher', 'make_teacher', 'TEACHER_NAMES']
+__all__ = ['Teacher', 'make_teacher', 'choose_teacher', 'is_random', 'RandomTeacherRefused', 'TEACHER_NAMES']
 
 TEACHER_NAMES = ('clip', 'labels')
 
@@ -57,6 +57,20 @@ class Teacher(abc.ABC):
     @abc.abstractmethod
     def state(self) -> Dict[str, Any]:
         """Plain data (JSON- and torch.save-able) that `make_teacher` needs to rebuild this teacher."""
+
+
+class RandomTeacherRefused(RuntimeError):
+    """Random-weight CLIP would be distilled (not semantic) and it was not allowed."""
+
+
+def is_random(teacher: 'Teacher') -> bool:
+    """Tell whether `teacher` is CLIP with random weights: its features and text embeddings mean nothing."""
+    return bool(getattr(teacher, 'random_weights', False))
+
+
+RANDOM_HINT = ('give CLIP weights (teacher.pretrained: /path/to/open_clip_pytorch_model.bin, or the hub tag with '
+               'internet), publish label images for the labels teacher, or set allow_random_teacher: true '
+               'to distil random-weight CLIP anyway (plumbing tests only)')
 
 
 def make_teacher(config: TeacherConfig, labels: Optional[Mapping[int, str]] = None,
@@ -111,13 +125,14 @@ def make_teacher(config: TeacherConfig, labels: Optional[Mapping[int, str]] = No
 
 
 def choose_teacher(config, labels: Optional[Mapping[int, str]] = None,
-                   choice: str = 'auto') -> Tuple[Teacher, str]:
+                   choice: str = 'auto', allow_random: bool = True) -> Tuple[Teacher, str]:
     """Pick the teacher a run will distil from and say why; sizes the feature field to match it.
 
     ``choice``: 'clip' and 'labels' insist on that teacher; 'auto' takes CLIP when its weights load, else the
     labels teacher when ground-truth labels exist, else random-weight CLIP, which is plumbing and NOT
-    semantic (the reason says so). `config` is an `F3RMConfig`; its feature_field.feature_dim and
-    teacher.name are updated in place.
+    semantic (the reason says so). With `allow_random` False, random-weight CLIP (that fallback, or
+    ``teacher.pretrained: ''``) raises `RandomTeacherRefused` with the reason instead. `config` is an
+    `F3RMConfig`; its feature_field.feature_dim and teacher.name are updated in place.
     """
     if choice not in ('auto', 'clip', 'labels'):
         raise ValueError(f"teacher choice must be 'auto', 'clip' or 'labels', got {choice!r}")
@@ -136,9 +151,19 @@ def choose_teacher(config, labels: Optional[Mapping[int, str]] = None,
                 teacher = make_teacher(dataclasses.replace(teacher_config, name='labels'), labels=labels)
                 reason = f'ground-truth labels, because CLIP weights could not be loaded: {error}'
             else:
+                if not allow_random:
+                    raise RandomTeacherRefused(
+                        f'no semantic teacher: CLIP weights could not be loaded ({error}) and there are no label '
+                        f'images; refusing to distil RANDOM-WEIGHT CLIP. To fix: {RANDOM_HINT}') from error
                 teacher = make_teacher(dataclasses.replace(teacher_config, name='clip', pretrained=''))
                 reason = (f'RANDOM-WEIGHT CLIP: features are not semantic (plumbing only), because CLIP weights '
                           f'could not be loaded: {error}')
+    if is_random(teacher):
+        if not allow_random:
+            raise RandomTeacherRefused(f'teacher.pretrained is {teacher_config.pretrained!r}: RANDOM-WEIGHT CLIP is '
+                                       f'not semantic; refusing it. To fix: {RANDOM_HINT}')
+        if not reason.startswith('RANDOM'):
+            reason = f'RANDOM-WEIGHT CLIP (teacher.pretrained {teacher_config.pretrained!r}): features are not semantic'
     config.teacher.name = teacher.name
     config.feature_field.feature_dim = teacher.dim
     return teacher, reason

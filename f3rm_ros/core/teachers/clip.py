@@ -15,9 +15,13 @@ For every image:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -31,6 +35,104 @@ log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = ('.bin', '.pt', '.pth', '.safetensors', '.ckpt')
 RANDOM_WEIGHTS = ('', 'none', 'random')
+# How long a hub that does not answer may take before tagged weights fail (a robot without internet should
+# hear at once that it needs a local weights file, not after the hub client's retries).
+HUB_TIMEOUT_S = 2.0
+_TRUE = ('1', 'on', 'yes', 'true')
+
+
+def is_random_weights(pretrained: Optional[str]) -> bool:
+    """Tell whether a `teacher.pretrained` value means random weights ('' / none / random)."""
+    return (pretrained or '').strip().lower() in RANDOM_WEIGHTS
+
+
+def hub_offline() -> bool:
+    """Tell whether the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    if any(os.environ.get(name, '').strip().lower() in _TRUE for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')):
+        return True
+    try:
+        from huggingface_hub import constants
+        return bool(constants.is_offline_mode())
+    except ImportError:  # no hub client: nothing would be downloaded anyway
+        return True
+
+
+def reachable(host: str, port: int = 443, timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Tell whether a TCP connection to host:port opens within `timeout_s` (DNS included)."""
+    result = []
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+    thread = threading.Thread(target=attempt, name='f3rm-hub-probe', daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result and result[0])
+
+
+def _cached_hub_file(hf_hub: str) -> Optional[str]:
+    """Path of open_clip weights for `hf_hub` ('org/repo/' or 'org/repo/file') in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    model_id, filename = os.path.split(hf_hub)
+    names = [filename] if filename else ['open_clip_model.safetensors', 'open_clip_pytorch_model.bin']
+    for name in names:
+        found = try_to_load_from_cache(model_id, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline_mode():
+    """Make the hub client use its cache only while the block runs (no update check over the network)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_access(model_name: str, tag: str):
+    """Return a context manager to download/load the `tag` weights of `model_name` in, failing fast.
+
+    Weights in the local cache are loaded without any network access; with ``HF_HUB_OFFLINE`` set and no
+    cached copy, or a hub that does not answer within `HUB_TIMEOUT_S`, RuntimeError is raised at once.
+    """
+    import open_clip
+    config = open_clip.get_pretrained_cfg(model_name, tag) or {}
+    hf_hub, url = config.get('hf_hub', ''), config.get('url', '')
+    if 'file' in config:
+        return contextlib.nullcontext()
+    if hf_hub and _cached_hub_file(hf_hub):
+        return _hub_offline_mode()
+    where = f'Hugging Face repo {hf_hub.strip("/")}' if hf_hub else url
+    if hub_offline():
+        raise RuntimeError(f'HF_HUB_OFFLINE is set and the {tag!r} weights of {model_name} ({where}) are not in '
+                           'the local Hugging Face cache; the hub was not contacted')
+    if hf_hub:
+        try:
+            from huggingface_hub import constants
+            host = urlparse(constants.ENDPOINT).hostname or 'huggingface.co'
+        except ImportError:
+            host = 'huggingface.co'
+    else:
+        host = urlparse(url).hostname or ''
+    if host and not reachable(host, 443, HUB_TIMEOUT_S):
+        raise RuntimeError(f'{host} did not answer within {HUB_TIMEOUT_S:.0f} s, so the {tag!r} weights of '
+                           f'{model_name} ({where}) cannot be downloaded')
+    return contextlib.nullcontext()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,7 +165,7 @@ def load_clip(model_name: str, pretrained: Optional[str], device: torch.device):
     if schema:  # 'hf-hub:org/repo' or 'local-dir:/path': open_clip takes weights from there
         source = model_name
         model = open_clip.create_model(model_name, **kwargs)
-    elif pretrained.lower() in RANDOM_WEIGHTS:
+    elif is_random_weights(pretrained):
         log.warning('CLIP teacher %s with RANDOM weights: features and text queries are meaningless '
                     '(plumbing tests only)', model_name)
         source = 'random weights'
@@ -87,7 +189,8 @@ def load_clip(model_name: str, pretrained: Optional[str], device: torch.device):
                              f'(tags: {tags}); pass a local weights file path instead')
         source = f'tag {pretrained!r}'
         try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, **kwargs)
+            with hub_access(model_name, pretrained):
+                model = open_clip.create_model(model_name, pretrained=pretrained, **kwargs)
         except Exception as error:
             hub = (open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get('hf_hub', '').strip('/')
             where = f' (Hugging Face repo {hub}, file open_clip_pytorch_model.bin)' if hub else ''
@@ -201,6 +304,8 @@ class ClipTeacher(Teacher):
             raise ValueError(f'image_size and batch_size must be positive, got {image_size}, {batch_size}')
         self.model_name = model_name
         self.pretrained = pretrained or ''
+        # random weights: features and text are not semantic (nodes refuse them unless allow_random_teacher)
+        self.random_weights = is_random_weights(self.pretrained) and ':' not in model_name
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
