@@ -47,7 +47,9 @@ def generate_launch_description():
         Node(package='f3rm_ros', executable='query_node', name='query', output='screen',
              parameters=[LaunchConfiguration('params_file'),
                          {'checkpoint': LaunchConfiguration('checkpoint'),
-                          'device': LaunchConfiguration('device')}]),
+                          'device': LaunchConfiguration('device')}],
+             # checkpoint:='' follows a running trainer's announcements instead
+             remappings=[('checkpoint', 'trainer/checkpoint')]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

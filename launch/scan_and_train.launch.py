@@ -8,6 +8,13 @@ Parameters come from `params_file` (default: the package's config/f3rm.yaml; `/*
 section per node name). Poses come from TF (base_frame <- the image's optical frame) where tf2 runs, else
 from the `camera_pose` PoseStamped topic. Then: ros2 topic pub --once /query/query std_msgs/String "data: mug"
 
+Every launch starts a new scan (the capture's dataset_dir is emptied, an old checkpoint kept as previous.ckpt)
+unless `resume:=true`; `ros2 service call /capture/new_scan std_srvs/srv/Trigger` starts a new one for capture
+and trainer together. The trainer's inputs `keyframe/*` are remapped to the capture's `~/keyframe/*` and the
+query node's `checkpoint` to the trainer's `~/checkpoint` (f3rm_ros/ros/topics.py): rename a node here and
+both ends follow. `replay:=true` also allows a random-weight CLIP teacher (a dataset without labels on a
+machine without CLIP weights); a live robot refuses it unless the params file sets allow_random_teacher.
+
 DDS is left as the environment has it (ROS_AUTOMATIC_DISCOVERY_RANGE, the middleware's profiles): nodes on
 other computers (a camera driver, RViz) are found. `localhost_only:=true` keeps every process this file starts
 (RViz included) on this machine: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and the packaged Fast DDS profile
@@ -23,6 +30,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 INPUTS = ('image', 'camera_info', 'camera_pose', 'depth', 'labels', 'label_names')
+KEYFRAME_PARTS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'label_names', 'scan')
 
 
 def localhost_only_actions(share):
@@ -52,7 +60,11 @@ def generate_launch_description():
         DeclareLaunchArgument('dataset', default_value='',
                               description="dataset folder for replay ('' = synthetic table)"),
         DeclareLaunchArgument('rviz', default_value='false', description='start RViz with config/f3rm.rviz'),
+        DeclareLaunchArgument('resume', default_value='false',
+                              description='continue the scan in dataset_dir and the last checkpoint (default: a '
+                                          'new scan)'),
     ]
+    resume, replay = LaunchConfiguration('resume'), LaunchConfiguration('replay')
     defaults = {'image': 'image', 'camera_info': 'camera_info', 'camera_pose': 'camera_pose',
                 'depth': 'depth', 'labels': 'labels', 'label_names': 'label_names'}
     for name in INPUTS:
@@ -64,11 +76,14 @@ def generate_launch_description():
              parameters=[params, {'dataset': LaunchConfiguration('dataset')}], remappings=remaps,
              condition=IfCondition(LaunchConfiguration('replay'))),
         Node(package='f3rm_ros', executable='capture_node', name='capture', output='screen',
-             parameters=[params], remappings=remaps),
+             parameters=[params, {'resume': resume}], remappings=remaps),
+        # the trainer hears the node named 'capture' above, the query node the one named 'trainer' (renaming
+        # one: change its remaps too; an unconnected trainer says so on /diagnostics)
         Node(package='f3rm_ros', executable='trainer_node', name='trainer', output='screen',
-             parameters=[params]),
+             parameters=[params, {'resume': resume, 'allow_random_teacher': replay}],
+             remappings=[(f'keyframe/{part}', f'capture/keyframe/{part}') for part in KEYFRAME_PARTS]),
         Node(package='f3rm_ros', executable='query_node', name='query', output='screen',
-             parameters=[params]),
+             parameters=[params, {'allow_random_teacher': replay}], remappings=[('checkpoint', 'trainer/checkpoint')]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),
