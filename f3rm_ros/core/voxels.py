@@ -100,6 +100,9 @@ class FieldGraphs:
 
     MIN_BUCKET = 1024
     WARMUP = 2
+    # The features pass (nerfstudio's colour head, the feature field) failed to capture on the H200 (torch 2.11):
+    # it runs eagerly unless this is set; a failed capture can leave the CUDA generator unusable for the process.
+    capture_points = False
 
     def __init__(self, voxels: 'VoxelField'):
         self.voxels = voxels
@@ -399,7 +402,7 @@ class VoxelField:
         mark = time.perf_counter()
         index_device = torch.from_numpy(index).to(positions.device)
         features = None
-        if graphs is not None and len(index):
+        if graphs is not None and graphs.capture_points and len(index):
             try:
                 features, rgb = graphs.points(positions[index_device], embedding[index_device])
                 features = features.clone()
