@@ -28,8 +28,9 @@ def register(sub) -> None:
     parser.add_argument('--voxel-size', type=float, help='heatmap voxel size in metres')
     parser.add_argument('--surface-only', action='store_true', help='keep only the outer shell of occupied voxels')
     parser.add_argument('--color', choices=['relevancy', 'rgb'], default='relevancy', help='PLY point colours')
-    parser.add_argument('--config', action='append', help='YAML overlay (repeatable) applied to the '
-                                                          "checkpoint's config, e.g. a query: section")
+    parser.add_argument('--config', action='append', help='YAML overlay (repeatable; any shape train reads, e.g. '
+                                                          'config/f3rm.yaml): its query and grasp settings apply, '
+                                                          "the rest is the checkpoint's")
     parser.add_argument('--clip-weights', help='local open_clip weights file (for a checkpoint of the clip teacher)')
     parser.add_argument('--device', default='auto', help='cpu | cuda | auto')
     parser.set_defaults(func=run)
@@ -37,23 +38,16 @@ def register(sub) -> None:
 
 def _query_config(config, args):
     """Return the checkpoint's config with --config overlays and the command-line query options applied."""
-    import yaml
-
-    from ..core.config import from_dict, to_dict
+    from ..core.config import apply_yaml_files, from_dict, to_dict
+    # the same overlay path as train and the nodes; only what does not change the trained field applies
+    overlaid = to_dict(apply_yaml_files(config, [Path(p) for p in args.config or []]))
     data = to_dict(config)
-
-    def merge(into, new):
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-    for path in args.config or []:
-        overlay = yaml.safe_load(Path(path).read_text()) or {}
-        merge(data, overlay.get('f3rm', overlay))
+    data['query'], data['grasp'] = overlaid['query'], overlaid['grasp']
     query = data['query']
     if args.negatives is not None:
         query['negatives'] = [n.strip() for n in args.negatives.split(',') if n.strip()]
+        if not query['negatives']:
+            query['mode'] = 'cosine'  # no negatives: plain cosine similarity
     for name in ('threshold', 'percentile', 'alpha_threshold', 'voxel_size'):
         if getattr(args, name) is not None:
             query[name] = getattr(args, name)

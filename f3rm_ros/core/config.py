@@ -167,6 +167,10 @@ class QueryConfig:
                 problems.append(f'query.{name} must be an integer >= 0, got {getattr(self, name)!r}')
         if any(not isinstance(n, str) for n in self.negatives):
             problems.append(f'query.negatives must be phrases, got {self.negatives!r}')
+        elif self.mode == 'pairwise_softmax' and not [n for n in self.negatives if n.strip()]:
+            problems.append('query.negatives is empty, but pairwise_softmax relevancy compares the query with '
+                            'negatives (without them every answer is "not present"); give some, or set '
+                            'query.mode: cosine for plain cosine similarity')
         _check(problems)
 
 
@@ -322,15 +326,20 @@ def yaml_config_section(data: Dict[str, Any]) -> Dict[str, Any]:
     return data
 
 
+def apply_yaml_files(config: F3RMConfig, yaml_files: Sequence[Path] = ()) -> F3RMConfig:
+    """Overlay YAML files (any shape `yaml_config_section` reads) on `config`, in order: every command's path."""
+    for path in yaml_files:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        config = _merge_into(config, yaml_config_section(data))
+    return config
+
+
 def make_config(preset: str = 'gpu', yaml_files: Sequence[Path] = (),
                 overrides: Optional[Dict[str, Any]] = None) -> F3RMConfig:
     """Build a config: preset, then each YAML file in order, then `overrides` (nested dict)."""
     if preset not in PRESETS:
         raise KeyError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
-    config = _merge_into(F3RMConfig(), PRESETS[preset])
-    for path in yaml_files:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        config = _merge_into(config, yaml_config_section(data))
+    config = apply_yaml_files(_merge_into(F3RMConfig(), PRESETS[preset]), yaml_files)
     if overrides:
         config = _merge_into(config, overrides)
     return config

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
@@ -57,15 +56,23 @@ def hub_offline() -> bool:
         return True
 
 
-def reachable(host: str, port: int = 443, timeout_s: float = HUB_TIMEOUT_S) -> bool:
-    """Tell whether a TCP connection to host:port opens within `timeout_s` (DNS included)."""
+def reachable(url: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
+    """Tell whether the server at `url` answers an HTTP HEAD within `timeout_s` (DNS and TLS included).
+
+    Any HTTP answer counts (even an error status); no answer, a refused connection or a broken TLS handshake
+    (a network that swallows traffic) does not.
+    """
+    import urllib.error
+    import urllib.request
     result = []
 
     def attempt():
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
+            urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout_s).close()
             result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:
+            result.append(True)
+        except (OSError, ValueError):
             result.append(False)
     thread = threading.Thread(target=attempt, name='f3rm-hub-probe', daemon=True)
     thread.start()
@@ -124,14 +131,15 @@ def hub_access(model_name: str, tag: str):
     if hf_hub:
         try:
             from huggingface_hub import constants
-            host = urlparse(constants.ENDPOINT).hostname or 'huggingface.co'
+            server = constants.ENDPOINT or 'https://huggingface.co'
         except ImportError:
-            host = 'huggingface.co'
+            server = 'https://huggingface.co'
     else:
-        host = urlparse(url).hostname or ''
-    if host and not reachable(host, 443, HUB_TIMEOUT_S):
-        raise RuntimeError(f'{host} did not answer within {HUB_TIMEOUT_S:.0f} s, so the {tag!r} weights of '
-                           f'{model_name} ({where}) cannot be downloaded')
+        parts = urlparse(url)
+        server = f'{parts.scheme}://{parts.netloc}' if parts.netloc else ''
+    if server and not reachable(server, HUB_TIMEOUT_S):
+        raise RuntimeError(f'{urlparse(server).hostname} did not answer within {HUB_TIMEOUT_S:.0f} s, so the '
+                           f'{tag!r} weights of {model_name} ({where}) cannot be downloaded')
     return contextlib.nullcontext()
 
 
