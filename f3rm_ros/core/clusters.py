@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 class Cluster:
     """A group of relevant voxels and its box, in ``base_frame``.
 
-    The box is fitted to the cluster's core, its more relevant half (see `core_points`), and is gravity
+    The box is fitted to the cluster's core, its more relevant `CORE_FRACTION` (see `core_points`), and is gravity
     aligned (objects rest on a table): its z axis is base z, its x axis the major and its y axis the minor
     horizontal principal axis of the core points.
 
@@ -84,16 +84,25 @@ def oriented_box(points: np.ndarray, voxel_size: float = 0.0) -> Tuple[np.ndarra
     return centre, (hi - lo) + voxel_size, rotation
 
 
-def core_points(points: np.ndarray, values: np.ndarray, min_points: int = 10) -> np.ndarray:
-    """Return the cluster's more relevant half: points at or above the median relevancy (at least `min_points`).
+# Share of a cluster's voxels, its most relevant ones, that the box is fitted to. The upper half (the first
+# choice) left a lying screwdriver's box on its handle, its thin shaft's voxels less relevant (2.1-2.3 cm off);
+# bench semantic over seeds 11-30 (GPU-trained fields, the box refitted from the saved voxels) put 97 % of the
+# objects within 2 cm with 0.5, 98 % with 0.6, 99 % with 0.7, 100 % with 0.75 and 0.8 (largest error 2.0 cm,
+# 95th percentile 1.4 cm at 0.75), 96 % with 0.9 and 92 % with all voxels (the fringe on the table).
+CORE_FRACTION = 0.75
 
-    Relevancy fades out over a few centimetres around an object, because the 2D teacher's patches mix the
-    object with its surroundings; the fringe lies on the support surface and skews a box fitted to all
-    points (a small ball's box can be twice its size). The upper half is the object itself.
+
+def core_points(points: np.ndarray, values: np.ndarray, min_points: int = 10, fraction: float = 0.5) -> np.ndarray:
+    """Return the cluster's more relevant part: the `fraction` of points with the highest relevancy (ties kept).
+
+    At least `min_points` points. Relevancy fades out over a few centimetres around an object, because the 2D
+    teacher's patches mix the object with its surroundings; the fringe lies on the support surface and skews a
+    box fitted to all points (a small ball's box can be twice its size). With the default 0.5 this is the upper
+    half (at or above the median); clusters use `CORE_FRACTION`.
     """
     if len(points) <= min_points:
         return points
-    keep = values >= np.median(values)
+    keep = values >= np.quantile(values, 1.0 - fraction)
     if keep.sum() < min_points:
         keep = np.argsort(-values)[:min_points]
     return points[keep]
@@ -188,7 +197,7 @@ def make_cluster(points: np.ndarray, values: np.ndarray, members: np.ndarray, th
     """Cluster of heatmap points `members` (indices into `points` / `values`)."""
     member_points = points[members].astype(np.float64)
     member_values = values[members].astype(np.float64)
-    core = core_points(member_points, member_values)
+    core = core_points(member_points, member_values, fraction=CORE_FRACTION)
     centre, extent, rotation = oriented_box(core, voxel_size)
     return Cluster(centroid=centre, extent=extent, rotation=rotation, relevancy=float(member_values.mean()),
                    max_relevancy=float(member_values.max()), num_points=int(len(members)),
