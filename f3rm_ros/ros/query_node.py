@@ -198,7 +198,11 @@ class QueryNode(Node):
         if config is None:
             return ''
         if self.live is not None and not values.get('checkpoint'):
-            workspace = self.live.config.workspace
+            trainer = getattr(self.live, 'trainer', None)
+            model_config = trainer.config if trainer is not None else getattr(self.live, 'config', None)
+            if model_config is None:
+                return ''
+            workspace = model_config.workspace
         elif self._source is not None:
             workspace = self._source[2].workspace
         else:
