@@ -6,8 +6,8 @@ domain. Reported per resolution:
 
 * CPU ms per frame of the capture process (user + system time from /proc, minus its idle rate measured
   just before): everything, DDS receive and deserialisation included;
-* the image callback's mean wall time (`frame_ms` of ~/status) and the mean for keyframes (`keyframe_ms`:
-  conversion, blur test, PNG + transforms.json written, keyframe republished);
+* the image callback's mean wall time (`frame_ms` of its status on /diagnostics) and the mean for keyframes
+  (`keyframe_ms`: conversion, blur test, PNG + transforms.json written, keyframe republished);
 * frames received vs published, keyframes kept.
 """
 from __future__ import annotations
@@ -30,7 +30,6 @@ def _cpu_seconds(pid: int) -> float:
 
 def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, encoding: str = 'bgr8') -> Dict:
     """Run one resolution; returns the measurements (see the module docstring)."""
-    from diagnostic_msgs.msg import DiagnosticStatus
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -45,7 +44,7 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
     proc = subprocess.Popen(args, env=subprocess_env(probe.domain_id), stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     try:
-        status = probe.subscribe(DiagnosticStatus, '/capture/status')
+        status = probe.status('/capture')   # its status on /diagnostics
         image_pub = probe.publisher(Image, 'image')
         info_pub = probe.publisher(CameraInfo, 'camera_info')
         pose_pub = probe.publisher(PoseStamped, 'camera_pose')
@@ -76,7 +75,7 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
             msg.header.stamp = stamp
             image_pub.publish(msg)
         elapsed = time.monotonic() - start
-        try:  # ~/status comes at 2 Hz: wait until it has counted every frame that arrives
+        try:  # the status comes at 2 Hz: wait until it has counted every frame that arrives
             status.wait(lambda m: int(status_values(m)['received']) >= frames, 5, 'every frame counted')
         except AssertionError:
             pass
