@@ -194,3 +194,31 @@ def test_pose_buffer_duplicates_capacity_and_validation():
     assert len(buffer) == 3
     buffer.clear()
     assert buffer.lookup(2.0) == (None, 'no poses yet')
+
+
+def test_a_full_store_keeps_coverage_when_the_camera_lingers_then_sweeps():
+    """Keep coverage in a full store: the new ground a camera sweeps replaces the views of a spot it lingered on.
+
+    Ten slots; the camera first dwells on one spot (20 views within 1 cm), then sweeps 1 m of new ground
+    (20 views): replacing the most redundant view keeps the sweep, end to end, and the dwell spot.
+    """
+    from f3rm_ros.core.keyframes import replacement_slot
+    rng = np.random.default_rng(0)
+    dwell = [pose(x=rng.uniform(-0.005, 0.005), y=rng.uniform(-0.005, 0.005)) for _ in range(20)]
+    sweep = [pose(x=0.2 + 0.05 * k) for k in range(20)]                 # x = 0.20 .. 1.15 m
+    kept = []
+    for candidate in dwell + sweep:
+        if len(kept) < 10:
+            kept.append(candidate)
+            continue
+        slot = replacement_slot(kept, candidate)
+        if slot is not None:
+            kept[slot] = candidate
+    xs = sorted(T[0, 3] for T in kept)
+    print('kept x:', np.round(xs, 3))
+    on_sweep = [x for x in xs if x >= 0.2 - 1e-9]
+    assert len(on_sweep) >= 8 and min(on_sweep) <= 0.3 and max(on_sweep) >= 1.1
+    assert len(xs) - len(on_sweep) >= 1                                 # the dwell spot is still covered
+    # a candidate on top of a kept view adds nothing: no replacement
+    assert replacement_slot(kept, kept[3]) is None
+    assert replacement_slot(kept[:1], kept[0]) is None

@@ -15,7 +15,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -39,6 +39,7 @@ class PosedFrame:
     depth: Optional[np.ndarray] = None   # H x W float32 metres, 0 = invalid
     labels: Optional[np.ndarray] = None  # H x W uint16 object ids, 0 = background
     name: str = ''
+    mask: Optional[np.ndarray] = None    # H x W bool, False = not the scene (a gripper in view): never trained on
 
     def __post_init__(self):
         image = np.asarray(self.image)
@@ -49,7 +50,9 @@ class PosedFrame:
             raise ValueError(f'K must be a finite 3x3 with positive focal lengths, got {self.K.tolist()}')
         self.T_base_optical = np.asarray(self.T_base_optical, dtype=np.float64)
         check_rigid(self.T_base_optical)
-        for name in ('depth', 'labels'):
+        if self.mask is not None:
+            self.mask = np.asarray(self.mask).astype(bool)
+        for name in ('depth', 'labels', 'mask'):
             extra = getattr(self, name)
             if extra is not None and extra.shape[:2] != image.shape[:2]:
                 raise ValueError(f'{name} shape {extra.shape[:2]} differs from image {image.shape[:2]}')
@@ -66,10 +69,10 @@ class PosedFrame:
 
 
 class FrameStore:
-    """Fixed-capacity keyframe arrays (uint8 images), safe to append to while a trainer reads.
+    """Fixed-capacity keyframe list, safe to change while a trainer reads.
 
-    All frames share one resolution (one camera); arrays are allocated at the first frame so a reader can
-    hold views of them. `version` increases with every change so readers can notice new frames.
+    All frames share one resolution (one camera). `version` increases with every change and `revisions[i]`
+    with every replacement of slot i, so a reader can tell new frames from replaced ones.
     """
 
     def __init__(self, capacity: int, ram_budget_bytes: Optional[int] = None):
@@ -79,7 +82,8 @@ class FrameStore:
         self.ram_budget_bytes = ram_budget_bytes
         self.lock = threading.Lock()
         self.frames: List[PosedFrame] = []
-        self.images: Optional[np.ndarray] = None
+        self.revisions: List[int] = []
+        self._resolution: Optional[tuple] = None
         self.version = 0
 
     def __len__(self) -> int:
@@ -98,28 +102,46 @@ class FrameStore:
     @property
     def resolution(self) -> Optional[tuple]:
         """(height, width) shared by all frames, or None while empty."""
-        return None if self.images is None else self.images.shape[1:3]
+        return self._resolution
+
+    def _check_size(self, frame: PosedFrame) -> None:
+        if self._resolution is None:
+            self._resolution = frame.image.shape[:2]
+        elif frame.image.shape[:2] != self._resolution:
+            raise ValueError(f'frame is {frame.image.shape[:2]} but the store holds {self._resolution}')
 
     def add(self, frame: PosedFrame) -> int:
         """Append a frame and return its index; raises when full or when the resolution differs."""
         with self.lock:
             if self.full:
                 raise OverflowError(f'frame store is full ({len(self.frames)} of {self.capacity} frames)')
-            if self.images is None:
-                self.images = np.zeros((self.capacity, frame.height, frame.width, 3), dtype=np.uint8)
-            elif frame.image.shape[:2] != self.images.shape[1:3]:
-                raise ValueError(f'frame is {frame.image.shape[:2]} but the store holds {self.images.shape[1:3]}')
-            index = len(self.frames)
-            self.images[index] = frame.image
+            self._check_size(frame)
             self.frames.append(frame)
+            self.revisions.append(0)
             self.version += 1
-            return index
+            return len(self.frames) - 1
+
+    def replace(self, index: int, frame: PosedFrame) -> None:
+        """Put `frame` in slot `index` instead of the frame there (a full store keeping coverage)."""
+        with self.lock:
+            if not 0 <= index < len(self.frames):
+                raise IndexError(f'no frame {index} to replace ({len(self.frames)} frames)')
+            self._check_size(frame)
+            self.frames[index] = frame
+            self.revisions[index] += 1
+            self.version += 1
 
     def clear(self) -> None:
-        """Forget every frame (the allocation is kept for the same camera)."""
+        """Forget every frame (the resolution is kept: the same camera)."""
         with self.lock:
             self.frames.clear()
+            self.revisions.clear()
             self.version += 1
+
+    def state(self) -> Tuple[List[PosedFrame], List[int]]:
+        """Return a consistent (frames, revisions) pair."""
+        with self.lock:
+            return list(self.frames), list(self.revisions)
 
     def snapshot(self) -> List[PosedFrame]:
         """Return a consistent list of the frames kept so far."""
@@ -206,6 +228,10 @@ class DatasetWriter:
             (self.root / 'labels').mkdir(exist_ok=True)
             entry['label_file_path'] = f'labels/{name}.png'
             _atomic_imwrite(self.root / entry['label_file_path'], frame.labels.astype(np.uint16))
+        if frame.mask is not None:  # nerfstudio's convention: 0 = ignore the pixel, 255 = use it
+            (self.root / 'masks').mkdir(exist_ok=True)
+            entry['mask_path'] = f'masks/{name}.png'
+            _atomic_imwrite(self.root / entry['mask_path'], frame.mask.astype(np.uint8) * 255)
         self.meta['frames'].append(entry)
         try:
             self._flush()
@@ -246,8 +272,9 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
 
     Intrinsics may be per frame or global; lens distortion (``camera_model`` OPENCV / OPENCV_FISHEYE with
     k1.. p2) is removed on reading (`distortion.Undistorter`: the frames get the pinhole K of the undistorted
-    images); depth is read from ``depth_file_path`` (``depth_unit_scale_factor``, default 1 mm) and object ids
-    from ``label_file_path``. `downscale` shrinks images, depth and labels by an integer factor.
+    images); depth is read from ``depth_file_path`` (``depth_unit_scale_factor``, default 1 mm), object ids
+    from ``label_file_path`` and masks from ``mask_path`` (nerfstudio's: 0 = ignore the pixel). `downscale`
+    shrinks images, depth, labels and masks by an integer factor.
     """
     root = Path(root)
     meta = read_metadata(root)
@@ -284,6 +311,15 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
             if labels is None:
                 raise FileNotFoundError(f'cannot read label map {root / entry["label_file_path"]}')
             labels = labels.astype(np.uint16)
+        mask = None
+        if 'mask_path' in entry:
+            raw = cv2.imread(str(root / entry['mask_path']), cv2.IMREAD_GRAYSCALE)
+            if raw is None:
+                raise FileNotFoundError(f'cannot read mask {root / entry["mask_path"]}')
+            if raw.shape != (h, w):
+                raise ValueError(f'mask {root / entry["mask_path"]} is {raw.shape[1]} x {raw.shape[0]}, its image '
+                                 f'{w} x {h}')
+            mask = raw > 0
         distortion = from_dataset(meta, entry)
         if distortion is not None:
             if undistorter is None or not undistorter.matches(K, distortion, w, h):
@@ -292,6 +328,9 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
             image, K = undistorter.image(image), undistorter.K_new.copy()
             depth = None if depth is None else undistorter.nearest(depth)
             labels = None if labels is None else undistorter.nearest(labels)
+            # pixels the lens never saw come out 0: not part of the scan either
+            valid = undistorter.nearest(np.full((h, w), 255, np.uint8)) > 0
+            mask = valid if mask is None else (undistorter.nearest(mask.astype(np.uint8)) > 0) & valid
         if downscale > 1:
             size = (w // downscale, h // downscale)
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -300,9 +339,11 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
                 depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
             if labels is not None:
                 labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+            if mask is not None:
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         T = opengl_to_optical(np.array(entry['transform_matrix'], dtype=np.float64))
         frames.append(PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)),
-                                 depth=depth, labels=labels, name=Path(entry['file_path']).stem))
+                                 depth=depth, labels=labels, name=Path(entry['file_path']).stem, mask=mask))
     return frames
 
 

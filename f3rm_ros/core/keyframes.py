@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -117,6 +117,33 @@ class KeyframeGate:
         self.last_pose = T
         self.last_stamp = float(stamp)
         self.count += 1
+
+
+def view_distance(T_a: np.ndarray, T_b: np.ndarray, metres: float = 0.05, degrees: float = 10.0) -> float:
+    """How different two camera views are: translation in units of `metres` plus rotation in units of `degrees`."""
+    return float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3]) / metres
+                 + rotation_angle_deg(T_a[:3, :3], T_b[:3, :3]) / degrees)
+
+
+def replacement_slot(kept: Sequence[np.ndarray], candidate: np.ndarray, metres: float = 0.05,
+                     degrees: float = 10.0) -> Optional[int]:
+    """Choose the kept view a new one should replace in a full store so that coverage grows, or None.
+
+    The most redundant kept view is the one closest to its nearest neighbour (`view_distance`; exact ties: the
+    older, lower slot). The candidate replaces it when the candidate is farther from every other kept view than
+    that: the scan's spread grows, and a camera lingering on one spot stops crowding out new ground.
+    """
+    poses = [np.asarray(T, dtype=np.float64) for T in kept]
+    if len(poses) < 2:
+        return None
+    distances = np.full((len(poses), len(poses)), np.inf)
+    for i in range(len(poses)):
+        for j in range(i + 1, len(poses)):
+            distances[i, j] = distances[j, i] = view_distance(poses[i], poses[j], metres, degrees)
+    nearest = distances.min(axis=1)
+    victim = int(np.argmin(nearest))                          # argmin takes the first of exact ties
+    others = [view_distance(candidate, T, metres, degrees) for i, T in enumerate(poses) if i != victim]
+    return victim if min(others) > nearest[victim] else None
 
 
 class PoseBuffer:

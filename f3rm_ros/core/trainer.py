@@ -246,6 +246,9 @@ class OnlineTrainer:
         self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
         self.features: Optional[torch.Tensor] = None   # [capacity, h, w, D] fp16 on device
         self.depths: Optional[torch.Tensor] = None     # [capacity, H, W] z-depth in field units, 0 = none
+        self.masks: Optional[torch.Tensor] = None      # [capacity, H, W] bool, once any frame has a mask
+        self._pixels: Optional[Tuple[List[int], torch.Tensor]] = None  # (train indices, trainable pixel ids)
+        self._revisions: List[int] = []                # the store's slot revisions the arrays hold
         self.frames: List[PosedFrame] = []
         self.train_indices: List[int] = []
         self.eval_indices: List[int] = []
@@ -266,55 +269,114 @@ class OnlineTrainer:
         return len(self.frames)
 
     def sync_frames(self, should_stop: Optional[Callable[[], bool]] = None) -> int:
-        """Take frames added to the store since the last call: teacher features, images, cameras.
+        """Take frames added to (or replaced in) the store since the last call: teacher features, images, cameras.
 
-        `should_stop` is asked before each teacher chunk: when it says True, nothing is taken (0 is returned)
-        and a later call starts again (a node shutting down must not wait for minutes of feature extraction).
+        A replaced slot also forgets its old camera's appearance code and pose correction. `should_stop` is
+        asked before each teacher chunk: when it says True, nothing is taken (0 is returned) and a later call
+        starts again (a node shutting down must not wait for minutes of feature extraction).
         """
-        frames = self.store.snapshot()
-        new = frames[len(self.frames):]
+        frames, revisions = self.store.state()
         if len(frames) < len(self.frames):  # the store was cleared
-            self.frames, new = [], frames
-        if not new:
+            self.frames, self._revisions = [], []
+        replaced = [i for i in range(len(self.frames)) if revisions[i] != self._revisions[i]]
+        slots = replaced + list(range(len(self.frames), len(frames)))
+        if not slots:
             return 0
+        changed = [frames[i] for i in slots]
         batch_size = self.config.teacher.batch_size
         chunks = []
-        for i in range(0, len(new), batch_size):
+        for i in range(0, len(changed), batch_size):
             if should_stop is not None and should_stop():
                 return 0
-            chunks.append(self.teacher.extract(new[i:i + batch_size]))
-            if len(new) > batch_size:  # a resumed or offline scan: this can take minutes on a CPU
-                log.info('teacher features: %d of %d new frames', min(i + batch_size, len(new)), len(new))
+            chunks.append(self.teacher.extract(changed[i:i + batch_size]))
+            if len(changed) > batch_size:  # a resumed or offline scan: this can take minutes on a CPU
+                log.info('teacher features: %d of %d new frames', min(i + batch_size, len(changed)), len(changed))
         features = torch.cat(chunks)
         with self.lock:
             if self.features is None:
                 capacity = self.store.capacity
                 self.features = torch.zeros((capacity, *features.shape[1:]), dtype=torch.float16, device=self.device)
-                self.images = torch.zeros((capacity, new[0].height, new[0].width, 3), dtype=torch.uint8,
+                self.images = torch.zeros((capacity, changed[0].height, changed[0].width, 3), dtype=torch.uint8,
                                           device=self.device)
-                self.depths = torch.zeros((capacity, new[0].height, new[0].width), device=self.device)
-            start = len(self.frames)
-            self.features[start:start + len(new)] = features.to(self.device, torch.float16)
-            self.images[start:start + len(new)] = torch.from_numpy(np.stack([f.image for f in new])).to(self.device)
-            for offset, frame in enumerate(new):
-                if frame.depth is not None:
-                    depth = torch.from_numpy(np.nan_to_num(frame.depth).astype(np.float32))
-                    self.depths[start + offset] = depth.to(self.device) * self.box.scale
-            self.frames = frames
+                self.depths = torch.zeros((capacity, changed[0].height, changed[0].width), device=self.device)
+            index = torch.as_tensor(slots, device=self.device)
+            self.features[index] = features.to(self.device, torch.float16)
+            self.images[index] = torch.from_numpy(np.stack([f.image for f in changed])).to(self.device)
+            for slot, frame in zip(slots, changed):
+                depth = frame.depth if frame.depth is not None else np.zeros(frame.image.shape[:2], np.float32)
+                self.depths[slot] = torch.from_numpy(np.nan_to_num(depth).astype(np.float32)).to(
+                    self.device) * self.box.scale
+            if self.masks is None and any(f.mask is not None for f in changed):
+                self.masks = torch.ones(self.images.shape[:3], dtype=torch.bool, device=self.device)
+            if self.masks is not None:
+                for slot, frame in zip(slots, changed):
+                    self.masks[slot] = True if frame.mask is None else torch.from_numpy(frame.mask).to(self.device)
+            if replaced:
+                self._forget_cameras(replaced)
+            self._pixels = None
+            self.frames, self._revisions = frames, revisions
             self.cameras = make_cameras(frames, self.box, self.device)
             self.train_indices, self.eval_indices = holdout_split(len(frames), self.config.trainer.holdout_every)
-        return len(new)
+        return len(slots)
+
+    @torch.no_grad()
+    def _forget_cameras(self, slots: List[int]) -> None:
+        """Reset the per-camera parameters of replaced slots: another camera view lives there now."""
+        index = torch.as_tensor(slots, device=self.device)
+        appearance = self.model.field.embedding_appearance
+        if appearance is not None:
+            appearance.trained_rows[index] = False
+            fresh = torch.empty_like(appearance.embedding.weight[index])
+            torch.nn.init.normal_(fresh)                 # torch.nn.Embedding's own initialisation
+            appearance.embedding.weight[index] = fresh
+        adjustment = getattr(self.model.camera_optimizer, 'pose_adjustment', None)
+        if adjustment is not None:
+            adjustment[index] = 0.0
+
+    def _trainable_pixels(self) -> Optional[torch.Tensor]:
+        """Flat ids (frame * H * W + y * W + x) of the pixels rays may come from, when some frame has a mask.
+
+        A pixel qualifies when its mask keeps it and its teacher patch is at least half unmasked: the patch's
+        feature is the pixel's target, and a patch mostly covering a gripper would teach the gripper.
+        """
+        if self.masks is None:
+            return None
+        if self._pixels is not None and self._pixels[0] == self.train_indices:
+            return self._pixels[1]
+        train = torch.as_tensor(self.train_indices, device=self.device)
+        masks = self.masks[train]                                              # [T, H, W]
+        count, height, width = masks.shape
+        patches_h, patches_w = self.features.shape[1:3]
+        rows = torch.arange(height, device=self.device) * patches_h // height
+        cols = torch.arange(width, device=self.device) * patches_w // width
+        patch = (rows[:, None] * patches_w + cols[None, :]).reshape(1, -1).expand(count, -1)
+        kept = torch.zeros((count, patches_h * patches_w), device=self.device).scatter_add_(
+            1, patch, masks.reshape(count, -1).float())
+        total = torch.zeros_like(kept).scatter_add_(1, patch, torch.ones_like(kept[:, :1]).expand(-1, patch.shape[1]))
+        usable = masks.reshape(count, -1) & (kept / total.clamp(min=1) >= 0.5).gather(1, patch)
+        t, pixel = usable.nonzero(as_tuple=True)
+        if len(t) == 0:
+            raise RuntimeError('every training pixel is masked: check the mask (white = keep, black = ignore)')
+        ids = train[t] * (height * width) + pixel
+        self._pixels = (list(self.train_indices), ids)
+        return ids
 
     def _sample_batch(self, num_rays: int):
-        if getattr(self, '_train_key', None) != self.train_indices:  # a host->device copy waits for the GPU
-            self._train_key, self._train_tensor = list(self.train_indices), torch.as_tensor(
-                self.train_indices, device=self.device)
-        train = self._train_tensor
-        pick = torch.randint(len(train), (num_rays,), device=self.device, generator=self.generator)
-        frame = train[pick]
         height, width = self.images.shape[1:3]
-        y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
-        x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
+        pixels = self._trainable_pixels()
+        if pixels is not None:
+            flat = pixels[torch.randint(len(pixels), (num_rays,), device=self.device, generator=self.generator)]
+            frame, rest = flat // (height * width), flat % (height * width)
+            y, x = rest // width, rest % width
+        else:
+            if getattr(self, '_train_key', None) != self.train_indices:  # a host->device copy waits for the GPU
+                self._train_key, self._train_tensor = list(self.train_indices), torch.as_tensor(
+                    self.train_indices, device=self.device)
+            train = self._train_tensor
+            pick = torch.randint(len(train), (num_rays,), device=self.device, generator=self.generator)
+            frame = train[pick]
+            y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
+            x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
         ray_bundle = sample_rays(self.cameras, frame[:, None], coords)
         patches_h, patches_w = self.features.shape[1:3]
@@ -392,7 +454,11 @@ class OnlineTrainer:
             image = frame.image if shrink == 1 else cv2.resize(frame.image, (width, height),
                                                                interpolation=cv2.INTER_AREA)
             rendered = self.render(frame.T_base_optical, K, width, height)
-            values.append(psnr(torch.from_numpy(rendered['rgb']), torch.from_numpy(image / 255.0)))
+            predicted, target = torch.from_numpy(rendered['rgb']), torch.from_numpy(image / 255.0)
+            if frame.mask is not None:  # the gripper is not the scene: score the rest
+                keep = cv2.resize(frame.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                predicted, target = predicted[torch.from_numpy(keep)], target[torch.from_numpy(keep)]
+            values.append(psnr(predicted, target))
         return {'psnr': float(np.mean(values)), 'frames': len(values)}
 
     def save_checkpoint(self, path: Path, scan_id: str = '') -> Path:
