@@ -66,6 +66,8 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from std_msgs.msg import String
 
+    if replay:  # as the launch file's replay:=true: a dataset without labels on a machine without CLIP weights
+        parameters = ['allow_random_teacher:=true', *parameters]
     init_ros(ros_arguments(params_files, parameters))
     nodes = create_nodes(replay)
     trainer = next(n for n in nodes if n.get_name() == 'trainer')

@@ -391,6 +391,9 @@ class QueryNode(Node):
                   'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
         level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)
+        teacher = source[1] if source is not None else getattr(self.live, 'teacher', None)
+        if level == 'ok' and getattr(teacher, 'random_weights', False):
+            level, why = 'warn', 'the model was distilled from RANDOM-WEIGHT CLIP: its answers are not semantic'
         return level, f'{self.answered} queries answered' + (f'; {why}' if why else ''), values
 
     def _hardware_id(self) -> str:
