@@ -210,5 +210,6 @@ def test_bench_query_times_a_trained_field(tmp_path, capsys):
     assert 'grasps (ms)' in printed and 'pack (ms)' in printed and '115200 voxels' in printed
     fields = parse_result_line(printed)
     assert {'cold_ms', 'warm_ms', 'cold_goal_met', 'warm_goal_met', 'voxels', 'occupied'} <= set(fields)
+    assert fields['consistent'] == '1'                          # every cold evaluation kept the same voxels
     data = json.loads((tmp_path / 'query.json').read_text())
     assert len(data['timings']['cold']) == 2 and set(STAGES) <= set(data['timings']['warm'][0])

@@ -175,6 +175,8 @@ def run(args) -> int:
                     + [f'{median_ms(timings, "total"):.2f}', f'{GOALS_MS[kind]:g} (GPU)'])
     print(format_table(rows))
     warm = results['warm']
+    counts = sorted({int(r['points']) for r in results['cold'] + warm})
+    print(f'every cold evaluation kept the same voxels: {"yes" if len(counts) == 1 else "NO: " + str(counts)}')
     print(f'per query: {statistics.median(r["points"] for r in warm):.0f} heatmap points, '
           f'{statistics.median(r["clusters"] for r in warm):.0f} clusters, '
           f'{statistics.median(r["grasp_candidates"] for r in warm):.0f} grasp candidates (medians); '
@@ -189,7 +191,7 @@ def run(args) -> int:
         print(f'text, first ask of a phrase, open_clip {args.clip_text} text tower: '
               f'{statistics.median(clip) * 1000:.2f} ms')
     cold, warm_ms = median_ms(results['cold'], 'total'), median_ms(warm, 'total')
-    print(f'RESULT cold_ms={cold:.2f} warm_ms={warm_ms:.2f} '
+    print(f'RESULT cold_ms={cold:.2f} warm_ms={warm_ms:.2f} consistent={int(len(counts) == 1)} '
           f'cold_goal_met={int(cold <= GOALS_MS["cold"])} warm_goal_met={int(warm_ms <= GOALS_MS["warm"])} '
           f'voxels={v.num_voxels} occupied={v.num_occupied} queries={args.queries}')
     write_json(args.json, {'device': device_name(), 'source': source, 'voxels': v.num_voxels,

@@ -108,8 +108,8 @@ class FieldGraphs:
         self.voxels = voxels
         self.pool = None
         self.stream: Optional[torch.cuda.Stream] = None
-        self.density: Optional[Tuple[torch.cuda.CUDAGraph, Tuple[torch.Tensor, torch.Tensor]]] = None
-        self.features: Dict[int, Tuple[torch.cuda.CUDAGraph, Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]] = {}
+        self.density: Optional[tuple] = None              # (graph, (alpha, embedding), the samples it reads)
+        self.features: Dict[int, tuple] = {}               # bucket -> (graph, inputs, outputs, samples)
 
     def _capture(self, function):
         """Warm `function` up on a side stream, then capture it; returns (graph, its outputs)."""
@@ -134,9 +134,12 @@ class FieldGraphs:
             positions = v.grid_positions()
             samples = v._ray_samples(positions)
             with eval_mode(v.model, v.lock):
-                self.density = self._capture(lambda: v._density_pass(positions, samples))
+                graph, outputs = self._capture(lambda: v._density_pass(positions, samples))
+            # the graph reads the samples' tensors at every replay: they must outlive this call (freed, their
+            # memory would be handed to other tensors and later replays would read those)
+            self.density = (graph, outputs, samples)
             log.info('voxels: captured the density pass over %d voxels as a CUDA graph', len(positions))
-        graph, outputs = self.density
+        graph, outputs, _ = self.density
         with (v.lock if v.lock is not None else contextlib.nullcontext()):
             graph.replay()
         return outputs
@@ -152,9 +155,9 @@ class FieldGraphs:
             samples = v._ray_samples(inputs[0])
             with eval_mode(v.model, v.lock):
                 graph, outputs = self._capture(lambda: v._features_pass(inputs[0], samples, inputs[1]))
-            self.features[bucket] = (graph, inputs, outputs)
+            self.features[bucket] = (graph, inputs, outputs, samples)      # kept alive with the graph
             log.info('voxels: captured the features of %d points as a CUDA graph', bucket)
-        graph, inputs, outputs = self.features[bucket]
+        graph, inputs, outputs, _ = self.features[bucket]
         inputs[0][:count] = positions
         inputs[1][:count] = embedding
         with (v.lock if v.lock is not None else contextlib.nullcontext()):
