@@ -116,7 +116,7 @@ def test_large_frames_are_stored_downscaled_with_their_intrinsics(tmp_path):
 
 @contextmanager
 def small_disk(tmp_path, size_kb):
-    """A tmpfs of `size_kb` KB (root only; skips otherwise), unmounted afterwards whatever happens."""
+    """Mount a tmpfs of `size_kb` KB (root only; skips otherwise), unmounted afterwards whatever happens."""
     folder = tmp_path / 'small_disk'
     folder.mkdir()
     if os.geteuid() != 0:
