@@ -455,3 +455,13 @@ def test_pictures_and_cli(trained, tmp_path, capsys):
     box = trained['scene'].objects['box']
     assert np.linalg.norm(np.array(summary['clusters'][0]['centroid'])[:2] - box['center'][:2]) < 0.03
     assert main(['query', '--checkpoint', str(trained['checkpoint']), '--text', ' ', '--output', str(out)]) == 2
+
+
+def test_the_present_bound_is_the_teachers_unless_configured(analytic):
+    """labels: the calibrated 0.92; an uncalibrated (CLIP) teacher: 0.55; a configured value wins."""
+    from f3rm_ros.core.query import UNCALIBRATED_PRESENT_RELEVANCY, present_relevancy
+    config, teacher, model = analytic
+    assert FieldQuerier(model, teacher, config).present_relevancy == 0.92
+    assert present_relevancy(config.query, 'clip') == UNCALIBRATED_PRESENT_RELEVANCY == 0.55
+    config.query.present_relevancy = 0.7
+    assert present_relevancy(config.query, 'labels') == 0.7 == FieldQuerier(model, teacher, config).present_relevancy

@@ -130,12 +130,10 @@ class QueryConfig:
     threshold: str = 'otsu'  # 'otsu', 'percentile' (of `percentile`) or 'value' (`threshold_value` itself)
     percentile: float = 99.0
     threshold_value: float = 0.6
-    # Not present unless the best cluster's peak relevancy (mean of its 10 most relevant voxels) reaches this.
-    # Calibrated with `f3rm-ros bench semantic` on seeds 11-30 (20 layouts, labels teacher, cpu-tiny, 500 steps,
-    # fields trained on an H200): 100 present objects peaked at 0.989-1.000, 60 absent catalogue objects at
-    # 0.505-0.860 (median 0.546, 95th percentile 0.713); 0.92 is the middle of that gap. A CLIP teacher's
-    # relevancy runs lower: recalibrate with `bench semantic --data` on a CLIP-distilled scan before relying on it.
-    present_relevancy: float = 0.92
+    # Not present unless the best cluster's peak relevancy (mean of its 10 most relevant voxels) reaches this;
+    # negative = the teacher's own bound (core/query.py PRESENT_RELEVANCY: calibrated for the labels teacher,
+    # a cautious one for CLIP until you calibrate yours with `f3rm-ros bench semantic --data`).
+    present_relevancy: float = -1.0
     cluster_eps: float = 0.02
     cluster_min_points: int = 10
     max_clusters: int = 10  # 0 = all
