@@ -1,8 +1,9 @@
 """What the capture node decides, without ROS: which camera frames become keyframes of a scan.
 
-A `CaptureSession` receives images (lazily: a loader it calls only when it needs the pixels), intrinsics,
-poses by stamp (or a pose-lookup function, e.g. tf2) and optional aligned depth / label images with the
-same stamp as their colour image. For each image it decides, cheapest test first:
+A `CaptureSession` receives images (lazily: a loader it calls only when it needs the pixels), intrinsics
+with their lens distortion, poses by stamp (or a pose-lookup function, e.g. tf2) and optional aligned depth,
+label and mask images paired with their colour image by stamp (nearest within `depth_slop_s`: drivers stamp
+depth a few milliseconds after colour). For each image it decides, cheapest test first:
 
 1. stamp sanity (non-zero, finite, within `max_stamp_skew_s` of the node's clock, newer than the previous
    good image: duplicates and out-of-order are refused, but a run of `STAMP_RECOVERY_FRAMES` consistent
@@ -10,10 +11,18 @@ same stamp as their colour image. For each image it decides, cheapest test first
    scan's resolution (a camera that changes resolution mid-scan is refused: call ``new_scan``), capacity
    and RAM budget left;
 2. the minimum interval since the last keyframe (no pose needed: most frames of a 30 Hz stream stop here);
-3. the pose at the image stamp (nearest within a tolerance, never "the latest"), waiting up to `pose_wait_s`
-   for a pose or an aligned depth / label image that is late;
+3. the pose at the image stamp (interpolated between the samples around it, never extrapolated beyond
+   `pose_tolerance_s`, never "the latest"; with a hand-eye calibration the pose is the end effector's and
+   ``T_base_ee @ T_ee_optical`` is the camera's), waiting up to `pose_wait_s` for a pose or an aligned image
+   that is late;
 4. camera motion since the last keyframe (`KeyframeGate`), then blur (variance of the Laplacian) on the
    converted image.
+
+A kept frame is undistorted once (`distortion.Undistorter`, maps made once per camera: colour bilinear;
+depth, labels and masks nearest) and carries the pinhole ``K_new`` from then on; its mask is the static mask
+(a wrist camera's gripper) AND the frame's own mask AND the pixels the lens saw. Problems with an aligned
+input (a depth image in another frame than the colour one, of another size, undecodable) are queued for
+the caller (`take_problems`) with what to change; the keyframe goes on without that input.
 
 Images larger than `max_image_side` are stored downscaled (area filter; depth and labels nearest; K
 scaled): a 12 MP camera gains nothing in the field (CLIP sees 224-336 px, nerfacto samples rays) and
@@ -38,13 +47,22 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import cv2
 import numpy as np
 
+from .distortion import Distortion, Undistorter
 from .frames import DatasetWriter, PosedFrame
-from .geometry import opengl_to_optical, resized_intrinsics
+from .geometry import check_rigid, opengl_to_optical, resized_intrinsics
 from .keyframes import KeyframeGate, PoseBuffer, sharpness
 
 PoseLookup = Callable[[float], Tuple[Optional[np.ndarray], str]]
 Loader = Callable[[], np.ndarray]
-AUX_KINDS = ('depth', 'labels')
+AUX_KINDS = ('depth', 'labels', 'mask')
+# until the image stamps tell the frame period, aligned images pair with colour within this (half of 30 Hz)
+DEFAULT_SLOP_S = 1.0 / 60.0
+# `capacity` 0 (the node's default): the scan on disk keeps up to this many keyframes; the trainer keeps the
+# best-spread `trainer.capacity` of them (a full trainer replaces its most redundant view)
+DISK_CAPACITY = 1000
+ALIGNED_DEPTH_HINT = ("depth must be registered to the colour camera: realsense2_camera's align_depth.enable:=true "
+                      "and remap depth to /camera/camera/aligned_depth_to_color/image_raw (other drivers: their "
+                      "'aligned depth to color' / registered depth output)")
 # Frames stamped before an outlier in a row, each newer than the last, after which the outlier is forgotten.
 STAMP_RECOVERY_FRAMES = 5
 
@@ -52,6 +70,25 @@ STAMP_RECOVERY_FRAMES = 5
 def new_scan_id() -> str:
     """Return a fresh scan id: date, time of day and a random suffix (``20261130-142501-3fa2c1``)."""
     return time.strftime('%Y%m%d-%H%M%S') + '-' + uuid.uuid4().hex[:6]
+
+
+def read_mask_file(path: str) -> np.ndarray:
+    """Read a static mask image (white = keep, black = ignore: the gripper in a wrist camera) as H x W bool.
+
+    Any 8- or 16-bit grey or colour image; a pixel is kept when its grey value is above half the range.
+    ValueError with the path when it cannot be read.
+    """
+    image = cv2.imread(str(Path(path).expanduser()), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f'mask_file {path} cannot be read as an image (a PNG at the camera\'s resolution: white = '
+                         'keep, black = ignore)')
+    if image.ndim == 3:
+        image = image[..., :3].max(axis=2)
+    half = 32767 if image.dtype == np.uint16 else 127
+    mask = image > half
+    if not mask.any():
+        raise ValueError(f'mask_file {path} masks every pixel (all black): white = keep, black = ignore')
+    return mask
 
 
 def stored_size(width: int, height: int, max_side: int) -> Tuple[int, int]:
@@ -82,6 +119,11 @@ class CaptureSettings:
     max_image_side: int = 1280         # store larger images downscaled to this longer side (0 = as they come)
     max_pending: int = 30
     workspace: Optional[Dict] = None   # {'min': [3], 'max': [3]} written into transforms.json
+    depth_slop_s: float = 0.0          # aligned images pair within this of the colour stamp (0 = half a frame period)
+    pose_max_gap_s: float = 0.25       # interpolate only between pose samples at most this far apart
+    hand_eye: Optional[np.ndarray] = None      # T_ee_optical: poses are the end effector's (None = the camera's)
+    static_mask: Optional[np.ndarray] = None   # H x W bool at the camera's resolution, False = ignore (a gripper)
+    trainer_capacity: int = 0          # keyframes the trainer holds at most (the RAM budget counts these; 0 = all)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -96,6 +138,14 @@ class CaptureSettings:
             raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
         if int(self.max_image_side) < 0 or 0 < int(self.max_image_side) < 32:
             raise ValueError(f'max_image_side must be 0 (off) or >= 32 px, got {self.max_image_side}')
+        for name in ('depth_slop_s', 'pose_max_gap_s'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f'{name} must be a finite number >= 0, got {value!r}')
+        if self.hand_eye is not None:
+            check_rigid(np.asarray(self.hand_eye, dtype=np.float64))
+        if self.static_mask is not None and np.asarray(self.static_mask).ndim != 2:
+            raise ValueError(f'the static mask must be an H x W image, got shape {np.asarray(self.static_mask).shape}')
 
 
 @dataclass
@@ -133,6 +183,13 @@ class _Camera:
     K: np.ndarray
     width: int
     height: int
+    distortion: Optional[Distortion] = None
+
+
+@dataclass
+class _Aux:
+    load: Loader
+    frame_id: str = ''
 
 
 @dataclass
@@ -155,7 +212,8 @@ class CaptureSession:
     """Keyframe selection and dataset writing for one camera (see the module docstring).
 
     Not thread-safe: call it from one thread (a ROS node's mutually exclusive callback group).
-    `pose_lookup` (stamp → (T_base_optical or None, reason)) replaces the internal `PoseBuffer`.
+    `pose_lookup` (stamp → (T or None, reason)) replaces the internal `PoseBuffer`; T is ``T_base_optical``,
+    or ``T_base_ee`` when `settings.hand_eye` is set (both paths compose the hand-eye transform here).
     `stamp_clock` says the time now in the stamps' time base (the node's ROS clock; 0 or None = unknown):
     image stamps further than `max_stamp_skew_s` from it are refused.
     """
@@ -172,13 +230,19 @@ class CaptureSession:
         self.write_error = ''                              # the last keyframe write failed (until one succeeds)
         self._behind: List[float] = []                     # stamps refused as older than an outlier, in a row
         self.stamp_note = ''                               # set when an outlier stamp was left behind
-        self.poses = PoseBuffer(settings.pose_tolerance_s, maxlen=2000)
+        self.poses = PoseBuffer(settings.pose_tolerance_s, maxlen=2000, max_gap_s=settings.pose_max_gap_s)
         self.pose_lookup: PoseLookup = pose_lookup or self.poses.lookup
+        self.undistorter: Optional[Undistorter] = None
+        self.camera_problem = ''                           # why the last camera_info was refused ('' = fine)
+        self.camera_note = ''                              # a new camera model to log once (undistortion ...)
+        self.problems: List[Tuple[str, str]] = []          # (kind, message) for the caller: `take_problems`
+        self._periods: List[float] = []                    # recent image stamp differences (the frame period)
+        self.colour_frame = ''                             # header.frame_id of the colour images
         self.gate = KeyframeGate(settings.min_translation, settings.min_rotation_deg, settings.min_interval_s,
                                  settings.min_sharpness)
         self.camera: Optional[_Camera] = None
         self.pending: List[_Pending] = []
-        self.aux: Dict[str, Dict[float, Loader]] = {kind: {} for kind in AUX_KINDS}
+        self.aux: Dict[str, Dict[float, _Aux]] = {kind: {} for kind in AUX_KINDS}
         self.aux_seen = {kind: False for kind in AUX_KINDS}
         self.last_image_stamp: Optional[float] = None
         self.scanning = True
@@ -228,6 +292,7 @@ class CaptureSession:
         self.gate.min_interval_s = float(candidate.min_interval_s)
         self.gate.min_sharpness = float(candidate.min_sharpness)
         self.poses.tolerance_s = float(candidate.pose_tolerance_s)
+        self.poses.max_gap_s = float(candidate.pose_max_gap_s)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -241,12 +306,19 @@ class CaptureSession:
         return width * height * (3 + (4 if depth else 0) + (2 if labels else 0))
 
     def full_reason(self) -> str:
-        """Why no further keyframe fits, or '' when one does."""
+        """Why no further keyframe fits, or '' when one does.
+
+        The RAM budget counts what a trainer holds: at most `trainer_capacity` keyframes (a full trainer
+        replaces views instead of adding them), so a scan on disk may grow past it.
+        """
         if self.num_keyframes >= self.settings.capacity:
             return f'capacity reached ({self.num_keyframes} of {self.settings.capacity} keyframes)'
         budget = self.settings.ram_budget_mb * 1e6
-        if budget > 0 and self.frame_bytes and (self.num_keyframes + 1) * self.frame_bytes > budget:
-            return (f'RAM budget reached ({self.num_keyframes} keyframes x {self.frame_bytes / 1e6:.1f} MB > '
+        held = self.num_keyframes + 1
+        if self.settings.trainer_capacity > 0:
+            held = min(held, int(self.settings.trainer_capacity))
+        if budget > 0 and self.frame_bytes and held * self.frame_bytes > budget:
+            return (f'RAM budget reached ({held - 1} keyframes x {self.frame_bytes / 1e6:.1f} MB > '
                     f'{self.settings.ram_budget_mb:.0f} MB)')
         return ''
 
@@ -288,9 +360,56 @@ class CaptureSession:
 
     # ------------------------------------------------------------------------------------------ inputs
 
-    def set_camera_info(self, K: np.ndarray, width: int, height: int) -> None:
-        """Intrinsics of the images that follow (validated by the caller's conversion)."""
-        self.camera = _Camera(np.asarray(K, dtype=np.float64), int(width), int(height))
+    def set_camera_info(self, K: np.ndarray, width: int, height: int,
+                        distortion: Optional[Distortion] = None) -> None:
+        """Intrinsics (and lens distortion) of the images that follow (validated by the caller's conversion).
+
+        A distorted camera gets an `Undistorter` (maps computed once, reused while K, distortion and size stay
+        the same); `camera_note` then says so once, with the pinhole K the keyframes will carry.
+        """
+        K = np.asarray(K, dtype=np.float64)
+        if distortion is not None and distortion.is_zero:
+            distortion = None
+        self.camera_problem = ''
+        self.camera = _Camera(K, int(width), int(height), distortion)
+        if distortion is None:
+            if self.undistorter is not None:
+                self.camera_note = 'camera_info has no lens distortion now: keyframes are no longer undistorted'
+            self.undistorter = None
+            return
+        if self.undistorter is not None and self.undistorter.matches(K, distortion, width, height):
+            return
+        self.undistorter = Undistorter(K, distortion, int(width), int(height))
+        Kn = self.undistorter.K_new
+        self.camera_note = (f'camera_info: {distortion.model} distortion {list(np.round(distortion.coefficients, 5))}: '
+                            f'keyframes are undistorted once at capture and published with the pinhole K_new '
+                            f'(fx {Kn[0, 0]:.1f}, fy {Kn[1, 1]:.1f}, cx {Kn[0, 2]:.1f}, cy {Kn[1, 2]:.1f}) and zero '
+                            'distortion on ~/keyframe/camera_info')
+
+    def refuse_camera_info(self, reason: str) -> None:
+        """Forget the camera: images are refused with `reason` until a usable camera_info arrives."""
+        self.camera = None
+        self.undistorter = None
+        self.camera_problem = reason
+
+    def take_problems(self) -> List[Tuple[str, str]]:
+        """Return and forget the queued (kind, message) problems with aligned inputs."""
+        out, self.problems = self.problems, []
+        return out
+
+    def _problem(self, kind: str, message: str) -> None:
+        self.problems.append((kind, message))
+        self.stats.rejected[kind] += 1
+        self.stats.last_problem = message
+
+    @property
+    def slop_s(self) -> float:
+        """How far an aligned image's stamp may be from its colour image's: `depth_slop_s`, or half a frame."""
+        if self.settings.depth_slop_s > 0:
+            return float(self.settings.depth_slop_s)
+        if len(self._periods) >= 3:
+            return 0.5 * float(np.median(self._periods))
+        return DEFAULT_SLOP_S
 
     def set_label_names(self, names: Mapping[int, str]) -> bool:
         """Object id → name for label images; stored in transforms.json. True when it changed."""
@@ -308,22 +427,51 @@ class CaptureSession:
         self.poses.add(stamp, T_base_optical)
         return self.poll()
 
-    def add_aux(self, kind: str, stamp: float, load: Loader) -> List[Outcome]:
-        """Register an aligned depth (metres) or label (object ids) image of the colour image at `stamp`."""
+    def add_aux(self, kind: str, stamp: float, load: Loader, frame_id: str = '') -> List[Outcome]:
+        """Register an aligned depth (metres), label (object ids) or mask (non-zero = keep) image.
+
+        It pairs with the colour image whose stamp is nearest, within `slop_s`. One in another frame than the
+        colour images is refused (queued problem naming the fix); the colour images do not wait for it.
+        """
         if kind not in self.aux:
             raise ValueError(f'unknown aligned image kind {kind!r}; expected one of {AUX_KINDS}')
+        problem = self._frame_problem(kind, frame_id, self.colour_frame)
+        if problem:
+            self._problem(f'{kind}_frame', problem)
+            return self.poll()
         self.aux_seen[kind] = True
         store = self.aux[kind]
-        store[float(stamp)] = load
+        store[float(stamp)] = _Aux(load, frame_id)
         while len(store) > 4 * self.settings.max_pending:
             del store[min(store)]
         return self.poll()
+
+    @staticmethod
+    def _frame_problem(kind: str, frame_id: str, colour_frame: str) -> str:
+        if not frame_id or not colour_frame or frame_id == colour_frame:
+            return ''
+        if kind == 'depth':
+            return (f'depth image (topic depth) is in frame {frame_id!r} but the colour images are in '
+                    f'{colour_frame!r}: ignored, keyframes are kept without depth. {ALIGNED_DEPTH_HINT}')
+        return (f'{kind} image (topic {kind}) is in frame {frame_id!r} but the colour images are in {colour_frame!r}: '
+                f'ignored; publish {kind} aligned to the colour camera, with its frame_id')
+
+    def _match(self, kind: str, stamp: float) -> Optional[float]:
+        """Return the stamp of the `kind` image nearest to `stamp` within `slop_s`, or None."""
+        store = self.aux[kind]
+        if not store:
+            return None
+        if stamp in store:
+            return stamp
+        nearest = min(store, key=lambda s: abs(s - stamp))
+        return nearest if abs(nearest - stamp) <= self.slop_s + 1e-9 else None
 
     def add_image(self, stamp: float, width: int, height: int, load_rgb: Loader,
                   frame_id: str = '') -> List[Outcome]:
         """Offer a colour image; returns what was settled now (this image and any waiting ones)."""
         stamp = float(stamp)
         self.stats.received += 1
+        self.colour_frame = frame_id or self.colour_frame
         early = self._precheck(stamp, int(width), int(height))
         if early is not None:
             return [self._count(early)] + self.poll()
@@ -352,6 +500,8 @@ class CaptureSession:
                                            f'{"ahead of" if stamp > now else "behind"} this node\'s clock '
                                            f'({now:.3f} s; max_stamp_skew_s {skew:g}): {why}')
         previous = self.last_image_stamp
+        if previous is not None and 0 < stamp - previous < 5.0:
+            self._periods = (self._periods + [stamp - previous])[-30:]
         if previous is not None and stamp <= previous:
             if stamp < previous and (not self._behind or stamp > self._behind[-1]):
                 self._behind.append(stamp)
@@ -377,7 +527,13 @@ class CaptureSession:
         if not self.scanning:
             return Outcome(stamp, 'idle', 'scan stopped (call ~/start)')
         if self.camera is None:
-            return Outcome(stamp, 'camera_info', 'no camera_info received yet')
+            return Outcome(stamp, 'camera_info', self.camera_problem or 'no camera_info received yet')
+        mask = self.settings.static_mask
+        if mask is not None and tuple(np.asarray(mask).shape[:2]) != (height, width):
+            shape = np.asarray(mask).shape
+            return Outcome(stamp, 'mask', f'the static mask (mask_file) is {shape[1]} x {shape[0]} but the images are '
+                                          f'{width} x {height}: make the mask at the camera\'s resolution (white = '
+                                          'keep, black = ignore)')
         if (width, height) != (self.camera.width, self.camera.height):
             return Outcome(stamp, 'size', f'image is {width} x {height} but camera_info says '
                                           f'{self.camera.width} x {self.camera.height}')
@@ -403,8 +559,8 @@ class CaptureSession:
         outcomes, waiting = [], []
         now = self.clock()
         for item in self.pending:
-            T, why = self.pose_lookup(item.stamp)
-            missing = [kind for kind in AUX_KINDS if self.aux_seen[kind] and item.stamp not in self.aux[kind]]
+            T, why = self._pose(item.stamp)
+            missing = [kind for kind in AUX_KINDS if self.aux_seen[kind] and self._match(kind, item.stamp) is None]
             timed_out = now - item.arrived >= self.settings.pose_wait_s
             if T is None or missing:
                 if not timed_out:
@@ -418,6 +574,14 @@ class CaptureSession:
         self.pending = waiting
         self._forget_old_aux()
         return outcomes
+
+    def _pose(self, stamp: float) -> Tuple[Optional[np.ndarray], str]:
+        """Return the camera pose at `stamp`: the lookup's, composed with the hand-eye transform if there is one."""
+        T, why = self.pose_lookup(stamp)
+        if T is not None and self.settings.hand_eye is not None:
+            T = np.asarray(T, dtype=np.float64) @ np.asarray(self.settings.hand_eye, dtype=np.float64)
+            why = f'{why}, composed with the hand-eye transform'
+        return T, why
 
     def _forget_old_aux(self) -> None:
         horizon = min([p.stamp for p in self.pending], default=self.last_image_stamp)
@@ -440,9 +604,18 @@ class CaptureSession:
             rgb = item.load_rgb()
         except (ValueError, TypeError) as error:
             return Outcome(item.stamp, 'image', f'bad image: {error}')
+        camera = self.camera
+        if rgb.shape[:2] != (camera.height, camera.width):
+            return Outcome(item.stamp, 'size', f'image is {rgb.shape[1]} x {rgb.shape[0]} but camera_info says '
+                                               f'{camera.width} x {camera.height}')
+        K, valid = camera.K, None
+        undistorter = self.undistorter
+        if undistorter is not None:
+            rgb, K = undistorter.image(rgb), undistorter.K_new.copy()
+            valid = undistorter.nearest(np.full(rgb.shape[:2], 255, np.uint8)) > 0   # pixels the lens saw
         width, height = stored_size(rgb.shape[1], rgb.shape[0], self.settings.max_image_side)
-        K = self.camera.K
-        if (width, height) != (rgb.shape[1], rgb.shape[0]):
+        resized = (width, height) != (rgb.shape[1], rgb.shape[0])
+        if resized:
             K = resized_intrinsics(K, rgb.shape[1], rgb.shape[0], width, height)
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         if self.settings.min_sharpness > 0:
@@ -452,24 +625,44 @@ class CaptureSession:
                                                       f'{self.settings.min_sharpness:.1f})')
         extras, notes = {}, [f'no aligned {kind} image' for kind in missing]
         for kind in AUX_KINDS:
-            load = self.aux[kind].pop(item.stamp, None)
-            if load is None:
+            key = self._match(kind, item.stamp)
+            aux = self.aux[kind].pop(key, None) if key is not None else None
+            if aux is None:
+                continue
+            problem = self._frame_problem(kind, aux.frame_id, item.frame_id)
+            if problem:
+                self._problem(f'{kind}_frame', problem)
+                notes.append(f'{kind} in another frame ignored')
                 continue
             try:
-                value = load()
+                value = np.asarray(aux.load())
             except (ValueError, TypeError) as error:
-                notes.append(f'bad {kind} image ignored: {error}')
+                if kind == 'mask':
+                    return Outcome(item.stamp, 'mask', f'bad mask image (topic mask): {error}; frame skipped')
+                self._problem(f'{kind}_decode', f'{kind} image at {key:.3f} s (topic {kind}) ignored: {error}')
+                notes.append(f'bad {kind} image ignored')
                 continue
-            if value.shape[:2] == (self.camera.height, self.camera.width) and value.shape[:2] != rgb.shape[:2]:
-                value = cv2.resize(value, (width, height), interpolation=cv2.INTER_NEAREST)  # downscaled too
-            if value.shape[:2] != rgb.shape[:2]:
-                notes.append(f'{kind} image {value.shape[1]} x {value.shape[0]} differs from the colour image; '
-                             'ignored')
+            if value.shape[:2] != (camera.height, camera.width):
+                text = (f'{kind} image (topic {kind}) is {value.shape[1] if value.ndim > 1 else "?"} x '
+                        f'{value.shape[0]} but the colour images are {camera.width} x {camera.height}')
+                if kind == 'mask':
+                    return Outcome(item.stamp, 'mask', f'{text}: publish the mask at the colour resolution (mono8, '
+                                                       'aligned); frame skipped')
+                hint = f'. {ALIGNED_DEPTH_HINT}' if kind == 'depth' else '; publish it aligned to the colour image'
+                self._problem(f'{kind}_size', f'{text}: ignored, keyframes are kept without {kind}{hint}')
+                notes.append(f'{kind} of another size ignored')
                 continue
+            if kind == 'mask':
+                value = (value > 0).astype(np.uint8)
+            if undistorter is not None:
+                value = undistorter.nearest(value)
+            if resized:
+                value = cv2.resize(value, (width, height), interpolation=cv2.INTER_NEAREST)
             extras[kind] = value
+        mask = self._mask(extras.pop('mask', None), valid, (width, height), resized)
         name = f'frame_{self.num_keyframes:05d}'
         try:
-            frame = PosedFrame(rgb, K, T, stamp=item.stamp, name=name, **extras)
+            frame = PosedFrame(rgb, K, T, stamp=item.stamp, name=name, mask=mask, **extras)
         except ValueError as error:
             return Outcome(item.stamp, 'image', f'cannot build a keyframe: {error}')
         if self.frame_bytes is None:
@@ -490,10 +683,29 @@ class CaptureSession:
                 self.write_error = ''
         self.gate.accept(T, item.stamp)
         self.scan_size = (frame.width, frame.height)
-        if (frame.width, frame.height) != (self.camera.width, self.camera.height):
+        if resized:
             notes.append(f'stored at {frame.width} x {frame.height} (max_image_side {self.settings.max_image_side})')
         text = reason + ('; ' + '; '.join(notes) if notes else '')
         return Outcome(item.stamp, 'keyframe', text, frame=frame, index=self.num_keyframes - 1)
+
+    def _mask(self, frame_mask: Optional[np.ndarray], valid: Optional[np.ndarray], size: Tuple[int, int],
+              resized: bool) -> Optional[np.ndarray]:
+        """Combine the static mask, the frame's mask and the pixels the lens saw, at the stored size (None = all)."""
+        width, height = size
+        mask = None if frame_mask is None else frame_mask > 0
+        parts = []                                   # at the camera's resolution, undistorted
+        if self.settings.static_mask is not None:
+            static = (np.asarray(self.settings.static_mask) > 0).astype(np.uint8)
+            parts.append(static if self.undistorter is None else self.undistorter.nearest(static))
+        if valid is not None:
+            parts.append(valid.astype(np.uint8))
+        for part in parts:
+            if resized:
+                part = cv2.resize(part, (width, height), interpolation=cv2.INTER_NEAREST)
+            mask = part > 0 if mask is None else mask & (part > 0)
+        if mask is None or mask.all():
+            return None
+        return mask
 
     def refuse(self, stamp: float, kind: str, reason: str) -> Outcome:
         """Count an image the caller refused before offering it (e.g. a depth encoding on the colour input)."""
@@ -517,7 +729,9 @@ class CaptureSession:
                'dataset_dir': str(self.writer.root) if self.writer is not None else '',
                'full': self.full_reason(), 'scan_id': self.scan_id,
                'scan_size': f'{self.scan_size[0]}x{self.scan_size[1]}' if self.scan_size else '',
-               'write_error': self.write_error}
+               'write_error': self.write_error,
+               'distortion': (self.camera.distortion.model if self.camera and self.camera.distortion else 'none'),
+               'slop_ms': round(self.slop_s * 1e3, 2)}
         out.update(self.stats.as_dict())
         return out
 

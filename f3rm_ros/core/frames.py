@@ -15,7 +15,7 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -268,7 +268,12 @@ def read_metadata(root: Path) -> Dict:
 
 
 def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) -> List[PosedFrame]:
-    """Read a nerfstudio dataset (ours or any other tool's) into PosedFrames.
+    """Read a nerfstudio dataset (ours or any other tool's) into PosedFrames (`iter_dataset`, as a list)."""
+    return list(iter_dataset(root, downscale, limit))
+
+
+def iter_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) -> Iterator[PosedFrame]:
+    """Yield the frames of a nerfstudio dataset (ours or any other tool's) one at a time, as PosedFrames.
 
     Intrinsics may be per frame or global; lens distortion (``camera_model`` OPENCV / OPENCV_FISHEYE with
     k1.. p2) is removed on reading (`distortion.Undistorter`: the frames get the pinhole K of the undistorted
@@ -280,7 +285,6 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
     meta = read_metadata(root)
     undistorter: Optional[Undistorter] = None
     depth_unit = float(meta.get('depth_unit_scale_factor', DEPTH_UNIT))
-    frames = []
     entries = meta['frames'][:limit] if limit else meta['frames']
     for index, entry in enumerate(entries):
         def get(key, entry=entry):
@@ -342,9 +346,8 @@ def read_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
             if mask is not None:
                 mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         T = opengl_to_optical(np.array(entry['transform_matrix'], dtype=np.float64))
-        frames.append(PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)),
-                                 depth=depth, labels=labels, name=Path(entry['file_path']).stem, mask=mask))
-    return frames
+        yield PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)), depth=depth,
+                         labels=labels, name=Path(entry['file_path']).stem, mask=mask)
 
 
 def dataset_workspace(meta: Dict, frames: Sequence[PosedFrame], margin: float = 0.05):

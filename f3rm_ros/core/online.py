@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import F3RMConfig
-from .frames import FrameStore, PosedFrame, read_dataset, read_metadata
+from .frames import FrameStore, PosedFrame, iter_dataset, read_metadata
+from .keyframes import replacement_slot
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class OnlineSession:
         self.teacher_warning = ''               # the teacher is not what was asked for, or not semantic
         self._progress = time.monotonic()       # last step / build / sync end (stall detection)
         self.model_version = 0                  # bumps whenever the model's weights change
+        self.replaced = 0                       # keyframes that replaced a redundant view in a full store
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -204,8 +206,6 @@ class OnlineSession:
                 return True, ''
             if self._holds(frame.stamp):
                 return False, f'keyframe {frame.stamp:.6f} s is already held'
-            if self.store.full:
-                return False, f'the trainer holds {len(self.store)} keyframes, its capacity (trainer.capacity)'
             if self._needs_labels() and frame.labels is None:
                 return False, (f'keyframe {frame.stamp:.6f} s has no label image but the teacher is labels '
                                '(publish aligned labels, or use teacher.name: clip)')
@@ -213,10 +213,35 @@ class OnlineSession:
             if resolution is not None and tuple(resolution) != (frame.height, frame.width):
                 return False, (f'keyframe is {frame.width} x {frame.height} but the scan is '
                                f'{resolution[1]} x {resolution[0]}: one camera resolution per scan')
+            if self.store.full:
+                return self._replace(frame)
             self.store.add(frame)
             bisect.insort(self._stamps, float(frame.stamp))
         self._wake.set()
         return True, ''
+
+    def _replace(self, frame: PosedFrame) -> Tuple[bool, str]:
+        """Keep coverage in a full store: `frame` replaces the most redundant view when it spreads the scan.
+
+        Called with `_lock` held. The trainer re-extracts the replaced slot (teacher features, pixels, a fresh
+        camera) at its next sync.
+        """
+        frames = self.store.snapshot()
+        slot = replacement_slot([f.T_base_optical for f in frames], frame.T_base_optical)
+        if slot is None:
+            return False, (f'the trainer holds {len(frames)} keyframes (trainer.capacity) and this view adds no '
+                           'coverage: every held view is farther from its neighbours than this one would be')
+        old = float(frames[slot].stamp)
+        self.store.replace(slot, frame)
+        index = bisect.bisect_left(self._stamps, old - STAMP_TOLERANCE_S)
+        if index < len(self._stamps) and abs(self._stamps[index] - old) <= STAMP_TOLERANCE_S:
+            del self._stamps[index]
+        bisect.insort(self._stamps, float(frame.stamp))
+        self.replaced += 1
+        log.info('store full (%d keyframes): keyframe %.3f s replaces the most redundant view (slot %d, %.3f s)',
+                 len(frames), frame.stamp, slot, old)
+        self._wake.set()
+        return True, f'replaced slot {slot} (the most redundant view) to keep coverage'
 
     def _holds(self, stamp: float) -> bool:
         """Whether a keyframe with this stamp is held (floats of epoch stamps differ in the last bits)."""
@@ -257,7 +282,7 @@ class OnlineSession:
             if isinstance(meta.get('labels'), dict) and meta['labels']:
                 self.set_labels({int(k): v for k, v in meta['labels'].items()})
             self.scan_id = summary['scan_id'] = str(meta.get('scan_id', ''))
-            for frame in read_dataset(root):
+            for frame in iter_dataset(root):   # one at a time: a long scan on disk may exceed the store
                 added, _ = self.add_frame(frame)
                 summary['frames'] += int(added)
         if path is not None and path.exists():
@@ -399,7 +424,8 @@ class OnlineSession:
     def status(self) -> Dict[str, Any]:
         """Everything the status topic shows."""
         out = {'state': self._state, 'step': self.step, 'target_steps': self.target_steps,
-               'frames': len(self.store), 'trained_frames': self.trainer.num_frames if self.trainer else 0,
+               'frames': len(self.store), 'replaced_frames': self.replaced,
+               'trained_frames': self.trainer.num_frames if self.trainer else 0,
                'rays_per_s': round(self._rays_per_s, 1), 'eval_psnr': self._eval_psnr,
                'resumed_frames': self._resumed_frames, 'resumed_step': self._resumed_step,
                'teacher': self.teacher.name if self.teacher is not None else '',
@@ -617,7 +643,7 @@ class OnlineSession:
         self.teacher_warning = self.checkpoint_problem = ''
         self._synced_version = -1
         self._loss, self._eval_psnr, self._rays_per_s = {}, float('nan'), 0.0
-        self._resumed_step = self._resumed_frames = 0
+        self._resumed_step = self._resumed_frames = self.replaced = 0
         self._saved_step = -1
         self.target_steps = int(self.config.trainer.steps)
         self.model_version += 1

@@ -24,7 +24,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from ..core import compressed
 from ..core.cloud import CLOUD_FIELDS, CLOUD_POINT_STEP, pack_cloud_points, pack_rgb
+from ..core.distortion import Distortion, from_camera_info
 from ..core.geometry import check_rigid, matrix_to_quaternion, quaternion_to_matrix
 
 StampLike = Union[Time, float, int, Any]
@@ -240,6 +242,33 @@ def _raw_image(values: np.ndarray, encoding: str, itemsize: int, stamp, frame_id
     return msg
 
 
+def image_to_mask(msg: Image) -> np.ndarray:
+    """Mask Image (mono8 / 8UC1, non-zero = keep the pixel, 0 = ignore it: a gripper in view) → H x W bool."""
+    if msg.encoding not in ('mono8', '8UC1'):
+        raise ValueError(f'unsupported mask encoding {msg.encoding!r}; expected mono8 (255 = keep, 0 = ignore)')
+    return _image_view(msg, 1, np.dtype('u1'))[..., 0] > 0
+
+
+def mask_to_image(mask: np.ndarray, stamp, frame_id: str) -> Image:
+    """H x W bool (True = keep) → ``mono8`` Image, 255 = keep, 0 = ignore (nerfstudio's mask convention)."""
+    values = np.asarray(mask)
+    if values.ndim != 2:
+        raise ValueError(f'mask must be H x W, got {values.shape}')
+    return _raw_image(np.ascontiguousarray((values > 0).astype(np.uint8) * 255), 'mono8', 1, stamp, frame_id)
+
+
+# ----------------------------------------------------------------------------------- compressed images
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (jpeg / png, image_transport ``compressed``) → H x W x 3 uint8 RGB."""
+    return compressed.decode_colour(str(msg.format), msg.data)
+
+
+def compressed_depth_to_metres(msg: Any, depth_scale: float = 0.001) -> np.ndarray:
+    """``compressedDepth`` CompressedImage (16UC1 mm or 32FC1 m, PNG after a 12-byte header) → H x W metres."""
+    return compressed.decode_depth(str(msg.format), msg.data, depth_scale)
+
+
 def image_to_labels(msg: Image) -> np.ndarray:
     """Label Image (16UC1 / mono16 / 8UC1 / mono8 object ids) → H x W uint16."""
     if msg.encoding not in LABEL_ENCODINGS:
@@ -274,7 +303,8 @@ def decode_label_names(text: str) -> Dict[int, str]:
 def camera_info_to_K(msg: CameraInfo) -> Tuple[np.ndarray, int, int]:
     """``sensor_msgs/CameraInfo`` → (K 3 x 3 float64, width, height); raises on an uncalibrated camera.
 
-    Distortion is not applied (images are assumed rectified or nearly distortion-free).
+    K alone, as the message says it: for the camera of raw images with their distortion see `camera_info_to_camera`
+    (the trainer reads the capture's keyframe camera_info, which is pinhole with zero distortion).
     """
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     width, height = int(msg.width), int(msg.height)
@@ -286,6 +316,23 @@ def camera_info_to_K(msg: CameraInfo) -> Tuple[np.ndarray, int, int]:
     if not (np.isfinite(cx) and np.isfinite(cy)):
         raise ValueError(f'camera_info principal point is not finite: cx={cx}, cy={cy}')
     return K, width, height
+
+
+def camera_info_to_camera(msg: Any) -> Tuple[np.ndarray, int, int, Optional[Distortion]]:
+    """``sensor_msgs/CameraInfo`` → (K, width, height, lens distortion or None) of the images it describes.
+
+    ``distortion_model`` plumb_bob, rational_polynomial or equidistant with non-zero ``d``: K and that
+    distortion (the capture undistorts each keyframe once). All-zero ``d`` (a pinhole or a rectified stream,
+    ``image_rect``): the camera is P's left 3 x 3 when P is set (a rectified stream's K may describe the raw
+    sensor). ValueError for an uncalibrated camera or an unknown model (naming it).
+    """
+    K, width, height = camera_info_to_K(msg)
+    P = np.asarray(msg.p, dtype=np.float64) if len(msg.p) == 12 else None
+    try:
+        K, distortion = from_camera_info(str(msg.distortion_model), list(msg.d), K, P)
+    except ValueError as error:
+        raise ValueError(f'camera_info distortion: {error}') from error
+    return K, width, height, distortion
 
 
 def K_to_camera_info(K: np.ndarray, width: int, height: int, stamp: StampLike,
@@ -513,7 +560,8 @@ __all__: List[str] = [
     'stamp_to_seconds', 'seconds_to_stamp', 'as_stamp', 'make_header',
     'check_colour_encoding', 'image_to_rgb', 'depth_to_metres', 'rgb_to_image', 'depth_to_image', 'labels_to_image',
     'image_to_labels', 'encode_label_names', 'decode_label_names', 'LABEL_ENCODINGS',
-    'camera_info_to_K', 'K_to_camera_info',
+    'image_to_mask', 'mask_to_image', 'compressed_to_rgb', 'compressed_depth_to_metres',
+    'camera_info_to_K', 'camera_info_to_camera', 'K_to_camera_info',
     'pose_to_matrix', 'matrix_to_pose', 'pose_stamped', 'transform_to_matrix', 'matrix_to_transform',
     'make_pose_array', 'pack_rgb', 'unpack_rgb', 'make_point_cloud2', 'point_cloud2_to_arrays',
     'markers_from_clusters', 'CLOUD_FIELDS', 'CLOUD_POINT_STEP', 'RANK_COLOURS',

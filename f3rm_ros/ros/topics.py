@@ -1,6 +1,6 @@
 """How the nodes find each other: relative input names, remapped to the outputs of the named node.
 
-The capture node publishes ``~/keyframe/{image,camera_info,pose,depth,labels,label_names,scan}``; the trainer
+The capture node publishes ``~/keyframe/{image,camera_info,pose,depth,labels,mask,label_names,scan}``; the trainer
 subscribes to the relative ``keyframe/...`` names; the trainer publishes ``~/checkpoint``; the query node
 subscribes to the relative ``checkpoint``. Whoever starts them says which capture feeds which trainer with
 remaps (``keyframe/image:=capture/keyframe/image`` ...): the launch files, ``f3rm-ros pipeline`` and the tests
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-KEYFRAME_PARTS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'label_names', 'scan')
+KEYFRAME_PARTS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'mask', 'label_names', 'scan')
 
 
 def trainer_remaps(capture: str = 'capture') -> List[Tuple[str, str]]:

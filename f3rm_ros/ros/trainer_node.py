@@ -1,17 +1,18 @@
 """trainer node: keyframes → a feature field trained online in a background thread.
 
-Inputs (relative names: remap them to a capture node's outputs, as the launch files and ``f3rm-ros pipeline``
-do, ``keyframe/image:=capture/keyframe/image`` ...): ``keyframe/{image,camera_info,pose,depth,labels}``
-(reassembled by stamp), ``keyframe/label_names`` and ``keyframe/scan`` (the capture's scan id: a new one drops
-the model and every keyframe, so ``capture/new_scan`` starts both afresh). Nothing is read from disk at
-start-up unless ``resume: true`` (then the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt``, so a
-restarted trainer goes on where it stopped; a checkpoint that is unreadable, unsafe or of another scan is
-refused with the reason). Outputs: the status on ``/diagnostics`` (state, step, loss, PSNR, rays/s, frames,
-teacher, queue ...; ERROR when training stalls or checkpoints cannot be written, WARN for a teacher that is not
-semantic or not the one asked for) at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient
-local). Services (std_srvs/Trigger): ``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and
-every keyframe). Random-weight CLIP is refused unless ``allow_random_teacher: true``. The training loop lives
-in `f3rm_ros.core.online.OnlineSession`; this node only translates messages.
+Inputs (relative names: remap them to a capture node's outputs, as the launch files and ``f3rm-ros pipeline`` do,
+``keyframe/image:=capture/keyframe/image`` ...): ``keyframe/{image,camera_info,pose,depth,labels,mask}``
+(reassembled by stamp; mask: mono8, 0 = pixels never trained on), ``keyframe/label_names`` and ``keyframe/scan``
+(the capture's scan id: a new one drops the model and every keyframe, so ``capture/new_scan`` starts both afresh). A
+full store keeps coverage: a new keyframe replaces the most redundant view. Nothing is read from disk at start-up
+unless ``resume: true`` (then the scan in ``dataset_dir`` and ``checkpoint_dir/latest.ckpt``, so a restarted trainer
+goes on where it stopped; a checkpoint that is unreadable, unsafe or of another scan is refused with the reason).
+Outputs: the status on ``/diagnostics`` (state, step, loss, PSNR, rays/s, frames, teacher, queue ...; ERROR when
+training stalls or checkpoints cannot be written, WARN for a teacher that is not semantic or not the one asked for)
+at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient local). Services (std_srvs/Trigger):
+``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and every keyframe). Random-weight CLIP is
+refused unless ``allow_random_teacher: true``. The training loop lives in `f3rm_ros.core.online.OnlineSession`; this
+node only translates messages.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ PARAMETERS = [
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
-KEYFRAME_TOPICS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'label_names', 'scan')
+KEYFRAME_TOPICS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'mask', 'label_names', 'scan')
 # how long a problem keeps the status at WARN, and how long without a keyframe publisher before it says so (s)
 PROBLEM_WINDOW_S = 10.0
 UNCONNECTED_S = 10.0
@@ -93,11 +94,11 @@ class TrainerNode(Node):
             elif summary['previous']:
                 self.get_logger().info(f'a new scan (resume: false): the last checkpoint is kept as '
                                        f'{summary["previous"]}')
-        self.assembler = StampAssembler(('image', 'camera_info', 'pose'), ('depth', 'labels'),
+        self.assembler = StampAssembler(('image', 'camera_info', 'pose'), ('depth', 'labels', 'mask'),
                                         wait_s=p['assembly_wait_s'])
         qos = make_qos(p['input_qos'], depth=16)
         for part, kind in (('image', Image), ('camera_info', CameraInfo), ('pose', PoseStamped),
-                           ('depth', Image), ('labels', Image)):
+                           ('depth', Image), ('labels', Image), ('mask', Image)):
             subscription = self.create_subscription(kind, f'keyframe/{part}',
                                                     lambda msg, part=part: self._on_part(part, msg), qos)
             if part == 'image':
@@ -142,13 +143,16 @@ class TrainerNode(Node):
                 raise ValueError(f'image is {rgb.shape[1]} x {rgb.shape[0]}, camera_info {width} x {height}')
             depth = conv.depth_to_metres(parts['depth']) if 'depth' in parts else None
             labels = conv.image_to_labels(parts['labels']) if 'labels' in parts else None
-            frame = PosedFrame(rgb, K, conv.pose_to_matrix(pose.pose), stamp=stamp, depth=depth, labels=labels)
+            mask = conv.image_to_mask(parts['mask']) if 'mask' in parts else None   # mono8, 0 = not the scene
+            frame = PosedFrame(rgb, K, conv.pose_to_matrix(pose.pose), stamp=stamp, depth=depth, labels=labels,
+                               mask=mask)
         except ValueError as error:
             self.problems.report('keyframe', f'keyframe {stamp:.3f} s ignored: {error}')
             return
         added, why = self.session.add_frame(frame)
         if added:
-            self.get_logger().info(f'keyframe {stamp:.3f} s added ({len(self.session.store)} held)')
+            self.get_logger().info(f'keyframe {stamp:.3f} s added ({len(self.session.store)} held)'
+                                   + (f': {why}' if why else ''))
         else:
             self.problems.report('keyframe', f'keyframe {stamp:.3f} s not added: {why}',
                                  level='debug' if 'already held' in why else 'warn')
