@@ -58,6 +58,7 @@ class CaptureInputs:
             reason = (f'{self.topics["camera_info"]}: {error}; images are skipped until a usable camera_info '
                       'arrives')
             self.session.refuse_camera_info(reason)
+            self._camera_key = None
             self.report('camera_info', reason, 'error')
             return []
         key = (K.tobytes(), width, height, distortion)
