@@ -46,6 +46,7 @@ class DemoSettings:
     clip_model: str = 'ViT-B-16'         # small enough to distil on a CPU (about a second per view)
     clip_image_size: int = 224
     clip_weights: str = ''               # a local weights file instead of the 'openai' hub tag
+    workspace: Optional[tuple] = None    # XMIN YMIN ZMIN XMAX YMAX ZMAX: overrides the dataset's box
 
 
 def _scene_source(settings: DemoSettings, report: Callable[[str], None]) -> Dict:
@@ -126,7 +127,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                   'resume:=false',
                   # the synthetic bowl (13 cm) and mug (8 cm) are wider than a Franka Hand (8 cm): a 15 cm gripper
                   'grasp.max_opening:=0.15']
-    lo, hi = _workspace(meta, source, report)
+    lo, hi = _workspace(meta, source, report, settings.workspace)
     parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
                    f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}',
                    f'query.voxel_size:={_voxel_size(lo, hi)}']
@@ -236,18 +237,30 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     return path
 
 
-def _workspace(meta: Dict, source: Path, report: Callable[[str], None]):
-    """(min, max) of the field's box: the dataset's ``workspace`` entry, else estimated from its depth maps."""
+def _workspace(meta: Dict, source: Path, report: Callable[[str], None], override: Optional[tuple] = None):
+    """(min, max) of the field's box, and say where it came from.
+
+    ``--workspace`` first; else the dataset's ``workspace`` entry; else its depth maps; else where the cameras'
+    optical axes converge (`frames.dataset_workspace`).
+    """
     from ..core.frames import dataset_workspace, read_dataset
-    if 'workspace' in meta:
-        return np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
-    try:
-        lo, hi = dataset_workspace(meta, read_dataset(source, downscale=4))
-    except ValueError as error:
-        raise ValueError(f'{source}: no "workspace" entry in transforms.json and no depth maps to estimate one '
-                         f'from; add "workspace": {{"min": [x, y, z], "max": [x, y, z]}} (metres)') from error
-    report(f'demo: workspace estimated from the depth maps: min {np.round(lo, 2).tolist()} max '
-           f'{np.round(hi, 2).tolist()}')
+    if override is not None:
+        lo, hi = np.asarray(override[:3], float), np.asarray(override[3:], float)
+        where = '--workspace'
+    elif 'workspace' in meta:
+        lo, hi = np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
+        where = 'the dataset\'s "workspace" entry'
+    else:
+        frames = read_dataset(source, downscale=4)
+        try:
+            lo, hi = dataset_workspace(meta, frames)
+        except ValueError as error:
+            raise ValueError(f'{source}: no "workspace" entry in transforms.json, and {error}; add "workspace": '
+                             '{"min": [x, y, z], "max": [x, y, z]} (metres) or pass --workspace') from error
+        where = ('its depth maps' if any(f.depth is not None for f in frames)
+                 else 'where the cameras\' optical axes converge (no depth, no "workspace" entry)')
+    report(f'demo: workspace from {where}: min {np.round(lo, 2).tolist()} max {np.round(hi, 2).tolist()} '
+           '(override with --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)')
     return lo, hi
 
 
