@@ -26,3 +26,37 @@ def test_the_box_lands_on_the_table_only_with_the_right_pose(tmp_path):
     write_dataset(tmp_path / 'scan', scene.frames, scene.dataset_metadata())
     code = cli.main(['check-calibration', '--data', str(tmp_path / 'scan'), '--out', str(tmp_path / 'c.png')])
     assert code == 0 and (tmp_path / 'c.png').stat().st_size > 1000
+
+
+def test_train_honours_workspace_and_says_where_the_box_came_from(tmp_path, monkeypatch, caplog):
+    """--workspace overrides the dataset's entry; without both, a depth-free dataset's box follows its cameras."""
+    import logging
+
+    import pytest
+
+    from f3rm_ros import cli
+    from f3rm_ros.core import offline
+    scene = scenes.make_scene(seed=2, object_names=['mug'], num_views=4, width=48, height=36)
+    write_dataset(tmp_path / 'scan', scene.frames, scene.dataset_metadata())
+    bare = [PosedFrame(f.image, f.K, f.T_base_optical, f.stamp, name=f.name) for f in scene.frames]
+    write_dataset(tmp_path / 'bare', bare)                                     # no depth, no workspace entry
+    boxes = []
+
+    class Stop(Exception):
+        pass
+
+    def stub(config, *args, **kwargs):
+        boxes.append((config.workspace.min_xyz, config.workspace.max_xyz))
+        raise Stop()
+    monkeypatch.setattr(offline, 'OnlineTrainer', stub)
+    monkeypatch.setattr(offline, 'choose_teacher', lambda *args, **kwargs: (type('T', (), {'name': 'stub'})(), 'stub'))
+    caplog.set_level(logging.INFO, logger='f3rm_ros.core.offline')
+    with pytest.raises(Stop):
+        cli.main(['train', '--data', str(tmp_path / 'scan'), '--preset', 'cpu-tiny', '--teacher', 'labels',
+                  '--downscale', '1', '--workspace', '0', '-0.1', '0', '0.5', '0.1', '0.2'])
+    assert boxes[-1] == ((0.0, -0.1, 0.0), (0.5, 0.1, 0.2)) and 'workspace from --workspace' in caplog.text
+    with pytest.raises(Stop):
+        cli.main(['train', '--data', str(tmp_path / 'bare'), '--preset', 'cpu-tiny', '--downscale', '1'])
+    assert "where its cameras' optical axes converge" in caplog.text
+    lo, hi = np.asarray(boxes[-1][0]), np.asarray(boxes[-1][1])
+    assert np.all(hi > lo) and np.all(np.abs((lo + hi) / 2 - [0.5, 0.0, 0.05]) < 0.35)   # around the table

@@ -18,7 +18,8 @@ def register(sub) -> None:
                         help='ignore depth maps (no depth supervision), e.g. when depth is not registered to colour')
     parser.add_argument('--downscale', type=int, default=4, help='integer image downscale (default: 4)')
     parser.add_argument('--workspace', type=float, nargs=6, metavar='V',
-                        help='workspace bounds XMIN YMIN ZMIN XMAX YMAX ZMAX in the dataset frame')
+                        help='workspace bounds XMIN YMIN ZMIN XMAX YMAX ZMAX in the dataset frame (overrides the '
+                             "dataset's entry, its depth maps and its cameras)")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -36,10 +37,13 @@ def run(args) -> int:
             raise FileNotFoundError(f'--clip-weights: {args.clip_weights} is not a file')
         overrides['teacher'] = {'pretrained': str(Path(args.clip_weights).resolve())}
     config = config_from_args(args, **overrides)
+    workspace = None
     if args.workspace:
-        config.workspace.min_xyz, config.workspace.max_xyz = tuple(args.workspace[:3]), tuple(args.workspace[3:])
+        workspace = (tuple(args.workspace[:3]), tuple(args.workspace[3:]))
+        if not all(a < b for a, b in zip(*workspace)):
+            raise ValueError(f'--workspace needs XMIN YMIN ZMIN XMAX YMAX ZMAX with min < max, got {args.workspace}')
     report = train_on_dataset(config, Path(args.data), Path(args.output), downscale=args.downscale,
-                              teacher_choice=args.teacher)
+                              teacher_choice=args.teacher, workspace=workspace)
     print(f'teacher: {report.teacher} ({report.teacher_reason})')
     print(f'frames: {report.frames} ({report.heldout_frames} held out)  steps: {report.steps}  '
           f'time: {report.seconds:.0f} s')

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -57,21 +57,32 @@ class TrainingReport:
 
 
 def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downscale: int = 1,
-                     progress: bool = True, teacher_choice: str = 'auto') -> TrainingReport:
-    """Train on a nerfstudio dataset; writes checkpoints, renders, a curve CSV and a summary JSON."""
+                     progress: bool = True, teacher_choice: str = 'auto',
+                     workspace: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> TrainingReport:
+    """Train on a nerfstudio dataset; writes checkpoints, renders, a curve CSV and a summary JSON.
+
+    The workspace box: `workspace` (``--workspace``) when given, else the dataset's entry, its depth maps or
+    where its cameras look (`frames.dataset_workspace`); the log says which.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(data_dir)
     frames = read_dataset(data_dir, downscale=downscale)
     if len(frames) < 2:
         raise ValueError(f'{data_dir} has {len(frames)} frame(s); at least 2 are needed')
-    if 'workspace' not in meta:
-        lo, hi = dataset_workspace(meta, frames)
-        log.info('workspace estimated from depth: min %s max %s', np.round(lo, 3), np.round(hi, 3))
-        config.workspace.min_xyz, config.workspace.max_xyz = tuple(lo), tuple(hi)
+    if workspace is not None:
+        lo, hi = (np.asarray(v, float) for v in workspace)
+        where = '--workspace'
+    elif 'workspace' in meta:
+        lo, hi = np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
+        where = 'the dataset\'s "workspace" entry'
     else:
-        config.workspace.min_xyz = tuple(meta['workspace']['min'])
-        config.workspace.max_xyz = tuple(meta['workspace']['max'])
+        lo, hi = dataset_workspace(meta, frames)
+        where = ('its depth maps' if any(f.depth is not None for f in frames)
+                 else 'where its cameras\' optical axes converge')
+    log.info('workspace from %s: min %s max %s (override with --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)', where,
+             np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
+    config.workspace.min_xyz, config.workspace.max_xyz = tuple(float(v) for v in lo), tuple(float(v) for v in hi)
     store = FrameStore(max(config.trainer.capacity, len(frames)))
     for frame in frames:
         store.add(frame)
