@@ -60,3 +60,30 @@ def test_train_honours_workspace_and_says_where_the_box_came_from(tmp_path, monk
     assert "where its cameras' optical axes converge" in caplog.text
     lo, hi = np.asarray(boxes[-1][0]), np.asarray(boxes[-1][1])
     assert np.all(hi > lo) and np.all(np.abs((lo + hi) / 2 - [0.5, 0.0, 0.05]) < 0.35)   # around the table
+
+
+def test_robot_configs_set_only_declared_parameters_and_load(tmp_path):
+    """config/robots/*.yaml: every capture parameter is one the node declares; the rest is a valid config."""
+    from pathlib import Path
+
+    import cv2
+    import yaml
+
+    from f3rm_ros.core.config import make_config
+    from f3rm_ros.core.handeye import hand_eye_from_parameters, load_hand_eye
+    from f3rm_ros.ros.capture_node import CONFIG_SECTIONS, PARAMETERS
+    from f3rm_ros.ros.params import declared_names
+    root = Path(__file__).resolve().parent.parent / 'config' / 'robots'
+    names = set(declared_names(PARAMETERS, CONFIG_SECTIONS))
+    for name, base in (('ur5e_d435.yaml', 'base_link'), ('fr3_d405.yaml', 'fr3_link0')):
+        data = yaml.safe_load((root / name).read_text())
+        capture = data['capture']['ros__parameters']
+        assert set(capture) <= names, f'{name}: not declared by the capture node: {set(capture) - names}'
+        config = make_config('gpu', [root / name])
+        assert config.workspace.base_frame == base and config.model.camera_optimizer == 'off'
+        T = hand_eye_from_parameters(capture['hand_eye_xyz'], capture['hand_eye_quaternion_xyzw'])
+        assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6)
+        assert capture['image_transport'] == 'raw' and capture['pose_is_end_effector'] is True
+    mask = cv2.imread(str(root / 'fr3_d405_gripper_mask_848x480.png'), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (480, 848) and 0.05 < (mask == 0).mean() < 0.3
+    load_hand_eye(root / 'hand_eye_example.yaml')
