@@ -29,8 +29,8 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-INPUTS = ('image', 'camera_info', 'camera_pose', 'depth', 'labels', 'label_names')
-KEYFRAME_PARTS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'label_names', 'scan')
+INPUTS = ('image', 'camera_info', 'camera_pose', 'depth', 'labels', 'mask', 'label_names')
+KEYFRAME_PARTS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'mask', 'label_names', 'scan')
 
 
 def localhost_only_actions(share):
@@ -66,7 +66,7 @@ def generate_launch_description():
     ]
     resume, replay = LaunchConfiguration('resume'), LaunchConfiguration('replay')
     defaults = {'image': 'image', 'camera_info': 'camera_info', 'camera_pose': 'camera_pose',
-                'depth': 'depth', 'labels': 'labels', 'label_names': 'label_names'}
+                'depth': 'depth', 'labels': 'labels', 'mask': 'mask', 'label_names': 'label_names'}
     for name in INPUTS:
         arguments.append(DeclareLaunchArgument(name, default_value=defaults[name],
                                                description=f'topic remapped to the capture input {name!r}'))
