@@ -1,8 +1,9 @@
 """replay node: plays a nerfstudio dataset (or a generated synthetic table) as a robot arm's camera would.
 
 Publishes at ``rate_hz``, each frame stamped with the current time: ``image`` (rgb8), ``camera_info``,
-``camera_pose`` (PoseStamped of the optical frame in ``base_frame``), ``depth`` (32FC1 metres) and
-``labels`` (16UC1 object ids) when the data has them, ``label_names`` (latched JSON), and TF
+``camera_pose`` (PoseStamped of the optical frame in ``base_frame``), ``depth`` (32FC1 metres),
+``labels`` (16UC1 object ids) and ``mask`` (mono8, 0 = ignore) when the data has them, ``label_names`` (latched
+JSON), and TF
 (``base_frame`` → ``camera_frame``) where tf2_ros exists. ``loop`` replays forever; ``~/pause`` and
 ``~/resume`` (std_srvs/Trigger) hold and continue the arm. Its status on ``/diagnostics`` says how far it got.
 """
@@ -81,6 +82,7 @@ class ReplayNode(Node):
         self.pub_pose = self.create_publisher(PoseStamped, 'camera_pose', qos)
         self.pub_depth = self.create_publisher(Image, 'depth', qos)
         self.pub_labels = self.create_publisher(Image, 'labels', qos)
+        self.pub_mask = self.create_publisher(Image, 'mask', qos)      # a dataset's per-frame masks (mask_path)
         self.pub_names = self.create_publisher(String, 'label_names', latched_qos())
         self.tf = tf2_ros.TransformBroadcaster(self) if tf2_ros is not None and p['publish_tf'] else None
         if p['publish_labels'] and self.label_names:
@@ -122,6 +124,8 @@ class ReplayNode(Node):
             self.pub_depth.publish(conv.depth_to_image(frame.depth, stamp, camera))
         if p['publish_labels'] and frame.labels is not None:
             self.pub_labels.publish(conv.labels_to_image(frame.labels, stamp, camera))
+        if frame.mask is not None:
+            self.pub_mask.publish(conv.mask_to_image(frame.mask, stamp, camera))
         self.pub_info.publish(conv.K_to_camera_info(frame.K, frame.width, frame.height, stamp, camera))
         self.pub_pose.publish(conv.pose_stamped(frame.T_base_optical, p['base_frame'], stamp))
         self.pub_image.publish(conv.rgb_to_image(frame.image, stamp, camera))
