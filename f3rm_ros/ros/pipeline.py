@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .common import init_ros
+from .common import init_ros, interrupts_ignored
 from .topics import query_remaps, remap_arguments, trainer_remaps
 
 
@@ -90,10 +90,11 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for node in nodes:
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+        with interrupts_ignored():  # a second Ctrl-C must not cut the trainer's last checkpoint short
+            for node in nodes:
+                node.destroy_node()
+            executor.shutdown()
+            rclpy.try_shutdown()
     if query and asked:
         report(f'pipeline: last query {querier.last}')
     return 1 if exit_after_query and not querier.answered else 0
