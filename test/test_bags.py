@@ -189,3 +189,32 @@ def test_demo_bag_imports_then_replays_the_dataset(scene, tmp_path, monkeypatch)
     assert lo.tolist() == [-0.3, -0.3, -0.05] and 'from --workspace' in lines[0]
     lo, hi = demo._workspace({}, settings.data, lines.append)        # no entry: from its depth maps, said so
     assert 'from its depth maps' in lines[1]
+
+
+def test_pose_topic_hand_eye_and_mask_imports(scene, tmp_path):
+    """--pose (the end effector's PoseStamped) with --hand-eye and a static --mask: the same camera poses, masked."""
+    import cv2
+    import yaml
+    messages = scan_messages(scene, False)
+    for stamp, topic, msg in list(messages):
+        if topic == '/tf':
+            (_, _, when, T), = msg
+            pose = PoseStamped(header=conv.make_header('base_link', when), pose=conv.matrix_to_pose(T))
+            messages.append((when, '/arm/tool_pose', pose))
+    messages.sort(key=lambda item: item[0])
+    bag = write_bag(tmp_path / 'bag', messages, 'sqlite3')
+    hand_eye = tmp_path / 'hand_eye.yaml'
+    hand_eye.write_text(yaml.safe_dump({'matrix': T_TOOL_OPTICAL.tolist()}))
+    mask = np.full((H, W), 255, np.uint8)
+    mask[60:] = 0
+    cv2.imwrite(str(tmp_path / 'mask.png'), mask)
+    settings = ImportSettings(image=IMAGE, camera_info=INFO, pose='/arm/tool_pose', hand_eye_file=str(hand_eye),
+                              mask_file=str(tmp_path / 'mask.png'), capture=dict(GATE), workspace=[0, -1, -1, 1, 1, 1])
+    import_bag(bag, tmp_path / 'dataset', settings, report=lambda line: None)
+    frames = read_dataset(tmp_path / 'dataset')
+    assert len(frames) >= 6 and all(f.mask is not None and not f.mask[65].any() and f.mask[10].all() for f in frames)
+    truth = {round(1.0 + 0.6 * i, 3): f.T_base_optical for i, f in enumerate(scene.frames)}
+    for frame in frames:
+        np.testing.assert_allclose(frame.T_base_optical, truth[round(frame.stamp, 3)], atol=1e-6)
+    from f3rm_ros.core.frames import read_metadata
+    assert read_metadata(tmp_path / 'dataset')['workspace'] == {'min': [0.0, -1.0, -1.0], 'max': [1.0, 1.0, 1.0]}
