@@ -198,7 +198,11 @@ class OnlineSession:
     # ------------------------------------------------------------------------------------------ inputs
 
     def add_frame(self, frame: PosedFrame) -> Tuple[bool, str]:
-        """Offer a keyframe; returns (added, why not). Frames already held (same stamp) are skipped."""
+        """Offer a keyframe; returns (added, why not / how). Frames already held (same stamp) are skipped.
+
+        A full store keeps coverage: the keyframe replaces the most redundant held view when it spreads the scan
+        (`keyframes.replacement_slot`), else it is refused with the reason.
+        """
         with self._lock:
             if self._reset_requested:  # the reset drops the store: keep this one for after it
                 self._after_reset.append(frame)
