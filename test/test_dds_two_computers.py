@@ -199,7 +199,7 @@ def run_two_computers(net, tmp_path, localhost_only: bool):
     try:
         procs.node('trainer', net['b'], env, params)
         procs.node('query', net['b'], env, params)
-        mode, seconds = ('observe', 20.0) if localhost_only else ('until-found', 200.0)
+        mode, seconds = ('observe', 12.0) if localhost_only else ('until-found', 200.0)
         procs.node('replay', net['a'], env, params)
         procs.node('capture', net['a'], env, params)
         procs.wait_for('capture', r'keyframe 5 at', 120)  # A is publishing keyframes
