@@ -31,12 +31,11 @@ import yaml
 
 from f3rm_ros.ros.dds import localhost_dds_env
 from f3rm_ros.ros.testing import pick_domain_id
+from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
 
-try:  # relative trainer/query inputs, remapped to the capture/trainer outputs (f3rm_ros.ros.topics)
-    from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
-    REMAPS = {'trainer': remap_arguments(trainer_remaps()), 'query': remap_arguments(query_remaps())}
-except ImportError:  # inputs named after the default node names
-    REMAPS = {}
+# What the launch files do: the trainer's relative keyframe/* inputs and the query's checkpoint input remapped to
+# the capture and trainer outputs.
+REMAPS = {'trainer': remap_arguments(trainer_remaps()), 'query': remap_arguments(query_remaps())}
 
 ROOT = Path(__file__).resolve().parent.parent
 DDS_VARIABLES = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE', 'ROS_LOCALHOST_ONLY',
