@@ -212,10 +212,14 @@ def scan_run(workspace, tmp_path_factory):
         asked = time.monotonic()
         record['answer'] = ask(probe, ['mug'])
         record['answer_s'] = time.monotonic() - asked
-        # SIGINT in the middle of training, just after a periodic checkpoint: the last one must come from the stop.
+        # SIGINT in the middle of training, a few steps after a periodic checkpoint: the last one must come from
+        # the stop (the trainer's /diagnostics status says when it has gone past the periodic step).
+        from f3rm_ros.ros.diagnostics import status_values
+        trainer_status = probe.status('/trainer')
         later = '|'.join(str(step + 20 * k) for k in range(1, 6))
-        record['periodic_step'] = int(run.wait_for(checkpoint_line(later), 120).group(2))
-        time.sleep(1.0)
+        periodic = record['periodic_step'] = int(run.wait_for(checkpoint_line(later), 120).group(2))
+        trainer_status.wait(lambda msg: int(status_values(msg).get('step', 0)) >= periodic + 2, 60,
+                            f'the trainer past step {periodic + 1}')
         run.interrupt(whole_group=True)
         record['code'] = run.wait(30)
         record['run'] = run
