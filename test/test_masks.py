@@ -1,9 +1,10 @@
 """Masks: a wrist camera's gripper, fixed in image space, must not be distilled into the field.
 
 A synthetic scan (24 views, 60 steps) whose every view shows a dark "gripper" block at the bottom centre,
-labelled as a gripper in the label maps (the labels teacher then distils "gripper" features wherever the field puts them). Trained
-without a mask, the field learns gripper features in the scene (a phantom that a "gripper" query finds);
-with the mask those pixels are never trained on: "gripper" is not present, and held-out views are better.
+labelled as a gripper in the label maps (the labels teacher then distils "gripper" features wherever the field
+puts them). Trained without a mask, the field learns gripper features in the scene (a phantom that a "gripper"
+query finds); with the mask those pixels are never trained on: "gripper" is not present, and held-out views are
+better.
 """
 import numpy as np
 import pytest
