@@ -13,25 +13,12 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-
-def localhost_only_actions(share):
-    """`localhost_only` argument; when true, both DDS variables for every process started after these actions."""
-    enabled = IfCondition(LaunchConfiguration('localhost_only'))
-    profile = os.path.join(share, 'config', 'fastdds_localhost.xml')
-    return [
-        DeclareLaunchArgument('localhost_only', default_value='false',
-                              description='keep DDS on this machine (LOCALHOST discovery, loopback + shared memory '
-                                          'Fast DDS profile) for every process started here, RViz included'),
-        SetEnvironmentVariable('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST', condition=enabled),
-        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', profile, condition=enabled),
-        LogInfo(msg=f'localhost_only: DDS confined to this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, '
-                    f'FASTDDS_DEFAULT_PROFILES_FILE={profile})', condition=enabled),
-    ]
+from f3rm_ros.launch_actions import localhost_only_actions
 
 
 def generate_launch_description():
