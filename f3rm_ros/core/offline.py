@@ -56,6 +56,28 @@ class TrainingReport:
     curve: List[Dict[str, float]] = field(default_factory=list)
 
 
+def resolve_workspace(meta: Dict, frames: Sequence[PosedFrame],
+                      workspace: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+    """Return (min, max) of the workspace box; the log says where it came from.
+
+    `workspace` when given, else the dataset's entry, its depth maps or where its cameras look
+    (`frames.dataset_workspace`).
+    """
+    if workspace is not None:
+        lo, hi = (np.asarray(v, float) for v in workspace)
+        where = '--workspace'
+    elif 'workspace' in meta:
+        lo, hi = np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
+        where = 'the dataset\'s "workspace" entry'
+    else:
+        lo, hi = dataset_workspace(meta, frames)
+        where = ('its depth maps' if any(f.depth is not None for f in frames)
+                 else 'where its cameras\' optical axes converge')
+    log.info('workspace from %s: min %s max %s (override with --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)', where,
+             np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
+    return lo, hi
+
+
 def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downscale: int = 1,
                      progress: bool = True, teacher_choice: str = 'auto',
                      workspace: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> TrainingReport:
@@ -70,18 +92,7 @@ def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downs
     frames = read_dataset(data_dir, downscale=downscale)
     if len(frames) < 2:
         raise ValueError(f'{data_dir} has {len(frames)} frame(s); at least 2 are needed')
-    if workspace is not None:
-        lo, hi = (np.asarray(v, float) for v in workspace)
-        where = '--workspace'
-    elif 'workspace' in meta:
-        lo, hi = np.asarray(meta['workspace']['min'], float), np.asarray(meta['workspace']['max'], float)
-        where = 'the dataset\'s "workspace" entry'
-    else:
-        lo, hi = dataset_workspace(meta, frames)
-        where = ('its depth maps' if any(f.depth is not None for f in frames)
-                 else 'where its cameras\' optical axes converge')
-    log.info('workspace from %s: min %s max %s (override with --workspace XMIN YMIN ZMIN XMAX YMAX ZMAX)', where,
-             np.round(lo, 3).tolist(), np.round(hi, 3).tolist())
+    lo, hi = resolve_workspace(meta, frames, workspace)
     config.workspace.min_xyz, config.workspace.max_xyz = tuple(float(v) for v in lo), tuple(float(v) for v in hi)
     store = FrameStore(max(config.trainer.capacity, len(frames)))
     for frame in frames:
