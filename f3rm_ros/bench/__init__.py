@@ -73,6 +73,16 @@ def parse_result_line(text: str) -> Optional[Dict[str, str]]:
     return found
 
 
+EVAL_LINE = re.compile(r'^EVAL step=(\d+) train_s=([-+0-9.eE]+) psnr=([-+0-9.eEnaif]+)', re.MULTILINE)
+
+
+def parse_eval_lines(text: str) -> List[Dict[str, float]]:
+    """Parse a baseline's ``EVAL step=.. train_s=.. psnr=..`` lines into [{'step', 'train_s', 'psnr'}] by step."""
+    rows = {int(m.group(1)): {'step': int(m.group(1)), 'train_s': float(m.group(2)), 'psnr': float(m.group(3))}
+            for m in EVAL_LINE.finditer(text)}
+    return [rows[step] for step in sorted(rows)]
+
+
 def number(value: Optional[str]) -> float:
     """Leading float of '41.7k'/'206.0s'/'5.7GiB'-like strings ('k' multiplies by 1000); nan if absent."""
     if value is None:
@@ -84,10 +94,14 @@ def number(value: Optional[str]) -> float:
     return float(match.group(0)) * scale
 
 
-def run_baseline(command: Sequence[str], log_path: Optional[Path] = None, echo: bool = True) -> Dict[str, str]:
-    """Run a baseline command (a subprocess on the same GPU, before ours) and parse its RESULT line."""
+def run_baseline(command: Sequence[str], log_path: Optional[Path] = None, echo: bool = True,
+                 env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Run a baseline command (a subprocess on the same GPU, before ours) and parse its RESULT line.
+
+    The result holds the RESULT fields, ``process_wall_s`` and ``output`` (all it printed: EVAL lines ...).
+    """
     print(f'[bench] baseline: {" ".join(shlex.quote(c) for c in command)}', flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED='1', HF_HUB_OFFLINE='1')
+    env = dict(os.environ, **(env or {}), PYTHONUNBUFFERED='1', HF_HUB_OFFLINE='1')
     started = time.perf_counter()
     done = subprocess.run(list(command), capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
@@ -101,7 +115,12 @@ def run_baseline(command: Sequence[str], log_path: Optional[Path] = None, echo: 
     if echo:
         print(f'[bench] baseline finished in {seconds:.0f} s: '
               + ' '.join(f'{k}={v}' for k, v in result.items()), flush=True)
+        curve = parse_eval_lines(output)
+        if curve:
+            print('[bench] baseline held-out PSNR: ' + ', '.join(
+                f'{r["psnr"]:.2f} @ {r["step"]} ({r["train_s"]:.1f} s)' for r in curve), flush=True)
     result['process_wall_s'] = f'{seconds:.1f}'
+    result['output'] = output
     return result
 
 

@@ -1,20 +1,40 @@
-"""``f3rm-ros bench train --data DIR``: training speed and quality of the product, beside nerfstudio's baseline.
+"""``f3rm-ros bench train --data DIR [DIR ...]``: training speed and quality beside nerfstudio's baseline.
 
-Trains the product's `OnlineTrainer` (preset ``gpu`` = F3RM defaults, 768-d feature head) on a nerfstudio
-dataset with a fixed random teacher (a seeded random feature grid per frame: no CLIP weights needed; the
-feature head costs the same), and reports steady-state rays/s, peak GPU memory, held-out PSNR at fixed step
-counts and the training wall time at which a target PSNR is first reached. To compare like with like, the
-scene is normalised as ``ns_baseline.py`` does it (camera centres centred and scaled into [-1, 1]), the
-held-out frames are the baseline's (every 8th from frame 0, PSNR over the first six), the depth loss is off
-and the batch has the same number of rays. With ``--baseline .device/bench/ns_baseline.py`` the baseline runs
-first in a subprocess on the same GPU and the table shows both side by side with the ratio.
+Trains the product's `OnlineTrainer` (preset ``gpu`` = F3RM defaults, 768-d feature head) on each nerfstudio
+dataset with a teacher that needs no CLIP weights (``--teacher random``: seeded random patch features, as the
+baseline's; ``image``: features made from each patch's colours by a fixed random projection, so that they
+agree across views as CLIP's do and a held-out feature error means something). The feature head costs the
+same either way.
 
-Clocks: training time excludes the held-out evaluations (the clock is stopped and the GPU synchronised around
-them) and includes everything else from the first step on, Triton's one-off kernel compilation included.
+Like for like with ``ns_baseline.py`` (``--baseline``, run first on the same GPU, once per dataset and mode):
+
+* the scene is normalised as the baseline does (camera centres centred, scaled into [-1, 1]), the held-out
+  frames are its (every 8th from frame 0, scored over the first six), the depth loss is off, the batch has
+  the same rays, and the feature loss sees the density weights the same way (``--feature-weights live``
+  runs the baseline with ``FEAT_WEIGHTS=live``, ``detached`` with ``FEAT_WEIGHTS=detach``);
+* both sides evaluate held-out PSNR on the same schedule (every ``--eval-every`` steps and at the end: the
+  baseline gets ``EVAL_EVERY``) with their clocks stopped during evaluation, so both training times exclude
+  every evaluation and include everything else from the first step on (Triton's compilation included);
+* time-to-PSNR is read from both curves: the training time at the first evaluation that reaches the
+  baseline's final PSNR, the baseline's best PSNR and f3rm_ros's best PSNR; a ratio is given only where both
+  curves reach the value.
+
+Memory: peak GPU memory of training (every training span) and of rendering (held-out evaluations and a
+full-resolution picture with features, `render.render_camera`'s chunks), apart. The baseline reports one peak
+that covers both. With pose refinement (``--recipe product``) held-out views are scored both as recorded
+(``given``, what nerfstudio's evaluation does) and ``aligned`` (with the correction of the nearest refined
+training cameras, `OnlineTrainer.pose_correction`); time-to-PSNR uses ``--eval-poses``. Where the dataset has
+depth maps the median held-out depth error is reported (7-Scenes' depth is not registered to its colour:
+read it as a relative figure).
+
+Output: a table per dataset and mode, an overall table, one ``RESULT`` line per run and a last ``RESULT
+overall`` line; with ``--out``: ``results.csv`` (one row per run), and per run a folder with ``curve.csv``
+(both sides), ``summary.json``, ``baseline.log`` and a held-out picture.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import logging
 import math
@@ -26,42 +46,52 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import Stopwatch, device_name, format_table, number, python, run_baseline, sync, write_json
+from . import (Stopwatch, device_name, format_table, number, parse_eval_lines, parse_result_line, python,
+               run_baseline, sync, write_json)
 
 log = logging.getLogger(__name__)
+
+MODES = ('live', 'detached')
+BASELINE_MODE = {'live': 'live', 'detached': 'detach'}
 
 
 def register(sub) -> None:
     """Add ``bench train``."""
     p = sub.add_parser('train', help='training rays/s, memory and held-out PSNR vs. the nerfstudio baseline',
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', required=True, help='nerfstudio dataset folder (transforms.json)')
+    p.add_argument('--data', required=True, nargs='+', help='nerfstudio dataset folder(s) (transforms.json)')
     p.add_argument('--steps', type=int, default=2000, help='training steps (default: 2000)')
     p.add_argument('--rays', type=int, help='rays per batch (default: the preset, 4096 for gpu)')
     p.add_argument('--preset', default='gpu', help='configuration preset (default: gpu = F3RM defaults)')
     p.add_argument('--config', action='append', help='YAML overlay (repeatable)')
     p.add_argument('--feature-dim', type=int, default=768, help='teacher feature width (default: 768)')
+    p.add_argument('--feature-weights', default=None,
+                   help='comma-separated modes to run: live (F3RM: the feature loss reaches the density), '
+                        'detached, or both "live,detached" (default: the config\'s model.feature_weights)')
+    p.add_argument('--teacher', choices=['random', 'image'], default='random',
+                   help='random (seeded random patch features, as the baseline) or image (view-consistent '
+                        'features from patch colours: a meaningful held-out feature error)')
     p.add_argument('--eval-every', type=int, default=100,
-                   help='held-out PSNR every N steps until the target is reached (default: 100)')
-    p.add_argument('--milestones', default='500,1000,2000',
-                   help='steps with a held-out PSNR in any case (default: 500,1000,2000; the last step always)')
+                   help='held-out PSNR every N steps on both sides, clocks stopped (default: 100; 0 = at the end)')
     p.add_argument('--eval-frames', type=int, default=6, help='held-out frames scored (default: 6, as the baseline)')
-    p.add_argument('--target-psnr', type=float,
-                   help='PSNR whose time-to-reach is reported (default: the baseline\'s final PSNR)')
+    p.add_argument('--eval-poses', choices=['aligned', 'given'], default='aligned',
+                   help='held-out poses whose PSNR times the curves (default: aligned; equal without refinement)')
     p.add_argument('--baseline', help='path of ns_baseline.py: run it first on the same data (same GPU)')
     p.add_argument('--baseline-steps', type=int, help='baseline steps (default: --steps)')
     p.add_argument('--baseline-rays', type=int, default=4096, help='baseline rays per batch (default: 4096)')
-    p.add_argument('--target-margin', type=float, default=0.3,
-                   help='also report the time to (target - margin) dB (default: 0.3, the issue\'s tolerance)')
-    p.add_argument('--baseline-result', help='a file with a baseline "RESULT ..." line, instead of running it')
+    p.add_argument('--baseline-result', nargs='+',
+                   help='baseline outputs (RESULT and EVAL lines) instead of running it: one per dataset and mode')
     p.add_argument('--no-fast', action='store_true', help='disable the fast path (F3RM_FAST=0): reference timing')
     p.add_argument('--no-graphs', action='store_true', help='fast path without CUDA graphs (trainer.cuda_graphs off)')
     p.add_argument('--depth', action='store_true', help='keep the depth loss (off by default: the baseline has none)')
+    p.add_argument('--no-picture', action='store_true',
+                   help='skip the full-resolution held-out picture with features (rendering memory then covers '
+                        'the colour-only evaluations)')
     p.add_argument('--profile', type=int, default=0, metavar='N',
                    help='after training, profile N more steps with the torch profiler and print where time goes')
     p.add_argument('--sync-check', action='store_true',
                    help='after training, list the host-device synchronisations of 3 steps')
-    p.add_argument('--out', help='folder for summary.json, curve.csv, baseline.log and profile tables')
+    p.add_argument('--out', help='folder for results.csv and one folder per run (curve.csv, summary.json ...)')
     p.add_argument('--recipe', choices=['product', 'baseline'], default='product',
                    help="optimisation recipe: 'product' = the preset's (learning rates decaying over --steps, "
                         "SO3xR3 pose refinement trained); 'baseline' = ns_baseline.py's (constant learning rates, "
@@ -105,26 +135,49 @@ def _random_teacher(dim: int, patch_size: int, seed: int):
     return RandomTeacher()
 
 
-def _heldout_psnr(trainer, indices: Sequence[int]) -> float:
-    """Mean PSNR of full-resolution renders of `indices` (the model's eval path, computed on the device)."""
+def _image_teacher(dim: int, patch_size: int, seed: int):
+    """Features from each patch's colours (its 2 x 2 sub-cell means) by a fixed random projection to `dim`."""
+    import cv2
+    import numpy as np
     import torch
-    model = trainer.model
-    values = []
-    with torch.no_grad():
-        model.eval()
-        try:
-            for index in indices:
-                out = model.get_outputs_for_camera(trainer.cameras[index:index + 1])
-                target = trainer.images[index].float() / 255.0
-                mse = torch.mean((out['rgb'].float() - target) ** 2).item()
-                values.append(-10.0 * math.log10(mse))
-        finally:
-            model.train()
-    return float(sum(values) / len(values))
+
+    from ..core.teachers import Teacher
+
+    projection = torch.randn(12, dim, generator=torch.Generator().manual_seed(seed + 17)) / math.sqrt(12)
+
+    class ImageTeacher(Teacher):
+        """View-consistent stand-in for CLIP: what a patch looks like, not which frame it came from."""
+
+        name = 'image'
+
+        def __init__(self):
+            self.dim = dim
+            self.patch_size = patch_size
+
+        def grid_shape(self, height, width):
+            return height // patch_size, width // patch_size
+
+        def extract(self, frames):
+            grids = []
+            for frame in frames:
+                h, w = self.grid_shape(frame.height, frame.width)
+                crop = frame.image[:h * patch_size, :w * patch_size].astype(np.float32) / 255.0
+                cells = cv2.resize(crop, (2 * w, 2 * h), interpolation=cv2.INTER_AREA) - 0.5
+                cells = cells.reshape(h, 2, w, 2, 3).transpose(0, 2, 1, 3, 4).reshape(h, w, 12)
+                grids.append(torch.from_numpy(np.ascontiguousarray(cells)) @ projection)
+            return torch.stack(grids)
+
+        def encode_text(self, texts):
+            return torch.nn.functional.normalize(torch.randn(len(texts), dim), dim=-1)
+
+        def state(self):
+            return {'name': 'image', 'dim': dim, 'patch_size': patch_size, 'seed': seed}
+
+    return ImageTeacher()
 
 
-def _build(args, frames):
-    """Config (baseline-comparable), random teacher, trainer with the baseline's split."""
+def _build(args, frames, mode: str):
+    """Config (baseline-comparable), teacher, trainer with the baseline's split."""
     import numpy as np
 
     from ..core.config import ModelConfig, make_config
@@ -132,24 +185,26 @@ def _build(args, frames):
     from ..core.trainer import OnlineTrainer
 
     overrides: Dict = {
-        'trainer': {'steps': args.steps, 'capacity': len(frames), 'eval_chunk_rays': 32768, 'seed': args.seed,
+        'trainer': {'steps': args.steps, 'capacity': len(frames), 'seed': args.seed,
                     'cuda_graphs': not args.no_graphs},
         'feature_field': {'feature_dim': args.feature_dim},
+        'model': {'feature_weights': mode},
     }
     if args.rays:
         overrides['trainer']['rays_per_batch'] = args.rays
     if not args.depth and 'depth_loss_weight' in {f.name for f in dataclasses.fields(ModelConfig)}:
-        overrides['model'] = {'depth_loss_weight': 0.0}
+        overrides['model']['depth_loss_weight'] = 0.0
     if args.recipe == 'baseline':
         overrides['trainer']['lr_final_ratio'] = 1.0
-        overrides.setdefault('model', {})['camera_optimizer'] = 'off'
+        overrides['model']['camera_optimizer'] = 'off'
     config = make_config(args.preset, [Path(p) for p in args.config or []], overrides)
     # ns_baseline.py's normalisation: camera centres minus their mean, divided by the largest |coordinate|.
     centres = np.stack([f.T_base_optical[:3, 3] for f in frames])
     mean = centres.mean(0)
     half = float(np.abs(centres - mean).max())
     config.workspace.min_xyz, config.workspace.max_xyz = tuple(mean - half), tuple(mean + half)
-    teacher = _random_teacher(config.feature_field.feature_dim, 14, args.seed)
+    make = _image_teacher if args.teacher == 'image' else _random_teacher
+    teacher = make(config.feature_field.feature_dim, 14, args.seed)
     store = FrameStore(len(frames))
     for frame in frames:
         store.add(frame)
@@ -161,6 +216,104 @@ def _build(args, frames):
     if hasattr(trainer.model, 'set_training_cameras'):
         trainer.model.set_training_cameras(trainer.train_indices)
     return config, trainer, held[:args.eval_frames]
+
+
+def _z_depth(distance, K):
+    """Distance along each pixel's ray [H, W] -> z-depth, for a pinhole `K`."""
+    import numpy as np
+    height, width = distance.shape
+    x = (np.arange(width) - K[0, 2]) / K[0, 0]
+    y = (np.arange(height) - K[1, 2]) / K[1, 1]
+    return distance / np.sqrt(x[None, :] ** 2 + y[:, None] ** 2 + 1.0)
+
+
+def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool = True,
+                   features: bool = True) -> Dict[str, float]:
+    """Held-out scores of the current model, all computed like a user's renders (`render.render_camera`).
+
+    psnr (poses as recorded), psnr_aligned (with `pose_correction`; equal to psnr without refinement),
+    depth_err_cm (median |z - z_true| over pixels with depth, aligned poses), feature_mse (rendered
+    features at the teacher's patch centres against the teacher's held-out features).
+    """
+    import numpy as np
+    import torch
+
+    from ..core.geometry import resized_intrinsics
+    from ..core.render import render_camera
+    from ..core.trainer import PosedFrame, make_cameras, psnr
+    memory, chunk = trainer.config.trainer.render_memory_mb, trainer.config.trainer.eval_chunk_rays
+    scores: Dict[str, List[float]] = {'psnr': [], 'psnr_aligned': [], 'depth_err_cm': [], 'feature_mse': []}
+    with trainer.lock, torch.no_grad():
+        for index in indices:
+            frame = trainer.frames[index]
+            target = trainer.images[index].float() / 255.0
+            correction = trainer.pose_correction(index) if aligned else None
+            camera = make_cameras([frame], trainer.box, trainer.device)
+            names = ('rgb', 'depth') if depth and frame.depth is not None and correction is None else ('rgb',)
+            out = render_camera(trainer.model, camera, memory, chunk, names)
+            scores['psnr'].append(psnr(out['rgb'], target))
+            if correction is not None:
+                camera = make_cameras([frame], trainer.box, trainer.device, correction[None])
+                names = ('rgb', 'depth') if depth and frame.depth is not None else ('rgb',)
+                out = render_camera(trainer.model, camera, memory, chunk, names)
+                scores['psnr_aligned'].append(psnr(out['rgb'], target))
+            else:
+                scores['psnr_aligned'].append(scores['psnr'][-1])
+            if 'depth' in out:
+                z = _z_depth(out['depth'][..., 0].float().cpu().numpy() / trainer.box.scale, frame.K)
+                truth = np.nan_to_num(frame.depth.astype(np.float64))
+                valid = truth > 0
+                if valid.any():
+                    scores['depth_err_cm'].append(100.0 * float(np.median(np.abs(z[valid] - truth[valid]))))
+            if features and trainer.features is not None:
+                h, w = trainer.features.shape[1:3]
+                # the trainer looks a pixel's patch up as y * h // height: the grid spans the whole image
+                K = resized_intrinsics(frame.K, frame.width, frame.height, w, h)
+                probe = PosedFrame(np.zeros((h, w, 3), np.uint8), K, frame.T_base_optical)
+                camera = make_cameras([probe], trainer.box, trainer.device,
+                                      None if correction is None else correction[None])
+                rendered = render_camera(trainer.model, camera, memory, chunk, ('feature',))['feature'].float()
+                scores['feature_mse'].append(float(torch.mean(
+                    (rendered - trainer.features[index].float().cpu()) ** 2)))
+    return {k: (float(np.mean(v)) if v else float('nan')) for k, v in scores.items()}
+
+
+def time_to(curve: List[Dict], value: float, key: str = 'psnr') -> Optional[Dict]:
+    """First row of `curve` (sorted by step) whose `key` reaches `value`, or None."""
+    if value is None or value != value:
+        return None
+    for row in curve:
+        if row.get(key) is not None and row[key] >= value:
+            return row
+    return None
+
+
+def best(curve: List[Dict], key: str = 'psnr') -> Optional[Dict]:
+    """Row of `curve` with the highest `key` (the earliest of equals), or None."""
+    rows = [r for r in curve if r.get(key) is not None and r[key] == r[key]]
+    return max(rows, key=lambda r: (r[key], -r['step'])) if rows else None
+
+
+def compare(ours: List[Dict], theirs: List[Dict], key: str = 'psnr') -> List[Dict]:
+    """Time-to-PSNR from both curves for the baseline's final and best PSNR and f3rm_ros's best.
+
+    Each entry: {'what', 'psnr', 'baseline': row or None, 'ours': row or None, 'speedup': baseline time /
+    ours, or None unless both curves reach the value}.
+    """
+    targets = []
+    if theirs:
+        targets.append(('baseline final', theirs[-1]['psnr']))
+        b = best(theirs)
+        targets.append(('baseline best', b['psnr']))
+    o = best(ours, key)
+    if o is not None:
+        targets.append(('f3rm_ros best', o[key]))
+    rows = []
+    for what, value in targets:
+        hit_b, hit_o = time_to(theirs, value), time_to(ours, value, key)
+        speedup = hit_b['train_s'] / hit_o['train_s'] if hit_b and hit_o and hit_o['train_s'] > 0 else None
+        rows.append({'what': what, 'psnr': value, 'baseline': hit_b, 'ours': hit_o, 'speedup': speedup})
+    return rows
 
 
 def _fast_summary(trainer) -> str:
@@ -260,8 +413,261 @@ def _sync_check(trainer, steps: int = 3) -> List[str]:
         f'  {where} ({count / steps:.0f}/step)' for where, count in seen.most_common()]
 
 
+def _peak_gib() -> float:
+    import torch
+    return torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
+
+
+def _reset_peak() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _baseline_for(args, data: str, mode: str, run_index: int, folder: Optional[Path]) -> Optional[Dict]:
+    """Return the baseline's RESULT fields and EVAL curve for this dataset and mode (run now, or read), or None."""
+    if args.baseline_result:
+        if run_index >= len(args.baseline_result):
+            raise SystemExit(f'--baseline-result: {len(args.baseline_result)} file(s) for more runs')
+        text = Path(args.baseline_result[run_index]).read_text()
+        result = parse_result_line(text)
+        if result is None:
+            raise SystemExit(f'{args.baseline_result[run_index]} holds no RESULT line')
+    elif args.baseline:
+        env = {'RAYS': str(args.baseline_rays), 'EVAL_EVERY': str(args.eval_every),
+               'FEAT_WEIGHTS': BASELINE_MODE[mode]}
+        print(f'[bench] baseline env: {" ".join(f"{k}={v}" for k, v in env.items())}', flush=True)
+        result = run_baseline([python(), args.baseline, data, str(args.baseline_steps or args.steps),
+                               str(args.feature_dim), 'amp'], folder / 'baseline.log' if folder else None, env=env)
+        text = result.pop('output')
+    else:
+        return None
+    result = dict(result)
+    result['curve'] = parse_eval_lines(text)
+    got = result.get('feat_weights')
+    if got is not None and got != BASELINE_MODE[mode]:
+        print(f'[bench] WARNING: the baseline ran with feat_weights={got}, f3rm_ros with {mode}: not like for like')
+    return result
+
+
+def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -> Dict:
+    """Train f3rm_ros on `data` in feature-weights `mode` beside its baseline; returns the run's summary."""
+    import torch
+
+    from ..core.frames import read_dataset
+    from ..core.offline import write_view_renders
+    name = Path(data).name or str(data)
+    folder = out / f'{name}-{mode}' if out is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    baseline = _baseline_for(args, data, mode, run_index, folder)
+    frames = read_dataset(Path(data), downscale=args.downscale)
+    torch.manual_seed(args.seed)
+    setup_started = time.perf_counter()
+    config, trainer, eval_frames = _build(args, frames, mode)
+    sync()
+    setup_s = time.perf_counter() - setup_started
+    rays = config.trainer.rays_per_batch
+    refined = config.model.camera_optimizer != 'off'
+    has_depth = any(frames[i].depth is not None for i in eval_frames)
+    print(f'[bench] {name} ({mode} feature weights): {device_name()}; {len(frames)} frames '
+          f'{frames[0].width}x{frames[0].height}, {len(trainer.train_indices)} train / {len(eval_frames)} scored '
+          f'held-out; {rays} rays/step; feature dim {config.feature_field.feature_dim}; teacher {args.teacher}; '
+          f'mixed precision {trainer.use_amp}; recipe {args.recipe}', flush=True)
+    print(f'[bench] {_fast_summary(trainer)}', flush=True)
+
+    key = 'psnr_aligned' if args.eval_poses == 'aligned' else 'psnr'
+    clock = Stopwatch()
+    curve: List[Dict] = []
+    warm_step, warm_time = min(20, max(1, args.steps // 2)), None  # steady state: after compilation
+    peak_train = peak_render = 0.0
+    stats = None
+    _reset_peak()
+    clock.start()
+    for step in range(1, args.steps + 1):
+        stats = trainer.step()
+        if step == warm_step:
+            warm_time = clock.elapsed
+        if step == args.steps or (args.eval_every and step % args.eval_every == 0):
+            train_s = clock.stop()
+            peak_train = max(peak_train, _peak_gib())
+            _reset_peak()
+            eval_started = time.perf_counter()
+            scores = heldout_scores(trainer, eval_frames, aligned=refined, depth=has_depth)
+            eval_s = time.perf_counter() - eval_started
+            peak_render = max(peak_render, _peak_gib())
+            _reset_peak()
+            row = {'step': step, 'train_s': train_s, **scores,
+                   'train_feature_loss': float(stats['feature_loss']) if 'feature_loss' in stats else float('nan')}
+            curve.append(row)
+            extra = f' (aligned {scores["psnr_aligned"]:6.2f})' if refined else ''
+            print(f'[bench] step {step:5d}  train {train_s:7.2f} s  held-out PSNR {scores["psnr"]:6.2f} dB{extra}  '
+                  f'(evaluation {eval_s:.1f} s, not counted)', flush=True)
+            clock.start()
+    total_s = clock.stop()
+    steady_steps = args.steps - warm_step
+    rays_per_s = steady_steps * rays / (total_s - warm_time) if steady_steps > 0 and warm_time else float('nan')
+    peak_train = max(peak_train, _peak_gib())
+    if not args.no_picture:  # what a user renders: a full-resolution held-out view with features and depth
+        _reset_peak()
+        view = frames[eval_frames[0]]
+        write_view_renders(trainer, view, folder if folder is not None else Path('/tmp/f3rm-bench'))
+        peak_render = max(peak_render, _peak_gib())
+
+    extra_lines: List[str] = []
+    if args.sync_check and torch.cuda.is_available():
+        extra_lines += _sync_check(trainer)
+    if args.profile:
+        extra_lines += _profile(trainer, args.profile, folder)
+
+    theirs = (baseline or {}).get('curve', [])
+    comparison = compare(curve, theirs, key)
+    summary = {
+        'data': str(data), 'name': name, 'feature_weights': mode, 'device': device_name(), 'frames': len(frames),
+        'resolution': f'{frames[0].width}x{frames[0].height}', 'rays_per_batch': rays, 'steps': args.steps,
+        'recipe': args.recipe, 'teacher': args.teacher, 'fast': _fast_summary(trainer), 'setup_s': setup_s,
+        'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_train_gib': peak_train,
+        'peak_render_gib': peak_render, 'curve': curve, 'eval_poses': args.eval_poses, 'comparison': comparison,
+        'baseline': {k: v for k, v in (baseline or {}).items()} if baseline else None,
+    }
+    summary['table'] = run_table(summary)
+    if folder is not None:
+        write_json(str(folder / 'summary.json'), summary)
+        with open(folder / 'curve.csv', 'w', newline='') as handle:
+            writer = csv.writer(handle)
+            writer.writerow(['side', 'step', 'train_s', 'psnr', 'psnr_aligned', 'depth_err_cm', 'feature_mse',
+                             'train_feature_loss'])
+            for row in theirs:
+                writer.writerow(['baseline', row['step'], row['train_s'], row['psnr'], '', '', '', ''])
+            for row in curve:
+                writer.writerow(['f3rm_ros', row['step'], row['train_s'], row['psnr'], row['psnr_aligned'],
+                                 row['depth_err_cm'], row['feature_mse'], row['train_feature_loss']])
+    for line in extra_lines:
+        print(line)
+    print(f'\n[bench] {name}, feature weights {mode}: {device_name()}, {rays} rays/step, {args.steps} steps, '
+          f'recipe {args.recipe}, feature dim {config.feature_field.feature_dim}, mixed precision '
+          f'{trainer.use_amp}; PSNR over {len(eval_frames)} held-out frames, evaluated every '
+          f'{args.eval_every or args.steps} steps on both sides, clocks stopped')
+    print(summary['table'], flush=True)
+    print(result_line(summary), flush=True)
+    return summary
+
+
+def _fmt(value, spec: str = '.2f', none: str = 'n/a') -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return none
+    return format(value, spec)
+
+
+def _hit(row: Optional[Dict]) -> str:
+    return f'{row["train_s"]:.1f} s (step {row["step"]})' if row else 'not reached'
+
+
+def run_table(summary: Dict) -> str:
+    """Return the side-by-side table of one run (markdown)."""
+    b = summary['baseline'] or {}
+    theirs = b.get('curve', [])
+    curve = summary['curve']
+    final = curve[-1]
+    rows = [['', 'nerfstudio baseline', 'f3rm_ros', 'ratio']]
+    b_rps = number(b.get('rays_per_s')) if b else float('nan')
+    rows.append(['rays/s (steady state)', _fmt(b_rps / 1e3, '.1f') + 'k' if b else 'n/a',
+                 _fmt(summary['rays_per_s'] / 1e3, '.1f') + 'k',
+                 f'{summary["rays_per_s"] / b_rps:.2f}x' if b and b_rps == b_rps else ''])
+    b_train = number(b.get('train_s')) if b else float('nan')
+    rows.append([f'train time, {summary["steps"]} steps, evaluations excluded (s)', _fmt(b_train, '.1f'),
+                 _fmt(summary['train_s'], '.1f'),
+                 f'{b_train / summary["train_s"]:.2f}x faster' if b_train == b_train else ''])
+    b_final = theirs[-1]['psnr'] if theirs else number(b.get('heldout_psnr')) if b else float('nan')
+    ours_final = (f'{final["psnr"]:.2f} given / {final["psnr_aligned"]:.2f} aligned'
+                  if summary['recipe'] == 'product' else f'{final["psnr"]:.2f}')
+    rows.append([f'held-out PSNR @ {final["step"]} (dB)', _fmt(b_final), ours_final, ''])
+    b_best, o_best = best(theirs), best(curve, 'psnr_aligned' if summary['eval_poses'] == 'aligned' else 'psnr')
+    key = 'psnr_aligned' if summary['eval_poses'] == 'aligned' else 'psnr'
+    rows.append(['best held-out PSNR (dB)', f'{b_best["psnr"]:.2f} @ {b_best["step"]}' if b_best else 'n/a',
+                 f'{o_best[key]:.2f} @ {o_best["step"]}' if o_best else 'n/a', ''])
+    for entry in summary['comparison']:
+        rows.append([f'train time to {entry["what"]} PSNR {entry["psnr"]:.2f} dB',
+                     _hit(entry['baseline']) if theirs else 'n/a', _hit(entry['ours']),
+                     f'{entry["speedup"]:.1f}x faster' if entry['speedup'] else ''])
+    rows.append(['peak GPU memory, training (GiB)', f'{_fmt(number(b.get("peak_mem")) if b else None)} (with its '
+                 'renders)' if b else 'n/a', _fmt(summary['peak_train_gib']), ''])
+    rows.append(['peak GPU memory, rendering (GiB)', '', _fmt(summary['peak_render_gib']), ''])
+    if final['depth_err_cm'] == final['depth_err_cm']:
+        rows.append(['held-out depth error, median (cm)', '', _fmt(final['depth_err_cm']), ''])
+    rows.append(['held-out feature MSE', '', _fmt(final['feature_mse'], '.4f'), ''])
+    return format_table(rows)
+
+
+def result_line(summary: Dict) -> str:
+    """One ``RESULT key=value ...`` line of a run (what results.csv holds)."""
+    return 'RESULT ' + ' '.join(f'{k}={v}' for k, v in result_fields(summary).items())
+
+
+def result_fields(summary: Dict) -> Dict[str, str]:
+    """Return the run's headline numbers as strings ('nan' / 'none' where absent)."""
+    b = summary['baseline'] or {}
+    theirs = b.get('curve', [])
+    final = summary['curve'][-1]
+    key = 'psnr_aligned' if summary['eval_poses'] == 'aligned' else 'psnr'
+    o_best, b_best = best(summary['curve'], key), best(theirs)
+    fields = {
+        'data': summary['name'], 'feature_weights': summary['feature_weights'], 'recipe': summary['recipe'],
+        'steps': str(summary['steps']), 'rays_per_s': f'{summary["rays_per_s"]:.0f}',
+        'baseline_rays_per_s': f'{number(b.get("rays_per_s")):.0f}' if b else 'nan',
+        'speedup': f'{summary["rays_per_s"] / number(b.get("rays_per_s")):.2f}' if b else 'nan',
+        'train_s': f'{summary["train_s"]:.2f}', 'baseline_train_s': f'{number(b.get("train_s")):.2f}' if b else 'nan',
+        'psnr': f'{final["psnr"]:.2f}', 'psnr_aligned': f'{final["psnr_aligned"]:.2f}',
+        'baseline_psnr': f'{theirs[-1]["psnr"]:.2f}' if theirs else 'nan',
+        'best_psnr': f'{o_best[key]:.2f}' if o_best else 'nan',
+        'baseline_best_psnr': f'{b_best["psnr"]:.2f}' if b_best else 'nan',
+    }
+    for entry in summary['comparison']:
+        tag = entry['what'].replace('f3rm_ros', 'ours').replace(' ', '_')
+        fields[f't_{tag}'] = f'{entry["ours"]["train_s"]:.2f}' if entry['ours'] else 'none'
+        fields[f't_{tag}_baseline'] = f'{entry["baseline"]["train_s"]:.2f}' if entry['baseline'] else 'none'
+        fields[f'speedup_{tag}'] = f'{entry["speedup"]:.2f}' if entry['speedup'] else 'none'
+    fields.update({'peak_train_gib': f'{summary["peak_train_gib"]:.2f}',
+                   'peak_render_gib': f'{summary["peak_render_gib"]:.2f}',
+                   'baseline_peak_gib': f'{number(b.get("peak_mem")):.2f}' if b else 'nan',
+                   'depth_err_cm': f'{final["depth_err_cm"]:.2f}', 'feature_mse': f'{final["feature_mse"]:.5f}',
+                   'train_feature_loss': f'{final["train_feature_loss"]:.6f}'})
+    return fields
+
+
+def overall_table(summaries: List[Dict]) -> str:
+    """One row per run, then the geometric mean of the speed ratios and the mean PSNR differences."""
+    rows = [['data', 'feature weights', 'rays/s baseline', 'rays/s f3rm_ros', 'ratio', 'PSNR final b / f',
+             'PSNR best b / f', 'time to baseline final PSNR b / f', 'time to baseline best PSNR b / f',
+             'peak GiB b / f train / f render']]
+    ratios, final_diffs, best_diffs = [], [], []
+    for s in summaries:
+        f = result_fields(s)
+        speedup = number(f['speedup'])
+        if speedup == speedup:
+            ratios.append(speedup)
+        diff = number(f['psnr_aligned' if s['eval_poses'] == 'aligned' else 'psnr']) - number(f['baseline_psnr'])
+        if diff == diff:
+            final_diffs.append(diff)
+        diff = number(f['best_psnr']) - number(f['baseline_best_psnr'])
+        if diff == diff:
+            best_diffs.append(diff)
+        rows.append([s['name'], s['feature_weights'], f'{number(f["baseline_rays_per_s"]) / 1e3:.1f}k',
+                     f'{s["rays_per_s"] / 1e3:.1f}k', f'{speedup:.2f}x' if speedup == speedup else '',
+                     f'{f["baseline_psnr"]} / {f["psnr_aligned"] if s["eval_poses"] == "aligned" else f["psnr"]}',
+                     f'{f["baseline_best_psnr"]} / {f["best_psnr"]}',
+                     f'{f.get("t_baseline_final_baseline", "n/a")} / {f.get("t_baseline_final", "n/a")} s',
+                     f'{f.get("t_baseline_best_baseline", "n/a")} / {f.get("t_baseline_best", "n/a")} s',
+                     f'{f["baseline_peak_gib"]} / {f["peak_train_gib"]} / {f["peak_render_gib"]}'])
+    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else float('nan')
+    rows.append(['overall', f'{len(summaries)} runs', '', '', f'{geo:.2f}x (geometric mean)' if ratios else '',
+                 f'{sum(final_diffs) / len(final_diffs):+.2f} dB (mean f - b)' if final_diffs else '',
+                 f'{sum(best_diffs) / len(best_diffs):+.2f} dB' if best_diffs else '', '', '', ''])
+    return format_table(rows)
+
+
 def run(args) -> int:
-    """Run the benchmark and print the side-by-side table."""
+    """Run every dataset in every requested mode and print the tables."""
     if args.no_fast:
         os.environ['F3RM_FAST'] = '0'
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -270,129 +676,34 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    from ..core.frames import read_dataset
+    from ..core.config import make_config
     if not torch.cuda.is_available():
         print('[bench] WARNING: no CUDA device: this measures the CPU path')
-    baseline = None
-    if args.baseline_result:
-        from . import parse_result_line
-        baseline = parse_result_line(Path(args.baseline_result).read_text())
-    elif args.baseline:
-        bsteps = args.baseline_steps or args.steps
-        os.environ['RAYS'] = str(args.baseline_rays)
-        baseline = run_baseline([python(), args.baseline, args.data, str(bsteps), str(args.feature_dim), 'amp'],
-                                out / 'baseline.log' if out else None)
-    target = args.target_psnr
-    if target is None and baseline is not None:
-        target = number(baseline.get('heldout_psnr'))
-
-    frames = read_dataset(Path(args.data), downscale=args.downscale)
-    torch.manual_seed(args.seed)
-    setup_started = time.perf_counter()
-    config, trainer, eval_frames = _build(args, frames)
-    sync()
-    setup_s = time.perf_counter() - setup_started
-    rays = config.trainer.rays_per_batch
-    print(f'[bench] {device_name()}; {len(frames)} frames {frames[0].width}x{frames[0].height}, '
-          f'{len(trainer.train_indices)} train / {len(eval_frames)} scored held-out; {rays} rays/step; '
-          f'feature dim {config.feature_field.feature_dim}; mixed precision {trainer.use_amp}; '
-          f'recipe {args.recipe}', flush=True)
-    print(f'[bench] {_fast_summary(trainer)}', flush=True)
-
-    milestones = {int(s) for s in args.milestones.split(',') if s.strip()} | {args.steps}
-    clock = Stopwatch()
-    curve: List[Dict] = []
-    reached: Optional[Dict] = None
-    reached_margin: Optional[Dict] = None
-    margin_target = None if target is None else target - args.target_margin
-    warm_step, warm_time = 20, None
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
-    clock.start()
-    for step in range(1, args.steps + 1):
-        trainer.step()
-        if step == warm_step:
-            warm_time = clock.elapsed
-        due = step in milestones or ((reached is None or reached_margin is None) and target is not None
-                                     and args.eval_every and step % args.eval_every == 0)
-        if due:
-            train_s = clock.stop()
-            mem = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
-            eval_started = time.perf_counter()
-            value = _heldout_psnr(trainer, eval_frames)
-            eval_s = time.perf_counter() - eval_started
-            row = {'step': step, 'train_s': train_s, 'heldout_psnr': value,
-                   'peak_train_mem_gib': round(mem, 2)}
-            curve.append(row)
-            print(f'[bench] step {step:5d}  train {train_s:7.2f} s  held-out PSNR {value:6.2f} dB  '
-                  f'(evaluation {eval_s:.1f} s, not counted)', flush=True)
-            if reached is None and target is not None and value >= target:
-                reached = row
-            if reached_margin is None and margin_target is not None and value >= margin_target:
-                reached_margin = row
-            clock.start()
-    total_s = clock.stop()
-    steady_steps = args.steps - warm_step
-    rays_per_s = steady_steps * rays / (total_s - warm_time) if steady_steps > 0 else float('nan')
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
-    final = curve[-1]
-
-    extra: List[str] = []
-    if args.sync_check and torch.cuda.is_available():
-        extra += _sync_check(trainer)
-    if args.profile:
-        extra += _profile(trainer, args.profile, out)
-
-    # ---------------------------------------------------------------- table
-    rows = [['', 'nerfstudio baseline', 'f3rm_ros', 'ratio']]
-
-    def add(name, ours, theirs, fmt, ratio=True, higher_better=True):
-        cell_b = fmt(theirs) if theirs is not None and not math.isnan(theirs) else 'n/a'
-        cell_o = fmt(ours) if ours is not None and not math.isnan(ours) else 'n/a'
-        r = ''
-        if ratio and theirs and ours and not math.isnan(theirs) and not math.isnan(ours):
-            r = f'{ours / theirs:.2f}x' if higher_better else f'{theirs / ours:.2f}x faster'
-        rows.append([name, cell_b, cell_o, r])
-
-    b = baseline or {}
-    b_rps = number(b.get('rays_per_s'))
-    add('rays/s (steady state)', rays_per_s, b_rps if baseline else None, lambda v: f'{v / 1e3:.1f}k')
-    add('ms/step', total_s / args.steps * 1e3, number(b.get('s_per_step')) if baseline else None,
-        lambda v: f'{v:.1f}', higher_better=False)
-    add(f'train wall, {args.steps} steps (s)', total_s, number(b.get('train_wall')) if baseline else None,
-        lambda v: f'{v:.1f}', higher_better=False)
-    add(f'held-out PSNR @ {final["step"]} (dB)', final['heldout_psnr'],
-        number(b.get('heldout_psnr')) if baseline else None, lambda v: f'{v:.2f}', ratio=False)
-    add('peak GPU memory (GiB)', peak, number(b.get('peak_mem')) if baseline else None, lambda v: f'{v:.2f}',
-        ratio=False)
-    if target is not None:
-        b_wall = number(b.get('train_wall')) if baseline else float('nan')
-        for label, value, hit in ((f'{target:.2f}', target, reached),
-                                  (f'{margin_target:.2f} (target - {args.target_margin:g})', margin_target,
-                                   reached_margin)):
-            ratio = f'{b_wall / hit["train_s"]:.1f}x faster' if hit and b_wall == b_wall else ''
-            rows.append([f'train time to PSNR {label} dB', f'{b_wall:.1f} s (its final PSNR)' if baseline else '',
-                         f'{hit["train_s"]:.1f} s (step {hit["step"]})' if hit else 'not reached', ratio])
-    if baseline and 'steps' in b and int(number(b['steps'])) != args.steps:
-        rows.append(['note', f'baseline ran {b["steps"]} steps', f'{args.steps} steps', ''])
-    table = format_table(rows)
-
-    summary = {
-        'device': device_name(), 'data': str(args.data), 'frames': len(frames), 'rays_per_batch': rays,
-        'steps': args.steps, 'recipe': args.recipe, 'fast': _fast_summary(trainer), 'setup_s': setup_s,
-        'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_mem_gib': peak, 'curve': curve,
-        'target_psnr': target, 'reached': reached, 'target_margin': args.target_margin,
-        'reached_margin': reached_margin, 'baseline': baseline, 'table': table,
-    }
-    write_json(str(out / 'summary.json') if out else None, summary)
+    if args.feature_weights:
+        modes = [m.strip() for m in args.feature_weights.split(',') if m.strip()]
+    else:
+        modes = [make_config(args.preset, [Path(p) for p in args.config or []]).model.feature_weights]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f'--feature-weights: unknown mode(s) {unknown}; choose from {list(MODES)}')
+    summaries = []
+    for data in args.data:
+        for mode in modes:
+            summaries.append(bench_one(args, data, mode, len(summaries), out))
     if out is not None:
-        with open(out / 'curve.csv', 'w') as handle:
-            handle.write('step,train_s,heldout_psnr,peak_train_mem_gib\n')
-            for row in curve:
-                handle.write(f'{row["step"]},{row["train_s"]},{row["heldout_psnr"]},{row["peak_train_mem_gib"]}\n')
-    for line in extra:
-        print(line)
-    print(f'\n[bench] train: {device_name()}, {rays} rays/step, {args.steps} steps, recipe {args.recipe}, feature dim '
-          f'{config.feature_field.feature_dim}, mixed precision {trainer.use_amp}; '
-          f'PSNR over {len(eval_frames)} held-out frames')
-    print(table, flush=True)
+        with open(out / 'results.csv', 'w', newline='') as handle:
+            fields = [result_fields(s) for s in summaries]
+            names = list(dict.fromkeys(k for f in fields for k in f))
+            writer = csv.DictWriter(handle, fieldnames=names, restval='')
+            writer.writeheader()
+            writer.writerows(fields)
+    table = overall_table(summaries)
+    if out is not None:
+        (out / 'overall.md').write_text(table + '\n')
+    print(f'\n[bench] overall: {len(args.data)} dataset(s) x {len(modes)} mode(s), {device_name()}')
+    print(table)
+    ratios = [number(result_fields(s)['speedup']) for s in summaries]
+    ratios = [r for r in ratios if r == r]
+    geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else float('nan')
+    print(f'RESULT overall runs={len(summaries)} speedup_geomean={geo:.2f}', flush=True)
     return 0

@@ -67,6 +67,18 @@ class ModelConfig:
     depth_loss_weight: float = 1e-3
     depth_sigma: float = 0.01  # metres
     predict_normals: bool = False
+    # How the feature loss sees nerfacto's density weights: 'live' = F3RM's gradient (the feature loss also
+    # shapes density), 'detached' = features fit the geometry the colour made and never move it.
+    # The default comes from `f3rm-ros bench train --feature-weights live,detached` (README, Performance).
+    feature_weights: str = 'detached'
+
+    def __post_init__(self):
+        if self.feature_weights not in FEATURE_WEIGHTS:
+            raise ValueError(f'model.feature_weights must be one of {list(FEATURE_WEIGHTS)}, '
+                             f'got {self.feature_weights!r}')
+
+
+FEATURE_WEIGHTS = ('live', 'detached')
 
 
 @dataclass
@@ -89,7 +101,26 @@ class TrainerConfig:
     # On CUDA with the fast path: replay forward + backward from CUDA graphs (fast/graphs.py); same results.
     cuda_graphs: bool = True
     seed: int = 0
+    # Rendering (held-out evaluation, pictures, similarity images) runs in chunks of rays: on CUDA as many as
+    # fit in `render_memory_mb` of GPU memory (measured per ray on a probe chunk), at most `eval_chunk_rays`
+    # (the chunk on a CPU); per-pixel outputs leave the GPU chunk by chunk, so the full image never sits there.
     eval_chunk_rays: int = 8192
+    render_memory_mb: float = 1024.0
+    # Held-out views scored by `evaluate`: 'aligned' = with the pose correction that pose refinement gave the
+    # training cameras nearest to them (the field moved with those cameras), 'given' = as recorded (what
+    # nerfstudio's evaluation does); both are the same with model.camera_optimizer: off.
+    eval_poses: str = 'aligned'
+
+    def __post_init__(self):
+        problems = []
+        if self.eval_poses not in EVAL_POSES:
+            problems.append(f'trainer.eval_poses must be one of {list(EVAL_POSES)}, got {self.eval_poses!r}')
+        if not (_finite(self.render_memory_mb) and self.render_memory_mb > 0):
+            problems.append(f'trainer.render_memory_mb must be > 0, got {self.render_memory_mb!r}')
+        _check(problems)
+
+
+EVAL_POSES = ('aligned', 'given')
 
 
 @dataclass

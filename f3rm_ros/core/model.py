@@ -62,6 +62,8 @@ class F3RMModelConfig(NerfactoModelConfig):
     feature_loss_mult: float = 1e-3
     depth_loss_mult: float = 0.0
     depth_sigma: float = 0.01  # field units
+    # 'live': F3RM's gradient, the feature loss reaches the density through the weights; 'detached': it does not
+    feature_weights: str = 'detached'
 
 
 class F3RMModel(NerfactoModel):
@@ -79,6 +81,8 @@ class F3RMModel(NerfactoModel):
         self.feature_field = FeatureField(self.config.feature_field, SceneContraction(order=float('inf')))
         self.renderer_feature = SemanticRenderer()
         self.query: Optional[TextQuery] = None
+        # False while rendering pictures or scores that need no features (held-out PSNR): skips the feature head
+        self.render_features = True
         self._final_samples = None
         # nerfacto keeps its final ray samples only in training mode; record them for every forward so the
         # feature field is rendered with exactly the weights that rendered the colour.
@@ -104,10 +108,14 @@ class F3RMModel(NerfactoModel):
             outputs['directions_norm'] = ray_bundle.metadata['directions_norm']
         ray_samples, density = self._final_samples
         self._final_samples = None
+        if not (self.training or self.render_features):
+            return outputs
         weights = outputs['weights_list'][-1] if self.training else ray_samples.get_weights(density)
-        # The feature loss must not move geometry: positions and weights are detached.
+        if self.config.feature_weights != 'live':
+            weights = weights.detach()  # the feature loss fits the colour's geometry and never moves it
+        # Sample positions are detached either way (as in F3RM): the feature loss does not move the cameras.
         positions = ray_samples.frustums.get_positions().detach()
-        outputs['feature'] = self.feature_field.render(positions, weights.detach())
+        outputs['feature'] = self.feature_field.render(positions, weights)
         if self.query is not None:
             outputs['similarity'] = relevancy(outputs['feature'], self.query)[..., None]
         return outputs
@@ -173,10 +181,12 @@ def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
         implementation=implementation, eval_num_rays_per_chunk=config.trainer.eval_chunk_rays,
         feature_field=config.feature_field, feature_loss_mult=m.feature_loss_weight,
         depth_loss_mult=m.depth_loss_weight, depth_sigma=m.depth_sigma * field_units_per_metre,
+        feature_weights=m.feature_weights,
     )
     # The field's unit box: the workspace spans [-1, 1] on its longest side (see geometry.WorkspaceBox).
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
     model = model_config.setup(scene_box=scene_box, num_train_data=num_cameras)
+    model.render_memory_mb = float(config.trainer.render_memory_mb)  # read by render.render_camera's callers
     accelerate(model)  # Triton hash grids on CUDA when tinycudann is absent; a no-op elsewhere
     return model
 

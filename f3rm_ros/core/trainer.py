@@ -17,7 +17,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,6 +34,7 @@ from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, proposal_parameter
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
+from .render import render_camera
 from .teachers import Teacher
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,21 @@ def psnr(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float('inf') if mse == 0 else -10.0 * math.log10(mse)
 
 
-def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.device) -> Cameras:
-    """Build nerfstudio Cameras (OpenGL axes, field units) for posed frames."""
-    c2w = box.pose_to_field(optical_to_opengl(np.stack([f.T_base_optical for f in frames])))
+def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.device,
+                 corrections: Optional[torch.Tensor] = None) -> Cameras:
+    """Build nerfstudio Cameras (OpenGL axes, field units) for posed frames.
+
+    `corrections` [N, 3, 4] are pose refinements in nerfstudio's convention (`CameraOptimizer.apply_to_camera`:
+    rotation applied in world axes about the camera centre, translation added to it).
+    """
+    c2w = torch.as_tensor(box.pose_to_field(optical_to_opengl(np.stack([f.T_base_optical for f in frames])))[:, :3, :4],
+                          dtype=torch.float32)
+    if corrections is not None:
+        corrections = corrections.detach().float().cpu()
+        c2w = torch.cat([corrections[:, :3, :3] @ c2w[:, :3, :3], c2w[:, :3, 3:] + corrections[:, :3, 3:]], dim=-1)
     K = np.stack([f.K for f in frames])
     return Cameras(
-        camera_to_worlds=torch.as_tensor(c2w[:, :3, :4], dtype=torch.float32),
+        camera_to_worlds=c2w,
         fx=torch.as_tensor(K[:, 0, 0:1], dtype=torch.float32), fy=torch.as_tensor(K[:, 1, 1:2], dtype=torch.float32),
         cx=torch.as_tensor(K[:, 0, 2:3], dtype=torch.float32), cy=torch.as_tensor(K[:, 1, 2:3], dtype=torch.float32),
         width=torch.tensor([[f.width] for f in frames]), height=torch.tensor([[f.height] for f in frames]),
@@ -69,27 +79,31 @@ def make_cameras(frames: List[PosedFrame], box: WorkspaceBox, device: torch.devi
     ).to(device)
 
 
+RENDERED = ('rgb', 'accumulation', 'depth', 'feature', 'similarity')
+
+
 @torch.no_grad()
 def render_model(model: F3RMModel, box: WorkspaceBox, T_base_optical: np.ndarray, K: np.ndarray, width: int,
-                 height: int) -> Dict[str, np.ndarray]:
-    """Render a view in eval mode, restoring the model's mode afterwards.
+                 height: int, names: Sequence[str] = RENDERED,
+                 correction: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
+    """Render a view in eval mode in memory-bounded chunks (`render.render_camera`), restoring the model's mode.
 
     Returns rgb, depth (metres along the ray), accumulation, feature, and similarity when the model has a
-    query. The caller holds any trainer lock.
+    query (those of `names`). `correction` [3, 4]: a pose refinement for this view. The caller holds any
+    trainer lock.
     """
     probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
-    camera = make_cameras([probe], box, next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = model.get_outputs_for_camera(camera)
-    finally:
-        model.train(was_training)
-    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature')}
-    result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / box.scale
-    result['accumulation'] = result['accumulation'][..., 0]
-    if 'similarity' in outputs:
-        result['similarity'] = outputs['similarity'][..., 0].float().cpu().numpy()
+    camera = make_cameras([probe], box, next(model.parameters()).device,
+                          None if correction is None else correction[None])
+    outputs = render_camera(model, camera, getattr(model, 'render_memory_mb', 1024.0),
+                            model.config.eval_num_rays_per_chunk, names)
+    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature', 'similarity')
+              if name in outputs}
+    for name in ('accumulation', 'similarity'):
+        if name in result:
+            result[name] = result[name][..., 0]
+    if 'depth' in outputs:
+        result['depth'] = outputs['depth'][..., 0].float().cpu().numpy() / box.scale
     return result
 
 
@@ -425,22 +439,54 @@ class OnlineTrainer:
         return stats
 
     @torch.no_grad()
-    def render(self, T_base_optical: np.ndarray, K: np.ndarray, width: int, height: int) -> Dict[str, np.ndarray]:
+    def render(self, T_base_optical: np.ndarray, K: np.ndarray, width: int, height: int,
+               names: Sequence[str] = RENDERED, correction: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
         """Render a view of the current model.
 
         Returns rgb [H, W, 3] in [0, 1], depth [H, W] (metres along the ray), accumulation, feature
-        [H, W, D], and similarity [H, W] when a query is set on the model.
+        [H, W, D], and similarity [H, W] when a query is set on the model (those of `names`).
         """
         with self.lock:
-            return render_model(self.model, self.box, T_base_optical, K, width, height)
+            return render_model(self.model, self.box, T_base_optical, K, width, height, names, correction)
 
-    def evaluate(self, indices: Optional[List[int]] = None, max_pixels: Optional[int] = None) -> Dict[str, float]:
-        """Mean PSNR (and count) over held-out frames (or the given indices).
+    @torch.no_grad()
+    def pose_correction(self, index: int, neighbours: int = 2) -> Optional[torch.Tensor]:
+        """Pose refinement [3, 4] for frame `index` that training did not refine (a held-out view), or None.
 
-        With `max_pixels`, larger views are rendered at an integer fraction of their size and compared with the
+        Pose refinement moves the training cameras, and the field moves with them; a held-out view rendered
+        from its recorded pose is then scored partly on that shift, not on the field. Its estimate: the mean
+        correction of the `neighbours` trained cameras nearest to it (camera centres), rotations averaged and
+        projected back onto SO(3). None when refinement is off or nothing is trained yet.
+        """
+        optimizer = self.model.camera_optimizer
+        if optimizer.config.mode == 'off' or not self.train_indices or self.cameras is None:
+            return None
+        train = torch.as_tensor(self.train_indices, device=self.device)
+        if index in self.train_indices:
+            return optimizer(torch.as_tensor([index], device=self.device))[0]
+        centres = self.cameras.camera_to_worlds[:, :3, 3]
+        distance = torch.linalg.vector_norm(centres[train] - centres[index], dim=-1)
+        nearest = train[torch.argsort(distance)[:neighbours]]
+        matrices = optimizer(nearest)                                 # [k, 3, 4]
+        u, _, vh = torch.linalg.svd(matrices[:, :3, :3].mean(0))
+        rotation = u @ vh
+        if torch.det(rotation) < 0:
+            u = u.clone()
+            u[:, -1] = -u[:, -1]
+            rotation = u @ vh
+        return torch.cat([rotation, matrices[:, :3, 3:].mean(0)], dim=-1)
+
+    def evaluate(self, indices: Optional[List[int]] = None, max_pixels: Optional[int] = None,
+                 poses: Optional[str] = None) -> Dict[str, float]:
+        """Mean PSNR (and count) over held-out frames (or the given indices), computed on the model's device.
+
+        `poses` ('aligned' | 'given', default ``trainer.eval_poses``): held-out views rendered with the pose
+        correction of their nearest refined training cameras (`pose_correction`) or as recorded. With
+        `max_pixels`, larger views are rendered at an integer fraction of their size and compared with the
         image shrunk the same way (area average): a progress figure that costs a CPU seconds, not minutes.
         """
         indices = self.eval_indices if indices is None else indices
+        poses = poses or self.config.trainer.eval_poses
         if not indices:
             return {'psnr': float('nan'), 'frames': 0}
         values = []
@@ -451,13 +497,23 @@ class OnlineTrainer:
                 shrink = math.ceil(math.sqrt(frame.width * frame.height / max_pixels))
             width, height = frame.width // shrink, frame.height // shrink
             K = resized_intrinsics(frame.K, frame.width, frame.height, width, height)
-            image = frame.image if shrink == 1 else cv2.resize(frame.image, (width, height),
-                                                               interpolation=cv2.INTER_AREA)
-            rendered = self.render(frame.T_base_optical, K, width, height)
-            predicted, target = torch.from_numpy(rendered['rgb']), torch.from_numpy(image / 255.0)
+            if shrink == 1 and self.images is not None and index < len(self.images):
+                target = self.images[index].float() / 255.0
+            else:
+                image = frame.image if shrink == 1 else cv2.resize(frame.image, (width, height),
+                                                                   interpolation=cv2.INTER_AREA)
+                target = torch.from_numpy(image / 255.0).to(self.device)
+            with self.lock:
+                correction = self.pose_correction(index) if poses == 'aligned' else None
+                probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, frame.T_base_optical)
+                camera = make_cameras([probe], self.box, self.device, None if correction is None else correction[None])
+                predicted = render_camera(self.model, camera, self.config.trainer.render_memory_mb,
+                                          self.config.trainer.eval_chunk_rays, ('rgb',))['rgb']
+            target = target.to(predicted)
             if frame.mask is not None:  # the gripper is not the scene: score the rest
                 keep = cv2.resize(frame.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-                predicted, target = predicted[torch.from_numpy(keep)], target[torch.from_numpy(keep)]
+                keep = torch.from_numpy(keep).to(predicted.device)
+                predicted, target = predicted[keep], target[keep]
             values.append(psnr(predicted, target))
         return {'psnr': float(np.mean(values)), 'frames': len(values)}
 
