@@ -7,7 +7,6 @@
 
 Semantics come from the labels teacher (ground truth, DESIGN.md §5); the model is the cpu-tiny preset.
 """
-import signal
 import subprocess
 import sys
 import time
@@ -27,8 +26,7 @@ from f3rm_ros.core.scenes import make_scene
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import RosProbe, subprocess_env
-from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
+from f3rm_ros.ros.testing import NodeProcesses, RosProbe, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
@@ -58,40 +56,6 @@ def write_params(path: Path, work: Path, dataset: Path, steps: int = STEPS) -> P
     }
     path.write_text(yaml.safe_dump(params))
     return path
-
-
-class Processes:
-    """Node processes with their output in log files (printed when a test fails)."""
-
-    def __init__(self, env, logs: Path):
-        self.env, self.logs, self.procs = env, logs, {}
-        logs.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, args, tag: str = '') -> subprocess.Popen:
-        log = open(self.logs / f'{name}{tag}.log', 'w')
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        self.procs[name] = proc
-        return proc
-
-    def node(self, name: str, params: Path, tag: str = '') -> subprocess.Popen:
-        remaps = {'trainer': trainer_remaps(), 'query': query_remaps()}.get(name, [])
-        return self.start(name, ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args', '--params-file', str(params),
-                                 *remap_arguments(remaps)], tag)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def tails(self) -> str:
-        return '\n'.join(f'--- {p.name}\n' + p.read_text()[-3000:] for p in sorted(self.logs.glob('*.log')))
 
 
 def status(inbox, predicate, timeout, what, since=0):
@@ -124,7 +88,7 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
     started = time.monotonic()
     probe = RosProbe()
     params = write_params(tmp_path / 'params.yaml', tmp_path, dataset)
-    procs = Processes(subprocess_env(probe.domain_id), tmp_path / 'logs')
+    procs = NodeProcesses(subprocess_env(probe.domain_id), tmp_path / 'logs', cwd=ROOT)
     try:
         capture_status = probe.status('/capture')
         trainer_status = probe.status('/trainer')

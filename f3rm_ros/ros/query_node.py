@@ -100,6 +100,7 @@ class QueryNode(Node):
         self.problems = ProblemLog(self.get_logger())
         self.latest_path = ''
         self.model_problem = ''      # why the model to query was refused or could not be loaded ('' = fine)
+        self._refused_key = None     # the checkpoint file (path, mtime) that failed to load: not retried
         self._source = None          # (model, teacher, config, lock, key) of the current model
         self.querier = None
         self._querier_key = None
@@ -178,6 +179,7 @@ class QueryNode(Node):
             self.problems.report('checkpoint', self.model_problem, level='error')
             return
         self.latest_path = msg.data
+        self.model_problem, self._refused_key = '', None  # a new announcement: judged when next loaded
 
     def _unallowed(self, path: str) -> str:
         """Why a path announced on the checkpoint topic is not accepted ('' = it is)."""
@@ -235,14 +237,21 @@ class QueryNode(Node):
         if not Path(path).is_file():
             raise NoModel(f'checkpoint {path} does not exist')
         key = ('file', path, Path(path).stat().st_mtime_ns)
+        if self._source is not None and key == self._refused_key:
+            return self._source  # a refused checkpoint does not take the last good model away
         if self._source is None or self._source[4] != key:
             started = time.perf_counter()
             try:
                 model, config, state = load_model(Path(path), self.params['device'])
                 teacher = make_teacher(config.teacher, state=state['teacher']['state'])
             except (CheckpointError, RuntimeError, FileNotFoundError, ValueError) as error:
+                self._refused_key = key
                 self.model_problem = f'checkpoint {path} not loaded: {error}'
+                if self._source is not None:
+                    self.model_problem += f'; answering from the last good one ({self._source[4][1]})'
                 self.problems.report('checkpoint', self.model_problem, level='error')
+                if self._source is not None:
+                    return self._source
                 raise NoModel(self.model_problem) from error
             if is_random(teacher) and not self.params['allow_random_teacher']:
                 self.model_problem = (f'checkpoint {path} was distilled from RANDOM-WEIGHT CLIP: its answers mean '

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .dds import localhost_dds_env
 
@@ -183,3 +187,84 @@ class RosProbe:
         self.executor.shutdown()
         self.node.destroy_node()
         self.context.try_shutdown()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (VmRSS from /proc); nan once it has gone."""
+    try:
+        for line in open(f'/proc/{pid}/status'):
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float('nan')
+
+
+class NodeProcesses:
+    """Node processes started as `ros2 launch` would (one per node), each with its output in a log file.
+
+    `node(name, params)` runs ``python -m f3rm_ros.ros.<name>_node --ros-args --params-file params`` with the
+    remaps that connect trainer and query to capture and trainer (`topics`), unless `remaps` are given.
+    """
+
+    def __init__(self, env: Dict[str, str], logs: Path, cwd: Optional[Path] = None):
+        self.env, self.logs, self.cwd = env, Path(logs), cwd
+        self.procs: Dict[str, subprocess.Popen] = {}
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, args: Sequence[str], tag: str = '') -> subprocess.Popen:
+        """Start ``python args...`` as `name` (its log: ``<logs>/<name><tag>.log``)."""
+        log = open(self.logs / f'{name}{tag}.log', 'w')
+        proc = subprocess.Popen([sys.executable, *args], cwd=self.cwd, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        log.close()  # the child holds its own descriptor
+        self.procs[name] = proc
+        return proc
+
+    def node(self, name: str, params: Optional[Path] = None, tag: str = '', remaps=None,
+             parameters: Sequence[str] = ()) -> subprocess.Popen:
+        """Start the node `name` (capture, trainer, query, replay) with a params file and ``-p`` values."""
+        from .topics import query_remaps, remap_arguments, trainer_remaps
+        if remaps is None:
+            remaps = {'trainer': trainer_remaps(), 'query': query_remaps()}.get(name, [])
+        args = ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args']
+        if params is not None:
+            args += ['--params-file', str(params)]
+        for item in parameters:
+            args += ['-p', item]
+        return self.start(name, [*args, *remap_arguments(remaps)], tag)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL `name` and reap it."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self, name: str, timeout: float = 30.0) -> Optional[int]:
+        """SIGINT `name` (as Ctrl-C and `ros2 launch` do) and wait; SIGKILL after `timeout`. Returns the exit code."""
+        proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """SIGTERM every process still running, then wait for each (SIGKILL after `timeout`)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def tails(self, chars: int = 3000) -> str:
+        """Return the end of every log, for a failure report."""
+        return '\n'.join(f'--- {p.name}\n' + p.read_text()[-chars:] for p in sorted(self.logs.glob('*.log')))
