@@ -6,7 +6,8 @@ LOCALHOST_ONLY_HELP = ('keep DDS on this machine for this process and everything
                        'ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and the packaged Fast DDS profile (loopback + shared '
                        'memory). Default: DDS as your environment has it')
 
-COMMAND_MODULES = ('train', 'query', 'bench', 'pipeline', 'demo', 'import_bag', 'check_calibration')
+COMMAND_MODULES = ('train', 'query', 'bench', 'pipeline', 'demo', 'import_bag', 'check_calibration', 'eval',
+                   'experiment')
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, preset: str = 'cpu') -> None:
