@@ -1,4 +1,6 @@
 """``f3rm-ros export mesh``: marching cubes on a known field lands on its surfaces; PLY/OBJ; bad input."""
+import dataclasses
+
 import numpy as np
 import open3d as o3d
 import pytest
@@ -61,3 +63,20 @@ def test_export_mesh_of_a_checkpoint(tmp_path, capsys):
     read = o3d.io.read_triangle_mesh(str(out / 'mesh.ply'))
     assert len(read.triangles) > 0 and np.all(box.contains(np.asarray(read.vertices) + 0.0))
     assert main(['export', 'mesh', '--checkpoint', str(checkpoint), '--voxel-size', '-1']) == 2
+
+
+def test_query_crop_keeps_only_the_region_of_interest():
+    from f3rm_ros.core.query import FOUND, NOT_PRESENT, FieldQuerier
+    config, teacher, model = analytic_scene(table=False)
+    apple, _ = SPHERES['apple']
+    config.query = dataclasses.replace(config.query, crop_min_xyz=tuple(apple - 0.06), crop_max_xyz=tuple(apple + 0.06))
+    querier = FieldQuerier(model, teacher, config)
+    assert querier.voxels.grid_shape == (12, 12, 12)
+    found = querier.query('apple')
+    assert found.status == FOUND and np.linalg.norm(found.clusters[0].centroid - apple) < 0.01
+    lo, hi = apple - 0.06, apple + 0.06
+    assert np.all((found.heatmap.points >= lo - 1e-6) & (found.heatmap.points <= hi + 1e-6))
+    assert querier.query('ball').status == NOT_PRESENT                # the ball is cut away
+    with pytest.raises(ValueError, match='does not overlap the workspace'):
+        config.query = dataclasses.replace(config.query, crop_min_xyz=(5.0, 5.0, 5.0), crop_max_xyz=(6.0, 6.0, 6.0))
+        FieldQuerier(model, teacher, config)

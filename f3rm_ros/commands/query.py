@@ -26,6 +26,9 @@ def register(sub) -> None:
     parser.add_argument('--percentile', type=float, help='percentile for --threshold percentile')
     parser.add_argument('--alpha-threshold', type=float, help='voxel opacity a point must reach to be kept')
     parser.add_argument('--voxel-size', type=float, help='heatmap voxel size in metres')
+    parser.add_argument('--crop', help='cut-away box xmin,ymin,zmin,xmax,ymax,zmax (m): only voxels inside it are '
+                                       'queried and the pictures show only what is inside (query.crop_min_xyz / '
+                                       'crop_max_xyz)')
     parser.add_argument('--surface-only', action='store_true', help='keep only the outer shell of occupied voxels')
     parser.add_argument('--color', choices=['relevancy', 'rgb'], default='relevancy', help='PLY point colours')
     parser.add_argument('--config', action='append', help='YAML overlay (repeatable; any shape train reads, e.g. '
@@ -51,6 +54,9 @@ def _query_config(config, args):
     for name in ('threshold', 'percentile', 'alpha_threshold', 'voxel_size'):
         if getattr(args, name) is not None:
             query[name] = getattr(args, name)
+    if args.crop:
+        from ..core.orbit import parse_box
+        query['crop_min_xyz'], query['crop_max_xyz'] = (v.tolist() for v in parse_box(args.crop))
     if args.clip_weights:
         if not Path(args.clip_weights).is_file():
             raise FileNotFoundError(f'--clip-weights: {args.clip_weights} is not a file')
@@ -85,6 +91,7 @@ def _view(args, box):
 
 def run(args) -> int:
     """Answer the query, print clusters and timings, write the pictures, the PLY and clusters.json."""
+    from ..core.orbit import cropped
     from ..core.query import FieldQuerier, write_heatmap_ply
     from ..core.views import cluster_table, feature_pca_image, grasp_table, render_view, similarity_overlay
     from ..core.render import save_png, side_by_side
@@ -103,7 +110,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     view_frame = _view(args, querier.box)
     text_query, _, _ = querier.embed(args.text)
-    view = render_view(model, view_frame, query=text_query, box=querier.box)
+    with cropped(model, querier.box, *(config.query.crop or (None, None))):
+        view = render_view(model, view_frame, query=text_query, box=querier.box)
     paths = {
         'similarity': save_png(out / 'similarity.png',
                                side_by_side(view['rgb'], similarity_overlay(view, text_query, config.query.colormap))),

@@ -171,9 +171,26 @@ class QueryConfig:
     text_cache_size: int = 256  # phrases whose embeddings are kept: a repeated query skips the text tower
     chunk_size: int = 65536
     colormap: str = 'turbo'
+    # Cut-away box (base_frame metres): only voxels inside it are queried, e.g. to drop what stands in front of
+    # the region of interest. Equal min and max (the default) = no crop, the whole workspace.
+    crop_min_xyz: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    crop_max_xyz: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def crop(self) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+        """(min, max) of the crop box, or None when there is none."""
+        if tuple(self.crop_min_xyz) == tuple(self.crop_max_xyz):
+            return None
+        return tuple(self.crop_min_xyz), tuple(self.crop_max_xyz)
 
     def __post_init__(self):
         problems = []
+        crop = (tuple(self.crop_min_xyz), tuple(self.crop_max_xyz))
+        if any(len(c) != 3 or not all(_finite(v) for v in c) for c in crop):
+            problems.append(f'query.crop_min_xyz / crop_max_xyz must be three numbers each, got {crop}')
+        elif crop[0] != crop[1] and not all(lo < hi for lo, hi in zip(*crop)):
+            problems.append(f'query.crop_max_xyz {list(crop[1])} must exceed crop_min_xyz {list(crop[0])} on every '
+                            'axis (or equal it everywhere: no crop)')
         if self.mode not in ('pairwise_softmax', 'cosine'):
             problems.append(f"query.mode must be 'pairwise_softmax' or 'cosine', got {self.mode!r}")
         if self.threshold not in QUERY_THRESHOLDS:

@@ -15,7 +15,7 @@ import torch
 
 from .config import QueryConfig
 from .geometry import WorkspaceBox
-from .voxels import MAX_VOXELS, VoxelField
+from .voxels import VoxelField
 
 
 def auto_voxel_size(box: WorkspaceBox, voxel_size: float, max_cells: int = 256) -> float:
@@ -33,23 +33,14 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
     (floaters) are dropped. Raises ValueError when nothing reaches the level.
     """
     from skimage.measure import marching_cubes
-    region = box
     if crop is not None:
-        lo, hi = np.maximum(crop[0], box.min_xyz), np.minimum(crop[1], box.max_xyz)
-        if np.any(hi <= lo):
-            raise ValueError(f'the crop box {np.round(crop[0], 3).tolist()}..{np.round(crop[1], 3).tolist()} does not '
-                             'overlap the workspace')
-        region = WorkspaceBox(lo, hi)
+        query = dataclasses.replace(query, crop_min_xyz=tuple(map(float, crop[0])),
+                                    crop_max_xyz=tuple(map(float, crop[1])))
     level = query.alpha_threshold if level is None else float(level)
     if not 0 < level < 1:
         raise ValueError(f'the opacity level must be in (0, 1), got {level}')
-    cells = np.maximum(1, np.round((region.max_xyz - region.min_xyz) / voxel_size))
-    if float(np.prod(cells)) > MAX_VOXELS:
-        raise ValueError(f'--voxel-size {voxel_size} m makes {int(np.prod(cells)):,} voxels (at most {MAX_VOXELS:,})')
-    # The grid is laid over `region`, but the field stays in its own workspace's units (`box`).
     voxels = VoxelField(model, box, dataclasses.replace(query, voxel_size=voxel_size), feature_dim)
-    voxels.grid = region.grid(voxel_size)
-    voxels._centres = voxels.grid.reshape(-1, 3).astype(np.float32)
+    region = voxels.region               # the workspace, or its part inside the crop box
     alpha = voxels.grid_alpha().reshape(voxels.grid_shape)
     if alpha.max() < level:
         raise ValueError(f'no voxel reaches opacity {level} (the densest is {alpha.max():.3f}): an untrained field, '

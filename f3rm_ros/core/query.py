@@ -362,9 +362,14 @@ def write_heatmap_ply(path: Union[str, Path], heatmap: Heatmap, color: str = 're
 
     `color` is 'relevancy' (through `colormap`) or 'rgb' (the reconstructed colour).
     """
-    o3d = _open3d()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if len(heatmap) == 0:   # open3d refuses to write an empty cloud: a valid PLY with no points (a faint field)
+        path.write_text('ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty float x\nproperty float y\n'
+                        'property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n'
+                        'property float relevancy\nproperty float alpha\nend_header\n')
+        return path
+    o3d = _open3d()
     cloud = o3d.t.geometry.PointCloud()
     cloud.point.positions = o3d.core.Tensor(np.asarray(heatmap.points, dtype=np.float32).reshape(-1, 3))
     colors = heatmap.colors(color, colormap).astype(np.float32).reshape(-1, 3) / 255.0

@@ -170,6 +170,18 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def query_region(box: WorkspaceBox, config: QueryConfig) -> WorkspaceBox:
+    """Return the box a query's grid covers: the workspace, or its overlap with ``query.crop_min_xyz/max_xyz``."""
+    crop = getattr(config, 'crop', None)
+    if crop is None:
+        return box
+    lo, hi = np.maximum(crop[0], box.min_xyz), np.minimum(crop[1], box.max_xyz)
+    if np.any(hi <= lo):
+        raise ValueError(f'query crop box {list(crop[0])}..{list(crop[1])} does not overlap the workspace '
+                         f'{box.min_xyz.round(3).tolist()}..{box.max_xyz.round(3).tolist()}')
+    return WorkspaceBox(lo, hi)
+
+
 class VoxelField:
     """Occupied voxels of a model over the workspace grid, with their features (see the module docstring).
 
@@ -198,7 +210,8 @@ class VoxelField:
         self.lock = lock
         self.surface_only = surface_only
         self.min_component_volume = float(min_component_volume)
-        self.grid = box.grid(config.voxel_size)              # [Nx, Ny, Nz, 3] base_frame
+        self.region = query_region(box, config)              # the workspace, or its part inside query.crop
+        self.grid = self.region.grid(config.voxel_size)      # [Nx, Ny, Nz, 3] base_frame
         self._centres = self.grid.reshape(-1, 3).astype(np.float32)   # the heatmap's points come from here
         self._grid_field: Optional[torch.Tensor] = None
         self.occupancy: Optional[Occupancy] = None
@@ -397,7 +410,7 @@ class VoxelField:
         mark = time.perf_counter()
         occupied = (alpha >= self.config.alpha_threshold).reshape(self.grid_shape)
         self.drop_specks(occupied)
-        self.occupancy = Occupancy(occupied.copy(), self.box.min_xyz.copy(), self.config.voxel_size)
+        self.occupancy = Occupancy(occupied.copy(), self.region.min_xyz.copy(), self.config.voxel_size)
         if self.surface_only:
             occupied &= ~interior(occupied)                            # all six neighbours occupied
         index = np.flatnonzero(occupied.ravel())
