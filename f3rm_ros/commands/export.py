@@ -53,7 +53,7 @@ def run(args) -> int:
     print(f'marching cubes over {"the crop box" if crop else "the workspace"} at {voxel * 100:.2f} cm voxels ...')
     started = time.perf_counter()
     mesh = extract_mesh(model, box, config.query, config.feature_field.feature_dim, voxel, args.level, crop,
-                        args.min_triangles)
+                        args.min_triangles, progress=True)
     formats = ['ply', 'obj'] if args.format == 'both' else [args.format]
     paths = [write_mesh(mesh, Path(args.output) / f'{args.name}.{suffix}') for suffix in formats]
     lo, hi = mesh['vertices'].min(axis=0), mesh['vertices'].max(axis=0)

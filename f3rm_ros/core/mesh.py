@@ -15,7 +15,7 @@ import torch
 
 from .config import QueryConfig
 from .geometry import WorkspaceBox
-from .voxels import VoxelField
+from .voxels import VoxelField, eval_mode
 
 
 def auto_voxel_size(box: WorkspaceBox, voxel_size: float, max_cells: int = 256) -> float:
@@ -25,7 +25,7 @@ def auto_voxel_size(box: WorkspaceBox, voxel_size: float, max_cells: int = 256) 
 
 def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int, voxel_size: float,
                  level: Optional[float] = None, crop: Optional[Sequence[np.ndarray]] = None,
-                 min_triangles: int = 0) -> Dict[str, np.ndarray]:
+                 min_triangles: int = 0, progress: bool = False) -> Dict[str, np.ndarray]:
     """Marching cubes at opacity `level` (default ``query.alpha_threshold``) over the workspace or `crop` box.
 
     Returns ``vertices`` [V, 3] (base_frame metres), ``triangles`` [T, 3], ``colors`` [V, 3] in [0, 1],
@@ -41,7 +41,7 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
         raise ValueError(f'the opacity level must be in (0, 1), got {level}')
     voxels = VoxelField(model, box, dataclasses.replace(query, voxel_size=voxel_size), feature_dim)
     region = voxels.region               # the workspace, or its part inside the crop box
-    alpha = voxels.grid_alpha().reshape(voxels.grid_shape)
+    alpha = _grid_alpha(voxels, progress).reshape(voxels.grid_shape)
     if alpha.max() < level:
         raise ValueError(f'no voxel reaches opacity {level} (the densest is {alpha.max():.3f}): an untrained field, '
                          'or lower --level')
@@ -57,6 +57,20 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
     _, rgb = voxels._features_and_colour(positions)
     return {'vertices': vertices, 'triangles': triangles.astype(np.int64), 'normals': normals,
             'colors': rgb.cpu().numpy().astype(np.float64) / 255.0}
+
+
+@torch.no_grad()
+def _grid_alpha(voxels: VoxelField, progress: bool) -> np.ndarray:
+    """Return `VoxelField.grid_alpha`, evaluated chunk by chunk with a progress bar (a large grid takes minutes)."""
+    from tqdm import tqdm
+    positions = voxels.grid_positions()
+    chunk = voxels.chunk_size(positions.device)
+    alpha = np.empty(len(positions), np.float32)
+    with eval_mode(voxels.model):
+        for start in tqdm(range(0, len(positions), chunk), desc='density grid', unit='chunk', disable=not progress):
+            density = voxels.model.density_at(positions[start:start + chunk])[..., 0].float()
+            alpha[start:start + chunk] = voxels._alpha(density).cpu().numpy()
+    return alpha
 
 
 def _drop_small_pieces(vertices, triangles, normals, min_triangles: int):
