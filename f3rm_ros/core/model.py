@@ -158,8 +158,8 @@ class F3RMModel(NerfactoModel):
         return self.feature_field(positions)
 
 
-def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
-    """Instantiate the model for `num_cameras` camera slots (the trainer's capacity)."""
+def model_config(config: F3RMConfig) -> F3RMModelConfig:
+    """Return the nerfstudio model configuration an `F3RMConfig` makes (also the ``ns-train f3rm-ros`` plugin's)."""
     m = config.model
     field_units_per_metre = WorkspaceBox.from_config(config.workspace).scale
     implementation = resolve_implementation('auto')
@@ -168,7 +168,7 @@ def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
          'max_res': res, 'use_linear': False}
         for res in m.proposal_net_max_res
     ]
-    model_config = F3RMModelConfig(
+    return F3RMModelConfig(
         near_plane=m.near_plane, far_plane=m.far_plane, background_color=m.background_color,
         hidden_dim=m.hidden_dim, hidden_dim_color=m.hidden_dim_color, num_levels=m.num_levels,
         base_res=m.base_resolution, max_res=m.max_resolution, log2_hashmap_size=m.log2_hashmap_size,
@@ -183,9 +183,13 @@ def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
         depth_loss_mult=m.depth_loss_weight, depth_sigma=m.depth_sigma * field_units_per_metre,
         feature_weights=m.feature_weights,
     )
+
+
+def build_model(config: F3RMConfig, num_cameras: int) -> F3RMModel:
+    """Instantiate the model for `num_cameras` camera slots (the trainer's capacity)."""
     # The field's unit box: the workspace spans [-1, 1] on its longest side (see geometry.WorkspaceBox).
     scene_box = SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
-    model = model_config.setup(scene_box=scene_box, num_train_data=num_cameras)
+    model = model_config(config).setup(scene_box=scene_box, num_train_data=num_cameras)
     model.render_memory_mb = float(config.trainer.render_memory_mb)  # read by render.render_camera's callers
     accelerate(model)  # Triton hash grids on CUDA when tinycudann is absent; a no-op elsewhere
     return model
