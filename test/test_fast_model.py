@@ -196,13 +196,27 @@ def _trainer(graphs: bool, mixed_precision: bool):
     return trainer
 
 
+def _copy_training_state(source, target):
+    """Give `target` the parameters, optimiser moments, loss scale and ray generator of `source`."""
+    target.model.load_state_dict(source.model.state_dict())
+    for name, optimizer in source.optimizers.optimizers.items():
+        target.optimizers.optimizers[name].load_state_dict(optimizer.state_dict())
+    target.grad_scaler.load_state_dict(source.grad_scaler.state_dict())
+    target.generator.set_state(source.generator.get_state())
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
 @pytest.mark.parametrize('mixed_precision', [False, True])
 def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
     """Graph replays give the eager step's losses, and leave the proposal networks alone when nerfstudio does.
 
     Same seeds and jitter-free sampling, so both trainers see the same rays; fp32 atomics in the hash-grid
-    backward make the two runs differ only by rounding.
+    backward make the two runs differ only by rounding, and that rounding grows: Adam amplifies it where
+    gradients are tiny (H200, 2026-12-01, AMP: the eager runs already differ at step 3, 0.08414283 vs
+    0.08414280; the older rtol 1e-4 over the first three replays failed there). So the eager trainer takes the
+    graphed one's state (parameters, Adam moments, loss scale, ray generator) just before the first replay,
+    which must then give the eager loss (1e-4); the later ones differ by the amplified rounding of one step's
+    gradients (0.0871 vs 0.0872, 0.0938 vs 0.0935 on the H200), checked at 1 %.
     """
     from f3rm_ros.core.fast.graphs import CAPTURE_FROM_STEP
     eager, graphed = _trainer(False, mixed_precision), _trainer(True, mixed_precision)
@@ -211,6 +225,8 @@ def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
     losses = {'eager': [], 'graphed': []}
     moved = {}
     for step in range(CAPTURE_FROM_STEP + 10):
+        if step == CAPTURE_FROM_STEP:
+            _copy_training_state(graphed, eager)
         for name, trainer in (('eager', eager), ('graphed', graphed)):
             before = [p.detach().clone() for p in proposal] if name == 'graphed' else None
             will_update = graphed.graphed._will_update() if name == 'graphed' else None
@@ -220,7 +236,7 @@ def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
     assert set(graphed.graphed.graphs) == {True, False}, 'both proposal-update variants were replayed'
     assert all(update == changed for update, changed in moved.values()), moved
     graphed_losses, eager_losses = torch.tensor(losses['graphed']), torch.tensor(losses['eager'])
-    first = slice(CAPTURE_FROM_STEP, CAPTURE_FROM_STEP + 3)  # the first replays: rounding has not grown yet
+    first = CAPTURE_FROM_STEP  # the first replay: the eager step's state and rays
     assert torch.allclose(graphed_losses[first], eager_losses[first], rtol=1e-4), losses
     # later the runs drift apart by rounding only (measured on an H100: 0.3 % after 10 replays)
     assert torch.allclose(graphed_losses, eager_losses, rtol=1e-2), losses

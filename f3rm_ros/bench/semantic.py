@@ -123,6 +123,8 @@ def register(sub) -> None:
     p.add_argument('--absent', nargs='*', help='names to ask for that are not in the scene (default: the '
                    'catalogue objects the scene lacks; give none to skip absent queries)')
     p.add_argument('--preset', default='cpu-tiny', help="config preset (default: cpu-tiny, the demo's)")
+    p.add_argument('--config', action='append', type=Path,
+                   help='YAML overlay on the preset (repeatable), e.g. model: {feature_weights: detached}')
     p.add_argument('--steps', type=int, default=500, help="training steps per scene (default: 500, the demo's)")
     p.add_argument('--views', type=int, default=48, help="views per synthetic scan (default: 48, the demo's)")
     p.add_argument('--width', type=int, default=160, help='synthetic image width (default: 160)')
@@ -535,7 +537,7 @@ def run(args) -> int:
     from ..core.config import make_config
     from ..core.query import present_relevancy
     overrides = {'trainer': {'device': args.device}, 'grasp': {'max_opening': args.max_opening}}
-    config = make_config(args.preset, overrides=overrides)
+    config = make_config(args.preset, args.config or [], overrides=overrides)
     if args.render_only:
         if not args.scenes:
             raise SystemExit('--render-only needs --scenes DIR')

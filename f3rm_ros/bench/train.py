@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -482,6 +483,7 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
     warm_step, warm_time = min(20, max(1, args.steps // 2)), None  # steady state: after compilation
     peak_train = peak_render = 0.0
     stats = None
+    resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
     _reset_peak()
     clock.start()
     for step in range(1, args.steps + 1):
@@ -527,7 +529,8 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
         'resolution': f'{frames[0].width}x{frames[0].height}', 'rays_per_batch': rays, 'steps': args.steps,
         'recipe': args.recipe, 'teacher': args.teacher, 'fast': _fast_summary(trainer), 'setup_s': setup_s,
         'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_train_gib': peak_train,
-        'peak_render_gib': peak_render, 'curve': curve, 'eval_poses': args.eval_poses, 'comparison': comparison,
+        'peak_render_gib': peak_render, 'resident_at_start_gib': resident,
+        'curve': curve, 'eval_poses': args.eval_poses, 'comparison': comparison,
         'baseline': {k: v for k, v in (baseline or {}).items()} if baseline else None,
     }
     summary['table'] = run_table(summary)
@@ -550,6 +553,11 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
           f'{args.eval_every or args.steps} steps on both sides, clocks stopped')
     print(summary['table'], flush=True)
     print(result_line(summary), flush=True)
+    # the next run's memory peaks must not include this one's model (the model's recording forward is a cycle)
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return summary
 
 
