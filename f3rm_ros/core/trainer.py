@@ -195,7 +195,7 @@ def read_checkpoint(path: Path) -> Dict:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         size = path.stat().st_size if path.exists() else 0
         raise CheckpointError(f'{path} is not a readable checkpoint ({size} bytes; truncated or corrupt?): '
-                              f'{str(error).splitlines()[0][:200]}') from error
+                              f'{(str(error).splitlines() or [type(error).__name__])[0][:200]}') from error
     if not isinstance(raw, dict):
         raise CheckpointError(f'{path} is not an f3rm_ros checkpoint (it holds a {type(raw).__name__})')
     if 'meta_json' in raw:

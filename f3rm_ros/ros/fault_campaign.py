@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -280,8 +281,9 @@ class Campaign:
             'status_ok_again_s': round(ok_again, 1), 'checkpoint_step_after': step}
         self.results.add('disk full', f'{size_mb} MB tmpfs filled under the capture\'s dataset',
                          f'ERROR on /diagnostics after {capture_s:.1f} s ("{_clip(capture_message)}"), '
-                         f'{readable} of {kept_while_full} keyframes readable; a keyframe written {capture_back:.1f} s after '
-                         f'space returned, status OK after {ok_again:.0f} s', 'disk full' in capture_message and readable == kept_while_full)
+                         f'{readable} of {kept_while_full} keyframes readable; a keyframe written {capture_back:.1f} s '
+                         f'after space returned, status OK after {ok_again:.0f} s',
+                         'disk full' in capture_message and readable == kept_while_full)
         self.results.add('disk full', '... and under the trainer\'s checkpoints',
                          f'ERROR after {trainer_s:.1f} s ("{_clip(trainer_message)}"), {len(leftovers)} temporary '
                          f'files, checkpoint written again {trainer_back:.1f} s after (step {step})',
@@ -338,7 +340,8 @@ class Campaign:
         shutil.copyfile(served / 'good.ckpt', outside)
         mark = self.status['query'].mark()
         self.announce.publish(String(data=str(outside)))
-        _, level, message = self.wait_status('query', lambda v, level: level == 'error', 30, 'refusal', mark)
+        _, level, message = self.wait_status('query', lambda v, level: level == 'error' and outside.name in v.get(
+            'model_problem', ''), 30, 'refusal', mark)
         self.results.add('checkpoint', 'a good checkpoint outside checkpoint_dir announced',
                          f'{level.upper()}: "{_clip(message)}"', 'not inside checkpoint_dir' in message)
         self.announce.publish(String(data=str(served / 'good.ckpt')))
@@ -366,10 +369,12 @@ class Campaign:
         self.announce.publish(String(data=str(path)))
         time.sleep(0.5)
         answer = self.ask('mug')
-        _, level, message = self.wait_status('query', lambda v, level: level == 'error', 30, 'refusal', mark)
+        _, level, message = self.wait_status('query', lambda v, level: level == 'error' and path.name in v.get(
+            'model_problem', ''), 30, f'{path.name} refused', mark)
         still = answer.status == answer.FOUND
         self.results.add('checkpoint', f'{name} announced to the query node',
-                         f'{level.upper()}: "{_clip(message)}"; still answers from the last good model: {still}'
+                         f'{level.upper()}: "{_clip(message)}"; next query answered from the last good model: '
+                         f'{still}' + ('' if still else f' ({answer.reason})')
                          + (f'; {extra}' if extra else ''),
                          any(e in message for e in expect) and still and extra_ok)
 
@@ -418,8 +423,11 @@ class Campaign:
 
     # ------------------------------------------------------------------------------------------ bad inputs
 
-    def bad_inputs(self) -> None:
-        """Each bad-input case in a burst; its error, the log lines it caused, and service afterwards."""
+    def bad_inputs(self, burst: int = BURST, gap_s: float = 5.0, query: bool = True) -> None:
+        """Each bad-input case in a burst; its error, the log lines it caused, and service afterwards.
+
+        `query`: also the query node's cases (parameters and texts; it must be serving, `start_query`).
+        """
         from rcl_interfaces.msg import Log
         from rclpy.qos import QoSProfile
 
@@ -452,12 +460,12 @@ class Campaign:
             return False
 
         assert good_frame_kept(), 'the capture node does not keep a good frame'
-        rows = []
         for case in cases.capture_cases():
             since, status_mark = logs.mark(), self.status['capture'].mark()
             started = time.time()
-            for _ in range(BURST):
-                send(case.make(time.time()))
+            for _ in range(burst):
+                x[0] += 0.1   # the camera moves: every frame of the burst is a keyframe candidate
+                send(case.make(time.time(), x[0]))
                 time.sleep(0.05)
             try:
                 values, level, _ = self.wait_status(
@@ -468,19 +476,21 @@ class Campaign:
             lines = [m for m in logs.messages[since:] if m.name == 'capture' and m.level >= 30
                      and m.stamp.sec >= int(started) - 1]
             serving = good_frame_kept()
-            rows.append((case.name, problem, level, len(lines), serving))
-            self.results.add('bad input', f'capture: {case.name} (x{BURST})',
+            self.results.add('bad input', f'capture: {case.name} (x{burst})',
                              f'{level.upper()} "{_clip(problem, 110)}"; {len(lines)} log lines; next good frame '
                              f'kept: {serving}', case.expect in problem and len(lines) <= THROTTLED_LINES and serving)
-            time.sleep(5.0)  # the throttle period: the next case's first line is logged
+            time.sleep(gap_s)  # the throttle period (5 s): the next case's first line is logged
         for case in cases.parameter_cases():
+            if case.node == 'query' and not query:
+                continue
             results = self.probe.set_parameters(f'/{case.node}', **{case.parameter: case.value})
             reason = results[0].reason
             serving = self.ask('mug').status == 0 if case.node == 'query' else good_frame_kept()
             self.results.add('bad input', f'parameter: {case.name}',
                              f'refused: {not results[0].successful}, "{_clip(reason, 110)}"; still serving: {serving}',
                              not results[0].successful and case.expect in reason and serving)
-        self._bad_queries(cases.query_cases())
+        if query:
+            self._bad_queries(cases.query_cases())
         self.procs.stop('capture')
 
     def _capture_publishers(self, latched_qos) -> Dict[str, object]:
@@ -508,10 +518,11 @@ class Campaign:
             topic.publish(String(data=case.text))
             answer = answers.wait(lambda a: True, 30, case.name, since)
             serving = self.ask('mug').status == 0
+            wanted = answer.status != answer.FOUND if case.not_found else answer.status == answer.ERROR
             self.results.add('bad input', f'query: {case.name}',
                              f'status {("FOUND", "NOT_PRESENT", "NO_MODEL", "ERROR")[answer.status]}: '
                              f'"{_clip(answer.reason, 110)}"; next query answered: {serving}',
-                             answer.status == answer.ERROR and case.expect in answer.reason and serving)
+                             wanted and case.expect in answer.reason and serving)
 
     # ------------------------------------------------------------------------------------------ stream
 
@@ -590,6 +601,10 @@ def _median(values) -> float:
     return float(np.median(values)) if len(values) else float('nan')
 
 
-def _clip(text: str, limit: int = 90) -> str:
-    text = ' '.join(str(text).split()).replace('|', '/')
+def _clip(text: str, limit: int = 100) -> str:
+    """Return the problem part of a status message (after the state), paths cut to their file names, clipped."""
+    text = str(text)
+    if re.match(r'^[^;]*\d+ (keyframes|queries answered); ', text):
+        text = text.split('; ', 1)[1]
+    text = re.sub(r'(/[^\s/\'"]+)+/([^\s/\'"]+)', r'.../\2', ' '.join(text.split())).replace('|', '/')
     return text if len(text) <= limit else text[:limit - 3] + '...'
