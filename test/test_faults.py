@@ -334,7 +334,7 @@ def test_query_command_reads_the_yaml_train_reads():
     checkpoint_config.workspace.min_xyz = (-1.0, -1.0, 0.0)
     args = argparse.Namespace(config=[str(ROOT / 'config' / 'f3rm.yaml')], negatives=None, threshold=None,
                               percentile=None, alpha_threshold=None, voxel_size=None, clip_weights=None,
-                              device='auto')
+                              device='auto', crop=None)
     config = _query_config(checkpoint_config, args)          # was KeyError: 'trainer.ros__parameters'
     assert config.query.negatives == ('object', 'things', 'stuff', 'texture') and config.grasp.max_opening == 0.08
     assert config.workspace.min_xyz == (-1.0, -1.0, 0.0)      # the checkpoint's field is not overlaid
