@@ -438,8 +438,13 @@ def _baseline_for(args, data: str, mode: str, run_index: int, folder: Optional[P
         env = {'RAYS': str(args.baseline_rays), 'EVAL_EVERY': str(args.eval_every),
                'FEAT_WEIGHTS': BASELINE_MODE[mode]}
         print(f'[bench] baseline env: {" ".join(f"{k}={v}" for k, v in env.items())}', flush=True)
-        result = run_baseline([python(), args.baseline, data, str(args.baseline_steps or args.steps),
-                               str(args.feature_dim), 'amp'], folder / 'baseline.log' if folder else None, env=env)
+        try:
+            result = run_baseline([python(), args.baseline, data, str(args.baseline_steps or args.steps),
+                                   str(args.feature_dim), 'amp'], folder / 'baseline.log' if folder else None,
+                                  env=env)
+        except RuntimeError as error:  # one dataset the baseline cannot read must not cost the other runs
+            print(f'[bench] WARNING: {Path(data).name}: {error}', flush=True)
+            return None
         text = result.pop('output')
     else:
         return None
