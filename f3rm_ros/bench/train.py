@@ -665,7 +665,8 @@ def overall_table(summaries: List[Dict]) -> str:
         diff = number(f['best_psnr']) - number(f['baseline_best_psnr'])
         if diff == diff:
             best_diffs.append(diff)
-        rows.append([s['name'], s['feature_weights'], f'{number(f["baseline_rays_per_s"]) / 1e3:.1f}k',
+        b_rps = number(f['baseline_rays_per_s'])
+        rows.append([s['name'], s['feature_weights'], f'{b_rps / 1e3:.1f}k' if b_rps == b_rps else 'n/a',
                      f'{s["rays_per_s"] / 1e3:.1f}k', f'{speedup:.2f}x' if speedup == speedup else '',
                      f'{f["baseline_psnr"]} / {f["psnr_aligned"] if s["eval_poses"] == "aligned" else f["psnr"]}',
                      f'{f["baseline_best_psnr"]} / {f["best_psnr"]}',
