@@ -26,6 +26,8 @@ setup(
     description='Distilled feature fields (F3RM) for language-guided manipulation, as ROS 2 nodes.',
     license='Apache-2.0',
     entry_points={
+        # ns-train f3rm-ros (nerfstudio finds methods through this group)
+        'nerfstudio.method_configs': ['f3rm-ros = f3rm_ros.ns_plugin:f3rm_ros_method'],
         'console_scripts': [
             'f3rm-ros = f3rm_ros.cli:main',
             'capture_node = f3rm_ros.ros.capture_node:main',
