@@ -207,7 +207,7 @@ def summarise(rows: Sequence[Dict], group_by: Sequence[str]) -> List[Dict]:
         for metric in METRICS:
             values = [r[metric] for r in group if r.get(metric) is not None and math.isfinite(r[metric])]
             summary[f'{metric}_mean'] = float(np.mean(values)) if values else None
-            summary[f'{metric}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
+            summary[f'{metric}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else None   # one run: no spread
         out.append(summary)
     return out
 
@@ -217,7 +217,7 @@ def plot_summary(summary: Sequence[Dict], group_by: Sequence[str], path: Path, t
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    labels = [', '.join(f'{row[k]}' for k in group_by) or 'all' for row in summary]
+    labels = [(', '.join(f'{row[k]}' for k in group_by) or 'all') + f' ({row["train_frames"]} fr.)' for row in summary]
     panels = [('psnr', 'held-out PSNR (dB)'), ('feature_cosine', 'feature cosine to teacher'),
               ('train_seconds', 'train time (s)')]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
@@ -279,6 +279,6 @@ def summary_table(summary: Sequence[Dict], group_by: Sequence[str]) -> str:
         shown['runs'], shown['train_frames'] = row['runs'], row['train_frames']
         for metric in METRICS:
             mean, std = row[f'{metric}_mean'], row[f'{metric}_std']
-            shown[metric] = 'n/a' if mean is None else f'{mean:.4g} ± {std:.2g}'
+            shown[metric] = 'n/a' if mean is None else f'{mean:.4g}' + ('' if std is None else f' ± {std:.2g}')
         rows.append(shown)
     return format_table(rows, list(group_by) + ['runs', 'train_frames'] + list(METRICS))
