@@ -245,7 +245,7 @@ def test_labels_errors():
     with pytest.raises(ValueError, match='id'):
         make_teacher(TeacherConfig(name='labels'))
     with pytest.raises(ValueError, match='unknown teacher'):
-        make_teacher(TeacherConfig(name='dino'))
+        make_teacher(TeacherConfig(name='sam'))
     teacher = labels_teacher()
     with pytest.raises(ValueError, match='no label map'):
         teacher.extract([frame(noise(32, 48))])

@@ -39,6 +39,45 @@ class FeatureFieldConfig:
     num_layers: int = 2
     # 'auto' uses tiny-cuda-nn when it imports, else the torch implementation.
     implementation: str = 'auto'
+    # Feature heads after the text head (`feature_dim` wide), as 'name:width,...' (e.g. 'dino:384'); set from the
+    # teacher (teachers.size_field), like feature_dim. Each is rendered with the same density weights.
+    extra_heads: str = ''
+    # 'shared': one hash grid and MLP trunk, one output layer for all heads (one projection each);
+    # 'separate': a hash grid + MLP per head. `f3rm-ros bench teachers --layouts` measures both.
+    head_layout: str = 'shared'
+
+    def __post_init__(self):
+        problems = []
+        if self.head_layout not in HEAD_LAYOUTS:
+            problems.append(f'feature_field.head_layout must be one of {list(HEAD_LAYOUTS)}, got {self.head_layout!r}')
+        try:
+            parse_heads(self.extra_heads)
+        except ValueError as error:
+            problems.append(str(error))
+        _check(problems)
+
+    @property
+    def heads(self) -> List[Tuple[str, int]]:
+        """``[(name, width)]`` of every feature head, the text head (``feature``, `feature_dim`) first."""
+        return [('feature', int(self.feature_dim))] + parse_heads(self.extra_heads)
+
+
+HEAD_LAYOUTS = ('shared', 'separate')
+
+
+def parse_heads(spec: str) -> List[Tuple[str, int]]:
+    """'dino:384,custom:64' -> [('dino', 384), ('custom', 64)]; ValueError for a malformed entry."""
+    heads = []
+    for entry in (spec or '').split(','):
+        if not entry.strip():
+            continue
+        name, _, width = entry.strip().partition(':')
+        if not name.strip().isidentifier() or not width.strip().isdigit() or int(width) < 1:
+            raise ValueError(f"feature_field.extra_heads must be 'name:width,...' (e.g. 'dino:384'), got {spec!r}")
+        heads.append((name.strip(), int(width)))
+    if len({name for name, _ in heads}) != len(heads) or any(name == 'feature' for name, _ in heads):
+        raise ValueError(f'feature_field.extra_heads names a head twice (or "feature"): {spec!r}')
+    return heads
 
 
 @dataclass
@@ -71,11 +110,33 @@ class ModelConfig:
     # shapes density), 'detached' = features fit the geometry the colour made and never move it.
     # The default comes from `f3rm-ros bench train --feature-weights live,detached` (README, Performance).
     feature_weights: str = 'detached'
+    # Loss weights of the extra feature heads (feature_field.extra_heads), 'name:weight,...' (e.g. 'dino:5e-4');
+    # a head not named here uses feature_loss_weight.
+    head_loss_weights: str = ''
 
     def __post_init__(self):
         if self.feature_weights not in FEATURE_WEIGHTS:
             raise ValueError(f'model.feature_weights must be one of {list(FEATURE_WEIGHTS)}, '
                              f'got {self.feature_weights!r}')
+        self.loss_weight_of('')  # a malformed head_loss_weights fails here, not at the first step
+
+    def loss_weight_of(self, head: str) -> float:
+        """Return the loss weight of feature head `head` (`head_loss_weights`, else `feature_loss_weight`)."""
+        return head_loss_weight(self.head_loss_weights, head, self.feature_loss_weight)
+
+
+def head_loss_weight(spec: str, head: str, default: float) -> float:
+    """Weight of `head` in a 'name:weight,...' spec (model.head_loss_weights), else `default`."""
+    weights = {}
+    for entry in (spec or '').split(','):
+        if entry.strip():
+            name, _, value = entry.partition(':')
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"model.head_loss_weights must be 'name:weight,...' (e.g. 'dino:5e-4'), got "
+                                 f'{spec!r}') from None
+    return weights.get(head, default)
 
 
 FEATURE_WEIGHTS = ('live', 'detached')
@@ -137,6 +198,11 @@ class TeacherConfig:
     patch_size: int = 14
     labels_dim: int = 768
     device: str = 'auto'
+    # DINO head (teachers/dino.py): a timm ViT; weights 'timm' (hub), a local checkpoint file, or '' for random
+    # weights (plumbing tests only); image size 0 = `image_size` (14-px patches at 336 px: CLIP's grid).
+    dino_model: str = 'vit_small_patch14_dinov2'
+    dino_weights: str = 'timm'
+    dino_image_size: int = 0
 
 
 def _check(problems: List[str]) -> None:

@@ -6,6 +6,7 @@ hash-grid semantics (levels, per-level scale, table size) are tinycudann's ``Has
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
@@ -50,6 +51,8 @@ class FeatureField(nn.Module):
         super().__init__()
         self.config = config
         self.spatial_distortion = spatial_distortion
+        # every head's width: one trunk, one output layer with a projection per head ('shared' layout)
+        self.out_dim = sum(width for _, width in config.heads)
         implementation = resolve_implementation(config.implementation)
         self.hash_encoding = HashEncoding(
             num_levels=config.num_levels,
@@ -68,7 +71,7 @@ class FeatureField(nn.Module):
             in_dim=self.hash_encoding.get_out_dim() + self.position_encoding.get_out_dim(),
             num_layers=config.num_layers + 1,
             layer_width=config.hidden_dim,
-            out_dim=config.feature_dim,
+            out_dim=self.out_dim,
             activation=nn.ReLU(),
             out_activation=None,
             implementation=implementation,
@@ -84,9 +87,13 @@ class FeatureField(nn.Module):
         return torch.cat([self.hash_encoding(flat), self.position_encoding(flat)], dim=-1)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        """Features [..., feature_dim] at `positions` [..., 3]."""
+        """Features [..., out_dim] at `positions` [..., 3] (every head's, concatenated in `config.heads` order)."""
         features = self.mlp(self._encode(positions)).float()
-        return features.reshape(*positions.shape[:-1], self.config.feature_dim)
+        return features.reshape(*positions.shape[:-1], self.out_dim)
+
+    def text_features(self, positions: torch.Tensor) -> torch.Tensor:
+        """Return the first (text) head's features [..., feature_dim] at `positions`."""
+        return self(positions)[..., :self.config.feature_dim]
 
     def render(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Render features along rays: ``sum_i w_i f(x_i)`` [..., D] of samples [..., S, 3] with weights [..., S, 1].
@@ -111,3 +118,34 @@ class FeatureField(nn.Module):
         last = mlp.layers[-1]
         return (torch.nn.functional.linear(rendered, last.weight).float()
                 + last.bias.float() * torch.sum(weights, dim=-2))
+
+
+class SeparateFeatureFields(nn.Module):
+    """The 'separate' head layout: one `FeatureField` (hash grid + MLP) per head, outputs concatenated."""
+
+    def __init__(self, config: FeatureFieldConfig, spatial_distortion: SpatialDistortion):
+        super().__init__()
+        self.config = config
+        self.out_dim = sum(width for _, width in config.heads)
+        self.fields = nn.ModuleList(
+            FeatureField(dataclasses.replace(config, feature_dim=width, extra_heads=''), spatial_distortion)
+            for _, width in config.heads)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """Features [..., out_dim] at `positions` [..., 3], every head's concatenated."""
+        return torch.cat([field(positions) for field in self.fields], dim=-1)
+
+    def render(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Render every head with the same weights, concatenated [..., out_dim]."""
+        return torch.cat([field.render(positions, weights) for field in self.fields], dim=-1)
+
+    def text_features(self, positions: torch.Tensor) -> torch.Tensor:
+        """Return the first (text) head's features, without evaluating the others."""
+        return self.fields[0](positions)
+
+
+def make_feature_field(config: FeatureFieldConfig, spatial_distortion: SpatialDistortion) -> nn.Module:
+    """Build the feature field for `config.head_layout`: one trunk for every head ('shared') or one field each."""
+    if config.head_layout == 'separate' and config.extra_heads:
+        return SeparateFeatureFields(config, spatial_distortion)
+    return FeatureField(config, spatial_distortion)

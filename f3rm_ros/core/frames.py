@@ -40,6 +40,7 @@ class PosedFrame:
     labels: Optional[np.ndarray] = None  # H x W uint16 object ids, 0 = background
     name: str = ''
     mask: Optional[np.ndarray] = None    # H x W bool, False = not the scene (a gripper in view): never trained on
+    feature_path: str = ''               # custom teacher's [h, w, C] .npy (transforms.json feature_file_path)
 
     def __post_init__(self):
         image = np.asarray(self.image)
@@ -324,6 +325,7 @@ def iter_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
                 raise ValueError(f'mask {root / entry["mask_path"]} is {raw.shape[1]} x {raw.shape[0]}, its image '
                                  f'{w} x {h}')
             mask = raw > 0
+        feature_path = str(root / entry['feature_file_path']) if entry.get('feature_file_path') else ''
         distortion = from_dataset(meta, entry)
         if distortion is not None:
             if undistorter is None or not undistorter.matches(K, distortion, w, h):
@@ -347,7 +349,7 @@ def iter_dataset(root: Path, downscale: int = 1, limit: Optional[int] = None) ->
                 mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         T = opengl_to_optical(np.array(entry['transform_matrix'], dtype=np.float64))
         yield PosedFrame(image=image, K=K, T_base_optical=T, stamp=float(entry.get('stamp', index)), depth=depth,
-                         labels=labels, name=Path(entry['file_path']).stem, mask=mask)
+                         labels=labels, name=Path(entry['file_path']).stem, mask=mask, feature_path=feature_path)
 
 
 def dataset_workspace(meta: Dict, frames: Sequence[PosedFrame], margin: float = 0.05):

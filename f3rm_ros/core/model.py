@@ -18,9 +18,9 @@ from nerfstudio.model_components.renderers import SemanticRenderer
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch.nn import Parameter
 
-from .config import F3RMConfig, FeatureFieldConfig
+from .config import F3RMConfig, FeatureFieldConfig, head_loss_weight
 from .fast import accelerate
-from .field import FeatureField, resolve_implementation
+from .field import make_feature_field, resolve_implementation
 from .geometry import WorkspaceBox
 from .relevancy import TextQuery, relevancy
 
@@ -64,6 +64,8 @@ class F3RMModelConfig(NerfactoModelConfig):
     depth_sigma: float = 0.01  # field units
     # 'live': F3RM's gradient, the feature loss reaches the density through the weights; 'detached': it does not
     feature_weights: str = 'detached'
+    # 'name:weight,...' loss weights of the extra feature heads (default feature_loss_mult)
+    head_loss_weights: str = ''
 
 
 class F3RMModel(NerfactoModel):
@@ -78,7 +80,10 @@ class F3RMModel(NerfactoModel):
             super().populate_modules()
         if self.field.embedding_appearance is not None:
             self.field.embedding_appearance = CapacityEmbedding(self.num_train_data, self.config.appearance_embed_dim)
-        self.feature_field = FeatureField(self.config.feature_field, SceneContraction(order=float('inf')))
+        self.feature_field = make_feature_field(self.config.feature_field, SceneContraction(order=float('inf')))
+        # [(output name, width)]: 'feature' (the text head), then 'feature_<name>' per extra head
+        self.feature_heads = [('feature' if i == 0 else f'feature_{name}', width)
+                              for i, (name, width) in enumerate(self.config.feature_field.heads)]
         self.renderer_feature = SemanticRenderer()
         self.query: Optional[TextQuery] = None
         # False while rendering pictures or scores that need no features (held-out PSNR): skips the feature head
@@ -115,7 +120,12 @@ class F3RMModel(NerfactoModel):
             weights = weights.detach()  # the feature loss fits the colour's geometry and never moves it
         # Sample positions are detached either way (as in F3RM): the feature loss does not move the cameras.
         positions = ray_samples.frustums.get_positions().detach()
-        outputs['feature'] = self.feature_field.render(positions, weights)
+        rendered = self.feature_field.render(positions, weights)
+        if len(self.feature_heads) == 1:
+            outputs['feature'] = rendered
+        else:
+            outputs.update(zip((name for name, _ in self.feature_heads),
+                               torch.split(rendered, [width for _, width in self.feature_heads], dim=-1)))
         if self.query is not None:
             outputs['similarity'] = relevancy(outputs['feature'], self.query)[..., None]
         return outputs
@@ -125,8 +135,15 @@ class F3RMModel(NerfactoModel):
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         if 'feature' in batch:
             target = batch['feature'].to(outputs['feature'])
-            loss_dict['feature_loss'] = self.config.feature_loss_mult * torch.nn.functional.mse_loss(
-                outputs['feature'], target)
+            widths = [width for _, width in self.feature_heads]
+            if target.shape[-1] == sum(widths) and len(widths) > 1:  # every head's target, concatenated
+                targets = torch.split(target, widths, dim=-1)
+            else:
+                targets = (target,)
+            for (name, _), head_target in zip(self.feature_heads, targets):
+                weight = (self.config.feature_loss_mult if name == 'feature' else head_loss_weight(
+                    self.config.head_loss_weights, name[len('feature_'):], self.config.feature_loss_mult))
+                loss_dict[f'{name}_loss'] = weight * torch.nn.functional.mse_loss(outputs[name], head_target)
         if self.training and 'depth_image' in batch and self.config.depth_loss_mult > 0:
             sigma = self.config.depth_sigma  # a Python float: no host-to-device copy inside a CUDA graph
             levels = len(outputs['weights_list'])
@@ -153,9 +170,44 @@ class F3RMModel(NerfactoModel):
         return self.field.density_fn(positions)
 
     @torch.no_grad()
-    def features_at(self, positions: torch.Tensor) -> torch.Tensor:
-        """Feature field [..., D] at points in field units."""
-        return self.feature_field(positions)
+    def features_at(self, positions: torch.Tensor, head: Optional[str] = None) -> torch.Tensor:
+        """Feature field [..., D] at points in field units: the text head, or the head named `head` ('dino')."""
+        if head is None or head == 'feature' or len(self.feature_heads) == 1:
+            return self.feature_field.text_features(positions)
+        names = [name for name, _ in self.feature_heads]
+        key = head if head in names else f'feature_{head}'
+        if key not in names:
+            raise KeyError(f'no feature head {head!r}; this field has {[n[len("feature_"):] for n in names[1:]]}')
+        index = names.index(key)
+        start = sum(width for _, width in self.feature_heads[:index])
+        if hasattr(self.feature_field, 'fields'):  # separate layout: evaluate that head only
+            return self.feature_field.fields[index](positions)
+        return self.feature_field(positions)[..., start:start + self.feature_heads[index][1]]
+
+    @torch.no_grad()
+    def normals_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Return unit surface normals [..., 3] at points in field units (the field's axes are base_frame's).
+
+        nerfacto's predicted normals (`predict_normals`: an MLP on the position and the density features,
+        trained towards the density gradient) where the model has them, else the negative normalised density
+        gradient (outward).
+        """
+        flat = positions.reshape(-1, 3)
+        if self.config.predict_normals:
+            from nerfstudio.cameras.rays import Frustums, RaySamples
+            zeros = torch.zeros_like(flat[:, :1])
+            samples = RaySamples(frustums=Frustums(origins=flat, directions=torch.nn.functional.normalize(
+                torch.ones_like(flat), dim=-1), starts=zeros, ends=zeros, pixel_area=torch.ones_like(zeros)),
+                camera_indices=zeros.long())
+            _, embedding = self.field.get_density(samples)
+            inputs = torch.cat([self.field.position_encoding(flat), embedding.reshape(len(flat), -1)], dim=-1)
+            normals = self.field.field_head_pred_normals(self.field.mlp_pred_normals(inputs).float())
+        else:
+            with torch.enable_grad():
+                points = flat.detach().clone().requires_grad_(True)
+                density = self.field.density_fn(points)
+                normals = -torch.autograd.grad(density.sum(), points)[0]
+        return torch.nn.functional.normalize(normals.float(), dim=-1).reshape(*positions.shape[:-1], 3)
 
 
 def model_config(config: F3RMConfig) -> F3RMModelConfig:
@@ -181,7 +233,7 @@ def model_config(config: F3RMConfig) -> F3RMModelConfig:
         implementation=implementation, eval_num_rays_per_chunk=config.trainer.eval_chunk_rays,
         feature_field=config.feature_field, feature_loss_mult=m.feature_loss_weight,
         depth_loss_mult=m.depth_loss_weight, depth_sigma=m.depth_sigma * field_units_per_metre,
-        feature_weights=m.feature_weights,
+        feature_weights=m.feature_weights, head_loss_weights=m.head_loss_weights,
     )
 
 

@@ -57,7 +57,7 @@ def render_camera(model, camera, memory_mb: float, max_rays: int,
     wanted = None if names is None else set(names)
     was_training, had_features = model.training, getattr(model, 'render_features', True)
     model.eval()
-    model.render_features = wanted is None or 'feature' in wanted or 'similarity' in wanted
+    model.render_features = wanted is None or any(n == 'similarity' or n.startswith('feature') for n in wanted)
     try:
         chunk = rays_per_chunk(model, device, memory_mb, max_rays, lambda n: model(flat[:min(n, total)]))
         parts: Dict[str, list] = {}

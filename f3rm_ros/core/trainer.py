@@ -88,17 +88,18 @@ def render_model(model: F3RMModel, box: WorkspaceBox, T_base_optical: np.ndarray
                  correction: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
     """Render a view in eval mode in memory-bounded chunks (`render.render_camera`), restoring the model's mode.
 
-    Returns rgb, depth (metres along the ray), accumulation, feature, and similarity when the model has a
-    query (those of `names`). `correction` [3, 4]: a pose refinement for this view. The caller holds any
-    trainer lock.
+    Returns rgb, depth (metres along the ray), accumulation, feature, feature_<head> of extra heads, normals and
+    pred_normals (with predict_normals), and similarity when the model has a query (those of `names`).
+    `correction` [3, 4]: a pose refinement for this view. The caller holds any trainer lock.
     """
     probe = PosedFrame(np.zeros((height, width, 3), np.uint8), K, T_base_optical)
     camera = make_cameras([probe], box, next(model.parameters()).device,
                           None if correction is None else correction[None])
     outputs = render_camera(model, camera, getattr(model, 'render_memory_mb', 1024.0),
                             model.config.eval_num_rays_per_chunk, names)
-    result = {name: outputs[name].float().cpu().numpy() for name in ('rgb', 'accumulation', 'feature', 'similarity')
-              if name in outputs}
+    result = {name: value.float().cpu().numpy() for name, value in outputs.items()
+              if name in ('rgb', 'accumulation', 'feature', 'similarity', 'pred_normals', 'normals')
+              or name.startswith('feature_')}  # feature_<head>: the extra heads (teachers.multi)
     for name in ('accumulation', 'similarity'):
         if name in result:
             result[name] = result[name][..., 0]
