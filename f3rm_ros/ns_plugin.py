@@ -185,7 +185,7 @@ def f3rm_config_of(model_config: F3RMModelConfig, preset: str, workspace, teache
         appearance_embed_dim=c.appearance_embed_dim, camera_optimizer=c.camera_optimizer.mode,
         near_plane=c.near_plane, far_plane=c.far_plane, background_color=c.background_color,
         feature_loss_weight=c.feature_loss_mult, depth_loss_weight=c.depth_loss_mult,
-        predict_normals=c.predict_normals, feature_weights=c.feature_weights)
+        predict_normals=c.predict_normals, feature_weights=c.feature_weights, head_loss_weights=c.head_loss_weights)
     config.feature_field = c.feature_field
     known = {f.name for f in dataclasses.fields(config.teacher)}
     config.teacher = dataclasses.replace(config.teacher, **{k: v for k, v in teacher.items() if k in known})
