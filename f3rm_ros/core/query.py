@@ -74,6 +74,8 @@ class Heatmap:
         selected: [N] bool, relevancy above the query's threshold (the points that were clustered).
         voxel_size: grid spacing in metres.
         base_frame: frame the points are in.
+        normals: [N, 3] float32 unit surface normals (base_frame axes), or None: only a model trained with
+            ``model.predict_normals`` has them (the query node's cloud then carries normal_x/y/z).
     """
 
     points: np.ndarray
@@ -83,6 +85,7 @@ class Heatmap:
     selected: np.ndarray
     voxel_size: float
     base_frame: str = 'base_link'
+    normals: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -279,7 +282,8 @@ class FieldQuerier:
 
         v = self.voxels
         heatmap = Heatmap(points=v.points.copy(), rgb=v.rgb.copy(), relevancy=values, alpha=v.alpha.copy(),
-                          selected=selected, voxel_size=q.voxel_size, base_frame=self.config.workspace.base_frame)
+                          selected=selected, voxel_size=q.voxel_size, base_frame=self.config.workspace.base_frame,
+                          normals=v.normals())
         text = positives if isinstance(positives, str) else ', '.join(phrases)
         return QueryResult(text=text, positives=phrases, negatives=negatives, status=status, reason=reason,
                            heatmap=heatmap, clusters=clusters, grasps=grasps, grasp_reasons=grasp_reasons,

@@ -247,8 +247,30 @@ class VoxelField:
     def invalidate(self) -> None:
         """Forget the cached voxels: call after the model changed (training steps, a new checkpoint)."""
         self.points = self.alpha = self.rgb = self.coords = self.features = self.device_coords = None
+        self._normals = None
         self._unit_features = None
         self.occupancy = None
+
+    def normals(self) -> Optional[np.ndarray]:
+        """Return unit surface normals [N, 3] (base_frame axes) of the cached voxels, or None for a model without them.
+
+        Only a model trained with ``model.predict_normals`` has them (nerfacto's predicted normals,
+        `F3RMModel.normals_at`); computed once per cache, in chunks, holding the lock per chunk.
+        """
+        config = getattr(self.model, 'config', None)
+        wanted = getattr(config, 'predict_normals', False) and hasattr(self.model, 'normals_at')
+        if self.points is None or not wanted:
+            return None
+        if getattr(self, '_normals', None) is None or len(self._normals) != len(self.points):
+            device = model_device(self.model)
+            positions = torch.from_numpy(self.box.to_field(self.points).astype(np.float32)).to(device)
+            chunk = self.chunk_size(device)
+            out = []
+            for start in range(0, len(positions), chunk):
+                with eval_mode(self.model, self.lock):
+                    out.append(self.model.normals_at(positions[start:start + chunk]).cpu())
+            self._normals = (torch.cat(out).numpy() if out else np.zeros((0, 3))).astype(np.float32)
+        return self._normals
 
     def unit_features(self) -> torch.Tensor:
         """Return the cached features, each scaled to unit length (what relevancy compares), computed once per cache."""

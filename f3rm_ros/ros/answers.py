@@ -68,7 +68,8 @@ def answer_message(request_id: int, header: Header, text: str, status: str, reas
             answer.grasps = [grasp_message(g, header) for g in result.grasps]
             heatmap = result.heatmap
             answer.heatmap = conv.make_point_cloud2(heatmap.points, cloud_colors, heatmap.relevancy,
-                                                    header.frame_id, header.stamp)
+                                                    header.frame_id, header.stamp,
+                                                    normals=getattr(heatmap, 'normals', None))
         timings = result.timings if timings is None else timings
     answer.timings = timing_messages(timings or {})
     return answer

@@ -25,7 +25,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core import compressed
-from ..core.cloud import CLOUD_FIELDS, CLOUD_POINT_STEP, pack_cloud_points, pack_rgb
+from ..core.cloud import CLOUD_FIELDS, CLOUD_POINT_STEP, NORMAL_FIELDS, NORMALS_POINT_STEP, pack_cloud_points, pack_rgb
 from ..core.distortion import Distortion, from_camera_info
 from ..core.geometry import check_rigid, matrix_to_quaternion, quaternion_to_matrix
 
@@ -431,26 +431,55 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
 
 
 def make_point_cloud2(xyz: np.ndarray, rgb: Optional[np.ndarray], similarity: Optional[np.ndarray],
-                      frame_id: str, stamp: StampLike) -> PointCloud2:
+                      frame_id: str, stamp: StampLike, normals: Optional[np.ndarray] = None) -> PointCloud2:
     """Heatmap points → ``sensor_msgs/PointCloud2`` with fields x, y, z, rgb, similarity (all FLOAT32).
 
     Layout: offsets 0, 4, 8, 12, 16; point_step 20; height 1; little endian. ``rgb`` holds the uint32
     0x00RRGGBB bit pattern (the PCL/RViz convention). `rgb` None → white; `similarity` None → 0.
+    With `normals` [N, 3] (unit surface normals), normal_x, normal_y, normal_z follow at 20, 24, 28 (point_step
+    32: PCL's PointXYZRGBNormal names, as RViz and grasp planners read them).
     ``is_dense`` is True unless some coordinate is NaN or inf.
     """
-    points = pack_cloud_points(xyz, rgb, similarity)
+    points = pack_cloud_points(xyz, rgb, similarity, normals)
     n = points.shape[0]
+    fields, step = (CLOUD_FIELDS, CLOUD_POINT_STEP) if normals is None else (CLOUD_FIELDS + NORMAL_FIELDS,
+                                                                             NORMALS_POINT_STEP)
     msg = PointCloud2()
     msg.header = make_header(frame_id, stamp)
     msg.height, msg.width = 1, n
     msg.fields = [PointField(name=name, offset=offset, datatype=PointField.FLOAT32, count=1)
-                  for name, offset in CLOUD_FIELDS]
+                  for name, offset in fields]
     msg.is_bigendian = False
-    msg.point_step = CLOUD_POINT_STEP
-    msg.row_step = CLOUD_POINT_STEP * n
+    msg.point_step = step
+    msg.row_step = step * n
     msg.is_dense = bool(np.isfinite(points[:, :3]).all())
     msg.data = _as_uint8_array(points)
     return msg
+
+
+def point_cloud2_normals(msg: PointCloud2) -> Optional[np.ndarray]:
+    """Return the normal_x/y/z fields of a ``PointCloud2`` as [N, 3] float32, or None when it has none.
+
+    Any layout, as `point_cloud2_to_arrays` reads it.
+    """
+    names = [name for name, _ in NORMAL_FIELDS]
+    fields = {f.name: f for f in msg.fields}
+    if not all(name in fields for name in names):
+        return None
+    height, width, point_step, row_step = int(msg.height), int(msg.width), int(msg.point_step), int(msg.row_step)
+    formats = []
+    for name in names:
+        if fields[name].datatype not in _POINTFIELD_DTYPES:
+            raise ValueError(f'point cloud field {name!r} has unknown datatype {fields[name].datatype}')
+        dtype = _POINTFIELD_DTYPES[fields[name].datatype]
+        formats.append(dtype.newbyteorder('>') if msg.is_bigendian else dtype)
+    dtype = np.dtype({'names': names, 'formats': formats, 'offsets': [fields[n].offset for n in names],
+                      'itemsize': point_step})
+    if height * width == 0:
+        return np.zeros((0, 3), np.float32)
+    points = np.ndarray((height, width), dtype=dtype, buffer=_buffer(msg.data), strides=(row_step, point_step))
+    points = points.reshape(-1)
+    return np.stack([points[name] for name in names], axis=-1).astype(np.float32)
 
 
 def point_cloud2_to_arrays(msg: PointCloud2) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
@@ -563,6 +592,6 @@ __all__: List[str] = [
     'image_to_mask', 'mask_to_image', 'compressed_to_rgb', 'compressed_depth_to_metres',
     'camera_info_to_K', 'camera_info_to_camera', 'K_to_camera_info',
     'pose_to_matrix', 'matrix_to_pose', 'pose_stamped', 'transform_to_matrix', 'matrix_to_transform',
-    'make_pose_array', 'pack_rgb', 'unpack_rgb', 'make_point_cloud2', 'point_cloud2_to_arrays',
+    'make_pose_array', 'pack_rgb', 'unpack_rgb', 'make_point_cloud2', 'point_cloud2_to_arrays', 'point_cloud2_normals',
     'markers_from_clusters', 'CLOUD_FIELDS', 'CLOUD_POINT_STEP', 'RANK_COLOURS',
 ]
