@@ -164,3 +164,19 @@ def test_custom_feature_files_are_checked(three_heads, tmp_path):
         frames[0].feature_path = str(tmp_path / name)
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             custom.extract(frames[:1])
+
+
+def test_ros_parameter_and_status_name_the_heads(three_heads):
+    """teacher_choice takes head sets (refusing unknown teachers); the trainer's status lists the heads."""
+    from f3rm_ros.core.online import OnlineSession, SessionSettings
+    from f3rm_ros.ros.trainer_node import teacher_choice
+    _, _, teacher, _, trainer, _ = three_heads
+    assert teacher_choice('auto') is None and teacher_choice('clip+dino') is None
+    assert 'unknown teacher' in teacher_choice('dinov3')
+    SessionSettings(teacher_choice='clip+dino').validate()
+    with pytest.raises(ValueError, match='unknown teacher'):
+        SessionSettings(teacher_choice='clip+sam').validate()
+    session = OnlineSession(copy.deepcopy(trainer.config), SessionSettings(teacher_choice='labels+dino'))
+    assert session._needs_labels()  # the labels head waits for label images like the labels teacher
+    session.teacher = teacher
+    assert session.status()['heads'] == 'labels 16, dino 384, custom 5'

@@ -4,16 +4,33 @@ from pathlib import Path
 from . import add_config_arguments, config_from_args
 
 
+def teacher_choice(value: str) -> str:
+    """Return a --teacher value checked ('auto', or teacher names joined by +) for argparse."""
+    import argparse
+
+    from ..core.teachers import teacher_parts
+    if value == 'auto':
+        return value
+    try:
+        return '+'.join(teacher_parts(value))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def register(sub) -> None:
     """Add the sub-command."""
     parser = sub.add_parser('train', help='train on a nerfstudio dataset')
     parser.add_argument('--data', required=True, help='nerfstudio dataset folder (transforms.json)')
     parser.add_argument('--output', default='outputs/train', help='output folder (default: outputs/train)')
     parser.add_argument('--steps', type=int, help='training steps (default: from the preset)')
-    parser.add_argument('--teacher', choices=['auto', 'clip', 'labels'], default='auto',
+    parser.add_argument('--teacher', type=teacher_choice, default='auto',
                         help='feature teacher: auto = CLIP if its weights load, else labels if the dataset '
-                             'has label maps, else random-weight CLIP (plumbing only, not semantic)')
+                             'has label maps, else random-weight CLIP (plumbing only, not semantic); clip, labels, '
+                             'dino, custom (transforms.json feature_file_path), or several joined by + for one '
+                             'feature head each: clip+dino (text from CLIP, DINO for matching), labels+custom ...')
     parser.add_argument('--clip-weights', help='local open_clip weights file for the clip teacher')
+    parser.add_argument('--dino-weights', help="local DINO/DINOv2 weights file for the dino teacher ('timm' = hub; "
+                                               "'' = random weights, plumbing only)")
     parser.add_argument('--no-depth', action='store_true',
                         help='ignore depth maps (no depth supervision), e.g. when depth is not registered to colour')
     parser.add_argument('--downscale', type=int, default=4, help='integer image downscale (default: 4)')
@@ -36,6 +53,13 @@ def run(args) -> int:
         if not Path(args.clip_weights).is_file():
             raise FileNotFoundError(f'--clip-weights: {args.clip_weights} is not a file')
         overrides['teacher'] = {'pretrained': str(Path(args.clip_weights).resolve())}
+    if args.dino_weights is not None:
+        weights = args.dino_weights
+        if weights not in ('', 'timm'):
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f'--dino-weights: {weights} is not a file')
+            weights = str(Path(weights).resolve())
+        overrides['teacher'] = {**overrides.get('teacher', {}), 'dino_weights': weights}
     config = config_from_args(args, **overrides)
     workspace = None
     if args.workspace:

@@ -29,13 +29,26 @@ def dataset_labels(meta: Dict) -> Optional[Dict[int, str]]:
 
 
 def write_view_renders(trainer: OnlineTrainer, frame: PosedFrame, out_dir: Path, prefix: str = 'heldout') -> Dict:
-    """Render `frame`'s view and write RGB (with ground truth), depth and feature-PCA PNGs."""
-    rendered = trainer.render(frame.T_base_optical, frame.K, frame.width, frame.height)
+    """Render `frame`'s view and write RGB (with ground truth), depth and feature-PCA PNGs.
+
+    A model with more feature heads (clip+dino ...) also gets ``{prefix}_<head>_pca.png`` per extra head (the
+    DINO picture for feature matching), and one trained with ``model.predict_normals`` ``{prefix}_normals.png``
+    (nerfacto's predicted normals, xyz -> rgb).
+    """
+    extra = [name for name, _ in trainer.model.feature_heads[1:]]
+    normals = ['pred_normals'] if trainer.model.config.predict_normals else []
+    rendered = trainer.render(frame.T_base_optical, frame.K, frame.width, frame.height,
+                              names=('rgb', 'accumulation', 'depth', 'feature', 'similarity', *extra, *normals))
     paths = {
         'rgb': save_png(out_dir / f'{prefix}_rgb.png', side_by_side(frame.image, rendered['rgb'])),
         'depth': save_png(out_dir / f'{prefix}_depth.png', colorize(rendered['depth'], 'turbo')),
         'feature_pca': save_png(out_dir / f'{prefix}_feature_pca.png', feature_pca(rendered['feature'])),
     }
+    for name in extra:
+        head = name[len('feature_'):]
+        paths[f'{head}_pca'] = save_png(out_dir / f'{prefix}_{head}_pca.png', feature_pca(rendered[name]))
+    if normals:
+        paths['normals'] = save_png(out_dir / f'{prefix}_normals.png', rendered['pred_normals'])
     return {'paths': {k: str(v) for k, v in paths.items()}, 'rendered': rendered}
 
 
@@ -97,7 +110,7 @@ def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downs
     store = FrameStore(max(config.trainer.capacity, len(frames)))
     for frame in frames:
         store.add(frame)
-    teacher, teacher_reason = choose_teacher(config, dataset_labels(meta), teacher_choice)
+    teacher, teacher_reason = choose_teacher(config, dataset_labels(meta), teacher_choice, frames=frames)
     log.info('teacher: %s (%s)', teacher.name, teacher_reason)
     started = time.time()
     trainer = OnlineTrainer(config, store, teacher)
@@ -112,6 +125,7 @@ def train_on_dataset(config: F3RMConfig, data_dir: Path, output_dir: Path, downs
         if step % 25 == 0 or step == config.trainer.steps - 1:
             row = {'step': step, 'loss': stats['loss'].item(), 'train_psnr': stats['psnr'].item(),
                    'feature_loss': stats['feature_loss'].item(),
+                   **{f'{name}_loss': stats[f'{name}_loss'].item() for name, _ in trainer.model.feature_heads[1:]},
                    'rays_per_s': (step + 1) * config.trainer.rays_per_batch / (time.time() - rays_started)}
             curve.append(row)
             bar.set_postfix(loss=f'{row["loss"]:.4f}', psnr=f'{row["train_psnr"]:.1f}')

@@ -118,7 +118,7 @@ class SessionSettings:
     # continue the scan in dataset_dir and checkpoint_dir/latest.ckpt; False (a new scan) keeps an old
     # latest.ckpt as previous.ckpt
     resume: bool = False
-    teacher_choice: str = 'auto'     # auto | clip | labels (see teachers.choose_teacher)
+    teacher_choice: str = 'auto'     # auto | clip | labels | dino | custom | several joined by + (clip+dino ...)
     allow_random_teacher: bool = False  # distil random-weight CLIP (not semantic) rather than refuse it
     steps_per_new_frame: int = 20    # after the step budget is spent, train this much more per new keyframe
     stats_every: int = 5             # read losses back from the device every N steps
@@ -128,8 +128,9 @@ class SessionSettings:
         """Raise ValueError naming the first bad value."""
         if int(self.min_frames) < 1:
             raise ValueError(f'min_frames must be >= 1, got {self.min_frames}')
-        if self.teacher_choice not in ('auto', 'clip', 'labels'):
-            raise ValueError(f"teacher_choice must be auto, clip or labels, got {self.teacher_choice!r}")
+        if self.teacher_choice != 'auto':
+            from .teachers import teacher_parts
+            teacher_parts(self.teacher_choice)  # ValueError naming the teachers there are
         if int(self.steps_per_new_frame) < 0 or int(self.stats_every) < 1:
             raise ValueError('steps_per_new_frame must be >= 0 and stats_every >= 1')
         if not self.stall_timeout_s > 0:
@@ -254,9 +255,9 @@ class OnlineSession:
 
     def _needs_labels(self) -> bool:
         if self.teacher is not None:
-            return self.teacher.name == 'labels'
+            return 'labels' in self.teacher.name.split('+')
         choice = self.settings.teacher_choice
-        return choice == 'labels' or (choice == 'auto' and self.config.teacher.name == 'labels')
+        return 'labels' in choice.split('+') or (choice == 'auto' and self.config.teacher.name == 'labels')
 
     def set_labels(self, labels: Mapping[int, str]) -> None:
         """Object id → name for the labels teacher (used when the teacher is built)."""
@@ -433,6 +434,8 @@ class OnlineSession:
                'rays_per_s': round(self._rays_per_s, 1), 'eval_psnr': self._eval_psnr,
                'resumed_frames': self._resumed_frames, 'resumed_step': self._resumed_step,
                'teacher': self.teacher.name if self.teacher is not None else '',
+               # the feature heads being distilled, the text head first ('labels 16, dino 384')
+               'heads': ', '.join(f'{n} {d}' for n, d in self.teacher.heads) if self.teacher is not None else '',
                'device': str(self.trainer.device) if self.trainer is not None else '',
                'checkpoint': str(self.trainer.last_checkpoint or '') if self.trainer is not None else '',
                'error': self._error, 'scan_id': self.scan_id,
@@ -534,7 +537,7 @@ class OnlineSession:
 
     def _try_build(self) -> bool:
         """Build teacher and trainer once enough keyframes (and label names) exist; False while waiting."""
-        from .teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher
+        from .teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher, size_field
         from .trainer import OnlineTrainer
 
         count = len(self.store)
@@ -550,8 +553,9 @@ class OnlineSession:
         if checkpoint is not None:
             stored = checkpoint['teacher']
             self.config.teacher.name = stored['name']
-            self.teacher = make_teacher(self.config.teacher, labels=self.labels, state=stored['state'])
-            self.config.feature_field.feature_dim = self.teacher.dim
+            self.teacher = make_teacher(self.config.teacher, labels=self.labels, state=stored['state'],
+                                        frames=self.store.state()[0])
+            size_field(self.config, self.teacher)
             self.teacher_reason = f'{stored["name"]} teacher of the resumed checkpoint'
             if is_random(self.teacher) and not self.settings.allow_random_teacher:
                 raise RandomTeacherRefused(f'the resumed checkpoint {path} was distilled from RANDOM-WEIGHT CLIP '
@@ -559,7 +563,8 @@ class OnlineSession:
         else:
             self.teacher, self.teacher_reason = choose_teacher(self.config, self.labels,
                                                                self.settings.teacher_choice,
-                                                               allow_random=self.settings.allow_random_teacher)
+                                                               allow_random=self.settings.allow_random_teacher,
+                                                               frames=self.store.state()[0])
         self.teacher_warning = self._teacher_warning()
         (log.warning if self.teacher_warning else log.info)('teacher: %s (%s)', self.teacher.name,
                                                             self.teacher_reason)
@@ -618,7 +623,7 @@ class OnlineSession:
         """Say why the teacher deserves a WARN ('' if not): not semantic, or a fallback from what was asked."""
         from .teachers import is_random
         if is_random(self.teacher):
-            return f'RANDOM-WEIGHT CLIP teacher: the features are not semantic ({self.teacher_reason})'
+            return f'RANDOM-WEIGHT teacher ({self.teacher.name}): features are not semantic ({self.teacher_reason})'
         asked = self.settings.teacher_choice if self.settings.teacher_choice != 'auto' else self.config_teacher_asked
         if self.teacher.name != asked and 'resumed checkpoint' not in self.teacher_reason:
             return f'{self.teacher.name} teacher instead of {asked}: {self.teacher_reason}'

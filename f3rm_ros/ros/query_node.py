@@ -44,6 +44,7 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from ..core.relevancy import positive_phrases
+from ..core.teachers import text_is_random
 from . import answers
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
@@ -224,7 +225,7 @@ class QueryNode(Node):
 
     def _current_source(self):
         """(model, teacher, config, lock, key) to query, or raise RuntimeError saying why there is none."""
-        from ..core.teachers import RANDOM_HINT, is_random, make_teacher
+        from ..core.teachers import RANDOM_HINT, make_teacher
         from ..core.trainer import CheckpointError, load_model
         if self.live is not None and not self.params['checkpoint']:
             trainer = self.live.trainer
@@ -253,7 +254,7 @@ class QueryNode(Node):
                 if self._source is not None:
                     return self._source
                 raise NoModel(self.model_problem) from error
-            if is_random(teacher) and not self.params['allow_random_teacher']:
+            if text_is_random(teacher) and not self.params['allow_random_teacher']:  # only the text head answers
                 self.model_problem = (f'checkpoint {path} was distilled from RANDOM-WEIGHT CLIP: its answers mean '
                                       f'nothing; refused. To fix: {RANDOM_HINT}')
                 self.problems.report('checkpoint', self.model_problem, level='error')
@@ -396,12 +397,14 @@ class QueryNode(Node):
                   'model': 'live' if self.live is not None and not self.params['checkpoint'] else
                   (self.params['checkpoint'] or self.latest_path or 'none'),
                   'teacher': source[1].name if source is not None else '',
+                  # every feature head of the model; text is answered from the first
+                  'heads': ', '.join(f'{n} {d}' for n, d in source[1].heads) if source is not None else '',
                   'model_problem': self.model_problem,
                   'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
         level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)
         teacher = source[1] if source is not None else getattr(self.live, 'teacher', None)
-        if level == 'ok' and getattr(teacher, 'random_weights', False):
+        if level == 'ok' and teacher is not None and text_is_random(teacher):
             level, why = 'warn', 'the model was distilled from RANDOM-WEIGHT CLIP: its answers are not semantic'
         return level, f'{self.answered} queries answered' + (f'; {why}' if why else ''), values
 

@@ -17,6 +17,7 @@ node only translates messages.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from geometry_msgs.msg import PoseStamped
 import rclpy.logging
@@ -34,6 +35,19 @@ from .logs import route_core_logging, unroute_core_logging
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos, make_qos, QOS_CHOICES
 
+
+def teacher_choice(value) -> Optional[str]:
+    """Check a teacher_choice: 'auto' or teacher names joined by + (a validator)."""
+    from ..core.teachers import teacher_parts
+    if value == 'auto':
+        return None
+    try:
+        teacher_parts(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 PARAMETERS = [
     ParamSpec('dataset_dir', '', "the capture node's scan folder, read at start-up with resume ('' = none)"),
     ParamSpec('checkpoint_dir', '', "where latest.ckpt is written ('' = no checkpoints)"),
@@ -44,8 +58,9 @@ PARAMETERS = [
     ParamSpec('stall_timeout_s', 120.0, 'status ERROR after this long without a training step while it should '
               'train (s)', validator=positive),
     ParamSpec('min_frames', 5, 'keyframes before training starts', validator=positive),
-    ParamSpec('teacher_choice', 'auto', 'auto | clip | labels (auto: teacher.name, falling back when CLIP '
-              'weights are missing)', validator=one_of('auto', 'clip', 'labels')),
+    ParamSpec('teacher_choice', 'auto', 'auto | clip | labels | dino | custom, or several joined by + for one '
+              'feature head each (clip+dino: CLIP answers text, DINO for matching; the text teacher is the first '
+              'head) (auto: teacher.name, falling back when CLIP weights are missing)', validator=teacher_choice),
     ParamSpec('steps_per_new_frame', 20, 'steps added per keyframe arriving after the step budget is spent',
               validator=non_negative),
     ParamSpec('input_qos', 'latched', 'QoS of the keyframe inputs: ' + ' | '.join(QOS_CHOICES)
@@ -58,6 +73,7 @@ PARAMETERS = [
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
+
 KEYFRAME_TOPICS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'mask', 'label_names', 'scan')
 # how long a problem keeps the status at WARN, and how long without a keyframe publisher before it says so (s)
 PROBLEM_WINDOW_S = 10.0

@@ -28,7 +28,8 @@ from ..frames import PosedFrame
 
 log = logging.getLogger(__name__)
 
-__all__ = ['Teacher', 'make_teacher', 'choose_teacher', 'is_random', 'RandomTeacherRefused', 'TEACHER_NAMES']
+__all__ = ['Teacher', 'make_teacher', 'choose_teacher', 'is_random', 'text_is_random', 'teacher_parts', 'size_field',
+           'describe_teacher', 'RandomTeacherRefused', 'TEACHER_NAMES']
 
 TEACHER_NAMES = ('clip', 'labels', 'dino', 'custom')
 TEXT_TEACHERS = ('clip', 'labels')
@@ -77,6 +78,11 @@ class RandomTeacherRefused(RuntimeError):
 def is_random(teacher: 'Teacher') -> bool:
     """Tell whether `teacher` (or a head of it) has random weights: its features (and text) mean nothing."""
     return bool(getattr(teacher, 'random_weights', False))
+
+
+def text_is_random(teacher: 'Teacher') -> bool:
+    """Tell whether the head text queries are answered from has random weights (a DINO head does not count)."""
+    return is_random((getattr(teacher, 'parts', None) or [teacher])[0])
 
 
 def teacher_parts(name: str) -> List[str]:
