@@ -168,11 +168,11 @@ def _space_note(folder: Path) -> str:
     return f': disk full ({free:.1f} MB free)' if free < 1.0 else f' ({free:.1f} MB free there)'
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.tmp')
+def _atomic_write(path: Path, data: bytes, tmp: Path) -> None:
+    """Write `data` to `tmp`, flush it to the disk, rename it to `path`; nothing half-written stays behind."""
     try:
-        with open(tmp, 'w') as handle:
-            handle.write(text)
+        with open(tmp, 'wb') as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -182,12 +182,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
                       f'{_space_note(path.parent)}') from error
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, text.encode(), path.with_name(path.name + '.tmp'))
+
+
 def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name('.tmp-' + path.name)
-    if not cv2.imwrite(str(tmp), image):
-        tmp.unlink(missing_ok=True)
-        raise OSError(errno.EIO, f'could not write {path}{_space_note(path.parent)}')
-    os.replace(tmp, path)
+    # Encoded in memory and written by Python: a failed write says why (ENOSPC ...), where cv2.imwrite only
+    # returns False (and libpng prints to stderr).
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OSError(errno.EINVAL, f'could not encode {path.name} ({image.shape}, {image.dtype})')
+    _atomic_write(path, encoded.tobytes(), path.with_name('.tmp-' + path.name))
 
 
 class DatasetWriter:

@@ -567,14 +567,18 @@ class Campaign:
         values = self.last_values('capture')
         warm = [rss for t, rss in samples if t >= min(60.0, duration / 4)]
         growth = (warm[-1] - warm[0]) / warm[0] if len(warm) >= 2 else float('nan')
+        half = [(t, rss) for t, rss in samples if t >= duration / 2]
+        slope = np.polyfit(*zip(*half), 1)[0] * 60.0 if len(half) >= 2 else float('nan')   # MiB per minute
         self.procs.stop('capture')
         self.results.numbers['stream'] = {'minutes': minutes, 'sent': sent, 'rate_hz': round(sent / duration, 1),
                                           'keyframes': values.get('keyframes'),
                                           'frame_ms': values.get('frame_ms'),
+                                          'rss_growth': round(growth, 4), 'late_mib_per_min': round(slope, 3),
                                           'rss_mib': [(round(t), round(r, 1)) for t, r in samples]}
         self.results.add('stream', f'{minutes:g} min of {width} x {height} at {rate:g} Hz into the capture node',
                          f'{sent} frames sent ({sent / duration:.1f}/s), {values.get("keyframes")} keyframes; capture '
-                         f'RSS {warm[0]:.0f} -> {warm[-1]:.0f} MiB after warm-up ({growth:+.1%})',
+                         f'RSS {warm[0]:.0f} -> {warm[-1]:.0f} MiB after the first minute ({growth:+.1%}), '
+                         f'{slope:+.2f} MiB/min over the second half',
                          growth < 0.05)
 
 
