@@ -16,7 +16,7 @@ from f3rm_ros.core.trainer import OnlineTrainer, load_model, read_checkpoint
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
 
-STEPS = 60
+STEPS = 45
 CUSTOM_GRID = (6, 8)   # coarser than the labels teacher's 9x12 grid at 96x72: resampled to it
 
 
@@ -86,7 +86,7 @@ def write_custom_features(root, frames):
 @pytest.fixture(scope='module')
 def three_heads(tmp_path_factory):
     """Labels (text) + random DINO + custom features from transforms.json, trained together on a tiny table."""
-    scene = make_scene(seed=3, object_names=['mug', 'box'], num_views=20, width=96, height=72)
+    scene = make_scene(seed=3, object_names=['mug', 'box'], num_views=16, width=96, height=72)
     root = tmp_path_factory.mktemp('custom_scan')
     write_dataset(root, scene.frames, scene.dataset_metadata())
     write_custom_features(root, scene.frames)
@@ -180,3 +180,19 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
     assert session._needs_labels()  # the labels head waits for label images like the labels teacher
     session.teacher = teacher
     assert session.status()['heads'] == 'labels 16, dino 384, custom 5'
+
+
+def test_train_command_writes_a_picture_per_head_and_normals(three_heads, tmp_path):
+    """`f3rm-ros train --teacher labels+dino+custom` with predicted normals: PCA per head, normals picture, curve."""
+    from f3rm_ros.cli import main
+    _, root, _, _, _, _ = three_heads
+    overlay = tmp_path / 'heads.yaml'
+    overlay.write_text('model: {predict_normals: true}\nteacher: {dino_image_size: 126, device: cpu}\n')
+    out = tmp_path / 'train'
+    assert main(['train', '--data', str(root), '--preset', 'cpu-tiny', '--config', str(overlay), '--steps', '4',
+                 '--downscale', '1', '--teacher', 'dino+labels+custom', '--dino-weights', '',
+                 '--output', str(out)]) == 0
+    for name in ('feature_pca', 'dino_pca', 'custom_pca', 'normals'):
+        assert (out / 'renders' / f'heldout_{name}.png').is_file(), name
+    header = (out / 'training_curve.csv').read_text().splitlines()[0]
+    assert 'feature_dino_loss' in header and 'feature_custom_loss' in header

@@ -12,7 +12,10 @@ Two tables:
    memory, held-out PSNR, and per head the mean loss of the last 10 steps and the held-out cosine to the teacher.
    Equal steps, equal rays: the layouts compare at equal quality when their losses and cosines agree.
 
-``--json FILE`` writes both tables with the device. The README's cost table comes from a GPU run with
+A third table times the feature field alone for each head set, ``shared`` against ``separate`` interleaved
+(``--layout-repeats``), so that a busy machine's drift hits both alike.
+
+``--json FILE`` writes the tables with the device. The README's cost table comes from a GPU run with
 ``--preset gpu``; ``--preset cpu-tiny`` with small sizes shows the plumbing on a CPU in a minute or two.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ def register(sub) -> None:
                    help="';'-separated head sets to train ('' = none; default 'labels;labels+dino')")
     p.add_argument('--layouts', default='shared', help='feature_field.head_layout values, comma-separated '
                    '(shared, separate; default shared)')
-    p.add_argument('--steps', type=int, default=300, help='training steps per run (default 300)')
+    p.add_argument('--steps', type=int, default=300, help='training steps per run (0 = no training runs; default 300)')
     p.add_argument('--warmup', type=int, default=20, help='steps before the clock starts (default 20)')
     p.add_argument('--views', type=int, default=24, help='synthetic views (default 24)')
     p.add_argument('--width', type=int, default=160, help='synthetic image width (default 160)')
@@ -46,6 +49,8 @@ def register(sub) -> None:
                    help="DINO's shorter side in the head runs (0 = the preset's; match the labels grid)")
     p.add_argument('--clip-weights', default='', help='open_clip weights file (default: random weights)')
     p.add_argument('--dino-weights', default='', help='DINO weights file (default: random weights)')
+    p.add_argument('--layout-repeats', type=int, default=10,
+                   help='interleaved repeats of the feature-field-only layout timing (0 = skip; default 10)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default='', help='write the tables here')
     p.set_defaults(func=run)
@@ -171,6 +176,55 @@ def head_rows(args, config) -> List[Dict]:
     return rows
 
 
+def layout_rows(args, config) -> List[Dict]:
+    """Time the feature field alone, 'shared' against 'separate', interleaved (A B A B ...) so load drift cancels.
+
+    Per head set with more than one head: render + MSE + backward of the feature field at one training step's
+    samples (rays_per_batch x nerfacto's final samples per ray), median of ``--layout-repeats`` alternations.
+    """
+    import dataclasses
+    import statistics
+
+    import torch
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    from ..core.field import make_feature_field
+    from ..core.trainer import pick_device
+    device = pick_device('auto')
+    rays, samples = config.trainer.rays_per_batch, config.model.num_nerf_samples_per_ray
+    widths = {'labels': config.teacher.labels_dim, 'clip': 768 if args.preset == 'gpu' else 512, 'dino': 384,
+              'custom': 64}
+    rows = []
+    for head_set in [s.strip() for s in args.head_sets.split(';') if '+' in s]:
+        parts = head_set.split('+')
+        spec = ','.join(f'{part}:{widths.get(part, 64)}' for part in parts[1:])
+        fields, times = {}, {'shared': [], 'separate': []}
+        for layout in times:
+            field_config = dataclasses.replace(config.feature_field, feature_dim=widths.get(parts[0], 64),
+                                               extra_heads=spec, head_layout=layout)
+            fields[layout] = make_feature_field(field_config, SceneContraction(order=float('inf'))).to(device)
+        generator = torch.Generator().manual_seed(args.seed)
+        positions = (torch.rand((rays, samples, 3), generator=generator) * 2 - 1).to(device)
+        weights = torch.rand((rays, samples, 1), generator=generator).to(device) / samples
+        target = torch.randn((rays, fields['shared'].out_dim), generator=generator).to(device)
+        for repeat in range(args.layout_repeats + 2):
+            for layout, field in fields.items():
+                sync()
+                started = time.perf_counter()
+                loss = torch.nn.functional.mse_loss(field.render(positions, weights), target)
+                loss.backward()
+                sync()
+                if repeat >= 2:  # two warm-up rounds
+                    times[layout].append(time.perf_counter() - started)
+        shared, separate = (statistics.median(times[k]) * 1e3 for k in ('shared', 'separate'))
+        rows.append({'heads': head_set, 'widths': f'{widths.get(parts[0], 64)}+{spec}', 'samples': rays * samples,
+                     'shared_ms': round(shared, 1), 'separate_ms': round(separate, 1),
+                     'separate_over_shared': round(separate / shared, 2),
+                     'shared_params': sum(p.numel() for p in fields['shared'].parameters()),
+                     'separate_params': sum(p.numel() for p in fields['separate'].parameters())})
+    return rows
+
+
 def _table(rows: List[Dict]) -> str:
     keys = []
     for row in rows:
@@ -187,10 +241,14 @@ def run(args) -> int:
     teachers = teacher_rows(args, config) if args.teachers.strip() else []
     if teachers:
         print('\nTeachers (dense features of random images):\n' + _table(teachers))
-    heads = head_rows(args, config) if args.head_sets.strip() else []
+    layouts = layout_rows(args, config) if args.layout_repeats > 0 else []
+    if layouts:
+        print('\nFeature field alone, render + loss + backward of one step, shared vs separate (median ms):\n'
+              + _table(layouts))
+    heads = head_rows(args, config) if args.head_sets.strip() and args.steps > 0 else []
     if heads:
         print(f'\nHead sets ({args.steps} steps, {config.trainer.rays_per_batch} rays/step, {args.views} views of '
               f'{args.width}x{args.height}):\n' + _table(heads))
-    write_json(args.json, {'device': device, 'preset': args.preset, 'teachers': teachers, 'heads': heads,
-                           'args': vars(args)})
+    write_json(args.json, {'device': device, 'preset': args.preset, 'teachers': teachers, 'layouts': layouts,
+                           'heads': heads, 'args': vars(args)})
     return 0

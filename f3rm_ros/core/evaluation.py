@@ -208,7 +208,7 @@ def teacher_cosine(rendered: np.ndarray, target: torch.Tensor, mask: Optional[np
     height, width = rendered.shape[:2]
     rows = np.arange(height) * target.shape[0] // height
     cols = np.arange(width) * target.shape[1] // width
-    per_pixel = target[rows][:, cols].float()
+    per_pixel = target[rows][:, cols, :rendered.shape[-1]].float()  # a multi-head teacher: the text head's part
     cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(rendered).float(), per_pixel, dim=-1)
     if mask is not None:
         cosine = cosine[torch.from_numpy(mask)]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Type
-from unittest import mock
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
@@ -11,7 +10,6 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.embedding import Embedding
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.model_components.losses import DepthLossType, depth_loss
 from nerfstudio.model_components.renderers import SemanticRenderer
@@ -20,6 +18,7 @@ from torch.nn import Parameter
 
 from .config import F3RMConfig, FeatureFieldConfig, head_loss_weight
 from .fast import accelerate
+from .fast.patches import check_nerfstudio_version, no_lpips, record_final_samples
 from .field import make_feature_field, resolve_implementation
 from .geometry import WorkspaceBox
 from .relevancy import TextQuery, relevancy
@@ -46,13 +45,6 @@ class CapacityEmbedding(Embedding):
         return rows.mean(dim)
 
 
-class _DeferredLPIPS(torch.nn.Module):
-    """Stands in for nerfacto's LPIPS metric, whose constructor downloads AlexNet weights."""
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError('LPIPS is disabled: its AlexNet weights are not available offline')
-
-
 @dataclass
 class F3RMModelConfig(NerfactoModelConfig):
     """Nerfacto configuration plus the feature field and its loss weight."""
@@ -75,8 +67,7 @@ class F3RMModel(NerfactoModel):
 
     def populate_modules(self):
         """Build nerfacto's modules (without LPIPS), then the feature field and its renderer."""
-        with mock.patch('torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity',
-                        lambda **_: _DeferredLPIPS()):
+        with no_lpips():
             super().populate_modules()
         if self.field.embedding_appearance is not None:
             self.field.embedding_appearance = CapacityEmbedding(self.num_train_data, self.config.appearance_embed_dim)
@@ -91,14 +82,10 @@ class F3RMModel(NerfactoModel):
         self._final_samples = None
         # nerfacto keeps its final ray samples only in training mode; record them for every forward so the
         # feature field is rendered with exactly the weights that rendered the colour.
-        nerf_forward = self.field.forward
+        record_final_samples(self.field, self._record)
 
-        def recording_forward(ray_samples, compute_normals=False):
-            outputs = nerf_forward(ray_samples, compute_normals=compute_normals)
-            self._final_samples = (ray_samples, outputs[FieldHeadNames.DENSITY])
-            return outputs
-
-        self.field.forward = recording_forward
+    def _record(self, ray_samples, density) -> None:
+        self._final_samples = (ray_samples, density)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         """Nerfacto's groups plus `feature_field`."""
@@ -136,10 +123,9 @@ class F3RMModel(NerfactoModel):
         if 'feature' in batch:
             target = batch['feature'].to(outputs['feature'])
             widths = [width for _, width in self.feature_heads]
-            if target.shape[-1] == sum(widths) and len(widths) > 1:  # every head's target, concatenated
-                targets = torch.split(target, widths, dim=-1)
-            else:
-                targets = (target,)
+            # every head's target, concatenated (a teacher with more heads than this model: the first ones)
+            targets = torch.split(target[..., :sum(widths)], widths, dim=-1) if target.shape[-1] >= sum(widths) \
+                else (target,)
             for (name, _), head_target in zip(self.feature_heads, targets):
                 weight = (self.config.feature_loss_mult if name == 'feature' else head_loss_weight(
                     self.config.head_loss_weights, name[len('feature_'):], self.config.feature_loss_mult))
@@ -212,6 +198,7 @@ class F3RMModel(NerfactoModel):
 
 def model_config(config: F3RMConfig) -> F3RMModelConfig:
     """Return the nerfstudio model configuration an `F3RMConfig` makes (also the ``ns-train f3rm-ros`` plugin's)."""
+    check_nerfstudio_version()
     m = config.model
     field_units_per_metre = WorkspaceBox.from_config(config.workspace).scale
     implementation = resolve_implementation('auto')
