@@ -116,6 +116,7 @@ def test_render_a_nerfstudio_camera_path_and_the_training_path(trained):
                  '--offset', '0.05', '--every', '7', '--output', str(out), *SMALL]) == 0
     rows = read_rows(out / 'views.csv')
     assert len(rows) == 2 and all(float(r['novelty_distance_m']) == pytest.approx(0.05) for r in rows)
+    assert [r['source_frame'] for r in rows] == ['0', '8']      # dataset indices (frame 4 is held out)
 
 
 @pytest.mark.parametrize('content, message', [

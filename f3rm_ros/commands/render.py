@@ -83,7 +83,9 @@ def run(args) -> int:
     poses, train_ids = _training_poses(args, config.trainer.holdout_every)
     K = default_intrinsics(args.width, args.height_px, args.fov)
     if args.path_kind == 'path':
-        views = along_training(poses[::max(1, args.every)], K, args.width, args.height_px, args.along, args.offset)
+        every = max(1, args.every)
+        views = along_training(poses[::every], K, args.width, args.height_px, args.along, args.offset,
+                               train_ids[::every])
     elif args.path:
         if not Path(args.path).is_file():
             raise FileNotFoundError(f'--path: {args.path} does not exist')

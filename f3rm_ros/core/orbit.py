@@ -76,11 +76,11 @@ def orbit(center: Sequence[float], radii: Sequence[float], frames: int, K: np.nd
 
 
 def along_training(poses: Sequence[np.ndarray], K: np.ndarray, width: int, height: int, along: str,
-                   offset: float = 0.0) -> List[View]:
+                   offset: float = 0.0, frame_ids: Optional[Sequence[int]] = None) -> List[View]:
     """Return the capture trajectory itself (`training`) or moved towards / away from its centre.
 
     `inside` / `outside` move each camera `offset` metres towards / away from the trajectory's centre,
-    keeping its orientation.
+    keeping its orientation. `frame_ids` name the source cameras in the CSV (dataset indices; default 0..N-1).
     """
     if along not in ('training', 'inside', 'outside'):
         raise ValueError(f'--along must be training, inside or outside, got {along!r}')
@@ -99,7 +99,8 @@ def along_training(poses: Sequence[np.ndarray], K: np.ndarray, width: int, heigh
                 raise ValueError(f'--offset {offset} m would move camera {index} through the trajectory\'s centre '
                                  f'(it is {length:.3f} m from it)')
             moved[:3, 3] = moved[:3, 3] + sign * offset * outward / length
-        views.append(View(moved, K, width, height, {'source_frame': index, 'along': along, 'offset_m': offset}))
+        source = index if frame_ids is None else int(frame_ids[index])
+        views.append(View(moved, K, width, height, {'source_frame': source, 'along': along, 'offset_m': offset}))
     return views
 
 
