@@ -25,6 +25,7 @@ from std_srvs.srv import Trigger
 from f3rm_ros.core.config import make_config
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import level_name, status_values
+from f3rm_ros.ros.fault_campaign import PicklePayload
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.testing import RosProbe
 from f3rm_ros.ros.topics import remap_arguments, trainer_remaps
@@ -196,23 +197,13 @@ def test_new_scan_starts_capture_and_trainer_afresh(probe, tmp_path):
         close(probe, capture)
 
 
-class Payload:
-    """A hostile checkpoint's object: unpickling it creates a file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, 'w'))
-
-
 def test_query_node_refuses_a_payload_announced_on_the_checkpoint_topic(probe, tmp_path):
     from f3rm_ros.ros.query_node import QueryNode
     marker = tmp_path / 'payload-ran'
     (tmp_path / 'ckpt').mkdir()
     outside, inside = tmp_path / 'evil.ckpt', tmp_path / 'ckpt' / 'latest.ckpt'
     for path in (outside, inside):
-        torch.save({'meta_json': '{}', 'model': {}, 'x': Payload(marker)}, path)
+        torch.save({'meta_json': '{}', 'model': {}, 'x': PicklePayload(marker)}, path)
     node = QueryNode(context=probe.context, parameter_overrides=[
         Parameter('status_rate_hz', value=20.0), Parameter('checkpoint_dir', value=str(tmp_path / 'ckpt'))])
     probe.add_node(node)
@@ -227,12 +218,12 @@ def test_query_node_refuses_a_payload_announced_on_the_checkpoint_topic(probe, t
         values, msg = wait_values(status, lambda v, m: 'refused' in v['model_problem'], 'the outside path refused')
         assert level_name(msg) == 'error' and 'not inside checkpoint_dir' in msg.message
         announce.publish(String(data=str(inside)))
-        RosProbe.wait_until(lambda: node.latest_path == str(inside), 10, 'the inside path taken')
+        # judged when announced, before anyone asks
+        values, msg = wait_values(status, lambda v, m: 'Python objects' in v['model_problem'], 'the refusal')
+        assert level_name(msg) == 'error' and node.latest_path == str(inside) and node.answered == 0
         query.publish(String(data='mug'))
         answer = answers.wait(lambda m: m.text == 'mug', 30, 'the answer')
         assert answer.status == QueryAnswer.NO_MODEL and 'holds Python objects' in answer.reason
-        values, msg = wait_values(status, lambda v, m: 'Python objects' in v['model_problem'], 'the refusal')
-        assert level_name(msg) == 'error'
         assert not marker.exists()
     finally:
         close(probe, node)
@@ -270,7 +261,7 @@ def test_a_restarting_trainer_refuses_a_planted_checkpoint_and_trains_from_scrat
     write_dataset(tmp_path / 'scan', scene.frames, metadata=meta)
     marker = tmp_path / 'payload-ran'
     (tmp_path / 'ckpt').mkdir()
-    torch.save({'meta_json': json.dumps({'version': 2}), 'model': {}, 'x': Payload(marker)},
+    torch.save({'meta_json': json.dumps({'version': 2}), 'model': {}, 'x': PicklePayload(marker)},
                tmp_path / 'ckpt' / 'latest.ckpt')
     trainer = TrainerNode(context=probe.context, parameter_overrides=[Parameter(k, value=v) for k, v in dict(
         preset='cpu-tiny', resume=True, dataset_dir=str(tmp_path / 'scan'), checkpoint_dir=str(tmp_path / 'ckpt'),

@@ -366,14 +366,16 @@ class Campaign:
     def _refused_checkpoint(self, name: str, path: Path, expect, extra_ok: bool = True, extra: str = '') -> None:
         from std_msgs.msg import String
         mark = self.status['query'].mark()
+        started = time.monotonic()
         self.announce.publish(String(data=str(path)))
-        time.sleep(0.5)
-        answer = self.ask('mug')
         _, level, message = self.wait_status('query', lambda v, level: level == 'error' and path.name in v.get(
             'model_problem', ''), 30, f'{path.name} refused', mark)
+        seconds = time.monotonic() - started
+        answer = self.ask('mug')
         still = answer.status == answer.FOUND
         self.results.add('checkpoint', f'{name} announced to the query node',
-                         f'{level.upper()}: "{_clip(message)}"; next query answered from the last good model: '
+                         f'{level.upper()} {seconds:.1f} s after the announcement, before any question: '
+                         f'"{_clip(message)}"; next query answered from the last good model: '
                          f'{still}' + ('' if still else f' ({answer.reason})')
                          + (f'; {extra}' if extra else ''),
                          any(e in message for e in expect) and still and extra_ok)

@@ -111,6 +111,7 @@ class QueryNode(Node):
         self._wake = threading.Condition()
         self._request: Optional[tuple] = None    # (request id, text) of the newest waiting topic question
         self._picture: Optional[tuple] = None    # (header, query) of the newest answer to draw
+        self._preload = False                     # a checkpoint was announced: load (and judge) it now
         self._stop = False
         self.answered = 0
         self.last = {'id': 0, 'query': '', 'status': '', 'reason': '', 'points': 0, 'clusters': 0, 'grasps': 0,
@@ -180,7 +181,10 @@ class QueryNode(Node):
             self.problems.report('checkpoint', self.model_problem, level='error')
             return
         self.latest_path = msg.data
-        self.model_problem, self._refused_key = '', None  # a new announcement: judged when next loaded
+        self.model_problem, self._refused_key = '', None  # a new announcement: judged by the load below
+        with self._wake:   # loaded now, not at the next question: a bad file is reported before anyone asks
+            self._preload = True
+            self._wake.notify()
 
     def _unallowed(self, path: str) -> str:
         """Why a path announced on the checkpoint topic is not accepted ('' = it is)."""
@@ -358,7 +362,7 @@ class QueryNode(Node):
     def _work(self) -> None:
         while True:
             with self._wake:
-                while self._request is None and self._picture is None and not self._stop:
+                while self._request is None and self._picture is None and not self._preload and not self._stop:
                     self._wake.wait()
                 if self._stop:
                     return
@@ -366,11 +370,26 @@ class QueryNode(Node):
                 picture = None
                 if request is None:
                     picture, self._picture = self._picture, None
+                    if picture is None:
+                        self._preload = False   # taken: loaded below
             if request is not None:
                 request_id, text = request
                 self.answer(request_id, text, text)
-            else:
+            elif picture is not None:
                 self._draw(*picture)
+            else:
+                self._load_announced()
+
+    def _load_announced(self) -> None:
+        """Load the newest announced checkpoint (a refusal is reported on /diagnostics by the load)."""
+        with self._query_lock:
+            try:
+                self._current_source()
+            except NoModel:
+                pass   # reported by the load; the next question says it too
+            except Exception as error:  # the worker must outlive any file
+                self.problems.report('checkpoint', f'announced checkpoint not loaded: {type(error).__name__}: '
+                                     f'{error}', level='error')
 
     def _draw(self, header, positives, negatives) -> None:
         """Render the overview picture of an answer (after it went out: pictures never delay an answer)."""
