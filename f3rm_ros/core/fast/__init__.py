@@ -27,7 +27,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.field_components.encodings import HashEncoding
 
 from .hashgrid import hash_encode, module_scalings, triton_available
-from .patches import generate_rays, patch_model
+from .patches import generate_rays, patch_model, swap_class
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def accelerate(model: torch.nn.Module, force: bool = False) -> int:
     swapped = 0
     for module in model.modules():
         if type(module) is HashEncoding and module.tcnn_encoding is None and module.hash_table.numel() > 0:
-            module.__class__ = FastHashEncoding
+            swap_class(module, FastHashEncoding)
             swapped += 1
         elif isinstance(module, FastHashEncoding):
             swapped += 1

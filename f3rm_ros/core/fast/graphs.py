@@ -20,6 +20,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from nerfstudio.cameras.rays import RayBundle
 
+from .patches import (force_proposal_update, mark_proposal_updated, proposal_update_due, release_autograd_history,
+                      restore_proposal_counter, route_anneal)
+
 log = logging.getLogger(__name__)
 
 # nerfstudio's sampler always updates the proposal networks before its step 10; capture after that, once both
@@ -48,10 +51,9 @@ class GraphedTrainStep:
         self.gradients = [torch.zeros_like(p) for p in self.parameters]
         self.sampler = model.proposal_sampler
         device = self.gradients[0].device
-        self.anneal = torch.tensor(float(self.sampler._anneal), device=device)
+        self.anneal = torch.zeros((), device=device)
         # nerfacto's anneal callback calls set_anneal(float): route it into the scalar the graphs read
-        self.sampler.set_anneal = lambda value: self.anneal.fill_(float(value))
-        self.sampler._anneal = self.anneal
+        route_anneal(self.sampler, self.anneal)
         self.inputs: Optional[Dict[str, torch.Tensor]] = None
         self.batch: Optional[Dict[str, torch.Tensor]] = None
         self.graphs: Dict[bool, Tuple[torch.cuda.CUDAGraph, Dict[str, torch.Tensor]]] = {}
@@ -100,23 +102,19 @@ class GraphedTrainStep:
 
     def _will_update(self) -> bool:
         """Whether this step updates the proposal networks (nerfstudio's ProposalNetworkSampler rule)."""
-        s = self.sampler
-        return s._steps_since_update > s.update_sched(s._step) or s._step < 10
+        return proposal_update_due(self.sampler)
 
     def _force_variant(self, updated: bool) -> None:
-        self.sampler._steps_since_update = 10 ** 9 if updated else -1
+        force_proposal_update(self.sampler, updated)
 
     def _release_autograd_history(self) -> None:
         # nerfacto's field keeps the last step's sample positions and pre-activation densities, whose autograd
         # history keeps the parameters' AccumulateGrad nodes alive on the stream of the eager steps: backward on
         # the capture stream would then synchronise with it, which invalidates the capture.
-        for module in self.model.modules():
-            for name in ('_sample_locations', '_density_before_activation'):
-                if getattr(module, name, None) is not None:
-                    setattr(module, name, None)
+        release_autograd_history(self.model)
 
     def _capture(self, updated: bool) -> None:
-        saved = self.sampler._steps_since_update
+        saved = force_proposal_update(self.sampler, updated)
         self._attach_gradients()
         self._release_autograd_history()
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -131,7 +129,7 @@ class GraphedTrainStep:
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
             stats = self._forward_backward()
         self.pool = graph.pool()
-        self.sampler._steps_since_update = saved
+        restore_proposal_counter(self.sampler, saved)
         self.graphs[updated] = (graph, stats)
         log.info('captured the training step as a CUDA graph (proposal update: %s)', updated)
 
@@ -151,7 +149,7 @@ class GraphedTrainStep:
         graph, stats = self.graphs[updated]
         graph.replay()
         if updated:
-            self.sampler._steps_since_update = 0
+            mark_proposal_updated(self.sampler)
         self._attach_gradients()
         if not updated:
             for parameter in self.proposal_parameters:

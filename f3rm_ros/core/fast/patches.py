@@ -6,17 +6,133 @@ step of nerfacto (nerfstudio 1.1.5): the general `Cameras.generate_rays` (``torc
 masked assignment, a CPU epsilon copied to the device), `SpacedSampler` (a CPU ``linspace`` copied to the
 device), torchmetrics' PSNR (a CPU count copied to the device) and the camera optimiser's metrics (``.cpu()``).
 Each replacement below computes the same values with the same operations, on the device.
+
+This module is also the one place where f3rm_ros touches nerfstudio's internals (written against nerfstudio
+`SUPPORTED_NERFSTUDIO`; `check_nerfstudio_version` warns once on another version, naming what to re-test):
+
+* `no_lpips`: nerfacto's constructor builds torchmetrics' LPIPS, which downloads AlexNet weights;
+* `record_final_samples`: the nerfacto field's forward is wrapped to keep the final ray samples and densities
+  (nerfacto keeps them only in training), so features render with the colour's own weights in eval too;
+* `swap_class`: a `HashEncoding` instance becomes a `FastHashEncoding` (Triton forward, same state dict);
+* the proposal sampler's private schedule (``_step``, ``_steps_since_update``, ``_anneal``) that the CUDA graphs
+  of `graphs.py` replay around: `proposal_update_due`, `force_proposal_update`, `mark_proposal_updated`,
+  `route_anneal`, and `release_autograd_history` (nerfacto's cached ``_sample_locations`` /
+  ``_density_before_activation``);
+* the sync-free replacements below (`generate_rays`, `PSNR`, camera-optimiser metrics, `SpacedSampler` bins).
+
+`test/test_ns_patches.py` and `test/test_fast_model.py` hold a test per patch against the installed nerfstudio.
 """
 from __future__ import annotations
 
+import logging
 import types
-from typing import Optional
+from importlib import metadata
+from typing import Callable, Optional
+from unittest import mock
 
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.model_components.ray_samplers import SpacedSampler
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_NERFSTUDIO = ('1.1.5',)
+PATCHES = ('no_lpips', 'record_final_samples', 'swap_class', 'proposal sampler schedule (graphs.py)',
+           'generate_rays', 'PSNR', 'camera-optimiser metrics', 'SpacedSampler bins')
+_VERSION_CHECKED = [False]
+
+
+def nerfstudio_version() -> str:
+    """Return the installed nerfstudio's version ('' when its metadata is missing)."""
+    try:
+        return metadata.version('nerfstudio')
+    except metadata.PackageNotFoundError:
+        return ''
+
+
+def check_nerfstudio_version(version: Optional[str] = None) -> bool:
+    """Tell whether nerfstudio is a version these patches were written for; warn once (per process) if not."""
+    version = nerfstudio_version() if version is None else version
+    supported = version in SUPPORTED_NERFSTUDIO
+    if not supported and not _VERSION_CHECKED[0]:
+        log.warning('nerfstudio %s: f3rm_ros patches internals of nerfstudio %s (%s); run test/test_ns_patches.py '
+                    'and test/test_fast_model.py before trusting results', version or '(unknown)',
+                    ', '.join(SUPPORTED_NERFSTUDIO), ', '.join(PATCHES))
+    _VERSION_CHECKED[0] = True
+    return supported
+
+
+class DeferredLPIPS(torch.nn.Module):
+    """Stands in for nerfacto's LPIPS metric, whose constructor downloads AlexNet weights."""
+
+    def forward(self, *args, **kwargs):
+        """Refuse: the metric's weights are not available offline."""
+        raise RuntimeError('LPIPS is disabled: its AlexNet weights are not available offline')
+
+
+def no_lpips():
+    """Context in which nerfacto's ``populate_modules`` builds `DeferredLPIPS` instead of torchmetrics' LPIPS."""
+    return mock.patch('torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity', lambda **_: DeferredLPIPS())
+
+
+def record_final_samples(field: torch.nn.Module, record: Callable) -> None:
+    """Wrap nerfacto's ``field.forward`` so that every call hands ``(ray_samples, density)`` to `record`."""
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+    forward = field.forward
+
+    def recording_forward(ray_samples, compute_normals=False):
+        outputs = forward(ray_samples, compute_normals=compute_normals)
+        record(ray_samples, outputs[FieldHeadNames.DENSITY])
+        return outputs
+
+    field.forward = recording_forward
+
+
+def swap_class(module: torch.nn.Module, cls: type) -> None:
+    """Make `module` an instance of `cls`, a subclass of its class adding no state (parameters stay)."""
+    if not issubclass(cls, type(module)):
+        raise TypeError(f'{cls.__name__} is not a subclass of {type(module).__name__}')
+    module.__class__ = cls
+
+
+def proposal_update_due(sampler) -> bool:
+    """Whether the proposal sampler's next training call updates the proposal networks (nerfstudio's rule)."""
+    return bool(sampler._steps_since_update > sampler.update_sched(sampler._step) or sampler._step < 10)
+
+
+def force_proposal_update(sampler, updated: bool) -> int:
+    """Make the next call update (or not) the proposal networks; returns the counter to restore."""
+    saved = sampler._steps_since_update
+    sampler._steps_since_update = 10 ** 9 if updated else -1
+    return saved
+
+
+def restore_proposal_counter(sampler, saved: int) -> None:
+    """Undo `force_proposal_update`."""
+    sampler._steps_since_update = saved
+
+
+def mark_proposal_updated(sampler) -> None:
+    """Record an update as nerfstudio's sampler does after updating (a graph replay does not run that code)."""
+    sampler._steps_since_update = 0
+
+
+def route_anneal(sampler, anneal: torch.Tensor) -> None:
+    """Make the sampler's anneal exponent the device scalar `anneal`, which nerfacto's callback then fills."""
+    anneal.fill_(float(sampler._anneal))
+    sampler.set_anneal = lambda value: anneal.fill_(float(value))
+    sampler._anneal = anneal
+
+
+def release_autograd_history(model: torch.nn.Module) -> None:
+    """Drop the last step's cached sample positions and densities that nerfacto's field keeps (autograd history)."""
+    for module in model.modules():
+        for name in ('_sample_locations', '_density_before_activation'):
+            if getattr(module, name, None) is not None:
+                setattr(module, name, None)
+
 
 _EPS = np.finfo(float).eps * 4.0  # nerfstudio.cameras.camera_utils._EPS
 _PINHOLE = [None, False]  # (cameras object, whether it is plain pinhole): checked once per Cameras object
