@@ -99,3 +99,14 @@ def test_csv_rows_are_written_whole(tmp_path):
     path = write_csv_atomic(tmp_path / 'x.csv', [{'a': 1.0, 'b': None}, {'a': 2, 'c': 'z'}])
     assert path.read_text().splitlines() == ['a,b,c', '1,n/a,', '2,,z']
     assert not list(tmp_path.glob('.tmp-*'))
+
+
+def test_lpips_says_why_it_is_not_available(tmp_path, monkeypatch):
+    from f3rm_ros.core.evaluation import ALEXNET_WEIGHTS, lpips_metric
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    metric, why = lpips_metric(torch.device('cpu'))
+    assert metric is None and 'AlexNet weights not in' in why and 'nothing downloaded' in why
+    (tmp_path / 'checkpoints').mkdir()
+    (tmp_path / 'checkpoints' / ALEXNET_WEIGHTS).write_bytes(b'not weights')      # a broken cache file
+    metric, why = lpips_metric(torch.device('cpu'))
+    assert metric is None and why.startswith('LPIPS n/a: ')
