@@ -99,6 +99,21 @@ def test_writer_appends_atomically_and_resumes(tmp_path):
     assert not list(tmp_path.glob('*.tmp'))
 
 
+def test_one_camera_is_also_written_at_the_top_level_for_readers_without_per_frame_intrinsics(tmp_path):
+    writer = DatasetWriter(tmp_path)
+    writer.append(make_frame(0, with_extras=False))
+    writer.append(make_frame(1, with_extras=False))
+    meta = json.loads((tmp_path / 'transforms.json').read_text())
+    assert {k: meta[k] for k in ('fl_x', 'fl_y', 'cx', 'cy', 'w', 'h')} == {
+        'fl_x': 30.0, 'fl_y': 31.0, 'cx': 16.0, 'cy': 12.0, 'w': 32, 'h': 24}
+    other = make_frame(2, with_extras=False)
+    other.K = other.K * [[2], [2], [1]]          # a second camera: no single top-level answer any more
+    writer.append(other)
+    meta = json.loads((tmp_path / 'transforms.json').read_text())
+    assert not {'fl_x', 'fl_y', 'cx', 'cy'} & set(meta) and meta['frames'][2]['fl_x'] == 60.0
+    assert [f.K[0, 0] for f in read_dataset(tmp_path)] == [30.0, 30.0, 60.0]
+
+
 def test_read_dataset_with_global_intrinsics_and_downscale(tmp_path):
     frames = [make_frame(i, with_extras=False) for i in range(2)]
     write_dataset(tmp_path, frames)

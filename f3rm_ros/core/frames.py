@@ -195,6 +195,9 @@ def _atomic_imwrite(path: Path, image: np.ndarray) -> None:
     _atomic_write(path, encoded.tobytes(), path.with_name('.tmp-' + path.name))
 
 
+CAMERA_KEYS = ('fl_x', 'fl_y', 'cx', 'cy', 'w', 'h')
+
+
 class DatasetWriter:
     """Appends frames to a nerfstudio dataset folder; `transforms.json` is replaced atomically."""
 
@@ -251,6 +254,13 @@ class DatasetWriter:
         self._flush()
 
     def _flush(self) -> None:
+        # One camera for every frame (the usual scan) is also written at the top level, where tools that do not
+        # read nerfstudio's per-frame intrinsics look (instant-ngp style readers, the nerfstudio baseline bench).
+        cameras = {tuple(frame.get(key) for key in CAMERA_KEYS) for frame in self.meta['frames']}
+        for key in CAMERA_KEYS:
+            self.meta.pop(key, None)
+        if len(cameras) == 1:
+            self.meta.update(zip(CAMERA_KEYS, cameras.pop()))
         _atomic_write_text(self.meta_path, json.dumps(self.meta, indent=1))
 
 
