@@ -219,15 +219,6 @@ def _build(args, frames, mode: str):
     return config, trainer, held[:args.eval_frames]
 
 
-def _z_depth(distance, K):
-    """Distance along each pixel's ray [H, W] -> z-depth, for a pinhole `K`."""
-    import numpy as np
-    height, width = distance.shape
-    x = (np.arange(width) - K[0, 2]) / K[0, 0]
-    y = (np.arange(height) - K[1, 2]) / K[1, 1]
-    return distance / np.sqrt(x[None, :] ** 2 + y[:, None] ** 2 + 1.0)
-
-
 def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool = True,
                    features: bool = True) -> Dict[str, float]:
     """Held-out scores of the current model, all computed like a user's renders (`render.render_camera`).
@@ -239,6 +230,7 @@ def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool =
     import numpy as np
     import torch
 
+    from ..core.evaluation import ray_to_z_depth
     from ..core.geometry import resized_intrinsics
     from ..core.render import render_camera
     from ..core.trainer import PosedFrame, make_cameras, psnr
@@ -261,7 +253,7 @@ def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool =
             else:
                 scores['psnr_aligned'].append(scores['psnr'][-1])
             if 'depth' in out:
-                z = _z_depth(out['depth'][..., 0].float().cpu().numpy() / trainer.box.scale, frame.K)
+                z = ray_to_z_depth(out['depth'][..., 0].float().cpu().numpy() / trainer.box.scale, frame.K)
                 truth = np.nan_to_num(frame.depth.astype(np.float64))
                 valid = truth > 0
                 if valid.any():
