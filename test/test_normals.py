@@ -51,7 +51,7 @@ def trained():
     return scene, teacher, trainer, losses
 
 
-def test_normals_train_and_render(trained):
+def test_normals_train_and_render(trained, tmp_path):
     """Orientation and predicted-normal losses are trained; pictures of both normals are rendered in [0, 1]."""
     scene, _, trainer, losses = trained
     assert 'orientation_loss' in losses[0] and 'pred_normal_loss' in losses[0]
@@ -60,6 +60,9 @@ def test_normals_train_and_render(trained):
                          names=('rgb', 'normals', 'pred_normals'))
     for name in ('normals', 'pred_normals'):
         assert out[name].shape == (60, 80, 3) and 0.0 <= out[name].min() and out[name].max() <= 1.0
+    from f3rm_ros.core.offline import write_view_renders
+    paths = write_view_renders(trainer, frame, tmp_path)['paths']   # what `f3rm-ros train` writes
+    assert paths['normals'].endswith('heldout_normals.png') and (tmp_path / 'heldout_normals.png').is_file()
 
 
 def test_heatmap_cloud_carries_unit_normals_pointing_up_on_the_table(trained):

@@ -182,17 +182,16 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
     assert session.status()['heads'] == 'labels 16, dino 384, custom 5'
 
 
-def test_train_command_writes_a_picture_per_head_and_normals(three_heads, tmp_path):
-    """`f3rm-ros train --teacher labels+dino+custom` with predicted normals: PCA per head, normals picture, curve."""
-    from f3rm_ros.cli import main
-    _, root, _, _, _, _ = three_heads
-    overlay = tmp_path / 'heads.yaml'
-    overlay.write_text('model: {predict_normals: true}\nteacher: {dino_image_size: 126, device: cpu}\n')
-    out = tmp_path / 'train'
-    assert main(['train', '--data', str(root), '--preset', 'cpu-tiny', '--config', str(overlay), '--steps', '4',
-                 '--downscale', '1', '--teacher', 'dino+labels+custom', '--dino-weights', '',
-                 '--output', str(out)]) == 0
-    for name in ('feature_pca', 'dino_pca', 'custom_pca', 'normals'):
-        assert (out / 'renders' / f'heldout_{name}.png').is_file(), name
-    header = (out / 'training_curve.csv').read_text().splitlines()[0]
-    assert 'feature_dino_loss' in header and 'feature_custom_loss' in header
+def test_train_pictures_per_head_and_the_teacher_option(three_heads, tmp_path):
+    """`f3rm-ros train` writes a PCA picture per head (DINO's for matching); --teacher takes head sets."""
+    from f3rm_ros.cli import build_parser
+    from f3rm_ros.core.offline import write_view_renders
+    scene, _, _, _, trainer, _ = three_heads
+    paths = write_view_renders(trainer, scene.frames[trainer.eval_indices[0]], tmp_path)['paths']
+    for name in ('feature_pca', 'dino_pca', 'custom_pca'):
+        assert (tmp_path / f'heldout_{name}.png').is_file() and paths[name].endswith(f'heldout_{name}.png')
+    assert 'normals' not in paths  # this model does not predict normals (test_normals: one that does)
+    args = build_parser().parse_args(['train', '--data', 'scan', '--teacher', 'dino+clip', '--dino-weights', ''])
+    assert args.teacher == 'clip+dino' and args.dino_weights == ''
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['train', '--data', 'scan', '--teacher', 'clip+sam'])

@@ -123,7 +123,8 @@ def head_rows(args, config) -> List[Dict]:
     scene = make_scene(seed=args.seed, num_views=args.views, width=args.width, height=args.height)
     rows = []
     for head_set in [s.strip() for s in args.head_sets.split(';') if s.strip()]:
-        for layout in [s.strip() for s in args.layouts.split(',') if s.strip()]:
+        layouts = [s.strip() for s in args.layouts.split(',') if s.strip()]
+        for layout in layouts if '+' in head_set else layouts[:1]:  # one head: both layouts build the same field
             run_config = copy.deepcopy(config)
             run_config.workspace = scene.workspace
             run_config.feature_field.head_layout = layout
