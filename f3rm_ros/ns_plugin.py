@@ -7,7 +7,8 @@ and viewer. Three pieces differ from nerfacto:
 * `F3RMDataParser` keeps the dataset's frame (no re-orientation) and maps it into the field's unit box with the
   same workspace box as ``f3rm-ros train`` (the dataset's ``workspace`` entry, its depth maps or its cameras);
 * `F3RMDataManager` computes the teacher's dense features of every training image once and adds each ray's
-  nearest-patch feature to the batch;
+  nearest-patch feature to the batch (and its depth where the dataset has depth maps: the same DS-NeRF depth loss
+  as ``f3rm-ros train``, weighted by the preset's ``model.depth_loss_weight``);
 * `F3RMNSModel` sizes its feature head to the teacher and, at every ``steps_per_save`` and at the end, also writes
   ``f3rm_ros/latest.ckpt`` beside nerfstudio's checkpoints in f3rm_ros's own format: ``f3rm-ros query``, ``eval``,
   ``render``, ``export`` and the query node load it like any other.
@@ -141,6 +142,13 @@ class F3RMDataManager(VanillaDataManager):
         self.features = torch.cat(chunks).to(torch.float16)            # [N, h, w, D] on the CPU
         cameras = self.train_dataset.cameras
         self._sizes = torch.stack([cameras.height[:, 0], cameras.width[:, 0]], dim=-1).long()
+        # depth maps (z-depth, field units; 0 = none) for the model's DS-NeRF loss, as f3rm-ros train uses them
+        self.depths = None
+        if all(frame.depth is not None for frame in frames):
+            scale = WorkspaceBox(*(np.asarray(v, float) for v in
+                                   self.train_dataparser_outputs.metadata['f3rm_workspace'])).scale
+            self.depths = torch.from_numpy(np.stack([np.nan_to_num(f.depth) for f in frames]).astype(np.float32)
+                                           * scale)
         self.train_dataset.metadata['f3rm'] = {
             'feature_dim': teacher.dim, 'teacher': {'name': teacher.name, 'state': teacher.state()},
             'teacher_config': to_dict(f3rm.teacher), 'why': why, 'num_frames': len(frames),
@@ -155,6 +163,10 @@ class F3RMDataManager(VanillaDataManager):
         patches_h, patches_w = self.features.shape[1:3]
         batch['feature'] = self.features[camera, y * patches_h // height, x * patches_w // width].float().to(
             self.device)
+        if self.depths is not None:
+            depth_h, depth_w = self.depths.shape[1:3]
+            batch['depth_image'] = self.depths[camera, y * depth_h // height, x * depth_w // width][:, None].to(
+                self.device)
         return ray_bundle, batch
 
 
