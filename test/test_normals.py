@@ -13,7 +13,7 @@ from f3rm_ros.core.trainer import OnlineTrainer
 from f3rm_ros.ros import answers
 from f3rm_ros.ros import conversions as cv
 
-STEPS = 50
+STEPS = 80
 
 
 def test_cloud_with_normals_has_pcl_fields_and_decodes():
