@@ -150,6 +150,12 @@ def test_checkpoint_restores_heads_without_building_dino(three_heads, tmp_path):
     assert restored.parts[1]._teacher is None
     assert torch.equal(restored.encode_text(['mug']), teacher.encode_text(['mug']))
     assert [name for name, _ in model.feature_heads] == ['feature', 'feature_dino', 'feature_custom']
+    from f3rm_ros.cli import main   # f3rm-ros query exports the DINO head's per-voxel features beside the heatmap
+    assert main(['query', '--checkpoint', str(path), '--text', 'mug', '--output', str(tmp_path / 'q'), '--device',
+                 'cpu', '--width', '48', '--voxel-size', '0.02', '--alpha-threshold', '0.02']) == 0  # 45 steps: faint
+    exported = np.load(tmp_path / 'q' / 'heatmap_dino.npz')
+    assert exported['features'].shape == (len(exported['points']), 384) and len(exported['points']) > 100
+    assert np.isfinite(exported['features']).all() and len(exported['relevancy']) == len(exported['points'])
 
 
 def test_custom_feature_files_are_checked(three_heads, tmp_path):
@@ -180,6 +186,7 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
     assert session._needs_labels()  # the labels head waits for label images like the labels teacher
     session.teacher = teacher
     assert session.status()['heads'] == 'labels 16, dino 384, custom 5'
+    assert session._teacher_warning().startswith('RANDOM-WEIGHT teacher (labels+dino+custom)')  # WARN on /diagnostics
 
 
 def test_train_pictures_per_head_and_the_teacher_option(three_heads, tmp_path):

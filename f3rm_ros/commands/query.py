@@ -89,6 +89,25 @@ def _view(args, box):
     return PosedFrame(np.zeros((height, args.width, 3), np.uint8), K, frame.T_base_optical, name=frame.name)
 
 
+def write_head_features(path: Path, model, box, heatmap, head: str, chunk: int = 65536) -> Path:
+    """Write the heatmap's points with the features of head `head` there, for matching (e.g. with DINO).
+
+    ``.npz``: points [N, 3] base_frame metres, features [N, D] float16, relevancy [N], and normals [N, 3] when the
+    model predicts them.
+    """
+    import numpy as np
+    import torch
+    device = next(model.parameters()).device
+    field = torch.from_numpy(box.to_field(np.asarray(heatmap.points, np.float32)).astype(np.float32)).to(device)
+    parts = [model.features_at(field[i:i + chunk], head=head).half().cpu() for i in range(0, len(field), chunk)]
+    width = dict(model.feature_heads)[f'feature_{head}']
+    features = torch.cat(parts).numpy() if parts else np.zeros((0, width), np.float16)
+    extra = {} if heatmap.normals is None else {'normals': heatmap.normals}
+    np.savez(path, points=np.asarray(heatmap.points, np.float32), features=features,
+             relevancy=np.asarray(heatmap.relevancy, np.float32), **extra)
+    return path
+
+
 def run(args) -> int:
     """Answer the query, print clusters and timings, write the pictures, the PLY and clusters.json."""
     from ..core.orbit import cropped
@@ -127,6 +146,10 @@ def run(args) -> int:
                'grasp_reasons': result.grasp_reasons}
     paths['clusters'] = out / 'clusters.json'
     paths['clusters'].write_text(json.dumps(summary, indent=1))
+    for name, _ in getattr(model, 'feature_heads', [])[1:]:   # clip+dino ...: the other heads' per-voxel features
+        head = name[len('feature_'):]
+        paths[f'{head}_features'] = write_head_features(out / f'heatmap_{head}.npz', model, querier.box,
+                                                        result.heatmap, head)
 
     print(f'query: {result.positives} vs negatives {result.negatives}')
     grid = 'x'.join(map(str, querier.voxels.grid_shape))

@@ -45,7 +45,11 @@ def resolve_implementation(requested: str) -> str:
 
 
 class FeatureField(nn.Module):
-    """Maps points (field units, before contraction) to `feature_dim`-d distilled features."""
+    """Maps points (field units, before contraction) to distilled features: every head's, concatenated.
+
+    One hash grid and MLP trunk; its output layer is `out_dim` wide (the text head's `feature_dim`, then each of
+    `config.extra_heads`): one projection per head from the shared trunk (the 'shared' head layout).
+    """
 
     def __init__(self, config: FeatureFieldConfig, spatial_distortion: SpatialDistortion):
         super().__init__()

@@ -621,10 +621,14 @@ class OnlineSession:
 
     def _teacher_warning(self) -> str:
         """Say why the teacher deserves a WARN ('' if not): not semantic, or a fallback from what was asked."""
-        from .teachers import is_random
+        from .teachers import is_random, teacher_parts
         if is_random(self.teacher):
             return f'RANDOM-WEIGHT teacher ({self.teacher.name}): features are not semantic ({self.teacher_reason})'
         asked = self.settings.teacher_choice if self.settings.teacher_choice != 'auto' else self.config_teacher_asked
+        try:
+            asked = '+'.join(teacher_parts(asked))   # 'dino+clip' asks for what 'clip+dino' is
+        except ValueError:
+            pass
         if self.teacher.name != asked and 'resumed checkpoint' not in self.teacher_reason:
             return f'{self.teacher.name} teacher instead of {asked}: {self.teacher_reason}'
         return ''

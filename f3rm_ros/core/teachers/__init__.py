@@ -229,10 +229,13 @@ def choose_teacher(config, labels: Optional[Mapping[int, str]] = None, choice: s
     ``teacher.pretrained: ''``) raises `RandomTeacherRefused` with the reason instead. Any other choice names
     the teacher(s) to insist on: 'dino', 'custom' or several joined by + ('clip+dino', 'labels+dino',
     'clip+custom' ...; the text teacher becomes the first head); a random-weight part is refused the same way.
+    'auto' with such a `teacher.name` in the config insists on that name.
     `frames` size the custom teacher. `config` is an `F3RMConfig`; its feature_field.feature_dim and
     extra_heads and teacher.name are updated in place (`size_field`).
     """
     teacher_config = config.teacher
+    if choice == 'auto' and (teacher_config.name or 'clip') not in ('clip', 'labels'):
+        choice = teacher_config.name   # teacher.name: clip+dino (or dino, custom) in a config file: those heads
     if choice not in ('auto', 'clip', 'labels'):
         parts = teacher_parts(choice)
         teacher = make_teacher(dataclasses.replace(teacher_config, name='+'.join(parts)), labels=labels,
