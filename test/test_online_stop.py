@@ -52,7 +52,9 @@ def test_stop_during_teacher_extraction_returns_within_a_chunk_and_saves(tmp_pat
         took = time.monotonic() - started
     finally:
         session.stop(timeout=10.0)
-    assert ended and took < CHUNK_S + 1.0, took
+    # within the interrupted chunk plus the save; all three chunks would be >= 4.3 s (a loaded CI machine
+    # measured 2.7 s, an idle one ~1.5 s)
+    assert ended and took < 2 * CHUNK_S, took
     assert session.trainer.num_frames == 4  # the interrupted chunk was not taken (a later sync would take it)
     model, _, state = load_model(session.checkpoint_path, device='cpu')
     assert state['step'] == session.step >= 3
