@@ -102,42 +102,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _random_teacher(dim: int, patch_size: int, seed: int):
-    import torch
+def _stand_in_teacher(kind: str, dim: int, patch_size: int, seed: int):
+    """Build a teacher without CLIP: 'random' or 'image' features on a `patch_size` grid (`--teacher`).
 
-    from ..core.teachers import Teacher
-
-    class RandomTeacher(Teacher):
-        """Seeded random patch features (like the baseline's): the feature head's cost without CLIP."""
-
-        name = 'random'
-
-        def __init__(self):
-            self.dim = dim
-            self.patch_size = patch_size
-
-        def grid_shape(self, height, width):
-            return height // patch_size, width // patch_size
-
-        def extract(self, frames):
-            grids = []
-            for frame in frames:
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(frame.name.encode()))
-                h, w = self.grid_shape(frame.height, frame.width)
-                grids.append(torch.randn(h, w, dim, generator=gen))
-            return torch.stack(grids)
-
-        def encode_text(self, texts):
-            return torch.nn.functional.normalize(torch.randn(len(texts), dim), dim=-1)
-
-        def state(self):
-            return {'name': 'random', 'dim': dim, 'patch_size': patch_size, 'seed': seed}
-
-    return RandomTeacher()
-
-
-def _image_teacher(dim: int, patch_size: int, seed: int):
-    """Features from each patch's colours (its 2 x 2 sub-cell means) by a fixed random projection to `dim`."""
+    'random': seeded noise per frame (like the baseline's), the feature head's cost without CLIP. 'image': each
+    patch's 2 x 2 sub-cell colours by a fixed random projection to `dim`: view-consistent like CLIP (what a patch
+    looks like, not which frame it came from), so a held-out feature error means something.
+    """
     import cv2
     import numpy as np
     import torch
@@ -146,10 +117,20 @@ def _image_teacher(dim: int, patch_size: int, seed: int):
 
     projection = torch.randn(12, dim, generator=torch.Generator().manual_seed(seed + 17)) / math.sqrt(12)
 
-    class ImageTeacher(Teacher):
-        """View-consistent stand-in for CLIP: what a patch looks like, not which frame it came from."""
+    def random_grid(frame, h, w):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(frame.name.encode()))
+        return torch.randn(h, w, dim, generator=gen)
 
-        name = 'image'
+    def image_grid(frame, h, w):
+        crop = frame.image[:h * patch_size, :w * patch_size].astype(np.float32) / 255.0
+        cells = cv2.resize(crop, (2 * w, 2 * h), interpolation=cv2.INTER_AREA) - 0.5
+        cells = cells.reshape(h, 2, w, 2, 3).transpose(0, 2, 1, 3, 4).reshape(h, w, 12)
+        return torch.from_numpy(np.ascontiguousarray(cells)) @ projection
+
+    grid = {'random': random_grid, 'image': image_grid}[kind]
+
+    class StandInTeacher(Teacher):
+        name = kind
 
         def __init__(self):
             self.dim = dim
@@ -159,22 +140,15 @@ def _image_teacher(dim: int, patch_size: int, seed: int):
             return height // patch_size, width // patch_size
 
         def extract(self, frames):
-            grids = []
-            for frame in frames:
-                h, w = self.grid_shape(frame.height, frame.width)
-                crop = frame.image[:h * patch_size, :w * patch_size].astype(np.float32) / 255.0
-                cells = cv2.resize(crop, (2 * w, 2 * h), interpolation=cv2.INTER_AREA) - 0.5
-                cells = cells.reshape(h, 2, w, 2, 3).transpose(0, 2, 1, 3, 4).reshape(h, w, 12)
-                grids.append(torch.from_numpy(np.ascontiguousarray(cells)) @ projection)
-            return torch.stack(grids)
+            return torch.stack([grid(frame, *self.grid_shape(frame.height, frame.width)) for frame in frames])
 
         def encode_text(self, texts):
             return torch.nn.functional.normalize(torch.randn(len(texts), dim), dim=-1)
 
         def state(self):
-            return {'name': 'image', 'dim': dim, 'patch_size': patch_size, 'seed': seed}
+            return {'name': kind, 'dim': dim, 'patch_size': patch_size, 'seed': seed}
 
-    return ImageTeacher()
+    return StandInTeacher()
 
 
 def _build(args, frames, mode: str):
@@ -204,8 +178,7 @@ def _build(args, frames, mode: str):
     mean = centres.mean(0)
     half = float(np.abs(centres - mean).max())
     config.workspace.min_xyz, config.workspace.max_xyz = tuple(mean - half), tuple(mean + half)
-    make = _image_teacher if args.teacher == 'image' else _random_teacher
-    teacher = make(config.feature_field.feature_dim, 14, args.seed)
+    teacher = _stand_in_teacher(args.teacher, config.feature_field.feature_dim, 14, args.seed)
     store = FrameStore(len(frames))
     for frame in frames:
         store.add(frame)
