@@ -19,16 +19,14 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Teacher
-from ..frames import PosedFrame
+from .vit import VitPatchTeacher
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +291,7 @@ def maskclip_dense_features(visual: nn.Module, pixels: torch.Tensor,
     return features.reshape(batch, grid[0], grid[1], -1)
 
 
-class ClipTeacher(Teacher):
+class ClipTeacher(VitPatchTeacher):
     """Dense CLIP (MaskCLIP) patch features and CLIP text embeddings from one open_clip model.
 
     Args:
@@ -333,37 +331,11 @@ class ClipTeacher(Teacher):
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._positional_cache: Dict[Tuple[int, int], torch.Tensor] = {}
 
-    def grid_shape(self, height: int, width: int) -> Tuple[int, int]:
-        """Patch grid for an image: shorter side → `image_size`, both sides rounded to whole patches."""
-        if height < 1 or width < 1:
-            raise ValueError(f'empty image {height}x{width}')
-        scale = self.image_size / min(height, width)
-        grid_h = max(1, int(round(height * scale / self.patch_size)))
-        grid_w = max(1, int(round(width * scale / self.patch_size)))
-        return grid_h, grid_w
+    def _dense(self, pixels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        return maskclip_dense_features(self.model.visual, pixels, self._positional_embedding(grid))
 
-    def extract(self, frames: Sequence[PosedFrame]) -> torch.Tensor:
-        """Dense features ``[B, h, w, dim]`` (float32, CPU) of the frames' RGB images."""
-        return self.extract_images([frame.image for frame in frames])
-
-    @torch.no_grad()
-    def extract_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Dense features ``[B, h, w, dim]`` (float32, CPU) of HxWx3 uint8 RGB images of one patch grid."""
-        if len(images) == 0:
-            raise ValueError('no images to extract features from')
-        grids = {self.grid_shape(*np.asarray(image).shape[:2]) for image in images}
-        if len(grids) > 1:
-            raise ValueError(f'images of one call must share a patch grid, got {sorted(grids)}; '
-                             f'extract them in separate calls')
-        grid = grids.pop()
-        positional = self._positional_embedding(grid)
-        outputs: List[torch.Tensor] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            pixels = torch.cat([self._preprocess(image, grid) for image in chunk])
-            features = maskclip_dense_features(self.model.visual, pixels, positional)
-            outputs.append(features.float().cpu())
-        return torch.cat(outputs)
+    def _pixel_dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
@@ -384,17 +356,3 @@ class ClipTeacher(Teacher):
         if grid not in self._positional_cache:
             self._positional_cache[grid] = interpolate_positional_embedding(self.model.visual, grid)
         return self._positional_cache[grid]
-
-    def _preprocess(self, image: np.ndarray, grid: Tuple[int, int]) -> torch.Tensor:
-        """HxWx3 uint8 RGB → normalised ``[1, 3, gh*p, gw*p]`` on the model's device and dtype."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f'image must be HxWx3 uint8 RGB, got {image.shape} {image.dtype}')
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        pixels = pixels.permute(2, 0, 1)[None].float() / 255.0
-        size = (grid[0] * self.patch_size, grid[1] * self.patch_size)
-        if tuple(pixels.shape[-2:]) != size:
-            pixels = F.interpolate(pixels, size=size, mode='bicubic', align_corners=False, antialias=True)
-            pixels = pixels.clamp_(0.0, 1.0)
-        pixels = (pixels - self.mean) / self.std
-        return pixels.to(self.model.visual.conv1.weight.dtype)

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import Teacher
 from .clip import _looks_like_path, hub_offline, is_random_weights, resolve_device
-from ..frames import PosedFrame
+from .vit import VitPatchTeacher
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,7 @@ def load_dino(model_name: str, weights: str, device: torch.device):
     return model
 
 
-class DinoTeacher(Teacher):
+class DinoTeacher(VitPatchTeacher):
     """Dense patch tokens of a DINO / DINOv2 ViT (timm), one vector per patch.
 
     Args:
@@ -122,33 +119,12 @@ class DinoTeacher(Teacher):
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
-    def grid_shape(self, height: int, width: int) -> Tuple[int, int]:
-        """Patch grid for an image: shorter side → `image_size`, both sides rounded to whole patches."""
-        if height < 1 or width < 1:
-            raise ValueError(f'empty image {height}x{width}')
-        scale = self.image_size / min(height, width)
-        return (max(1, int(round(height * scale / self.patch_size))),
-                max(1, int(round(width * scale / self.patch_size))))
+    def _dense(self, pixels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        tokens = self.model.forward_features(pixels)[:, self.prefix_tokens:]       # [B, gh*gw, C]
+        return tokens.reshape(len(pixels), grid[0], grid[1], -1)
 
-    def extract(self, frames: Sequence[PosedFrame]) -> torch.Tensor:
-        """Dense features ``[B, h, w, dim]`` (float32, CPU) of the frames' RGB images."""
-        return self.extract_images([frame.image for frame in frames])
-
-    @torch.no_grad()
-    def extract_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Dense features ``[B, h, w, dim]`` (float32, CPU) of HxWx3 uint8 RGB images of one patch grid."""
-        if len(images) == 0:
-            raise ValueError('no images to extract features from')
-        grids = {self.grid_shape(*np.asarray(image).shape[:2]) for image in images}
-        if len(grids) > 1:
-            raise ValueError(f'images of one call must share a patch grid, got {sorted(grids)}')
-        grid = grids.pop()
-        outputs: List[torch.Tensor] = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = torch.cat([self._preprocess(image, grid) for image in images[start:start + self.batch_size]])
-            tokens = self.model.forward_features(pixels)[:, self.prefix_tokens:]       # [B, gh*gw, C]
-            outputs.append(tokens.reshape(len(pixels), grid[0], grid[1], -1).float().cpu())
-        return torch.cat(outputs)
+    def _pixel_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """DINO has no text tower: raises ValueError saying which teacher to distil for text queries."""
@@ -159,13 +135,3 @@ class DinoTeacher(Teacher):
         """Model, weights source and working resolution (the weights themselves are not copied)."""
         return {'name': self.name, 'model_name': self.model_name, 'weights': self.weights,
                 'image_size': self.image_size, 'patch_size': self.patch_size, 'dim': self.dim}
-
-    def _preprocess(self, image: np.ndarray, grid: Tuple[int, int]) -> torch.Tensor:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f'image must be HxWx3 uint8 RGB, got {image.shape} {image.dtype}')
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        size = (grid[0] * self.patch_size, grid[1] * self.patch_size)
-        if tuple(pixels.shape[-2:]) != size:
-            pixels = F.interpolate(pixels, size=size, mode='bicubic', align_corners=False, antialias=True).clamp_(0, 1)
-        return ((pixels - self.mean) / self.std).to(next(self.model.parameters()).dtype)
