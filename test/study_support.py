@@ -24,16 +24,25 @@ def tiny_dataset(root: Path, scene=None) -> Path:
     return write_dataset(Path(root), scene.frames, metadata=scene.dataset_metadata())
 
 
-def tiny_checkpoint(path: Path, scene, steps: int = 40, **trainer):
-    """Train cpu-tiny briefly with the labels teacher and save a checkpoint; returns (path, trainer)."""
-    config = make_config('cpu-tiny', overrides={'trainer': {'steps': steps, **trainer}})
+def labels_trainer(scene, config):
+    """Return (trainer, teacher): an OnlineTrainer on every frame of `scene` with its labels teacher.
+
+    `config.workspace` is set to the scene's.
+    """
     config.workspace = scene.workspace
     teacher, _ = choose_teacher(config, scene.labels, 'labels')
     store = FrameStore(config.trainer.capacity)
     for frame in scene.frames:
         store.add(frame)
-    model_trainer = OnlineTrainer(config, store, teacher)
-    model_trainer.sync_frames()
+    trainer = OnlineTrainer(config, store, teacher)
+    trainer.sync_frames()
+    return trainer, teacher
+
+
+def tiny_checkpoint(path: Path, scene, steps: int = 40, **trainer):
+    """Train cpu-tiny briefly with the labels teacher and save a checkpoint; returns (path, trainer)."""
+    config = make_config('cpu-tiny', overrides={'trainer': {'steps': steps, **trainer}})
+    model_trainer, _ = labels_trainer(scene, config)
     for _ in range(steps):
         model_trainer.step()
     return model_trainer.save_checkpoint(Path(path)), model_trainer

@@ -5,13 +5,12 @@ import torch
 from std_msgs.msg import Header
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore
 from f3rm_ros.core.query import FieldQuerier
 from f3rm_ros.core.scenes import make_scene
-from f3rm_ros.core.teachers import choose_teacher
-from f3rm_ros.core.trainer import OnlineTrainer
 from f3rm_ros.ros import answers
 from f3rm_ros.ros import conversions as cv
+
+from study_support import labels_trainer
 
 STEPS = 80
 
@@ -39,15 +38,8 @@ def trained():
     """Train a tiny table with nerfacto's predicted normals on."""
     torch.manual_seed(0)   # 80 CPU steps: the same field whatever ran before in the suite
     scene = make_scene(seed=5, object_names=['box'], num_views=16, width=80, height=60)
-    config = make_config('cpu-tiny', overrides={'trainer': {'steps': STEPS, 'rays_per_batch': 384},
-                                                'model': {'predict_normals': True}})
-    config.workspace = scene.workspace
-    teacher, _ = choose_teacher(config, scene.labels, 'labels')
-    store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
+    trainer, teacher = labels_trainer(scene, make_config('cpu-tiny', overrides={
+        'trainer': {'steps': STEPS, 'rays_per_batch': 384}, 'model': {'predict_normals': True}}))
     losses = [{k: float(v) for k, v in trainer.step().items()} for _ in range(STEPS)]
     return scene, teacher, trainer, losses
 

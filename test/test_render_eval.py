@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore
 from f3rm_ros.core.render import render_camera
 from f3rm_ros.core.scenes import make_scene
-from f3rm_ros.core.teachers import choose_teacher
-from f3rm_ros.core.trainer import OnlineTrainer, make_cameras
+from f3rm_ros.core.trainer import make_cameras
+
+from study_support import labels_trainer
 
 
 @pytest.fixture(scope='module')
@@ -22,13 +22,7 @@ def trainer():
     """Return a cpu-tiny trainer on a small synthetic table after a few steps (pose refinement on: SO3xR3)."""
     scene = make_scene(seed=5, object_names=['mug', 'ball'], num_views=10, width=32, height=24)
     config = make_config('cpu-tiny', overrides={'trainer': {'steps': 20, 'eval_chunk_rays': 4096}})
-    config.workspace = scene.workspace
-    teacher, _ = choose_teacher(config, scene.labels, 'labels')
-    store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
+    trainer, _ = labels_trainer(scene, config)
     for _ in range(5):
         trainer.step()
     return trainer

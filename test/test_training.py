@@ -8,8 +8,9 @@ from f3rm_ros.core.config import make_config
 from f3rm_ros.core.frames import FrameStore
 from f3rm_ros.core.relevancy import embed_query
 from f3rm_ros.core.scenes import make_scene
-from f3rm_ros.core.teachers import choose_teacher
 from f3rm_ros.core.trainer import OnlineTrainer, load_model
+
+from study_support import labels_trainer
 
 STEPS = 150  # held-out PSNR and feature agreement plateau after ~100 steps of cpu-tiny
 
@@ -23,13 +24,7 @@ def tiny_config(scene, **trainer):
 @pytest.fixture(scope='module')
 def trained():
     scene = make_scene(seed=3, object_names=['mug', 'ball', 'box'], num_views=28, width=96, height=72)
-    config = tiny_config(scene)
-    teacher, _ = choose_teacher(config, scene.labels, 'labels')
-    store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
+    trainer, teacher = labels_trainer(scene, tiny_config(scene))
     before = trainer.evaluate()['psnr']
     for _ in range(STEPS):
         trainer.step()
