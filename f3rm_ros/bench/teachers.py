@@ -23,9 +23,12 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from pathlib import Path
 from typing import Dict, List
 
 from . import device_name, format_table, sync, write_json
+
+SCENE_OBJECTS = 5  # make_scene's default draw
 
 
 def register(sub) -> None:
@@ -35,6 +38,8 @@ def register(sub) -> None:
     p.add_argument('--preset', default='gpu', help='config preset (gpu | cpu | cpu-tiny; default gpu)')
     p.add_argument('--teachers', default='clip,dino', help="teachers to time ('' = none; default clip,dino)")
     p.add_argument('--images', type=int, default=16, help='images per teacher (default 16)')
+    p.add_argument('--batches', default='', help="teacher batch sizes to time, comma-separated (default: the "
+                   "preset's teacher.batch_size)")
     p.add_argument('--image-size', default='640x480', help='WxH of the timed images (default 640x480)')
     p.add_argument('--head-sets', default='labels;labels+dino',
                    help="';'-separated head sets to train ('' = none; default 'labels;labels+dino')")
@@ -52,6 +57,10 @@ def register(sub) -> None:
     p.add_argument('--layout-repeats', type=int, default=10,
                    help='interleaved repeats of the feature-field-only layout timing (0 = skip; default 10)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--scenes', type=Path, help='folder of rendered synthetic scans (as `bench semantic --scenes`): '
+                   'read the table from it when there, else render it (open3d) and save it there; the GPU machine '
+                   'has no open3d, so render here and carry the folder')
+    p.add_argument('--render-only', action='store_true', help='render the table into --scenes and stop')
     p.add_argument('--json', default='', help='write the tables here')
     p.set_defaults(func=run)
 
@@ -72,7 +81,7 @@ def _reset_memory(device) -> None:
 
 
 def teacher_rows(args, config) -> List[Dict]:
-    """Time each teacher of `args.teachers` on random images; one row each."""
+    """Time each teacher of `args.teachers` on random images, once per batch size of `args.batches`; one row each."""
     import dataclasses
 
     import numpy as np
@@ -82,30 +91,55 @@ def teacher_rows(args, config) -> List[Dict]:
     from ..core.trainer import pick_device
     width, height = (int(v) for v in args.image_size.lower().split('x'))
     rng = np.random.default_rng(args.seed)
+    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(max(args.images, 1))]
+    batches = [int(b) for b in args.batches.split(',') if b.strip()] if args.batches else [config.teacher.batch_size]
     rows = []
     for name in [n.strip() for n in args.teachers.split(',') if n.strip()]:
-        teacher_config = dataclasses.replace(config.teacher, name=name, pretrained=args.clip_weights,
-                                             dino_weights=args.dino_weights, device='auto')
-        device = pick_device('auto')
-        _reset_memory(device)
-        teacher = make_teacher(teacher_config)
-        images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(max(args.images, 1))]
-        teacher.extract_images(images[:min(2, len(images))])  # warm-up (kernels, positional embeddings)
+        for batch in batches:
+            teacher_config = dataclasses.replace(config.teacher, name=name, pretrained=args.clip_weights,
+                                                 dino_weights=args.dino_weights, device='auto', batch_size=batch)
+            device = pick_device('auto')
+            _reset_memory(device)
+            teacher = make_teacher(teacher_config)
+            teacher.extract_images(images[:min(batch, len(images))])  # warm-up (kernels, positional embeddings)
+            sync()
+            started = time.perf_counter()
+            features = teacher.extract_images(images)
+            sync()
+            seconds = time.perf_counter() - started
+            state = teacher.state()
+            rows.append({'teacher': name, 'model': state.get('model_name', ''), 'weights': 'random' if getattr(
+                teacher, 'random_weights', False) else 'file', 'image': f'{width}x{height}',
+                'grid': 'x'.join(str(v) for v in features.shape[1:3]), 'dim': int(features.shape[-1]),
+                'batch': teacher.batch_size, 'images_per_s': round(len(images) / seconds, 2),
+                'model_only_images_per_s': round(_model_only_rate(teacher, batch, len(images)), 2),
+                'peak_memory_mb': round(_memory_mb(device), 1)})
+            del teacher
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _model_only_rate(teacher, batch: int, count: int) -> float:
+    """Images/s of the bare image encoder on square `image_size` inputs already on the device.
+
+    The ceiling that the dense features (which also read, resize and normalise the images, take more tokens for
+    a 4:3 image and copy the features to host memory) are measured against.
+    """
+    import torch
+    model = teacher.model
+    forward = model.encode_image if hasattr(model, 'encode_image') else model.forward_features
+    # the patch embedding's dtype (CLIP's tower runs fp16 on a GPU while some of its parameters stay fp32)
+    dtype = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight.dtype
+    pixels = torch.randn(batch, 3, teacher.image_size, teacher.image_size, device=teacher.device, dtype=dtype)
+    with torch.no_grad():
+        forward(pixels)
         sync()
         started = time.perf_counter()
-        features = teacher.extract_images(images)
+        for _ in range(max(count // batch, 1)):
+            forward(pixels)
         sync()
-        seconds = time.perf_counter() - started
-        state = teacher.state()
-        rows.append({'teacher': name, 'model': state.get('model_name', ''), 'weights': 'random' if getattr(
-            teacher, 'random_weights', False) else 'file', 'image': f'{width}x{height}',
-            'grid': 'x'.join(str(v) for v in features.shape[1:3]), 'dim': int(features.shape[-1]),
-            'batch': teacher.batch_size, 'images_per_s': round(len(images) / seconds, 2),
-            'peak_memory_mb': round(_memory_mb(device), 1)})
-        del teacher
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-    return rows
+    return max(count // batch, 1) * batch / (time.perf_counter() - started)
 
 
 def head_rows(args, config) -> List[Dict]:
@@ -117,16 +151,17 @@ def head_rows(args, config) -> List[Dict]:
 
     from ..core.evaluation import teacher_cosine
     from ..core.frames import FrameStore
-    from ..core.scenes import make_scene
     from ..core.teachers import choose_teacher
     from ..core.trainer import OnlineTrainer
-    scene = make_scene(seed=args.seed, num_views=args.views, width=args.width, height=args.height)
+    from .semantic import synthetic_scene
+    _, frames, labels, _, workspace = synthetic_scene(args.seed, SCENE_OBJECTS, args.views, args.width, args.height,
+                                                      cache=args.scenes)
     rows = []
     for head_set in [s.strip() for s in args.head_sets.split(';') if s.strip()]:
         layouts = [s.strip() for s in args.layouts.split(',') if s.strip()]
         for layout in layouts if '+' in head_set else layouts[:1]:  # one head: both layouts build the same field
             run_config = copy.deepcopy(config)
-            run_config.workspace = scene.workspace
+            run_config.workspace = workspace
             run_config.feature_field.head_layout = layout
             run_config.trainer.steps = args.steps
             run_config.teacher.pretrained = args.clip_weights
@@ -134,9 +169,9 @@ def head_rows(args, config) -> List[Dict]:
             if args.dino_image_size:
                 run_config.teacher.dino_image_size = args.dino_image_size
             torch.manual_seed(args.seed)
-            teacher, _ = choose_teacher(run_config, scene.labels, head_set, allow_random=True)
+            teacher, _ = choose_teacher(run_config, labels, head_set, allow_random=True)
             store = FrameStore(run_config.trainer.capacity)
-            for frame in scene.frames:
+            for frame in frames:
                 store.add(frame)
             trainer = OnlineTrainer(run_config, store, teacher)
             trainer.sync_frames()
@@ -162,7 +197,7 @@ def head_rows(args, config) -> List[Dict]:
             widths = [width for _, width in trainer.model.feature_heads]
             cosines = {name: [] for name in names}
             for index in trainer.eval_indices:
-                frame = scene.frames[index]
+                frame = frames[index]
                 rendered = trainer.render(frame.T_base_optical, frame.K, frame.width, frame.height, names=names)
                 target = teacher.extract([frame])[0]
                 for name, part in zip(names, torch.split(target, widths, dim=-1)):
@@ -237,6 +272,13 @@ def run(args) -> int:
     """Print both tables (and write them with --json)."""
     from ..core.config import make_config
     config = make_config(args.preset)
+    if args.render_only:
+        if args.scenes is None:
+            raise SystemExit('--render-only needs --scenes DIR')
+        from .semantic import synthetic_scene
+        synthetic_scene(args.seed, SCENE_OBJECTS, args.views, args.width, args.height, cache=args.scenes)
+        print(f'table rendered into {args.scenes}')
+        return 0
     device = device_name()
     print(f'bench teachers on {device}, preset {args.preset}')
     teachers = teacher_rows(args, config) if args.teachers.strip() else []
