@@ -9,9 +9,11 @@ and viewer. Three pieces differ from nerfacto:
 * `F3RMDataManager` computes the teacher's dense features of every training image once and adds each ray's
   nearest-patch feature to the batch (and its depth where the dataset has depth maps: the same DS-NeRF depth loss
   as ``f3rm-ros train``, weighted by the preset's ``model.depth_loss_weight``);
-* `F3RMNSModel` sizes its feature head to the teacher and, at every ``steps_per_save`` and at the end, also writes
-  ``f3rm_ros/latest.ckpt`` beside nerfstudio's checkpoints in f3rm_ros's own format: ``f3rm-ros query``, ``eval``,
-  ``render``, ``export`` and the query node load it like any other.
+* `F3RMNSModel` is sized by the data manager's preset as ``f3rm-ros train --preset`` sizes it (nerfacto, proposal
+  networks and feature field; every size given on the command line wins), its feature head by the teacher, and at
+  every ``steps_per_save`` and at the end also writes ``f3rm_ros/latest.ckpt`` beside nerfstudio's checkpoints in
+  f3rm_ros's own format: ``f3rm-ros query``, ``eval``, ``render``, ``export`` and the query node load it like any
+  other.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -35,8 +37,9 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
+from tyro.conf import Suppress
 
-from .core.config import F3RMConfig, make_config, to_dict
+from .core.config import F3RMConfig, FeatureFieldConfig, make_config, to_dict
 from .core.geometry import WorkspaceBox
 from .core.model import F3RMModel, F3RMModelConfig, model_config
 
@@ -109,7 +112,7 @@ class F3RMDataManagerConfig(VanillaDataManagerConfig):
     teacher: str = 'auto'
     """auto (CLIP if its weights load, else labels if the dataset has label maps), clip or labels."""
     preset: str = 'gpu'
-    """f3rm_ros preset of the teacher (gpu: CLIP ViT-L-14-336, cpu: ViT-B-16, cpu-tiny: labels)."""
+    """f3rm_ros preset: the teacher (gpu: CLIP ViT-L-14-336, cpu: ViT-B-16, cpu-tiny: labels) and the model's sizes."""
     clip_weights: Optional[str] = None
     """A local open_clip weights file for the clip teacher."""
 
@@ -151,7 +154,7 @@ class F3RMDataManager(VanillaDataManager):
                                            * scale)
         self.train_dataset.metadata['f3rm'] = {
             'feature_dim': teacher.dim, 'teacher': {'name': teacher.name, 'state': teacher.state()},
-            'teacher_config': to_dict(f3rm.teacher), 'why': why, 'num_frames': len(frames),
+            'teacher_config': to_dict(f3rm.teacher), 'why': why, 'num_frames': len(frames), 'preset': config.preset,
             'workspace': self.train_dataparser_outputs.metadata['f3rm_workspace']}
 
     def next_train(self, step: int):
@@ -173,13 +176,92 @@ class F3RMDataManager(VanillaDataManager):
 # ---------------------------------------------------------------------------------------------- model
 
 
+# F3RMNSModelConfig field -> the f3rm_ros config field it sets; None on the command line = the preset's value
+PRESET_FIELDS = {
+    'hidden_dim': 'model.hidden_dim', 'hidden_dim_color': 'model.hidden_dim_color', 'num_levels': 'model.num_levels',
+    'base_res': 'model.base_resolution', 'max_res': 'model.max_resolution',
+    'log2_hashmap_size': 'model.log2_hashmap_size', 'features_per_level': 'model.features_per_level',
+    'num_proposal_samples_per_ray': 'model.num_proposal_samples_per_ray',
+    'num_nerf_samples_per_ray': 'model.num_nerf_samples_per_ray',
+    'proposal_net_max_res': 'model.proposal_net_max_res',
+    'proposal_net_log2_hashmap_size': 'model.proposal_net_log2_hashmap_size',
+    'appearance_embed_dim': 'model.appearance_embed_dim', 'feature_loss_mult': 'model.feature_loss_weight',
+    'depth_loss_mult': 'model.depth_loss_weight', 'depth_sigma': 'model.depth_sigma'}
+
+
+@dataclass
+class PresetFeatureFieldConfig:
+    """The feature field's sizes; None = the preset's (`core.config.FeatureFieldConfig`; its width is the teacher's)."""
+
+    num_levels: Optional[int] = None
+    features_per_level: Optional[int] = None
+    log2_hashmap_size: Optional[int] = None
+    min_resolution: Optional[int] = None
+    max_resolution: Optional[int] = None
+    pe_frequencies: Optional[int] = None
+    hidden_dim: Optional[int] = None
+    num_layers: Optional[int] = None
+    implementation: Optional[str] = None
+    head_layout: Optional[str] = None
+
+
 @dataclass
 class F3RMNSModelConfig(F3RMModelConfig):
-    """F3RM's model (nerfacto + feature field) sized by the data manager's teacher."""
+    """F3RM's model (nerfacto + feature field) sized by the f3rm_ros preset, its feature head by the teacher.
+
+    Every size left at None is the preset's, as ``f3rm-ros train --preset`` sizes it (the data manager's
+    ``--pipeline.datamanager.preset`` unless ``--pipeline.model.preset`` names another); a value given on the
+    command line wins. The sizes are filled in when the model is built (`resolve_preset`).
+    """
 
     _target: Type = field(default_factory=lambda: F3RMNSModel)
-    preset: str = 'gpu'
-    """f3rm_ros preset recorded in the exported checkpoint (its query and grasp settings)."""
+    preset: Optional[str] = None
+    """f3rm_ros preset that sizes the model and is recorded in the exported checkpoint (default: the data manager's)."""
+    hidden_dim: Optional[int] = None
+    hidden_dim_color: Optional[int] = None
+    num_levels: Optional[int] = None
+    base_res: Optional[int] = None
+    max_res: Optional[int] = None
+    log2_hashmap_size: Optional[int] = None
+    features_per_level: Optional[int] = None
+    num_proposal_samples_per_ray: Optional[Tuple[int, ...]] = None
+    num_nerf_samples_per_ray: Optional[int] = None
+    proposal_net_max_res: Optional[Tuple[int, ...]] = None
+    """Resolution of each proposal network (their number is nerfacto's num_proposal_iterations)."""
+    proposal_net_log2_hashmap_size: Optional[int] = None
+    appearance_embed_dim: Optional[int] = None
+    feature_loss_mult: Optional[float] = None
+    depth_loss_mult: Optional[float] = None
+    depth_sigma: Optional[float] = None
+    """DS-NeRF depth loss sigma in metres (field units once the model is built)."""
+    # made from proposal_net_max_res and proposal_net_log2_hashmap_size
+    proposal_net_args_list: Suppress[Optional[List[Dict]]] = None
+    num_proposal_iterations: Suppress[Optional[int]] = None
+    feature_field: PresetFeatureFieldConfig = field(default_factory=PresetFeatureFieldConfig)
+
+    def resolve_preset(self, preset: str, workspace, feature_dim: int) -> None:
+        """Fill every size left at None from `preset`, with the dataset's `workspace` ((min, max) metres)."""
+        if isinstance(self.feature_field, FeatureFieldConfig):
+            return  # resolved already (a model rebuilt from this config)
+        self.preset = self.preset or preset
+        given: Dict[str, Dict] = {}
+        for name, path in PRESET_FIELDS.items():
+            if getattr(self, name) is not None:
+                section, key = path.split('.')
+                given.setdefault(section, {})[key] = getattr(self, name)
+        features = {f.name: getattr(self.feature_field, f.name) for f in dataclasses.fields(self.feature_field)
+                    if getattr(self.feature_field, f.name) is not None}
+        config = make_config(self.preset, overrides={
+            **given, 'workspace': {'min_xyz': tuple(workspace[0]), 'max_xyz': tuple(workspace[1])},
+            'feature_field': {**features, 'feature_dim': int(feature_dim)}})
+        sized = model_config(config)  # what f3rm-ros train builds from this configuration (depth_sigma: field units)
+        for name, path in PRESET_FIELDS.items():
+            section, key = path.split('.')
+            value = getattr(sized, name) if hasattr(sized, name) else getattr(getattr(config, section), key)
+            setattr(self, name, value)
+        self.proposal_net_args_list = sized.proposal_net_args_list
+        self.num_proposal_iterations = sized.num_proposal_iterations
+        self.feature_field = sized.feature_field
 
 
 def f3rm_config_of(model_config: F3RMModelConfig, preset: str, workspace, teacher: Dict) -> F3RMConfig:
@@ -187,6 +269,7 @@ def f3rm_config_of(model_config: F3RMModelConfig, preset: str, workspace, teache
     config = make_config(preset)
     c = model_config
     config.workspace = dataclasses.replace(config.workspace, min_xyz=tuple(workspace[0]), max_xyz=tuple(workspace[1]))
+    field_units_per_metre = WorkspaceBox.from_config(config.workspace).scale
     config.model = dataclasses.replace(
         config.model, hidden_dim=c.hidden_dim, hidden_dim_color=c.hidden_dim_color, num_levels=c.num_levels,
         base_resolution=c.base_res, max_resolution=c.max_res, log2_hashmap_size=c.log2_hashmap_size,
@@ -197,7 +280,8 @@ def f3rm_config_of(model_config: F3RMModelConfig, preset: str, workspace, teache
         appearance_embed_dim=c.appearance_embed_dim, camera_optimizer=c.camera_optimizer.mode,
         near_plane=c.near_plane, far_plane=c.far_plane, background_color=c.background_color,
         feature_loss_weight=c.feature_loss_mult, depth_loss_weight=c.depth_loss_mult,
-        predict_normals=c.predict_normals, feature_weights=c.feature_weights, head_loss_weights=c.head_loss_weights)
+        depth_sigma=c.depth_sigma / field_units_per_metre, predict_normals=c.predict_normals,
+        feature_weights=c.feature_weights, head_loss_weights=c.head_loss_weights)
     config.feature_field = c.feature_field
     known = {f.name for f in dataclasses.fields(config.teacher)}
     config.teacher = dataclasses.replace(config.teacher, **{k: v for k, v in teacher.items() if k in known})
@@ -210,12 +294,11 @@ class F3RMNSModel(F3RMModel):
     config: F3RMNSModelConfig
 
     def populate_modules(self):
-        """Size the feature head by the teacher (from the data manager), then build F3RM's modules."""
+        """Size the model by the preset and its feature head by the teacher (from the data manager), then build it."""
         self.f3rm = (self.kwargs.get('metadata') or {}).get('f3rm')
         if self.f3rm is None:
             raise ValueError('the f3rm-ros model needs the f3rm-ros data manager (its teacher features)')
-        self.config.feature_field = dataclasses.replace(self.config.feature_field,
-                                                        feature_dim=int(self.f3rm['feature_dim']))
+        self.config.resolve_preset(self.f3rm.get('preset', 'gpu'), self.f3rm['workspace'], self.f3rm['feature_dim'])
         super().populate_modules()
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
@@ -249,10 +332,10 @@ class F3RMNSModel(F3RMModel):
 
 def _method(preset: str = 'gpu') -> TrainerConfig:
     """Return the ``ns-train f3rm-ros`` trainer configuration: nerfacto's schedule plus the feature field."""
-    f3rm = make_config(preset)
-    model = model_config(f3rm)
-    model_kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(F3RMModelConfig)
-                    if f.name != '_target'}
+    model = model_config(make_config(preset))
+    sized = {'_target', 'feature_field', 'proposal_net_args_list', 'num_proposal_iterations', *PRESET_FIELDS}
+    # the fields every preset shares (near plane, camera optimiser, ...); the sizes come from the preset at setup
+    model_kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(F3RMModelConfig) if f.name not in sized}
     adam = {'optimizer': AdamOptimizerConfig(lr=1e-2, eps=1e-15),
             'scheduler': ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=200000)}
     return TrainerConfig(
@@ -261,7 +344,7 @@ def _method(preset: str = 'gpu') -> TrainerConfig:
         pipeline=VanillaPipelineConfig(
             datamanager=F3RMDataManagerConfig(preset=preset, train_num_rays_per_batch=4096,
                                               eval_num_rays_per_batch=4096),
-            model=F3RMNSModelConfig(**{**model_kwargs, 'eval_num_rays_per_chunk': 1 << 15}, preset=preset)),
+            model=F3RMNSModelConfig(**{**model_kwargs, 'eval_num_rays_per_chunk': 1 << 15})),
         optimizers={'proposal_networks': dict(adam), 'fields': dict(adam), 'feature_field': dict(adam),
                     'camera_opt': {'optimizer': AdamOptimizerConfig(lr=1e-3, eps=1e-15),
                                    'scheduler': ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000)}},
