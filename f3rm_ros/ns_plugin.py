@@ -11,7 +11,8 @@ and viewer. Three pieces differ from nerfacto:
   as ``f3rm-ros train``, weighted by the preset's ``model.depth_loss_weight``);
 * `F3RMNSModel` is sized by the data manager's preset as ``f3rm-ros train --preset`` sizes it (nerfacto, proposal
   networks and feature field; every size given on the command line wins), its feature head by the teacher, and at
-  every ``steps_per_save`` and at the end also writes ``f3rm_ros/latest.ckpt`` beside nerfstudio's checkpoints in
+  every ``steps_per_save`` and at the end also writes ``f3rm_ros/latest.ckpt`` in the run folder (beside
+  ``config.yml``; not in ``nerfstudio_models``, whose every entry nerfstudio's loaders read as a step) in
   f3rm_ros's own format: ``f3rm-ros query``, ``eval``, ``render``, ``export`` and the query node load it like any
   other.
 """
@@ -27,13 +28,14 @@ from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
+from torch.optim import lr_scheduler
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import ExponentialDecayScheduler, ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -45,7 +47,7 @@ from .core.model import F3RMModel, F3RMModelConfig, model_config
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = 'f3rm_ros/latest.ckpt'
+CHECKPOINT_NAME = 'f3rm_ros/latest.ckpt'  # in the run folder
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -306,10 +308,13 @@ class F3RMNSModel(F3RMModel):
         callbacks = super().get_training_callbacks(training_callback_attributes)
         trainer = training_callback_attributes.trainer
         if trainer is not None:
+            first = []  # the run's first step: a run resumed with --load-dir goes on from the loaded step
+
             def export(step: int) -> None:
-                last = step + 1 >= trainer.config.max_num_iterations
+                first[:] = first or [step]
+                last = step + 1 >= first[0] + trainer.config.max_num_iterations
                 if last or (step + 1) % trainer.config.steps_per_save == 0:
-                    self.export_checkpoint(Path(trainer.checkpoint_dir) / CHECKPOINT_NAME, step + 1)
+                    self.export_checkpoint(Path(trainer.base_dir) / CHECKPOINT_NAME, step + 1)
             callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], export))
         return callbacks
 
@@ -330,6 +335,27 @@ class F3RMNSModel(F3RMModel):
 # ---------------------------------------------------------------------------------------------- method
 
 
+@dataclass
+class DecaySchedulerConfig(ExponentialDecaySchedulerConfig):
+    """nerfstudio's exponential decay with warm-up, its learning rates Python floats."""
+
+    _target: Type = field(default_factory=lambda: DecayScheduler)
+
+
+class DecayScheduler(ExponentialDecayScheduler):
+    """nerfstudio's schedule, returning Python floats.
+
+    nerfstudio 1.1.5's factors are numpy floats; they land in its checkpoints (optimiser and scheduler states), and
+    torch >= 2.6 then refuses to load them (``weights_only``): ns-render, ns-viewer and ``--load-dir`` fail
+    (nerfstudio issue 3683).
+    """
+
+    def get_scheduler(self, optimizer, lr_init: float) -> lr_scheduler.LRScheduler:
+        """Return nerfstudio's `LambdaLR` schedule with each factor converted to a Python float."""
+        decay = super().get_scheduler(optimizer, lr_init).lr_lambdas[0]
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda step: float(decay(step)))
+
+
 def _method(preset: str = 'gpu') -> TrainerConfig:
     """Return the ``ns-train f3rm-ros`` trainer configuration: nerfacto's schedule plus the feature field."""
     model = model_config(make_config(preset))
@@ -337,7 +363,7 @@ def _method(preset: str = 'gpu') -> TrainerConfig:
     # the fields every preset shares (near plane, camera optimiser, ...); the sizes come from the preset at setup
     model_kwargs = {f.name: getattr(model, f.name) for f in dataclasses.fields(F3RMModelConfig) if f.name not in sized}
     adam = {'optimizer': AdamOptimizerConfig(lr=1e-2, eps=1e-15),
-            'scheduler': ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=200000)}
+            'scheduler': DecaySchedulerConfig(lr_final=1e-4, max_steps=200000)}
     return TrainerConfig(
         method_name='f3rm-ros', steps_per_eval_batch=500, steps_per_save=2000, max_num_iterations=30000,
         mixed_precision=True,
@@ -347,7 +373,7 @@ def _method(preset: str = 'gpu') -> TrainerConfig:
             model=F3RMNSModelConfig(**{**model_kwargs, 'eval_num_rays_per_chunk': 1 << 15})),
         optimizers={'proposal_networks': dict(adam), 'fields': dict(adam), 'feature_field': dict(adam),
                     'camera_opt': {'optimizer': AdamOptimizerConfig(lr=1e-3, eps=1e-15),
-                                   'scheduler': ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000)}},
+                                   'scheduler': DecaySchedulerConfig(lr_final=1e-4, max_steps=5000)}},
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15), vis='viewer')
 
 

@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     run_dir = next(out.rglob('config.yml')).parent
     return {'scene': scene, 'data': data, 'run_dir': run_dir,
-            'exported': run_dir / 'nerfstudio_models' / 'f3rm_ros' / 'latest.ckpt'}
+            'exported': run_dir / 'f3rm_ros' / 'latest.ckpt'}
 
 
 @needs_ns_train
@@ -84,6 +84,10 @@ def test_ns_train_f3rm_ros_writes_a_checkpoint_the_f3rm_ros_tools_load(trained, 
                      weights_only=False)['pipeline']
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, own['_model.' + name]), name
+    # nerfstudio's own loader (ns-render, ns-eval, the viewer) takes the run: the export is not in its checkpoint folder
+    from nerfstudio.utils.eval_utils import eval_setup
+    _, pipeline, _, step = eval_setup(run_dir / 'config.yml', test_mode='inference')
+    assert step == STEPS - 1 and pipeline.model.config.feature_field == config.feature_field
     # and the f3rm-ros tools take it
     assert main(['eval', '--checkpoint', str(exported), '--data', str(data), '--downscale', '1',
                  '--eval-frames', '4', '--output', str(tmp_path / 'eval')]) == 0
