@@ -7,7 +7,7 @@ import pytest
 
 from f3rm_ros.cli import main
 from f3rm_ros.core.geometry import WorkspaceBox, optical_to_opengl
-from f3rm_ros.core.orbit import (View, along_training, check_centre, cropped, novelty, orbit, parse_box,
+from f3rm_ros.core.orbit import (View, along_training, cameras_up, check_centre, cropped, novelty, orbit, parse_box,
                                  read_camera_path)
 from f3rm_ros.core.scenes import pinhole_intrinsics
 from f3rm_ros.core.views import render_view
@@ -49,6 +49,27 @@ def test_orbits_circle_the_centre_and_look_at_it():
         orbit(center, [0.3], 2, K, 32, 24, height_above=0.1, elevation_deg=20)
 
 
+def test_orbits_about_another_up_and_the_up_a_scan_agrees_on():
+    center = np.array([0.1, -0.2, 1.0])
+    up = np.array([0.0, -1.0, 0.0])                                   # a y-down world frame (7-Scenes, OpenCV)
+    views = orbit(center, [0.5], 6, K, 32, 24, elevation_deg=30.0, up=up)
+    for view in views:
+        T = view.T_base_optical
+        offset = T[:3, 3] - center
+        assert offset @ up == pytest.approx(0.5 * np.tan(np.radians(30.0)))          # lifted along up
+        assert np.linalg.norm(offset - (offset @ up) * up) == pytest.approx(0.5)     # on the circle about up
+        assert np.allclose(T[:3, 2], -offset / np.linalg.norm(offset))               # looking at the centre
+        assert -T[:3, 1] @ up > 0.8                                                  # the image upright
+    assert np.allclose(cameras_up([v.T_base_optical for v in views]), up)
+    # straight above the centre the image up is the circle's first direction, not undefined
+    (top,) = orbit(center, [1e-4], 1, K, 32, 24, height_above=0.5, up=up)
+    assert np.isfinite(top.T_base_optical).all() and abs(top.T_base_optical[:3, 2] @ up) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match='do not agree'):
+        cameras_up([views[0].T_base_optical, views[0].T_base_optical @ np.diag([1.0, -1.0, -1.0, 1.0])])
+    with pytest.raises(ValueError, match='non-zero direction'):
+        orbit(center, [0.5], 2, K, 32, 24, up=(0.0, 0.0, 0.0))
+
+
 def test_novelty_is_distance_and_angle_to_the_nearest_training_camera():
     center = np.array([0.5, 0.0, 0.0])
     train = [v.T_base_optical for v in orbit(center, [0.4], 4, K, 32, 24, elevation_deg=0.0)]
@@ -82,8 +103,11 @@ def test_render_orbit_writes_pictures_video_and_novelty(trained, capsys):
     out = root / 'orbit'
     center = ','.join(str(v) for v in scene.objects['mug']['center'])
     assert main(['render', 'orbit', '--checkpoint', str(checkpoint), '--data', str(data), '--center', center,
-                 '--radii', '0.4,0.25', '--frames', '3', '--query', 'mug', '--output', str(out), *SMALL]) == 0
+                 '--radii', '0.4,0.25', '--frames', '3', '--query', 'mug', '--up', 'auto', '--output', str(out),
+                 *SMALL]) == 0
     printed = capsys.readouterr().out
+    up = [float(v) for v in printed.split('training cameras): [')[1].split(']')[0].split(',')]
+    assert up[2] > 0.95                                           # the synthetic scan's cameras agree: z is up
     for kind in ('rgb', 'depth', 'feature_pca', 'similarity'):
         assert len(list((out / kind).glob('*.png'))) == 6
     video = next(out.glob('views.*'))
@@ -145,6 +169,12 @@ def test_bad_render_requests_are_refused_and_write_nothing(trained, capsys):
     assert main(['render', 'orbit', '--checkpoint', str(checkpoint), '--radius', '0.3', '--crop', '1,2,3',
                  '--output', str(out)]) == 2
     assert 'six numbers' in capsys.readouterr().err
+    assert main(['render', 'orbit', '--checkpoint', str(checkpoint), '--radius', '0.3', '--up', 'auto',
+                 '--output', str(out)]) == 2
+    assert '--up auto needs the training cameras of --data' in capsys.readouterr().err
+    assert main(['render', 'orbit', '--checkpoint', str(checkpoint), '--radius', '0.3', '--up', '0,0,z',
+                 '--output', str(out)]) == 2
+    assert "three numbers x,y,z or 'auto'" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(ValueError, match='outside the workspace'):
         check_centre([0.5, 0.0, 2.0], WorkspaceBox(np.array([0.2, -0.3, -0.02]), np.array([0.8, 0.3, 0.3])))

@@ -28,6 +28,9 @@ def register(sub) -> None:
     orbit.add_argument('--radii', type=_floats, help='several radii r1,r2,... (outer first: closer circles)')
     orbit.add_argument('--height', type=float, help='camera height above the centre (m)')
     orbit.add_argument('--elevation', type=float, help='camera elevation above the centre (deg; default 30)')
+    orbit.add_argument('--up', default='0,0,1',
+                       help="the circles' axis x,y,z (a REP 103 base frame's z), or 'auto': the mean image-up of the "
+                            "--data cameras (a dataset whose world frame is not z-up)")
     orbit.add_argument('--frames', type=int, default=24, help='views per circle')
     orbit.add_argument('--path', help='nerfstudio camera path JSON (ns-render camera-path format) instead of circles')
     path = kinds.add_parser(
@@ -55,6 +58,14 @@ def register(sub) -> None:
         kind.set_defaults(func=run)
 
 
+def _up_vector(text: str):
+    """Parse --up x,y,z (orbit checks the direction itself)."""
+    try:
+        return [float(v) for v in text.split(',')]
+    except ValueError as error:
+        raise ValueError(f"--up {text!r}: three numbers x,y,z or 'auto' expected") from error
+
+
 def _training_poses(args, holdout_every: int):
     """Return the training cameras of --data (the trainer's hold-out rule leaves the rest out) and their indices."""
     from ..core.frames import read_dataset
@@ -72,8 +83,8 @@ def run(args) -> int:
 
     from ..core.evaluation import load_for_study
     from ..core.geometry import WorkspaceBox
-    from ..core.orbit import (along_training, check_centre, default_intrinsics, novelty, orbit, parse_box,
-                              read_camera_path, render_path)
+    from ..core.orbit import (along_training, cameras_up, check_centre, default_intrinsics, novelty, orbit,
+                              parse_box, read_camera_path, render_path)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: {checkpoint} does not exist')
@@ -95,7 +106,10 @@ def run(args) -> int:
         if not radii:
             raise ValueError('give --radius or --radii (or --path FILE)')
         center = check_centre(args.center if args.center else box.center, box)
-        views = orbit(center, radii, args.frames, K, args.width, args.height_px, args.height, args.elevation)
+        up = cameras_up(poses) if args.up.strip() == 'auto' else _up_vector(args.up)
+        if args.up.strip() == 'auto':
+            print(f'up (mean image-up of {len(poses)} training cameras): {np.round(up, 3).tolist()}')
+        views = orbit(center, radii, args.frames, K, args.width, args.height_px, args.height, args.elevation, up)
     novelty(views, poses, train_ids)
     query = None
     if args.query:

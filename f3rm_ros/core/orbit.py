@@ -47,11 +47,14 @@ def check_centre(center: Sequence[float], box: WorkspaceBox) -> np.ndarray:
 
 
 def orbit(center: Sequence[float], radii: Sequence[float], frames: int, K: np.ndarray, width: int, height: int,
-          height_above: Optional[float] = None, elevation_deg: Optional[float] = None) -> List[View]:
+          height_above: Optional[float] = None, elevation_deg: Optional[float] = None,
+          up: Sequence[float] = (0.0, 0.0, 1.0)) -> List[View]:
     """Cameras on circles around `center`, each looking at it: `frames` per radius, outer circle first.
 
-    The camera height above the centre is `height_above` metres, or follows from `elevation_deg` (the angle
-    above the centre's horizontal plane) for every radius; default 30 degrees.
+    The circles lie in the plane through `center` perpendicular to `up` (a REP 103 base frame's z by default; see
+    `cameras_up` for a scan in another frame), shifted along `up` by `height_above` metres or by what
+    `elevation_deg` (the angle above that plane) gives for every radius; default 30 degrees. Each image's up is
+    `up` (straight above the centre: the first circle direction).
     """
     if frames < 1:
         raise ValueError(f'--frames must be at least 1, got {frames}')
@@ -59,20 +62,45 @@ def orbit(center: Sequence[float], radii: Sequence[float], frames: int, K: np.nd
         raise ValueError(f'radii must be positive, got {list(radii)}')
     if height_above is not None and elevation_deg is not None:
         raise ValueError('give --height or --elevation, not both')
+    up = np.asarray(up, dtype=np.float64)
+    if up.shape != (3,) or not np.all(np.isfinite(up)) or np.linalg.norm(up) < 1e-9:
+        raise ValueError(f'--up needs a non-zero direction x,y,z, got {up.tolist()}')
+    up = up / np.linalg.norm(up)
+    # two directions spanning the circle's plane (for z-up: x, then y, so angle 0 is +x as before)
+    first = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    first = first - up * (first @ up)
+    first /= np.linalg.norm(first)
+    second = np.cross(up, first)
     views = []
     center = np.asarray(center, dtype=np.float64)
     for ring, radius in enumerate(radii):
         if height_above is None:
-            dz = radius * math.tan(math.radians(30.0 if elevation_deg is None else elevation_deg))
+            lift = radius * math.tan(math.radians(30.0 if elevation_deg is None else elevation_deg))
         else:
-            dz = height_above
+            lift = height_above
         for index in range(frames):
             angle = 2 * math.pi * index / frames
-            eye = center + np.array([radius * math.cos(angle), radius * math.sin(angle), dz])
-            up = (0.0, 0.0, 1.0) if abs(dz) < 0.999 * math.hypot(radius, dz) else (1.0, 0.0, 0.0)
-            views.append(View(look_at(eye, center, up), K, width, height,
+            eye = center + radius * (math.cos(angle) * first + math.sin(angle) * second) + lift * up
+            image_up = up if abs(lift) < 0.999 * math.hypot(radius, lift) else first
+            views.append(View(look_at(eye, center, image_up), K, width, height,
                               {'ring': ring, 'radius_m': radius, 'angle_deg': math.degrees(angle)}))
     return views
+
+
+def cameras_up(poses: Sequence[np.ndarray]) -> np.ndarray:
+    """Return the scene's up seen by a scan: the mean of its cameras' image-up axes (optical -y), unit length.
+
+    A hand-held or arm scan keeps its images roughly upright, so this finds up in a frame that is not z-up (a
+    dataset's world frame). Refused when there are no cameras or their up axes cancel out (no agreed up).
+    """
+    if not poses:
+        raise ValueError('--up auto needs the training cameras of --data')
+    ups = np.stack([-np.asarray(T, dtype=np.float64)[:3, 1] for T in poses])
+    mean = ups.mean(axis=0)
+    if np.linalg.norm(mean) < 0.3:
+        raise ValueError(f'--up auto: the {len(poses)} cameras do not agree on an up direction (mean image-up '
+                         f'length {np.linalg.norm(mean):.2f}); give --up x,y,z')
+    return mean / np.linalg.norm(mean)
 
 
 def along_training(poses: Sequence[np.ndarray], K: np.ndarray, width: int, height: int, along: str,
