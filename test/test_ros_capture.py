@@ -254,6 +254,40 @@ def test_session_skips_held_stamps_despite_float_jitter_and_requires_labels(tmp_
     assert len(s.store) == 1 and s.status()['state'] == 'waiting for keyframes'
 
 
+def test_keyframes_taken_before_auto_fell_back_to_labels_are_dropped_without_labels_not_fatal(monkeypatch, caplog):
+    """`teacher_choice: auto` takes keyframes before it knows the teacher; CLIP's weights missing, it picks labels.
+
+    A keyframe that came without its label image (late on a busy machine) then stopped training with "frame 1 has
+    no label map"; now it is dropped with a warning, training starts on the labelled ones, and later unlabelled
+    keyframes are refused at the door.
+    """
+    import logging
+    import time
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    caplog.set_level(logging.WARNING, logger='f3rm_ros.core.online')
+    config = make_config('cpu-tiny', overrides={'teacher': {'name': 'clip', 'model_name': 'ViT-B-16',
+                                                            'pretrained': 'openai'},
+                                                'trainer': {'steps': 2}})
+    s = OnlineSession(config, SessionSettings(min_frames=3), labels={1: 'mug'})
+    stamps = [10.0 + i for i in range(6)]
+    for stamp, labelled in zip(stamps, [True, False, True, False, True, True]):
+        assert s.add_frame(frame(stamp, labels=labelled)) == (True, '')   # the teacher is not known yet
+    s.start()
+    try:
+        deadline = time.monotonic() + 120
+        while s.step < 2 and not s.status()['error'] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = s.status()
+        assert status['error'] == '' and s.step == 2, status
+        assert status['teacher'] == 'labels' and status['frames'] == 4 and status['trained_frames'] == 4
+        assert all(f.labels is not None for f in s.store.snapshot())
+        assert any('dropped 2 keyframe(s) without a label image' in r.getMessage() for r in caplog.records)
+        added, why = s.add_frame(frame(20.0, labels=False))
+        assert not added and 'no label image' in why
+    finally:
+        s.stop(timeout=10.0)
+
+
 def test_session_resumes_every_keyframe_of_the_dataset(tmp_path):
     c = session(tmp_path)
     c.set_label_names({1: 'mug'})

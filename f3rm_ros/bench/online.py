@@ -156,7 +156,7 @@ def run(args) -> int:
     session.start()
     # a node starts before the scan does (the arm drives to its first view): its warm-up is start-up time
     started = time.perf_counter()
-    while session.state.startswith('warming up') and not session.status()['error']:
+    while session.warming_up and not session.status()['error']:
         time.sleep(0.05)
     startup_s = time.perf_counter() - started
     print(f'start-up (imports, device) {startup_s:.2f} s, before the first keyframe', flush=True)

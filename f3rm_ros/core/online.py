@@ -30,6 +30,8 @@ STAMP_TOLERANCE_S = 1e-5
 # The periodic held-out PSNR of a live session renders views at most this big (full 640x480 views take about a
 # minute on a 2-core CPU and stall training meanwhile).
 EVAL_MAX_PIXELS = 160 * 120
+# The state while a started session pays its one-off costs (imports, device) before any keyframe is needed.
+WARMING_UP = 'warming up (imports, device)'
 # After a failed checkpoint write (e.g. disk full) the training loop tries again after this long.
 WRITE_RETRY_S = 10.0
 
@@ -320,6 +322,7 @@ class OnlineSession:
         """Start the training thread (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
+            self._state = WARMING_UP  # set here, not in the thread: a caller may wait on it at once
             self._thread = threading.Thread(target=self._run, name='f3rm-training', daemon=True)
             self._thread.start()
 
@@ -422,6 +425,11 @@ class OnlineSession:
         return self.trainer.step_count if self.trainer is not None else 0
 
     @property
+    def warming_up(self) -> bool:
+        """Whether the training thread is still paying its start-up (`_warm_up`)."""
+        return self._state == WARMING_UP
+
+    @property
     def state(self) -> str:
         """Human-readable state: waiting ..., training, paused, done, error: ..."""
         return self._state
@@ -489,7 +497,7 @@ class OnlineSession:
         5 s to start CUDA; the scan's training then began only near its last keyframe. A throwaway model
         built on the CPU and a tiny matrix product on the training device do both once, at start-up.
         """
-        self._state = 'warming up (imports, device)'
+        self._state = WARMING_UP
         started = time.perf_counter()
         from .model import build_model
         from .trainer import pick_device
@@ -591,6 +599,9 @@ class OnlineSession:
         self.teacher_warning = self._teacher_warning()
         (log.warning if self.teacher_warning else log.info)('teacher: %s (%s)', self.teacher.name,
                                                             self.teacher_reason)
+        if self._needs_labels() and not self._drop_unlabelled():
+            self.teacher = None  # chosen again once enough labelled keyframes are held
+            return False
         if self._stop.is_set():  # loading a CLIP model takes seconds: do not build a model nobody will train
             return False
         self._state = 'building the model'
@@ -609,6 +620,29 @@ class OnlineSession:
         self.trainer = trainer
         self._progress = time.monotonic()
         self._sync()
+        return True
+
+    def _drop_unlabelled(self) -> bool:
+        """Drop keyframes held without label images before the teacher turned out to be labels; True if enough remain.
+
+        With ``teacher_choice: auto`` keyframes are taken before the teacher is chosen; when it falls back to the
+        labels teacher (no CLIP weights), one that came without its label image (late on a busy machine) would
+        stop training. After this, `add_frame` refuses such keyframes.
+        """
+        with self._lock:
+            frames = self.store.snapshot()
+            kept = [frame for frame in frames if frame.labels is not None]
+            if len(kept) < len(frames):
+                self.store.clear()
+                for frame in kept:
+                    self.store.add(frame)
+                self._stamps = sorted(float(frame.stamp) for frame in kept)
+                log.warning('dropped %d keyframe(s) without a label image: the teacher is labels (%d kept)',
+                            len(frames) - len(kept), len(kept))
+        if len(kept) < self.settings.min_frames:
+            self._state = (f'waiting for labelled keyframes ({len(kept)} of {self.settings.min_frames}; the '
+                           'teacher is labels)')
+            return False
         return True
 
     def _resume_checkpoint(self) -> Optional[Dict[str, Any]]:

@@ -100,7 +100,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     from . import answers
     from ..core.render import feature_pca, save_png
     from . import conversions as conv
-    from .pipeline import create_nodes, ros_arguments
+    from .pipeline import create_nodes, held_back_replay, ros_arguments
 
     timings: Dict[str, float] = {}
     started = time.monotonic()
@@ -137,12 +137,20 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     client_node = rclpy.create_node('demo_client')
     client = _QueryClient(client_node)
     executor = MultiThreadedExecutor()
+    held_back = held_back_replay(nodes)
     for node in nodes + [client_node]:
-        executor.add_node(node)
+        if node not in held_back:
+            executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     trainer_node = next(n for n in nodes if n.get_name() == 'trainer')
     session = trainer_node.session
+    while session.warming_up:
+        time.sleep(0.1)
+        _stop_if_shut_down()
+    report(f'demo: [{time.monotonic() - started:4.0f} s] trainer warmed up; the replayed scan starts')
+    for node in held_back:
+        executor.add_node(node)
     outcomes: List[QueryOutcome] = []
     curve: List[Dict[str, float]] = []
     notes: List[str] = []

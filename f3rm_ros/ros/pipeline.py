@@ -55,6 +55,16 @@ def create_nodes(replay: bool = False, context=None) -> list:
     return nodes
 
 
+def held_back_replay(nodes: list) -> list:
+    """Return the replay node of `nodes` (or none), to spin only once the trainer has warmed up.
+
+    In one process the trainer's warm-up (seconds of imports and model building) holds the interpreter while the
+    capture node pairs images with labels: a scan replayed meanwhile loses keyframes' labels. A robot's scan starts
+    after its nodes have; so does a replayed one.
+    """
+    return [node for node in nodes if node.get_name() == 'replay']
+
+
 def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = (), replay: bool = False,
                  duration_s: Optional[float] = None, query: str = '', exit_after_query: bool = False,
                  threads: Optional[int] = None, report: Callable[[str], None] = print) -> int:
@@ -73,14 +83,19 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     trainer = next(n for n in nodes if n.get_name() == 'trainer')
     querier = next(n for n in nodes if n.get_name() == 'query')
     executor = MultiThreadedExecutor(num_threads=threads)
+    held_back = held_back_replay(nodes)
     for node in nodes:
-        executor.add_node(node)
+        if node not in held_back:
+            executor.add_node(node)
     report(f'pipeline: {", ".join(n.get_fully_qualified_name() for n in nodes)}')
     deadline = None if duration_s is None else time.monotonic() + duration_s
     asked = not query
     try:
         while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
             executor.spin_once(timeout_sec=0.2)
+            if held_back and not trainer.session.warming_up:
+                executor.add_node(held_back.pop())
+                report('pipeline: trainer warmed up; the replayed scan starts')
             if not asked and trainer.session.state == 'done':
                 querier._on_query(String(data=query))
                 asked = True
