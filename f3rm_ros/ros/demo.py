@@ -307,17 +307,23 @@ def _stop_if_shut_down() -> None:
         raise KeyboardInterrupt
 
 
-def _view_at_width(frame, width: int = PICTURE_WIDTH):
-    """Return the keyframe's camera resized to `width` pixels (same aspect) as a PosedFrame to render."""
+def _view_at_width(frame, width: Optional[int] = None):
+    """Return the keyframe's camera resized to `width` pixels (same aspect) as a PosedFrame to render.
+
+    Default: `PICTURE_WIDTH`, or the keyframe's own width when smaller: rendering more pixels than the scan has
+    adds no detail, and on a CPU each picture costs seconds per 10k pixels (a 160x120 scan's pictures at 320 wide
+    took 15-19 s each on 2 cores).
+    """
     from ..core.frames import PosedFrame
     from ..core.geometry import resized_intrinsics
+    width = min(PICTURE_WIDTH, frame.width) if width is None else width
     height = max(1, round(frame.height * width / frame.width))
     K = resized_intrinsics(frame.K, frame.width, frame.height, width, height)
     return PosedFrame(np.zeros((height, width, 3), np.uint8), K, frame.T_base_optical)
 
 
 def _query_picture(trainer, frame, query, caption: str) -> np.ndarray:
-    """Draw the rendered view beside its similarity overlay, `PICTURE_WIDTH` wide each, captioned (uint8 RGB)."""
+    """Draw the rendered view beside its similarity overlay (`_view_at_width` each), captioned (uint8 RGB)."""
     import cv2
 
     from ..core.views import render_view, similarity_overlay
