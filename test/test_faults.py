@@ -298,7 +298,7 @@ def test_the_hub_is_not_contacted_offline_and_an_unreachable_hub_fails_within_2_
     assert time.monotonic() - started < 3.0
 
 
-def test_core_logging_reaches_the_owning_node_logger():
+def test_core_logging_reaches_the_owning_node_logger(monkeypatch):
     from f3rm_ros.ros.logs import route_core_logging, unroute_core_logging
 
     class Recorder:
@@ -308,6 +308,10 @@ def test_core_logging_reaches_the_owning_node_logger():
         def __getattr__(self, level):
             return lambda text: self.lines.append((level, text))
 
+    # once the real launch library is imported (test_ros_launch, same process) new loggers are its LaunchLogger,
+    # which does not propagate; nodes never run in the launch process, so make these plain loggers again
+    for name in ('f3rm_ros.core.teachers.clip', 'f3rm_ros.core.query', 'f3rm_ros.core.geometry'):
+        monkeypatch.setattr(logging.getLogger(name), 'propagate', True)
     trainer, query = SimpleNamespace(log=Recorder()), SimpleNamespace(log=Recorder())
     trainer.get_logger = lambda: trainer.log
     query.get_logger = lambda: query.log
