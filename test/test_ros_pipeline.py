@@ -188,3 +188,35 @@ def test_shortened_demo_reports_each_object_where_it_is(tmp_path):
     markdown = (out / 'report.md').read_text()
     assert '| `mug` |' in markdown and '![similarity overlay for ball]' in markdown
     assert (out / 'checkpoints' / 'latest.ckpt').exists() and (out / 'scan' / 'transforms.json').exists()
+
+
+def test_pipeline_replays_the_scan_only_after_the_trainer_warmed_up(tmp_path):
+    """`f3rm-ros pipeline --replay DATASET` (one process) replays DATASET, once the trainer's warm-up is over.
+
+    In one process the warm-up (seconds of imports) held the interpreter while the capture node paired images with
+    label images, and keyframes came without labels. What the user sees: the "warmed up" line before the first
+    keyframe, every keyframe of the written scan with its labels, and an answer to the query.
+    """
+    import json
+
+    from f3rm_ros.ros.testing import pick_domain_id
+    scene = make_scene(seed=3, object_names=['mug'], num_views=10, width=64, height=48)
+    source = write_dataset(tmp_path / 'source', scene.frames, scene.dataset_metadata())
+    scan = tmp_path / 'scan'
+    params = ['preset:=cpu-tiny', f'dataset_dir:={scan}', f'checkpoint_dir:={tmp_path / "checkpoints"}',
+              'trainer.steps:=5', 'rate_hz:=8.0', 'start_delay_s:=0.1', 'min_interval_s:=0.0', 'resume:=false']
+    done = subprocess.run([sys.executable, '-m', 'f3rm_ros.cli', 'pipeline', '--replay', str(source),
+                           *[arg for p in params for arg in ('-p', p)], '--query', 'mug', '--exit-after-query',
+                           '--duration', '240'], cwd=ROOT, env=subprocess_env(pick_domain_id()),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    log = done.stdout
+    assert done.returncode == 0, log[-3000:]
+    # the given dataset at the given rate, not the packaged config's replay section (synthetic table, 2 Hz)
+    assert '[replay]: replaying 10 frames at 8.0 Hz' in log and 'synthetic scene' not in log, log[:2000]
+    warmed = log.index('pipeline: trainer warmed up; the replayed scan starts')
+    first_keyframe = log.index('] [capture]: keyframe 0 at')
+    assert warmed < first_keyframe, log[:3000]
+    assert 'no aligned labels image' not in log and 'has no label map' not in log
+    entries = json.loads((scan / 'transforms.json').read_text())['frames']
+    assert len(entries) >= 5 and all('label_file_path' in e for e in entries)
+    assert "pipeline: last query" in log and 'mug' in log.split('pipeline: last query')[1]

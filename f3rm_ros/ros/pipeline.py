@@ -31,23 +31,49 @@ def ros_arguments(params_files: Sequence[Path] = (), parameters: Sequence[str] =
     return args
 
 
-def create_nodes(replay: bool = False, context=None) -> list:
-    """Build the nodes (ROS must be initialised): [capture, trainer, query] (+ replay first)."""
+def parameter_overrides(parameters: Sequence[str]) -> list:
+    """Return rclpy Parameters of ``name:=value`` items, values read as YAML (as ``-p`` reads them).
+
+    Given to every node's constructor they win over a params file's node sections, which ``-p`` does not: rcl
+    applies a file's ``replay:`` entries after the wildcard ``-p`` ones, so ``--replay DATASET`` replayed the
+    packaged config's synthetic table at its rate.
+    """
+    import yaml
+    from rclpy.parameter import Parameter
+    overrides = []
+    for item in parameters:
+        if ':=' not in item:
+            raise ValueError(f'parameter {item!r} must look like name:=value')
+        name, text = item.split(':=', 1)
+        value = yaml.safe_load(text) if text.strip() else ''
+        if isinstance(value, list) and any(isinstance(v, float) for v in value):
+            value = [float(v) for v in value]  # [0, 0.5] is a double array, as the nodes declare it
+        overrides.append(Parameter(name.strip(), value=value))
+    return overrides
+
+
+def create_nodes(replay: bool = False, context=None, overrides: Sequence = ()) -> list:
+    """Build the nodes (ROS must be initialised): [capture, trainer, query] (+ replay first).
+
+    `overrides` (rclpy Parameters, see `parameter_overrides`) go to every node and win over params files.
+    """
     from .capture_node import CaptureNode
     from .query_node import QueryNode
     from .trainer_node import TrainerNode
     nodes = []
+    common = {'context': context, 'parameter_overrides': list(overrides)}
     try:
         if replay:
             from .replay_node import ReplayNode
-            nodes.append(ReplayNode(context=context))
-        capture = CaptureNode(context=context)
+            nodes.append(ReplayNode(**common))
+        capture = CaptureNode(**common)
         nodes.append(capture)
-        trainer = TrainerNode(context=context,
-                              cli_args=['--ros-args', *remap_arguments(trainer_remaps(capture.get_name()))])
+        trainer = TrainerNode(cli_args=['--ros-args', *remap_arguments(trainer_remaps(capture.get_name()))],
+                              **common)
         nodes.append(trainer)
-        nodes.append(QueryNode(live=trainer.session, context=context,
-                               cli_args=['--ros-args', *remap_arguments(query_remaps(trainer.get_name()))]))
+        nodes.append(QueryNode(live=trainer.session,
+                               cli_args=['--ros-args', *remap_arguments(query_remaps(trainer.get_name()))],
+                               **common))
     except Exception:
         for node in nodes:
             node.destroy_node()
@@ -79,7 +105,7 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     if replay:  # as the launch file's replay:=true: a dataset without labels on a machine without CLIP weights
         parameters = ['allow_random_teacher:=true', *parameters]
     init_ros(ros_arguments(params_files, parameters))
-    nodes = create_nodes(replay)
+    nodes = create_nodes(replay, overrides=parameter_overrides(parameters))
     trainer = next(n for n in nodes if n.get_name() == 'trainer')
     querier = next(n for n in nodes if n.get_name() == 'query')
     executor = MultiThreadedExecutor(num_threads=threads)
