@@ -497,8 +497,7 @@ class OnlineSession:
         5 s to start CUDA; the scan's training then began only near its last keyframe. A throwaway model
         built on the CPU and a tiny matrix product on the training device do both once, at start-up.
         """
-        self._state = WARMING_UP
-        started = time.perf_counter()
+        started = time.perf_counter()  # `start` has set the state to WARMING_UP
         from .model import build_model
         from .trainer import pick_device
         build_model(self.config, 1)

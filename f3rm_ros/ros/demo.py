@@ -100,7 +100,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     from . import answers
     from ..core.render import feature_pca, save_png
     from . import conversions as conv
-    from .pipeline import create_nodes, held_back_replay, ros_arguments
+    from .pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
 
     timings: Dict[str, float] = {}
     started = time.monotonic()
@@ -132,8 +132,9 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                    f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}',
                    f'query.voxel_size:={_voxel_size(lo, hi)}']
     parameters += _teacher_parameters(settings)
-    init_ros(ros_arguments((), parameters))
-    nodes = create_nodes(replay=True)
+    overrides = parameter_overrides(parameters)
+    init_ros(ros_arguments())
+    nodes = create_nodes(replay=True, overrides=overrides)
     client_node = rclpy.create_node('demo_client')
     client = _QueryClient(client_node)
     executor = MultiThreadedExecutor()

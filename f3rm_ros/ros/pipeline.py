@@ -17,26 +17,22 @@ from .common import init_ros, interrupts_ignored
 from .topics import query_remaps, remap_arguments, trainer_remaps
 
 
-def ros_arguments(params_files: Sequence[Path] = (), parameters: Sequence[str] = ()) -> List[str]:
-    """``--ros-args`` list: each params file, then each ``name:=value`` (applies to every node)."""
+def ros_arguments(params_files: Sequence[Path] = ()) -> List[str]:
+    """``--ros-args`` list of each params file (single parameters go to the nodes: `parameter_overrides`)."""
     args = ['f3rm-ros-pipeline', '--ros-args']
     for path in params_files:
         if not Path(path).is_file():
             raise FileNotFoundError(f'parameters file {path} does not exist')
         args += ['--params-file', str(path)]
-    for item in parameters:
-        if ':=' not in item:
-            raise ValueError(f'parameter {item!r} must look like name:=value')
-        args += ['-p', item]
     return args
 
 
 def parameter_overrides(parameters: Sequence[str]) -> list:
     """Return rclpy Parameters of ``name:=value`` items, values read as YAML (as ``-p`` reads them).
 
-    Given to every node's constructor they win over a params file's node sections, which ``-p`` does not: rcl
-    applies a file's ``replay:`` entries after the wildcard ``-p`` ones, so ``--replay DATASET`` replayed the
-    packaged config's synthetic table at its rate.
+    Given to every node's constructor they win over a params file's node sections, which ``-p`` in the process's
+    ``--ros-args`` does not: rcl applies a file's ``replay:`` entries after the wildcard ``-p`` ones, so
+    ``--replay DATASET`` replayed the packaged config's synthetic table at its rate.
     """
     import yaml
     from rclpy.parameter import Parameter
@@ -104,8 +100,9 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
 
     if replay:  # as the launch file's replay:=true: a dataset without labels on a machine without CLIP weights
         parameters = ['allow_random_teacher:=true', *parameters]
-    init_ros(ros_arguments(params_files, parameters))
-    nodes = create_nodes(replay, overrides=parameter_overrides(parameters))
+    overrides = parameter_overrides(parameters)  # bad items refused before ROS starts
+    init_ros(ros_arguments(params_files))
+    nodes = create_nodes(replay, overrides=overrides)
     trainer = next(n for n in nodes if n.get_name() == 'trainer')
     querier = next(n for n in nodes if n.get_name() == 'query')
     executor = MultiThreadedExecutor(num_threads=threads)
