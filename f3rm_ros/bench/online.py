@@ -66,10 +66,9 @@ class LiveQuestions:
         return trainer is not None and trainer.step_count > 0
 
     def ask(self) -> Dict[str, Dict]:
-        """One round: {name: {'error_m', 'latency_s'}} (error inf when not found)."""
-        import numpy as np
-
+        """One round: {name: {'error_m', 'latency_s'}} (error inf when not found), scored as `bench semantic`."""
         from ..core.query import FieldQuerier
+        from .semantic import score_queries
         session = self.session
         if self.querier is None:
             config = copy.deepcopy(session.config)
@@ -77,14 +76,8 @@ class LiveQuestions:
         if session.model_version != self._version:
             self.querier.invalidate()
             self._version = session.model_version
-        answers = {}
-        for name, truth in self.objects.items():
-            result = self.querier.query(name)
-            best = result.best if result.found else None
-            error = float('inf') if best is None else float(
-                np.linalg.norm(np.asarray(best.centroid) - np.asarray(truth['center'], dtype=np.float64)))
-            answers[name] = {'error_m': error, 'latency_s': float(result.timings['total'])}
-        return answers
+        return {score.query: {'error_m': score.error_m, 'latency_s': score.latency_s}
+                for score in score_queries(self.querier, 'live', self.objects)}
 
 
 class KeyframeFeeder:
@@ -168,13 +161,14 @@ def run(args) -> int:
     last_state = ''
     try:
         while True:
-            if feeder.problem or session.status()['error']:
-                raise SystemExit(feeder.problem or f'training failed: {session.status()["error"]}')
+            status = session.status()
+            if feeder.problem or status['error']:
+                raise SystemExit(feeder.problem or f'training failed: {status["error"]}')
             last_keyframe = feeder.last_keyframe
             if last_keyframe is not None and feeder.clock() - last_keyframe > args.timeout:
                 result = {'found_all_s': None, 'step': session.step}
                 break
-            state = session.status()['state']
+            state = status['state']
             if state != last_state:  # where the time before the first step goes (teacher, model, features)
                 print(f'{feeder.clock():7.2f} s  {state}  ({feeder.sent} keyframes in)', flush=True)
                 last_state = state
