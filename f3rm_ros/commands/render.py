@@ -106,9 +106,11 @@ def run(args) -> int:
         if not radii:
             raise ValueError('give --radius or --radii (or --path FILE)')
         center = check_centre(args.center if args.center else box.center, box)
-        up = cameras_up(poses) if args.up.strip() == 'auto' else _up_vector(args.up)
         if args.up.strip() == 'auto':
+            up = cameras_up(poses)
             print(f'up (mean image-up of {len(poses)} training cameras): {np.round(up, 3).tolist()}')
+        else:
+            up = _up_vector(args.up)
         views = orbit(center, radii, args.frames, K, args.width, args.height_px, args.height, args.elevation, up)
     novelty(views, poses, train_ids)
     query = None
