@@ -5,9 +5,18 @@ sources in ``../shared/vendor/ros2_launch`` are used, and ``../shared/tools/ros2
 ``ros2 launch`` (shared/notes/ros-toolchain.md). Neither is optional: a test that needs them fails with the
 reason rather than skipping (CI runs on a clone next to ../shared).
 
-`LaunchRun` starts a launch in its own process group (so a SIGINT to it never reaches pytest), timestamps
-every line launch and the nodes print, and after an interrupt reports per node process how long it took to
-end and how (launch's own "process has finished cleanly" / "process has died" lines).
+`LaunchRun` starts a launch in its own process group (so a SIGINT to it never reaches pytest) with SIGINT at
+its default disposition, timestamps every line launch and the nodes print, and after an interrupt reports per
+node process how long it took to end and how (launch's own "process has finished cleanly" / "process has died"
+lines).
+
+SIGINT at its default, whatever pytest inherited: a shell without job control makes its background jobs ignore
+SIGINT (``nohup make test > log &`` in a script, ``(cmd &)``), an ignored signal stays ignored across fork and
+exec, and Python keeps it ignored (it installs its KeyboardInterrupt handler only where SIGINT was not
+ignored). launch has no handler of its own either: it reads signals from `signal.set_wakeup_fd`, which only
+sees signals Python handles. So a launch started from such a pytest drops the SIGINT the tests send it, and
+runs until killed (the nodes stop on a SIGINT of their own: rclpy.init installs its handler over an ignored
+one). `sigint_ignored` reads the disposition from /proc.
 """
 from __future__ import annotations
 
@@ -29,6 +38,11 @@ VENDOR = SHARED / 'vendor' / 'ros2_launch'
 RUNNER = SHARED / 'tools' / 'ros2-launch'
 # launch's defaults (launch.actions.ExecuteLocal): SIGINT, then SIGTERM after 5 s, then SIGKILL after 5 more.
 SIGTERM_TIMEOUT_S = 5.0
+# `python -c SIGINT_DEFAULT_EXEC COMMAND...`: SIGINT at its default and unblocked, then exec COMMAND. (Popen
+# cannot reset it: restore_signals covers SIGPIPE/SIGXFSZ only, and a preexec_fn is unsafe with pytest's threads.)
+SIGINT_DEFAULT_EXEC = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                       'signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); '
+                       'os.execvp(sys.argv[1], sys.argv[1:])')
 
 
 def import_launch():
@@ -59,6 +73,21 @@ def launch_command(package: str, launch_file: str, arguments: Sequence[str] = ()
     raise RuntimeError(f'neither {RUNNER} nor `ros2` exists: cannot run a launch file')
 
 
+def with_sigint_default(command: Sequence[str]) -> List[str]:
+    """Return `command` run with SIGINT at its default disposition (see the module docstring)."""
+    return [sys.executable, '-I', '-S', '-c', SIGINT_DEFAULT_EXEC, *command]
+
+
+def sigint_ignored(pid: int) -> Optional[bool]:
+    """Whether process `pid` ignores SIGINT (its SigIgn mask in /proc); None where that cannot be read."""
+    try:
+        status = Path(f'/proc/{pid}/status').read_text()
+    except OSError:
+        return None
+    match = re.search(r'^SigIgn:\s*([0-9a-fA-F]+)$', status, re.M)
+    return None if match is None else bool(int(match.group(1), 16) >> (signal.SIGINT - 1) & 1)
+
+
 @dataclass
 class ProcessEnd:
     """How one process started by launch ended after the interrupt."""
@@ -79,7 +108,7 @@ class LaunchRun:
         self._lock = threading.Lock()
         self.interrupted_at: Optional[float] = None
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(list(command), cwd=cwd, env=env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(with_sigint_default(command), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, errors='replace', start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -140,8 +169,10 @@ class LaunchRun:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            ignored = sigint_ignored(self.proc.pid)
             self.kill()
-            raise AssertionError(f'launch still running {timeout:.0f} s after SIGINT:\n{self.tail()}')
+            why = ' (SIGINT is ignored in the launch process)' if ignored else ''
+            raise AssertionError(f'launch still running {timeout:.0f} s after SIGINT{why}:\n{self.tail()}')
         self._reader.join(5.0)
         return code
 

@@ -165,6 +165,8 @@ def check_shutdown(run: LaunchRun, expected: int, code: int) -> dict:
     assert len(ends) == expected and all(end.clean for end in ends.values()), detail
     assert max(end.seconds for end in ends.values()) < SIGTERM_TIMEOUT_S, detail
     assert not run.escalations(), detail
+    # launch itself took the SIGINT (not just went idle once its nodes had ended: one that ignores SIGINT does so)
+    assert 'user interrupted with ctrl-c (SIGINT)' in run.text(), detail
     assert code == 0, detail
     assert 'Traceback' not in run.text(), run.text()[-6000:]
     return {label: round(end.seconds, 2) for label, end in ends.items()}
