@@ -168,7 +168,7 @@ def test_patched_model_keeps_state_dict_and_metric_values(monkeypatch):
     assert torch.equal(samples.spacing_ends, ref_samples.spacing_ends)
 
 
-def _trainer(graphs: bool, mixed_precision: bool):
+def _trainer(graphs: bool, mixed_precision: bool, compile: bool = False):
     """Build an OnlineTrainer on eight random 64 x 48 views of the workspace, looking down (no open3d)."""
     import numpy as np
 
@@ -176,7 +176,7 @@ def _trainer(graphs: bool, mixed_precision: bool):
     from f3rm_ros.core.teachers import make_teacher
     from f3rm_ros.core.trainer import OnlineTrainer
     config = make_config('cpu-tiny', overrides={'trainer': {'device': 'cuda', 'cuda_graphs': graphs,
-                                                            'mixed_precision': mixed_precision}})
+                                                            'mixed_precision': mixed_precision, 'compile': compile}})
     rng = np.random.default_rng(0)
     K = np.array([[60.0, 0.0, 32.0], [0.0, 60.0, 24.0], [0.0, 0.0, 1.0]])
     store = FrameStore(config.trainer.capacity)
@@ -206,8 +206,8 @@ def _copy_training_state(source, target):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
-@pytest.mark.parametrize('mixed_precision', [False, True])
-def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
+@pytest.mark.parametrize('mixed_precision,compile', [(False, False), (True, False), (True, True)])
+def test_cuda_graph_steps_train_like_eager_steps(mixed_precision, compile):
     """Graph replays give the eager step's losses, and leave the proposal networks alone when nerfstudio does.
 
     Same seeds and jitter-free sampling, so both trainers see the same rays; fp32 atomics in the hash-grid
@@ -237,6 +237,26 @@ def test_cuda_graph_steps_train_like_eager_steps(mixed_precision):
     assert all(update == changed for update, changed in moved.values()), moved
     graphed_losses, eager_losses = torch.tensor(losses['graphed']), torch.tensor(losses['eager'])
     first = CAPTURE_FROM_STEP  # the first replay: the eager step's state and rays
-    assert torch.allclose(graphed_losses[first], eager_losses[first], rtol=1e-4), losses
+    print('losses', losses)
+    assert torch.allclose(graphed_losses[first], eager_losses[first], rtol=1e-3 if compile else 1e-4), losses
     # later the runs drift apart by rounding only (measured on an H100: 0.3 % after 10 replays)
     assert torch.allclose(graphed_losses, eager_losses, rtol=1e-2), losses
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
+def test_a_failed_compile_warns_and_trains_uncompiled(monkeypatch, caplog):
+    """trainer.compile is an optimisation: when torch.compile fails, the step is captured uncompiled, with a warning."""
+    import torch._dynamo
+
+    from f3rm_ros.core.fast import graphs
+    from f3rm_ros.core.fast.graphs import CAPTURE_FROM_STEP
+
+    def failing(*args):
+        raise torch._dynamo.exc.TorchDynamoException('backend inductor failed: no Triton for this kernel')
+    monkeypatch.setattr(graphs, 'compiled', lambda function: failing)
+    trainer = _trainer(True, True, compile=True)
+    with caplog.at_level('WARNING', logger=graphs.__name__):
+        losses = [trainer.step()['loss'].item() for _ in range(CAPTURE_FROM_STEP + 4)]
+    assert trainer.graphed._losses is graphs.model_losses and set(trainer.graphed.graphs) == {True, False}
+    assert all(0 < loss < 1 for loss in losses)
+    assert 'torch.compile failed' in caplog.text and 'training goes on with the uncompiled step' in caplog.text

@@ -113,11 +113,15 @@ def test_proposal_schedule_predicts_and_steers_nerfstudios_updates():
             callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     assert all(due == updated for due, updated in observed), observed
     assert {due for due, _ in observed} == {True, False}                # both variants happen in 40 steps
-    for wanted in (True, False):
-        saved = patches.force_proposal_update(sampler, wanted)
+    before = dict(sampler.__dict__)
+    saved = patches.pin_proposal_schedule(sampler)
+    for wanted in (True, False, True):
+        patches.force_proposal_update(sampler, wanted)
         assert patches.proposal_update_due(sampler) is wanted
-        patches.restore_proposal_counter(sampler, saved)
-        assert sampler._steps_since_update == saved
+        model(_rays(8))
+        assert (sampler._steps_since_update == 0) is wanted   # nerfstudio's own code took the forced path
+    patches.restore_proposal_schedule(sampler, saved)
+    assert {k: sampler.__dict__[k] for k in saved} == {k: before[k] for k in saved}
     patches.mark_proposal_updated(sampler)
     assert sampler._steps_since_update == 0
 
@@ -146,3 +150,33 @@ def test_release_autograd_history_drops_the_cached_samples():
     assert not [m for m in model.modules()
                 if getattr(m, '_sample_locations', None) is not None
                 or getattr(m, '_density_before_activation', None) is not None]
+
+
+def test_median_depth_without_searchsorted_equals_nerfstudios():
+    """The patched median depth gives nerfstudio's values, with the cumulative weight exactly 0.5 and above/below."""
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+    from nerfstudio.model_components.renderers import DepthRenderer
+    model = _model()
+    patched = [m for m in model.modules() if isinstance(m, DepthRenderer) and m.method == 'median']
+    assert patched and patches.patch_model(model) >= len(patched)
+    assert all('forward' in vars(m) for m in patched)  # the instances, not nerfstudio's class
+    gen = torch.Generator().manual_seed(3)
+    rays, samples = 64, 12
+    starts = torch.sort(torch.rand(rays, samples, 1, generator=gen) * 3, dim=1).values
+    ends = starts + 0.01
+    weights = torch.rand(rays, samples, 1, generator=gen) / samples
+    weights[0] = 0.0                                    # empty ray: no entry reaches 0.5 -> last sample
+    weights[1] = 0.0
+    weights[1, 3] = 0.5                                 # a tie: cumulative weight exactly 0.5 from sample 3 on
+    weights[2] = 0.0
+    weights[2, 0] = 1.0                                 # all weight on the first sample
+    weights[3] = 0.25                                   # 0.25, 0.5 (tie at index 1), 0.75 ...
+    ray_samples = RaySamples(frustums=Frustums(origins=torch.zeros(rays, samples, 3),
+                                               directions=torch.ones(rays, samples, 3), starts=starts, ends=ends,
+                                               pixel_area=torch.ones(rays, samples, 1)))
+    reference = DepthRenderer(method='median')(weights=weights, ray_samples=ray_samples)
+    for renderer in patched:
+        assert torch.equal(renderer(weights=weights, ray_samples=ray_samples), reference)
+    midpoints = (starts + ends)[..., 0] / 2
+    assert reference[1, 0] == midpoints[1, 3] and reference[3, 0] == midpoints[3, 1]
+    assert reference[0, 0] == midpoints[0, -1] and reference[2, 0] == midpoints[2, 0]

@@ -289,7 +289,8 @@ def _fast_summary(trainer) -> str:
     grids = sum(isinstance(m, FastHashEncoding) for m in model.modules())
     return (f'fast path {"ON" if fast.enabled() and grids else "OFF"}: {grids} hash grids on Triton, '
             f'feature render-then-project {"on" if getattr(model.feature_field, "fast_render", False) else "off"}, '
-            f'CUDA graphs {"on" if trainer.graphed is not None else "off"}')
+            f'CUDA graphs {"on" if trainer.graphed is not None else "off"}'
+            f'{" (compiled)" if trainer.graphed is not None and trainer.config.trainer.compile else ""}')
 
 
 def _profile(trainer, steps: int, out: Optional[Path]) -> List[str]:
@@ -478,6 +479,8 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
             clock.start()
     total_s = clock.stop()
     steady_steps = args.steps - warm_step
+    print(f'[bench] the first {warm_step} steps (CUDA graph capture{", compilation" if config.trainer.compile else ""})'
+          f' took {warm_time:.1f} s; rays/s counts the steps after them', flush=True)
     rays_per_s = steady_steps * rays / (total_s - warm_time) if steady_steps > 0 and warm_time else float('nan')
     peak_train = max(peak_train, _peak_gib())
     if not args.no_picture:  # what a user renders: a full-resolution held-out view with features and depth
@@ -498,6 +501,7 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
         'data': str(data), 'name': name, 'feature_weights': mode, 'device': device_name(), 'frames': len(frames),
         'resolution': f'{frames[0].width}x{frames[0].height}', 'rays_per_batch': rays, 'steps': args.steps,
         'recipe': args.recipe, 'teacher': args.teacher, 'fast': _fast_summary(trainer), 'setup_s': setup_s,
+        'first_steps_s': warm_time, 'first_steps': warm_step,
         'train_s': total_s, 'rays_per_s': rays_per_s, 'peak_train_gib': peak_train,
         'peak_render_gib': peak_render, 'resident_at_start_gib': resident,
         'curve': curve, 'eval_poses': args.eval_poses, 'comparison': comparison,

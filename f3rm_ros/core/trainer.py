@@ -30,7 +30,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from .config import F3RMConfig, from_dict, to_dict
 from . import fast
 from .fast import adam_config, sample_rays
-from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, proposal_parameters
+from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
@@ -255,7 +255,7 @@ class OnlineTrainer:
             optimizers=self.optimizers, grad_scaler=self.grad_scaler, pipeline=None, trainer=None))
         self.graphed: Optional[GraphedTrainStep] = None
         if config.trainer.cuda_graphs and self.device.type == 'cuda' and fast.enabled():
-            self.graphed = GraphedTrainStep(self.model, self.grad_scaler, self.use_amp, proposal_parameters(self.model))
+            self.graphed = GraphedTrainStep(self.model, self.grad_scaler, self.use_amp, compile=config.trainer.compile)
         self.step_count = 0
         self.cameras: Optional[Cameras] = None
         self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
@@ -273,7 +273,7 @@ class OnlineTrainer:
         t = self.config.trainer
 
         def adam(lr: float) -> Dict:
-            return {'optimizer': adam_config(lr=lr, eps=1e-15, device=self.device),
+            return {'optimizer': adam_config(lr=lr, eps=1e-15, device=self.device, lazy=t.lazy_hash_adam),
                     'scheduler': ExponentialDecaySchedulerConfig(lr_final=lr * t.lr_final_ratio, max_steps=t.steps)}
         return {'fields': adam(t.lr_fields), 'proposal_networks': adam(t.lr_proposal),
                 'feature_field': adam(t.lr_feature), 'camera_opt': adam(t.lr_camera)}

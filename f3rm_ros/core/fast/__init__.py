@@ -12,7 +12,8 @@
   (`patches.patch_model`: PSNR metric, camera-optimiser metrics, the uniform sampler's bins), and the trainer
   makes its rays with `sample_rays` (pinhole cameras without nerfstudio's synchronising generic path).
 
-The trainer also takes `adam_config` (torch's fused Adam on CUDA: no host sync in the AMP step).
+The trainer also takes `adam_config` (torch's fused Adam on CUDA: no host sync in the AMP step; with
+``lazy`` the hash tables skip entries without gradient, `lazy_adam.LazyHashAdam`).
 
 Set ``F3RM_FAST=0`` to keep the reference path everywhere (e.g. to compare).
 """
@@ -27,12 +28,13 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.field_components.encodings import HashEncoding
 
 from .hashgrid import hash_encode, module_scalings, triton_available
+from .lazy_adam import LazyHashAdam, mark_hash_table
 from .patches import generate_rays, patch_model, swap_class
 
 log = logging.getLogger(__name__)
 
-__all__ = ['FastHashEncoding', 'FusedAdamOptimizerConfig', 'accelerate', 'adam_config', 'enabled', 'generate_rays',
-           'hash_encode', 'sample_rays']
+__all__ = ['FastHashEncoding', 'FusedAdamOptimizerConfig', 'LazyHashAdamOptimizerConfig', 'accelerate', 'adam_config',
+           'enabled', 'generate_rays', 'hash_encode', 'sample_rays']
 
 
 def enabled() -> bool:
@@ -67,8 +69,8 @@ def accelerate(model: torch.nn.Module, force: bool = False) -> int:
     for module in model.modules():
         if type(module) is HashEncoding and module.tcnn_encoding is None and module.hash_table.numel() > 0:
             swap_class(module, FastHashEncoding)
-            swapped += 1
-        elif isinstance(module, FastHashEncoding):
+        if isinstance(module, FastHashEncoding):
+            mark_hash_table(module.hash_table)
             swapped += 1
         if hasattr(module, 'fast_render'):
             module.fast_render = True
@@ -99,8 +101,18 @@ class FusedAdamOptimizerConfig(AdamOptimizerConfig):
     fused: bool = True
 
 
-def adam_config(lr: float, eps: float, device: torch.device) -> AdamOptimizerConfig:
-    """Adam optimizer config for `device`: fused on CUDA (when the fast path is enabled), plain otherwise."""
+@dataclass
+class LazyHashAdamOptimizerConfig(FusedAdamOptimizerConfig):
+    """Fused Adam whose hash tables skip entries without gradient (`lazy_adam.LazyHashAdam`)."""
+
+    _target: type = LazyHashAdam
+
+
+def adam_config(lr: float, eps: float, device: torch.device, lazy: bool = False) -> AdamOptimizerConfig:
+    """Adam optimizer config for `device`: fused on CUDA (when the fast path is enabled), plain otherwise.
+
+    `lazy`: on CUDA, the hash tables skip entries whose gradient is zero (trainer.lazy_hash_adam).
+    """
     if torch.device(device).type == 'cuda' and enabled():
-        return FusedAdamOptimizerConfig(lr=lr, eps=eps)
+        return (LazyHashAdamOptimizerConfig if lazy else FusedAdamOptimizerConfig)(lr=lr, eps=eps)
     return AdamOptimizerConfig(lr=lr, eps=eps)

@@ -9,19 +9,25 @@ changes from step to step stays outside the graph, or lives in device memory tha
 * nerfstudio updates the proposal networks only on some steps (its ``update_sched``), computing their
   densities under ``no_grad`` otherwise: one graph per variant, sharing one memory pool. On a step without
   update the proposal optimiser does not step, as in eager mode, where those gradients are None;
-* gradients live in persistent buffers that each replay zeroes and fills; the optimiser step (fused Adam),
-  the learning-rate schedule and the AMP scale update run eagerly: a few launches.
+* gradients are the graphs' outputs: each capture starts without gradients, so autograd writes them into
+  tensors of the graphs' memory pool (no zeroing, no accumulation into other buffers), which every replay
+  overwrites and `run` hands to the parameters; the optimiser step (fused Adam), the learning-rate schedule
+  and the AMP scale update run eagerly: a few launches.
+
+With ``compile`` the forward and losses are first compiled by torch.compile (inductor): the graphs then replay
+its fused kernels instead of nerfacto's ~1100 small ones. Compilation happens in the warm-up before each capture
+(once per variant; inductor's cache on disk makes later processes start faster).
 """
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 
-from .patches import (force_proposal_update, mark_proposal_updated, proposal_update_due, release_autograd_history,
-                      restore_proposal_counter, route_anneal)
+from .patches import (force_proposal_update, mark_proposal_updated, pin_proposal_schedule, proposal_update_due,
+                      release_autograd_history, restore_proposal_schedule, route_anneal)
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +44,27 @@ class GraphedTrainStep:
         model: the `F3RMModel` in training mode, on CUDA.
         grad_scaler: the trainer's AMP scaler (its scale tensor is read by the graphs).
         use_amp: autocast to fp16 as the eager step does.
-        proposal_parameters: the parameters nerfstudio leaves without gradient on steps without update.
+        compile: compile the forward and losses with torch.compile before capturing them.
     """
 
-    def __init__(self, model, grad_scaler, use_amp: bool, proposal_parameters: Iterable[torch.nn.Parameter]):
+    def __init__(self, model, grad_scaler, use_amp: bool, compile: bool = False):
         self.model = model
+        # fallback_random: the same random numbers as eager steps (stratified sampling), so that compiling
+        # changes the speed only
+        self._losses = compiled(model_losses) if compile else model_losses
         self.grad_scaler = grad_scaler
         self.use_amp = use_amp
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        proposal_ids = {id(p) for p in proposal_parameters}
-        self.proposal_parameters = [p for p in self.parameters if id(p) in proposal_ids]
-        self.gradients = [torch.zeros_like(p) for p in self.parameters]
         self.sampler = model.proposal_sampler
-        device = self.gradients[0].device
+        device = self.parameters[0].device
         self.anneal = torch.zeros((), device=device)
         # nerfacto's anneal callback calls set_anneal(float): route it into the scalar the graphs read
         route_anneal(self.sampler, self.anneal)
         self.inputs: Optional[Dict[str, torch.Tensor]] = None
         self.batch: Optional[Dict[str, torch.Tensor]] = None
-        self.graphs: Dict[bool, Tuple[torch.cuda.CUDAGraph, Dict[str, torch.Tensor]]] = {}
+        # per variant: the graph, its loss terms and its gradients (None where the variant gives none)
+        self.graphs: Dict[bool, Tuple[torch.cuda.CUDAGraph, Dict[str, torch.Tensor],
+                                      List[Optional[torch.Tensor]]]] = {}
         self.pool = None
         self.stream = torch.cuda.Stream(device=device)  # warm-up and capture run here, replays anywhere
 
@@ -88,17 +96,27 @@ class GraphedTrainStep:
     # ---- the captured work
 
     def _forward_backward(self) -> Dict[str, torch.Tensor]:
-        torch._foreach_zero_(self.gradients)
-        with torch.autocast(device_type='cuda', enabled=self.use_amp, cache_enabled=False):
-            outputs = self.model(self._bundle())
-            metrics = self.model.get_metrics_dict(outputs, self.batch)
-            losses = self.model.get_loss_dict(outputs, self.batch, metrics)
+        losses, psnr = self._losses(self.model, self._bundle(), self.batch, self.use_amp)
         total = sum(losses.values())
         self.grad_scaler.scale(total).backward()
         stats = {name: value.detach() for name, value in losses.items()}
         stats['loss'] = total.detach()
-        stats['psnr'] = metrics['psnr'].detach()
+        stats['psnr'] = psnr.detach()
         return stats
+
+    def _warm_up_step(self) -> None:
+        self._drop_gradients()
+        try:
+            self._forward_backward()
+        except torch._dynamo.exc.TorchDynamoException as error:  # compiling happens at a variant's first call
+            if self._losses is model_losses:
+                raise
+            reason = str(error).strip().splitlines()
+            log.warning('torch.compile failed (%s); training goes on with the uncompiled step',
+                        reason[0] if reason else type(error).__name__)
+            self._losses = model_losses
+            self._drop_gradients()
+            self._forward_backward()
 
     def _will_update(self) -> bool:
         """Whether this step updates the proposal networks (nerfstudio's ProposalNetworkSampler rule)."""
@@ -114,29 +132,28 @@ class GraphedTrainStep:
         release_autograd_history(self.model)
 
     def _capture(self, updated: bool) -> None:
-        saved = force_proposal_update(self.sampler, updated)
-        self._attach_gradients()
+        saved = pin_proposal_schedule(self.sampler)
         self._release_autograd_history()
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):  # warm-up on the capture stream, as the CUDA-graph docs ask
             for _ in range(WARMUP_ITERATIONS):
                 self._force_variant(updated)
-                self._forward_backward()
+                self._warm_up_step()
         torch.cuda.current_stream().wait_stream(self.stream)
         self._force_variant(updated)
+        self._drop_gradients()
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads (a query node evaluating the field) may keep using the GPU meanwhile
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
             stats = self._forward_backward()
         self.pool = graph.pool()
-        restore_proposal_counter(self.sampler, saved)
-        self.graphs[updated] = (graph, stats)
+        restore_proposal_schedule(self.sampler, saved)
+        self.graphs[updated] = (graph, stats, [p.grad for p in self.parameters])
         log.info('captured the training step as a CUDA graph (proposal update: %s)', updated)
 
-    def _attach_gradients(self) -> None:
-        # eager code (zero_grad) may have dropped them; the graphs write into these buffers
-        for parameter, gradient in zip(self.parameters, self.gradients):
-            parameter.grad = gradient
+    def _drop_gradients(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
 
     # ---- one step
 
@@ -146,18 +163,29 @@ class GraphedTrainStep:
         updated = self._will_update()
         if updated not in self.graphs:
             self._capture(updated)
-        graph, stats = self.graphs[updated]
+        graph, stats, gradients = self.graphs[updated]
         graph.replay()
         if updated:
             mark_proposal_updated(self.sampler)
-        self._attach_gradients()
-        if not updated:
-            for parameter in self.proposal_parameters:
-                parameter.grad = None
+        for parameter, gradient in zip(self.parameters, gradients):
+            parameter.grad = gradient  # None for the proposal networks on a step without update
         optimizers.optimizer_scaler_step_all(self.grad_scaler)
         return {name: value.clone() for name, value in stats.items()}
 
 
-def proposal_parameters(model) -> List[torch.nn.Parameter]:
-    """Parameters of the proposal networks (those nerfstudio trains only on update steps)."""
-    return list(model.proposal_networks.parameters())
+def model_losses(model, bundle: RayBundle, batch: Dict[str, torch.Tensor], use_amp: bool):
+    """Forward and losses of one training batch (what the graphs capture): ``(losses dict, psnr)``."""
+    with torch.autocast(device_type=bundle.origins.device.type, enabled=use_amp, cache_enabled=False):
+        outputs = model(bundle)
+        metrics = model.get_metrics_dict(outputs, batch)
+        losses = model.get_loss_dict(outputs, batch, metrics)
+    return losses, metrics['psnr']
+
+
+def compiled(function, backend: str = 'inductor'):
+    """Return `function` compiled by torch.compile for a capture: static shapes, eager's random numbers.
+
+    fallback_random: the stratified samplers draw what eager steps draw, so compiling changes the speed only.
+    """
+    options = {'fallback_random': True} if backend == 'inductor' else None
+    return torch.compile(function, backend=backend, dynamic=False, options=options)

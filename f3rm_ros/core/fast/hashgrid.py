@@ -17,7 +17,7 @@ autograd gives for the torch path (``floor``/``ceil`` contribute nothing, ``d t 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -164,38 +164,66 @@ def _check(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, levels:
         raise ValueError(f'{scalings.numel()} scalings for {levels} levels')
 
 
-class _HashEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, table, scalings, table_size):
-        levels = scalings.numel()
-        features = table.shape[1]
-        n = x.shape[0]
-        out = torch.empty((n, levels * features), device=x.device, dtype=torch.float32)
-        block = _block(features)
-        if n:
-            _hash_fwd_kernel[(triton.cdiv(n, block), levels)](
-                x, table, scalings, out, n, L=levels, T=table_size, F=features, BLOCK=block, num_warps=4)
-        ctx.save_for_backward(x, table, scalings)
-        ctx.table_size = table_size
-        return out
+def _encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int) -> torch.Tensor:
+    levels = scalings.numel()
+    features = table.shape[1]
+    n = x.shape[0]
+    out = torch.empty((n, levels * features), device=x.device, dtype=torch.float32)
+    block = _block(features)
+    if n:
+        _hash_fwd_kernel[(triton.cdiv(n, block), levels)](
+            x, table, scalings, out, n, L=levels, T=table_size, F=features, BLOCK=block, num_warps=4)
+    return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, table, scalings = ctx.saved_tensors
-        need_dx, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        levels = scalings.numel()
-        features = table.shape[1]
-        n = x.shape[0]
-        grad = grad.contiguous().float()
-        dtable = torch.zeros_like(table) if need_table else None
-        dx = torch.zeros_like(x) if need_dx else None
-        block = _block(features)
-        if n and (need_dx or need_table):
-            _hash_bwd_kernel[(triton.cdiv(n, block), levels)](
-                x, table, scalings, grad, dtable if need_table else table, dx if need_dx else x, n,
-                L=levels, T=ctx.table_size, F=features, BLOCK=block,
-                NEED_TABLE=bool(need_table), NEED_DX=bool(need_dx), num_warps=4)
-        return dx, dtable, None, None
+
+def _encode_backward(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, grad: torch.Tensor,
+                     table_size: int, need_dx: bool, need_table: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    # A custom op returns tensors, never None: an input that needs no gradient gets an empty one.
+    levels = scalings.numel()
+    features = table.shape[1]
+    n = x.shape[0]
+    grad = grad.contiguous().float()
+    dtable = torch.zeros_like(table) if need_table else table.new_empty(0)
+    dx = torch.zeros_like(x) if need_dx else x.new_empty(0)
+    block = _block(features)
+    if n and (need_dx or need_table):
+        _hash_bwd_kernel[(triton.cdiv(n, block), levels)](
+            x, table, scalings, grad, dtable if need_table else table, dx if need_dx else x, n,
+            L=levels, T=table_size, F=features, BLOCK=block,
+            NEED_TABLE=bool(need_table), NEED_DX=bool(need_dx), num_warps=4)
+    return dx, dtable
+
+
+def _setup_context(ctx, inputs, output):
+    x, table, scalings, table_size = inputs
+    ctx.save_for_backward(x, table, scalings)
+    ctx.table_size = table_size
+
+
+def _backward(ctx, grad):
+    x, table, scalings = ctx.saved_tensors
+    need_dx, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dtable = _encode_backward_op(x, table, scalings, grad, ctx.table_size, need_dx, need_table)
+    return (dx if need_dx else None), (dtable if need_table else None), None, None
+
+
+if triton is not None:
+    # Registered as torch custom ops so that torch.compile (trainer.compile) treats the kernels as opaque calls
+    # with known output shapes, fusing everything around them; eager autograd behaves as an autograd.Function.
+    _encode_op = torch.library.custom_op('f3rm_ros::hash_encode', _encode, mutates_args=())
+    _encode_backward_op = torch.library.custom_op('f3rm_ros::hash_encode_backward', _encode_backward,
+                                                  mutates_args=())
+
+    @_encode_op.register_fake
+    def _encode_shape(x, table, scalings, table_size):
+        return x.new_empty((x.shape[0], scalings.numel() * table.shape[1]), dtype=torch.float32)
+
+    @_encode_backward_op.register_fake
+    def _encode_backward_shape(x, table, scalings, grad, table_size, need_dx, need_table):
+        return (torch.empty_like(x) if need_dx else x.new_empty(0),
+                torch.empty_like(table) if need_table else table.new_empty(0))
+
+    _encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int) -> torch.Tensor:
@@ -211,7 +239,7 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, ta
     x = x.float().contiguous()
     if table.dtype != torch.float32 or not table.is_contiguous():
         raise ValueError('hash table must be a contiguous float32 tensor')
-    return _HashEncode.apply(x, table, scalings.float().contiguous(), table_size)
+    return _encode_op(x, table, scalings.float().contiguous(), table_size)
 
 
 def reference_hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int,

@@ -15,10 +15,12 @@ This module is also the one place where f3rm_ros touches nerfstudio's internals 
   (nerfacto keeps them only in training), so features render with the colour's own weights in eval too;
 * `swap_class`: a `HashEncoding` instance becomes a `FastHashEncoding` (Triton forward, same state dict);
 * the proposal sampler's private schedule (``_step``, ``_steps_since_update``, ``_anneal``) that the CUDA graphs
-  of `graphs.py` replay around: `proposal_update_due`, `force_proposal_update`, `mark_proposal_updated`,
-  `route_anneal`, and `release_autograd_history` (nerfacto's cached ``_sample_locations`` /
-  ``_density_before_activation``);
-* the sync-free replacements below (`generate_rays`, `PSNR`, camera-optimiser metrics, `SpacedSampler` bins).
+  of `graphs.py` replay around: `proposal_update_due`, `pin_proposal_schedule`, `force_proposal_update`,
+  `mark_proposal_updated`, `route_anneal`, and `release_autograd_history` (nerfacto's cached
+  ``_sample_locations`` / ``_density_before_activation``);
+* the sync-free replacements below (`generate_rays`, `PSNR`, camera-optimiser metrics, `SpacedSampler` bins);
+* `DepthRenderer`'s median depth without ``searchsorted`` (inductor's Triton code for a search of a constant
+  fails to compile with torch 2.11 / Triton 3.6, which stopped ``trainer.compile`` on the gpu preset).
 
 `test/test_ns_patches.py` and `test/test_fast_model.py` hold a test per patch against the installed nerfstudio.
 """
@@ -35,12 +37,13 @@ import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.model_components.ray_samplers import SpacedSampler
+from nerfstudio.model_components.renderers import DepthRenderer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_NERFSTUDIO = ('1.1.5',)
 PATCHES = ('no_lpips', 'record_final_samples', 'swap_class', 'proposal sampler schedule (graphs.py)',
-           'generate_rays', 'PSNR', 'camera-optimiser metrics', 'SpacedSampler bins')
+           'generate_rays', 'PSNR', 'camera-optimiser metrics', 'SpacedSampler bins', 'median depth')
 _VERSION_CHECKED = [False]
 
 
@@ -102,16 +105,30 @@ def proposal_update_due(sampler) -> bool:
     return bool(sampler._steps_since_update > sampler.update_sched(sampler._step) or sampler._step < 10)
 
 
-def force_proposal_update(sampler, updated: bool) -> int:
-    """Make the next call update (or not) the proposal networks; returns the counter to restore."""
-    saved = sampler._steps_since_update
-    sampler._steps_since_update = 10 ** 9 if updated else -1
+def _one(step) -> int:
+    return 1
+
+
+def pin_proposal_schedule(sampler) -> dict:
+    """Freeze the sampler's update rule for a capture: `force_proposal_update` then picks each call's variant.
+
+    The rule's inputs become constants (the step, and ``update_sched``, which calls ``numpy.interp``: torch.compile
+    would split the graph there and recompile for every step). Returns what `restore_proposal_schedule` needs.
+    """
+    saved = {name: sampler.__dict__[name] for name in ('_step', '_steps_since_update', 'update_sched')}
+    sampler._step = 10  # past nerfstudio's "always update before step 10"
+    sampler.update_sched = _one
     return saved
 
 
-def restore_proposal_counter(sampler, saved: int) -> None:
-    """Undo `force_proposal_update`."""
-    sampler._steps_since_update = saved
+def force_proposal_update(sampler, updated: bool) -> None:
+    """Make the next call of a pinned sampler update (or not) the proposal networks."""
+    sampler._steps_since_update = 2 if updated else 1  # the pinned rule: update when above 1
+
+
+def restore_proposal_schedule(sampler, saved: dict) -> None:
+    """Undo `pin_proposal_schedule` (and any forcing since)."""
+    sampler.__dict__.update(saved)
 
 
 def mark_proposal_updated(sampler) -> None:
@@ -230,6 +247,18 @@ def _spaced_samples(self, ray_bundle: Optional[RayBundle] = None, num_samples: O
     )
 
 
+def _median_depth(self, weights: torch.Tensor, ray_samples: RaySamples, ray_indices=None, num_rays=None):
+    """`DepthRenderer`'s median depth (nerfstudio 1.1.5) with the median's index counted instead of searched."""
+    if ray_indices is not None and num_rays is not None:  # packed samples: nerfstudio's own answer (an error)
+        return DepthRenderer.forward(self, weights, ray_samples, ray_indices, num_rays)
+    steps = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
+    cumulative_weights = torch.cumsum(weights[..., 0], dim=-1)
+    # cumulative weights never decrease, so searchsorted(side='left') of 0.5 is the count of entries below 0.5
+    median_index = (cumulative_weights < 0.5).sum(dim=-1, keepdim=True)
+    median_index = torch.clamp(median_index, 0, steps.shape[-2] - 1)
+    return torch.gather(steps[..., 0], dim=-1, index=median_index)
+
+
 def patch_model(model: torch.nn.Module) -> int:
     """Install the replacements on `model`'s instances (no class is changed); returns how many."""
     count = 0
@@ -245,5 +274,9 @@ def patch_model(model: torch.nn.Module) -> int:
         if (isinstance(module, SpacedSampler)
                 and type(module).generate_ray_samples is SpacedSampler.generate_ray_samples):
             module.generate_ray_samples = types.MethodType(_spaced_samples, module)
+            count += 1
+        if (isinstance(module, DepthRenderer) and module.method == 'median'
+                and type(module).forward is DepthRenderer.forward):
+            module.forward = types.MethodType(_median_depth, module)
             count += 1
     return count

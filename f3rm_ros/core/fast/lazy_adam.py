@@ -1,0 +1,125 @@
+"""Adam that leaves hash-table entries without gradient alone (trainer.lazy_hash_adam).
+
+A training step's samples reach a fraction of a hash table's rows (the coarse levels hold fewer vertices than
+table rows; the fine ones are sparse per step). Dense Adam still reads and writes every entry's parameter and
+both moments, 28 bytes per entry over ~70M entries, and keeps moving untouched entries with stale momentum.
+Instant-NGP skips entries whose gradient is exactly zero; here with TensorFlow's LazyAdam rule: a skipped entry
+keeps its parameter and moments, and bias correction uses the optimiser's step. Every other parameter takes
+torch's fused Adam, as before.
+
+Hash tables are the parameters `mark_hash_table` flagged (`accelerate` flags the Triton grids' tables). The
+kernel needs Triton: CUDA, or the CPU under ``TRITON_INTERPRET=1`` (tests).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .hashgrid import tl, triton
+
+_FLAG = '_f3rm_hash_table'
+BLOCK = 1024
+
+
+def mark_hash_table(parameter: torch.nn.Parameter) -> None:
+    """Flag `parameter` as a hash table whose untouched entries `LazyHashAdam` skips."""
+    setattr(parameter, _FLAG, True)
+
+
+def is_hash_table(parameter: torch.Tensor) -> bool:
+    """Tell whether `mark_hash_table` flagged `parameter`."""
+    return getattr(parameter, _FLAG, False)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _lazy_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, inf_ptr, n, lr, beta1, beta2, eps, bias1,
+                          bias2_sqrt, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+        touched = mask & (g != 0.0)
+        if HAS_INF:  # AMP found an inf/NaN somewhere: the whole step is skipped, as torch's fused Adam does
+            touched = touched & (tl.load(inf_ptr + offs * 0) == 0.0)  # the flag, broadcast to the block
+        if HAS_SCALE:  # gradients still carry AMP's loss scale
+            g = g / tl.load(scale_ptr)
+        m = tl.load(m_ptr + offs, mask=touched, other=0.0)
+        v = tl.load(v_ptr + offs, mask=touched, other=0.0)
+        p = tl.load(p_ptr + offs, mask=touched, other=0.0)
+        m = beta1 * m + (1.0 - beta1) * g
+        v = beta2 * v + (1.0 - beta2) * g * g
+        p = p - (lr / bias1) * m / (tl.sqrt(v) / bias2_sqrt + eps)
+        tl.store(m_ptr + offs, m, mask=touched)
+        tl.store(v_ptr + offs, v, mask=touched)
+        tl.store(p_ptr + offs, p, mask=touched)
+
+
+class LazyHashAdam(torch.optim.Adam):
+    """torch's Adam for every parameter except flagged hash tables, which skip entries with zero gradient.
+
+    Supports what nerfstudio's Adam config sets (lr, eps, betas, no weight decay, no amsgrad) and AMP through
+    `torch.amp.GradScaler` (the scaler hands ``grad_scale`` / ``found_inf`` to the step, as for fused Adam).
+    State keys are torch Adam's (``step``, ``exp_avg``, ``exp_avg_sq``): checkpoints load either way.
+    """
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        for group in self.param_groups:
+            if group['weight_decay'] or group['amsgrad'] or group['maximize']:
+                raise ValueError('LazyHashAdam supports neither weight decay, amsgrad nor maximize')
+        self._host_steps: Dict[int, int] = {}  # step counts on the host: bias correction without a sync
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Adam step: torch's for the dense parameters, the lazy kernel for the hash tables."""
+        lazy: List[Tuple[dict, torch.Tensor, torch.Tensor]] = [
+            (group, p, p.grad) for group in self.param_groups for p in group['params']
+            if p.grad is not None and is_hash_table(p)]
+        for _, parameter, _ in lazy:  # hidden from torch's step, which takes every parameter with a gradient
+            parameter.grad = None
+        try:
+            loss = super().step(closure)
+        finally:
+            for _, parameter, gradient in lazy:
+                parameter.grad = gradient
+        grad_scale = getattr(self, 'grad_scale', None)
+        found_inf = getattr(self, 'found_inf', None)
+        for group, parameter, gradient in lazy:
+            self._lazy_step(group, parameter, gradient, grad_scale, found_inf)
+        return loss
+
+    def _lazy_step(self, group: dict, parameter: torch.Tensor, gradient: torch.Tensor,
+                   grad_scale: Optional[torch.Tensor], found_inf: Optional[torch.Tensor]) -> None:
+        if triton is None:
+            raise RuntimeError('LazyHashAdam needs Triton')
+        if parameter.dtype != torch.float32 or gradient.dtype != torch.float32 or not gradient.is_contiguous():
+            raise ValueError('hash tables and their gradients must be contiguous float32 tensors')
+        state = self.state[parameter]
+        if not state:
+            state['step'] = torch.zeros((), dtype=torch.float32, device=parameter.device)
+            state['exp_avg'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+            state['exp_avg_sq'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+        key = id(parameter)
+        if key not in self._host_steps:  # once per parameter (a loaded state): one read of its step
+            self._host_steps[key] = int(state['step'].item())
+        self._host_steps[key] += 1
+        # kept in torch's format for checkpoints (the kernel uses the host count); out of place: a loaded state
+        # may share this tensor with the optimiser it came from
+        state['step'] = state['step'] + 1
+        step = self._host_steps[key]
+        beta1, beta2 = group['betas']
+        lr = float(group['lr'])
+        n = parameter.numel()
+        _lazy_adam_kernel[(triton.cdiv(n, BLOCK),)](
+            parameter, gradient, state['exp_avg'], state['exp_avg_sq'],
+            grad_scale if grad_scale is not None else gradient, found_inf if found_inf is not None else gradient,
+            n, lr, beta1, beta2, group['eps'], 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step),
+            HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, BLOCK=BLOCK, num_warps=4)
+
+    def load_state_dict(self, state_dict):
+        """Load as torch's Adam does; host step counts are read again from the loaded state."""
+        super().load_state_dict(state_dict)
+        self._host_steps.clear()
