@@ -313,6 +313,8 @@ def _profile(trainer, steps: int, out: Optional[Path]) -> List[str]:
     for e in events:
         if getattr(e, 'device_type', None) != DeviceType.CUDA:  # kernels only: CPU ops repeat their kernels' time
             continue
+        if getattr(e, 'is_user_annotation', False) or e.key.startswith('Optimizer.'):
+            continue  # ranges such as 'Optimizer.step#Adam.step' span kernels counted on their own
         t = getattr(e, 'self_device_time_total', None)
         if t is None:
             t = getattr(e, 'self_cuda_time_total', 0.0)
