@@ -161,7 +161,7 @@ class TrainerConfig:
     mixed_precision: bool = True
     # On CUDA with the fast path: replay forward + backward from CUDA graphs (fast/graphs.py); same results.
     cuda_graphs: bool = True
-    # With cuda_graphs: compile the captured forward and losses with torch.compile first: 0.66x the step time,
+    # With cuda_graphs: compile the captured forward and losses with torch.compile first: 0.63x the step time,
     # but the first start compiles for ~100 s (~20 s with inductor's cache warm), which an online scan would wait
     # for; worth it for long offline runs (README, Performance).
     compile: bool = False
