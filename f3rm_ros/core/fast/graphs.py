@@ -49,8 +49,6 @@ class GraphedTrainStep:
 
     def __init__(self, model, grad_scaler, use_amp: bool, compile: bool = False):
         self.model = model
-        # fallback_random: the same random numbers as eager steps (stratified sampling), so that compiling
-        # changes the speed only
         self._losses = compiled(model_losses) if compile else model_losses
         self.grad_scaler = grad_scaler
         self.use_amp = use_amp
@@ -133,21 +131,23 @@ class GraphedTrainStep:
 
     def _capture(self, updated: bool) -> None:
         saved = pin_proposal_schedule(self.sampler)
-        self._release_autograd_history()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):  # warm-up on the capture stream, as the CUDA-graph docs ask
-            for _ in range(WARMUP_ITERATIONS):
-                self._force_variant(updated)
-                self._warm_up_step()
-        torch.cuda.current_stream().wait_stream(self.stream)
-        self._force_variant(updated)
-        self._drop_gradients()
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads (a query node evaluating the field) may keep using the GPU meanwhile
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
-            stats = self._forward_backward()
+        try:
+            self._release_autograd_history()
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):  # warm-up on the capture stream, as the CUDA-graph docs ask
+                for _ in range(WARMUP_ITERATIONS):
+                    self._force_variant(updated)
+                    self._warm_up_step()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            self._force_variant(updated)
+            self._drop_gradients()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (a query node evaluating the field) may keep using the GPU meanwhile
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode='thread_local'):
+                stats = self._forward_backward()
+        finally:
+            restore_proposal_schedule(self.sampler, saved)
         self.pool = graph.pool()
-        restore_proposal_schedule(self.sampler, saved)
         self.graphs[updated] = (graph, stats, [p.grad for p in self.parameters])
         log.info('captured the training step as a CUDA graph (proposal update: %s)', updated)
 
