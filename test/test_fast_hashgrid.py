@@ -107,3 +107,43 @@ def test_kernels_under_triton_interpreter_match_nerfstudio():
         assert errors[0] < 1e-5
         assert errors[1] < 1e-4
         assert errors[2] < 1e-4
+
+
+def opcheck_results(device):
+    """Return torch.library.opcheck's verdicts for the kernels' custom ops (what torch.compile relies on)."""
+    from f3rm_ros.core.fast.hashgrid import _encode_backward_op, _encode_op
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(50, 3, generator=gen).to(device)
+    table = (torch.rand(3 * 64, 2, generator=gen) - 0.5).to(device)
+    scalings = torch.tensor([2.0, 5.0, 11.0], device=device)
+    grad = torch.randn(50, 6, generator=gen).to(device)
+    cases = [(_encode_op, (x.clone().requires_grad_(True), table.clone().requires_grad_(True), scalings, 64))]
+    cases += [(_encode_backward_op, (x, table, scalings, grad, 64, need_dx, True)) for need_dx in (True, False)]
+    return [torch.library.opcheck(op, args) for op, args in cases]
+
+
+def _assert_opcheck(results):
+    for result in results:
+        assert set(result.values()) == {'SUCCESS'}, result
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device (the interpreter test covers the CPU)')
+def test_custom_ops_pass_opcheck_on_cuda():
+    _assert_opcheck(opcheck_results('cuda'))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the ops')
+def test_custom_ops_pass_opcheck_under_triton_interpreter():
+    """Schema, autograd registration, fake shapes and AOT tracing of the ops that torch.compile calls opaquely."""
+    code = textwrap.dedent('''
+        import json, sys
+        sys.path.insert(0, sys.argv[1])
+        from test_fast_hashgrid import opcheck_results
+        print(json.dumps(opcheck_results('cpu')))
+    ''')
+    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
+    done = subprocess.run([sys.executable, '-c', code, os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+    _assert_opcheck(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -74,20 +74,49 @@ def check(device):
         optimizer.param_groups[0]['params'][1].grad = None
         optimizer.step()
     errors.append(('after load_state_dict', float((clone.param_groups[0]['params'][0] - table).abs().max())))
-    # 4. AMP: a scaled gradient with grad_scale equals the unscaled step; found_inf skips the table entirely
-    g_table = torch.randn(300, 2, generator=gen).to(device)
-    for optimizer, parameter, scale in ((lazy, table, 1.0), (clone, clone.param_groups[0]['params'][0], 8.0)):
-        parameter.grad = g_table * scale
-        optimizer.grad_scale = torch.full((1,), scale, device=device)
-        optimizer.found_inf = torch.zeros(1, device=device)
-        optimizer._lazy_step(optimizer.param_groups[0], parameter, parameter.grad, optimizer.grad_scale,
-                             optimizer.found_inf)
-    errors.append(('grad_scale', float((clone.param_groups[0]['params'][0] - table).abs().max())))
-    before = table.detach().clone()
-    table.grad = torch.randn(300, 2, generator=gen).to(device)
-    lazy._lazy_step(lazy.param_groups[0], table, table.grad, None, torch.ones(1, device=device))
-    errors.append(('found_inf', float((table - before).abs().max())))
+    # 4. checkpoints load either way: torch Adam continues from a LazyHashAdam state and the other way round
+    for source, target_cls in ((lazy, torch.optim.Adam), (torch_adam, LazyHashAdam)):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in source.param_groups[0]['params']]
+        mark_hash_table(params[0])
+        target = target_cls(params, fused=fused, **options)
+        target.load_state_dict(copy.deepcopy(source.state_dict()))
+        grads = [torch.randn(p.shape, generator=gen).to(device) for p in params]
+        for optimizer in (source, target):
+            for parameter, grad in zip(optimizer.param_groups[0]['params'], grads):
+                parameter.grad = grad.clone()
+            optimizer.step()
+        errors.append((f'{type(source).__name__} state into {target_cls.__name__}', max(
+            float((a - b).abs().max()) for a, b in zip(source.param_groups[0]['params'], params))))
+    # 5. AMP through torch's GradScaler (fused Adam's protocol: grad_scale and found_inf handed to the step): an
+    # overflow step changes nothing and is not counted, the scaled steps equal torch's
+    errors += _amp_errors(device, gen, options)
     return errors
+
+
+def _amp_errors(device, gen, options):
+    from f3rm_ros.core.fast.lazy_adam import LazyHashAdam, mark_hash_table
+    table = torch.nn.Parameter((torch.rand(300, 2, generator=gen) - 0.5).to(device))
+    dense = torch.nn.Parameter(torch.rand(7, generator=gen).to(device))
+    mark_hash_table(table)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in (table, dense)]
+    runs = [(LazyHashAdam([table, dense], fused=True, **options), [table, dense]),
+            (torch.optim.Adam(reference, fused=True, **options), reference)]
+    scalers = [torch.amp.GradScaler(device, init_scale=1024.0) for _ in runs]
+    for step in range(4):
+        grads = [torch.randn(300, 2, generator=gen).to(device), torch.randn(7, generator=gen).to(device)]
+        if step == 0:
+            grads[1][3] = float('inf')  # an overflow: the step must be skipped
+        for (optimizer, params), scaler in zip(runs, scalers):
+            scaler.scale(torch.ones((), device=device))  # the scaler's state starts at its first scale()
+            for parameter, grad in zip(params, grads):
+                parameter.grad = grad * scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+    (lazy, _), (adam, _) = runs
+    return [('AMP: table', float((table - reference[0]).abs().max())),
+            ('AMP: other parameter', float((dense - reference[1]).abs().max())),
+            ('AMP: step count', float(abs(lazy.state[table]['step'].cpu() - adam.state[reference[0]]['step'].cpu()))),
+            ('AMP: steps taken', float(abs(lazy.state[table]['step'].cpu() - 3)))]
 
 
 def _assert_small(errors):

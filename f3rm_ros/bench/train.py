@@ -290,7 +290,7 @@ def _fast_summary(trainer) -> str:
     return (f'fast path {"ON" if fast.enabled() and grids else "OFF"}: {grids} hash grids on Triton, '
             f'feature render-then-project {"on" if getattr(model.feature_field, "fast_render", False) else "off"}, '
             f'CUDA graphs {"on" if trainer.graphed is not None else "off"}'
-            f'{" (compiled)" if trainer.graphed is not None and trainer.config.trainer.compile else ""}')
+            f'{" (compiled)" if trainer.graphed is not None and trainer.graphed.compiled else ""}')
 
 
 def _profile(trainer, steps: int, out: Optional[Path]) -> List[str]:
@@ -481,8 +481,10 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
             clock.start()
     total_s = clock.stop()
     steady_steps = args.steps - warm_step
-    print(f'[bench] the first {warm_step} steps (CUDA graph capture{", compilation" if config.trainer.compile else ""})'
-          f' took {warm_time:.1f} s; rays/s counts the steps after them', flush=True)
+    if warm_time is not None:
+        compiled = trainer.graphed is not None and trainer.graphed.compiled
+        print(f'[bench] the first {warm_step} steps (CUDA graph capture{", compilation" if compiled else ""}) took '
+              f'{warm_time:.1f} s; rays/s counts the steps after them', flush=True)
     rays_per_s = steady_steps * rays / (total_s - warm_time) if steady_steps > 0 and warm_time else float('nan')
     peak_train = max(peak_train, _peak_gib())
     if not args.no_picture:  # what a user renders: a full-resolution held-out view with features and depth

@@ -30,7 +30,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from .config import F3RMConfig, from_dict, to_dict
 from . import fast
 from .fast import adam_config, sample_rays
-from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep
+from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
@@ -426,17 +426,14 @@ class OnlineTrainer:
 
     def _eager_step(self, ray_bundle, batch) -> Dict[str, torch.Tensor]:
         """Forward, backward and optimiser step launched op by op (the CPU path, and warm-up on CUDA)."""
-        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-            outputs = self.model(ray_bundle)
-            metrics = self.model.get_metrics_dict(outputs, batch)
-            losses = self.model.get_loss_dict(outputs, batch, metrics)
+        losses, psnr = model_losses(self.model, ray_bundle, batch, self.use_amp)
         total = sum(losses.values())
         self.optimizers.zero_grad_all()
         self.grad_scaler.scale(total).backward()
         self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
         stats = {name: value.detach() for name, value in losses.items()}
         stats['loss'] = total.detach()
-        stats['psnr'] = metrics['psnr'].detach()
+        stats['psnr'] = psnr.detach()
         return stats
 
     @torch.no_grad()

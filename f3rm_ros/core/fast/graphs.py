@@ -66,6 +66,11 @@ class GraphedTrainStep:
         self.pool = None
         self.stream = torch.cuda.Stream(device=device)  # warm-up and capture run here, replays anywhere
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the captured step runs compiled code (False after a failed compile fell back)."""
+        return self._losses is not model_losses
+
     # ---- inputs
 
     def _bind(self, ray_bundle: RayBundle, batch: Dict[str, torch.Tensor]) -> None:
@@ -107,7 +112,7 @@ class GraphedTrainStep:
         try:
             self._forward_backward()
         except torch._dynamo.exc.TorchDynamoException as error:  # compiling happens at a variant's first call
-            if self._losses is model_losses:
+            if not self.compiled:
                 raise
             reason = str(error).strip().splitlines()
             log.warning('torch.compile failed (%s); training goes on with the uncompiled step',

@@ -13,7 +13,7 @@ kernel needs Triton: CUDA, or the CPU under ``TRITON_INTERPRET=1`` (tests).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -36,10 +36,15 @@ def is_hash_table(parameter: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _lazy_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, scale_ptr, inf_ptr, n, lr, beta1, beta2, eps, bias1,
-                          bias2_sqrt, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+    def _lazy_adam_kernel(p_ptr, g_ptr, m_ptr, v_ptr, step_ptr, scale_ptr, inf_ptr, n, lr, beta1, beta2, eps,
+                          log2_beta1, log2_beta2, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+                          BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
+        # bias corrections from the step count on the device (it does not advance on a step AMP skips)
+        step = tl.load(step_ptr + offs * 0)
+        bias1 = 1.0 - tl.exp2(step * log2_beta1)
+        bias2_sqrt = tl.sqrt(1.0 - tl.exp2(step * log2_beta2))
         g = tl.load(g_ptr + offs, mask=mask, other=0.0)
         touched = mask & (g != 0.0)
         if HAS_INF:  # AMP found an inf/NaN somewhere: the whole step is skipped, as torch's fused Adam does
@@ -65,23 +70,27 @@ class LazyHashAdam(torch.optim.Adam):
     State keys are torch Adam's (``step``, ``exp_avg``, ``exp_avg_sq``): checkpoints load either way.
     """
 
-    def __init__(self, params, **kwargs):
-        super().__init__(params, **kwargs)
-        for group in self.param_groups:
-            if group['weight_decay'] or group['amsgrad'] or group['maximize']:
-                raise ValueError('LazyHashAdam supports neither weight decay, amsgrad nor maximize')
-        self._host_steps: Dict[int, int] = {}  # step counts on the host: bias correction without a sync
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group as torch's Adam does, refusing the settings the lazy kernel does not implement."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group['weight_decay'] or group['amsgrad'] or group['maximize']:
+            raise ValueError('LazyHashAdam supports neither weight decay, amsgrad nor maximize')
 
     @torch.no_grad()
     def step(self, closure=None):
         """One Adam step: torch's for the dense parameters, the lazy kernel for the hash tables."""
+        loss = None
+        if closure is not None:  # before the gradients are read
+            with torch.enable_grad():
+                loss = closure()
         lazy: List[Tuple[dict, torch.Tensor, torch.Tensor]] = [
             (group, p, p.grad) for group in self.param_groups for p in group['params']
             if p.grad is not None and is_hash_table(p)]
         for _, parameter, _ in lazy:  # hidden from torch's step, which takes every parameter with a gradient
             parameter.grad = None
         try:
-            loss = super().step(closure)
+            super().step()
         finally:
             for _, parameter, gradient in lazy:
                 parameter.grad = gradient
@@ -102,24 +111,16 @@ class LazyHashAdam(torch.optim.Adam):
             state['step'] = torch.zeros((), dtype=torch.float32, device=parameter.device)
             state['exp_avg'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
             state['exp_avg_sq'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
-        key = id(parameter)
-        if key not in self._host_steps:  # once per parameter (a loaded state): one read of its step
-            self._host_steps[key] = int(state['step'].item())
-        self._host_steps[key] += 1
-        # kept in torch's format for checkpoints (the kernel uses the host count); out of place: a loaded state
-        # may share this tensor with the optimiser it came from
-        state['step'] = state['step'] + 1
-        step = self._host_steps[key]
+        device = parameter.device
+        # as torch's fused Adam: the count does not advance on a step AMP skips (found_inf is 1 there); out of
+        # place, since a loaded state may share this tensor with the optimiser it came from
+        advance = 1.0 - found_inf.to(device).reshape(()) if found_inf is not None else 1.0
+        state['step'] = state['step'].to(device) + advance
         beta1, beta2 = group['betas']
-        lr = float(group['lr'])
         n = parameter.numel()
         _lazy_adam_kernel[(triton.cdiv(n, BLOCK),)](
-            parameter, gradient, state['exp_avg'], state['exp_avg_sq'],
-            grad_scale if grad_scale is not None else gradient, found_inf if found_inf is not None else gradient,
-            n, lr, beta1, beta2, group['eps'], 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step),
+            parameter, gradient, state['exp_avg'], state['exp_avg_sq'], state['step'],
+            grad_scale.to(device) if grad_scale is not None else gradient,
+            found_inf.to(device) if found_inf is not None else gradient,
+            n, float(group['lr']), beta1, beta2, group['eps'], math.log2(beta1), math.log2(beta2),
             HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, BLOCK=BLOCK, num_warps=4)
-
-    def load_state_dict(self, state_dict):
-        """Load as torch's Adam does; host step counts are read again from the loaded state."""
-        super().load_state_dict(state_dict)
-        self._host_steps.clear()

@@ -254,6 +254,7 @@ def _median_depth(self, weights: torch.Tensor, ray_samples: RaySamples, ray_indi
     steps = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
     cumulative_weights = torch.cumsum(weights[..., 0], dim=-1)
     # cumulative weights never decrease, so searchsorted(side='left') of 0.5 is the count of entries below 0.5
+    # (for NaN-free weights; with a NaN the step's loss is NaN and AMP skips it anyway)
     median_index = (cumulative_weights < 0.5).sum(dim=-1, keepdim=True)
     median_index = torch.clamp(median_index, 0, steps.shape[-2] - 1)
     return torch.gather(steps[..., 0], dim=-1, index=median_index)
