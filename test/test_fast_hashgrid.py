@@ -3,13 +3,10 @@
 On CUDA the kernels run natively at realistic sizes; without CUDA the same comparison runs on a small case
 in a subprocess under TRITON_INTERPRET=1 (Triton's CPU interpreter), so CI still exercises the kernels.
 """
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from triton_interpreter import interpreted
 
 pytest.importorskip('nerfstudio')
 triton = pytest.importorskip('triton', reason='Triton is not installed: the fast path cannot run')
@@ -88,21 +85,9 @@ def test_cuda_module_swap_keeps_state_dict_and_outputs():
 
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the kernels')
 def test_kernels_under_triton_interpreter_match_nerfstudio():
-    # The interpreter must be chosen before Triton's decorators run: use a fresh interpreter process.
-    code = textwrap.dedent('''
-        import json, sys
-        sys.path.insert(0, sys.argv[1])
-        from test_fast_hashgrid import compare
-        results = [compare('cpu', 4, 2 ** 6, 2, 300, 2, 40, seed=1),   # 64-row table: collisions
-                   compare('cpu', 3, 2 ** 8, 8, 200, 4, 16, seed=2)]
-        print(json.dumps(results))
-    ''')
-    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    done = subprocess.run([sys.executable, '-c', code, os.path.dirname(__file__)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-    for errors in json.loads(done.stdout.strip().splitlines()[-1]):
+    results = interpreted('test_fast_hashgrid', "[compare('cpu', 4, 2 ** 6, 2, 300, 2, 40, seed=1), "
+                          "compare('cpu', 3, 2 ** 8, 8, 200, 4, 16, seed=2)]")  # 64-row table: collisions
+    for errors in results:
         print('relative errors (forward, table grad, position grad):', errors)
         assert errors[0] < 1e-5
         assert errors[1] < 1e-4
@@ -135,15 +120,4 @@ def test_custom_ops_pass_opcheck_on_cuda():
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the ops')
 def test_custom_ops_pass_opcheck_under_triton_interpreter():
     """Schema, autograd registration, fake shapes and AOT tracing of the ops that torch.compile calls opaquely."""
-    code = textwrap.dedent('''
-        import json, sys
-        sys.path.insert(0, sys.argv[1])
-        from test_fast_hashgrid import opcheck_results
-        print(json.dumps(opcheck_results('cpu')))
-    ''')
-    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    done = subprocess.run([sys.executable, '-c', code, os.path.dirname(__file__)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-    _assert_opcheck(json.loads(done.stdout.strip().splitlines()[-1]))
+    _assert_opcheck(interpreted('test_fast_hashgrid', "opcheck_results('cpu')"))

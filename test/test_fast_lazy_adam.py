@@ -5,13 +5,10 @@ the same checks run under TRITON_INTERPRET=1 in a subprocess, so CI exercises th
 """
 import copy
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from triton_interpreter import interpreted
 
 triton = pytest.importorskip('triton', reason='Triton is not installed: the fast path cannot run')
 HAS_CUDA = torch.cuda.is_available()
@@ -132,18 +129,7 @@ def test_lazy_adam_on_cuda():
 
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the kernel')
 def test_lazy_adam_under_triton_interpreter():
-    code = textwrap.dedent('''
-        import json, sys
-        sys.path.insert(0, sys.argv[1])
-        from test_fast_lazy_adam import check
-        print(json.dumps(check('cpu')))
-    ''')
-    env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    done = subprocess.run([sys.executable, '-c', code, os.path.dirname(__file__)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-    _assert_small(json.loads(done.stdout.strip().splitlines()[-1]))
+    _assert_small(interpreted('test_fast_lazy_adam', "check('cpu')"))
 
 
 def test_lazy_adam_refuses_settings_it_does_not_implement():
