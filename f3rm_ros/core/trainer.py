@@ -30,7 +30,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from .config import F3RMConfig, from_dict, to_dict
 from . import fast
 from .fast import adam_config, sample_rays
-from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses
+from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses, step_stats
 from .frames import FrameStore, PosedFrame
 from .geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
@@ -431,10 +431,7 @@ class OnlineTrainer:
         self.optimizers.zero_grad_all()
         self.grad_scaler.scale(total).backward()
         self.optimizers.optimizer_scaler_step_all(self.grad_scaler)
-        stats = {name: value.detach() for name, value in losses.items()}
-        stats['loss'] = total.detach()
-        stats['psnr'] = psnr.detach()
-        return stats
+        return step_stats(losses, total, psnr)
 
     @torch.no_grad()
     def render(self, T_base_optical: np.ndarray, K: np.ndarray, width: int, height: int,

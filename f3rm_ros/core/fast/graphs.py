@@ -102,10 +102,7 @@ class GraphedTrainStep:
         losses, psnr = self._losses(self.model, self._bundle(), self.batch, self.use_amp)
         total = sum(losses.values())
         self.grad_scaler.scale(total).backward()
-        stats = {name: value.detach() for name, value in losses.items()}
-        stats['loss'] = total.detach()
-        stats['psnr'] = psnr.detach()
-        return stats
+        return step_stats(losses, total, psnr)
 
     def _warm_up_step(self) -> None:
         self._drop_gradients()
@@ -185,6 +182,14 @@ def model_losses(model, bundle: RayBundle, batch: Dict[str, torch.Tensor], use_a
         metrics = model.get_metrics_dict(outputs, batch)
         losses = model.get_loss_dict(outputs, batch, metrics)
     return losses, metrics['psnr']
+
+
+def step_stats(losses: Dict[str, torch.Tensor], total: torch.Tensor, psnr: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Detached loss terms, their sum ('loss') and 'psnr' of one step (what a training step returns)."""
+    stats = {name: value.detach() for name, value in losses.items()}
+    stats['loss'] = total.detach()
+    stats['psnr'] = psnr.detach()
+    return stats
 
 
 def compiled(function, backend: str = 'inductor'):

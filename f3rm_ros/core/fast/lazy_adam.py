@@ -112,15 +112,16 @@ class LazyHashAdam(torch.optim.Adam):
             state['exp_avg'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
             state['exp_avg_sq'] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
         device = parameter.device
+        grad_scale = grad_scale.to(device) if grad_scale is not None else None
+        found_inf = found_inf.to(device) if found_inf is not None else None
         # as torch's fused Adam: the count does not advance on a step AMP skips (found_inf is 1 there); out of
         # place, since a loaded state may share this tensor with the optimiser it came from
-        advance = 1.0 - found_inf.to(device).reshape(()) if found_inf is not None else 1.0
+        advance = 1.0 - found_inf.reshape(()) if found_inf is not None else 1.0
         state['step'] = state['step'].to(device) + advance
         beta1, beta2 = group['betas']
         n = parameter.numel()
         _lazy_adam_kernel[(triton.cdiv(n, BLOCK),)](
             parameter, gradient, state['exp_avg'], state['exp_avg_sq'], state['step'],
-            grad_scale.to(device) if grad_scale is not None else gradient,
-            found_inf.to(device) if found_inf is not None else gradient,
+            grad_scale if grad_scale is not None else gradient, found_inf if found_inf is not None else gradient,
             n, float(group['lr']), beta1, beta2, group['eps'], math.log2(beta1), math.log2(beta2),
             HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, BLOCK=BLOCK, num_warps=4)
