@@ -43,7 +43,7 @@ from tyro.conf import Suppress
 
 from .core.config import F3RMConfig, FeatureFieldConfig, make_config, to_dict
 from .core.geometry import WorkspaceBox
-from .core.model import F3RMModel, F3RMModelConfig, model_config
+from .core.training.model import F3RMModel, F3RMModelConfig, model_config
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ class F3RMDataParser(Nerfstudio):
     def workspace_box(self) -> WorkspaceBox:
         """Return the workspace box of the dataset (resolved once)."""
         if self._box is None:
-            from .core.frames import read_dataset, read_metadata
-            from .core.offline import resolve_workspace
+            from .core.capture.frames import read_dataset, read_metadata
+            from .core.training.offline import resolve_workspace
             data = Path(self.config.data)
             root = data.parent if data.suffix == '.json' else data
             meta = read_metadata(root)
@@ -128,8 +128,8 @@ class F3RMDataManager(VanillaDataManager):
                  **kwargs):
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
                          **kwargs)
-        from .core.frames import read_dataset, read_metadata
-        from .core.offline import dataset_labels
+        from .core.capture.frames import read_dataset, read_metadata
+        from .core.training.offline import dataset_labels
         from .core.teachers import choose_teacher
         root = Path(self.config.dataparser.data)
         overrides = {'teacher': {'pretrained': str(Path(config.clip_weights).resolve())}} if config.clip_weights else {}
@@ -320,7 +320,7 @@ class F3RMNSModel(F3RMModel):
 
     def export_checkpoint(self, path: Path, step: int) -> Path:
         """Write the model in f3rm_ros's checkpoint format (tensors + JSON metadata, atomically)."""
-        from .core.trainer import CHECKPOINT_VERSION, _atomic_torch_save
+        from .core.training.trainer import CHECKPOINT_VERSION, _atomic_torch_save
         config = f3rm_config_of(self.config, self.config.preset, self.f3rm['workspace'], self.f3rm['teacher_config'])
         meta = {'format': 'f3rm_ros', 'version': CHECKPOINT_VERSION, 'step': int(step),
                 'num_frames': int(self.f3rm['num_frames']), 'capacity': int(self.num_train_data),

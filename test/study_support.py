@@ -3,10 +3,10 @@ import os
 from pathlib import Path
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore, write_dataset
-from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.core.capture.frames import FrameStore, write_dataset
+from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.core.teachers import choose_teacher
-from f3rm_ros.core.trainer import OnlineTrainer
+from f3rm_ros.core.training.trainer import OnlineTrainer
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 

@@ -15,10 +15,12 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 
-from f3rm_ros.core import compressed, scenes
-from f3rm_ros.core.capture import CaptureSession, CaptureSettings
-from f3rm_ros.core.frames import read_dataset
-from f3rm_ros.core.handeye import hand_eye_matrix
+from f3rm_ros.core.capture import compressed
+
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings
+from f3rm_ros.core.capture.frames import read_dataset
+from f3rm_ros.core.capture.handeye import hand_eye_matrix
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.bag_import import BagError, ImportSettings, import_bag
 from f3rm_ros.ros.capture_inputs import CaptureInputs
@@ -216,5 +218,5 @@ def test_pose_topic_hand_eye_and_mask_imports(scene, tmp_path):
     truth = {round(1.0 + 0.6 * i, 3): f.T_base_optical for i, f in enumerate(scene.frames)}
     for frame in frames:
         np.testing.assert_allclose(frame.T_base_optical, truth[round(frame.stamp, 3)], atol=1e-6)
-    from f3rm_ros.core.frames import read_metadata
+    from f3rm_ros.core.capture.frames import read_metadata
     assert read_metadata(tmp_path / 'dataset')['workspace'] == {'min': [0.0, -1.0, -1.0], 'max': [1.0, 1.0, 1.0]}

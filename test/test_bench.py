@@ -16,9 +16,9 @@ from f3rm_ros.bench.semantic import (CATALOGUE_NAMES, QueryScore, absent_names, 
                                      on_object, peak_distribution, result_line, save_scene, separating_bound,
                                      summary_rows)
 from f3rm_ros.cli import main
-from f3rm_ros.core import scenes
-from f3rm_ros.core.cloud import CLOUD_POINT_STEP
-from f3rm_ros.core.frames import read_metadata, write_dataset
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.query.cloud import CLOUD_POINT_STEP
+from f3rm_ros.core.capture.frames import read_metadata, write_dataset
 
 from analytic_field import analytic_scene
 
@@ -185,7 +185,7 @@ def test_bench_semantic_scores_a_dataset_and_its_absent_objects(scene_dataset, t
 
 def test_latency_rows_include_grasps_and_packing():
     """Every stage a planner pays, grasps and the PointCloud2 bytes included; cold queries re-evaluate the voxels."""
-    from f3rm_ros.core.query import FieldQuerier
+    from f3rm_ros.core.query.answer import FieldQuerier
     config, teacher, model = analytic_scene()
     config.grasp.max_opening = 0.14
     querier = FieldQuerier(model, teacher, config, surface_only=True)

@@ -12,7 +12,7 @@ import time
 from f3rm_ros.bench import parse_result_line
 from f3rm_ros.cli import main
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.online import OnlineSession, SessionSettings
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
@@ -70,7 +70,7 @@ def test_bench_teachers_times_batches_against_the_bare_encoder_on_a_carried_scan
 
 
 def test_session_warms_up_before_keyframes_and_still_stops_promptly(caplog):
-    caplog.set_level(logging.INFO, logger='f3rm_ros.core.online')
+    caplog.set_level(logging.INFO, logger='f3rm_ros.core.training.online')
     session = OnlineSession(make_config('cpu-tiny'), SessionSettings())
     session.start()
     deadline = time.monotonic() + 60

@@ -15,8 +15,8 @@ import pytest
 from f3rm_ros.bench import parse_eval_lines, parse_result_line
 from f3rm_ros.bench.train import compare
 from f3rm_ros.cli import main
-from f3rm_ros.core import scenes
-from f3rm_ros.core.frames import write_dataset
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.capture.frames import write_dataset
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 

@@ -1,9 +1,9 @@
 """``f3rm-ros check-calibration``: the workspace box drawn into camera images, and what it says about poses."""
 import numpy as np
 
-from f3rm_ros.core import scenes
-from f3rm_ros.core.calibration import box_corners, box_in_view, depth_inside_box, draw_workspace, project
-from f3rm_ros.core.frames import PosedFrame, write_dataset
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.capture.calibration import box_corners, box_in_view, depth_inside_box, draw_workspace, project
+from f3rm_ros.core.capture.frames import PosedFrame, write_dataset
 
 
 def test_the_box_lands_on_the_table_only_with_the_right_pose(tmp_path):
@@ -35,7 +35,7 @@ def test_train_honours_workspace_and_says_where_the_box_came_from(tmp_path, monk
     import pytest
 
     from f3rm_ros import cli
-    from f3rm_ros.core import offline
+    from f3rm_ros.core.training import offline
     scene = scenes.make_scene(seed=2, object_names=['mug'], num_views=4, width=48, height=36)
     write_dataset(tmp_path / 'scan', scene.frames, scene.dataset_metadata())
     bare = [PosedFrame(f.image, f.K, f.T_base_optical, f.stamp, name=f.name) for f in scene.frames]
@@ -50,7 +50,7 @@ def test_train_honours_workspace_and_says_where_the_box_came_from(tmp_path, monk
         raise Stop()
     monkeypatch.setattr(offline, 'OnlineTrainer', stub)
     monkeypatch.setattr(offline, 'choose_teacher', lambda *args, **kwargs: (type('T', (), {'name': 'stub'})(), 'stub'))
-    caplog.set_level(logging.INFO, logger='f3rm_ros.core.offline')
+    caplog.set_level(logging.INFO, logger='f3rm_ros.core.training.offline')
     with pytest.raises(Stop):
         cli.main(['train', '--data', str(tmp_path / 'scan'), '--preset', 'cpu-tiny', '--teacher', 'labels',
                   '--downscale', '1', '--workspace', '0', '-0.1', '0', '0.5', '0.1', '0.2'])
@@ -70,7 +70,7 @@ def test_robot_configs_set_only_declared_parameters_and_load(tmp_path):
     import yaml
 
     from f3rm_ros.core.config import make_config
-    from f3rm_ros.core.handeye import hand_eye_from_parameters, load_hand_eye
+    from f3rm_ros.core.capture.handeye import hand_eye_from_parameters, load_hand_eye
     from f3rm_ros.ros.capture_node import CONFIG_SECTIONS, PARAMETERS
     from f3rm_ros.ros.params import declared_names
     root = Path(__file__).resolve().parent.parent / 'config' / 'robots'

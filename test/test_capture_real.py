@@ -14,13 +14,15 @@ import pytest
 from geometry_msgs.msg import TransformStamped
 from sensor_msgs.msg import CompressedImage
 
-from f3rm_ros.core import compressed, scenes
-from f3rm_ros.core.capture import CaptureSession, CaptureSettings, read_mask_file
+from f3rm_ros.core.capture import compressed
+
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings, read_mask_file
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.distortion import Distortion, distort_image
-from f3rm_ros.core.frames import PosedFrame, read_dataset
-from f3rm_ros.core.handeye import hand_eye_matrix, load_hand_eye
-from f3rm_ros.core.online import OnlineSession, SessionSettings
+from f3rm_ros.core.capture.distortion import Distortion, distort_image
+from f3rm_ros.core.capture.frames import PosedFrame, read_dataset
+from f3rm_ros.core.capture.handeye import hand_eye_matrix, load_hand_eye
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.capture_inputs import CaptureInputs, TfPoseLookup
 

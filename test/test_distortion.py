@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from f3rm_ros.core import scenes
-from f3rm_ros.core.distortion import Distortion, Undistorter, distort_image, from_camera_info, from_dataset
+from f3rm_ros.core.scenes import table as scenes
+from f3rm_ros.core.capture.distortion import Distortion, Undistorter, distort_image, from_camera_info, from_dataset
 
 W, H = 160, 120
 
@@ -85,7 +85,7 @@ def test_a_dataset_with_opencv_distortion_is_read_undistorted(scene, tmp_path):
     """transforms.json with camera_model OPENCV and k1..p2: read_dataset returns the undistorted images at K_new."""
     import json
 
-    from f3rm_ros.core.frames import PosedFrame, read_dataset, write_dataset
+    from f3rm_ros.core.capture.frames import PosedFrame, read_dataset, write_dataset
     distortion = Distortion('rational_polynomial', (-0.25, 0.07, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
     K = scenes.pinhole_intrinsics(W, H, 70.0)
     K_wide = scenes.pinhole_intrinsics(3 * W, 3 * H, 150.0)

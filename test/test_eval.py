@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from f3rm_ros.cli import main
-from f3rm_ros.core.evaluation import load_for_study, parse_indices, read_split_file, write_csv_atomic
-from f3rm_ros.core.frames import read_dataset
+from f3rm_ros.core.study.evaluation import load_for_study, parse_indices, read_split_file, write_csv_atomic
+from f3rm_ros.core.capture.frames import read_dataset
 
 from study_support import tiny_checkpoint, tiny_dataset, tiny_scene
 
@@ -102,7 +102,7 @@ def test_csv_rows_are_written_whole(tmp_path):
 
 
 def test_lpips_says_why_it_is_not_available(tmp_path, monkeypatch):
-    from f3rm_ros.core.evaluation import ALEXNET_WEIGHTS, lpips_metric
+    from f3rm_ros.core.study.evaluation import ALEXNET_WEIGHTS, lpips_metric
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
     metric, why = lpips_metric(torch.device('cpu'))
     assert metric is None and 'AlexNet weights not in' in why and 'nothing downloaded' in why

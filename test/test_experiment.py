@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from f3rm_ros.cli import main
-from f3rm_ros.core.experiments import fraction_count, spread
+from f3rm_ros.core.study.experiments import fraction_count, spread
 
 from study_support import tiny_dataset, tiny_scene
 

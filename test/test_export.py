@@ -6,10 +6,10 @@ import open3d as o3d
 import pytest
 
 from f3rm_ros.cli import main
-from f3rm_ros.core.evaluation import load_for_study
+from f3rm_ros.core.study.evaluation import load_for_study
 from f3rm_ros.core.geometry import WorkspaceBox
-from f3rm_ros.core.mesh import auto_voxel_size, extract_mesh, surface_area, write_mesh
-from f3rm_ros.core.voxels import VoxelField
+from f3rm_ros.core.study.mesh import auto_voxel_size, extract_mesh, surface_area, write_mesh
+from f3rm_ros.core.query.voxels import VoxelField
 
 from analytic_field import SPHERES, analytic_scene
 from study_support import tiny_checkpoint, tiny_scene
@@ -66,7 +66,7 @@ def test_export_mesh_of_a_checkpoint(tmp_path, capsys):
 
 
 def test_query_crop_keeps_only_the_region_of_interest():
-    from f3rm_ros.core.query import FOUND, NOT_PRESENT, FieldQuerier
+    from f3rm_ros.core.query.answer import FOUND, NOT_PRESENT, FieldQuerier
     config, teacher, model = analytic_scene(table=False)
     apple, _ = SPHERES['apple']
     config.query = dataclasses.replace(config.query, crop_min_xyz=tuple(apple - 0.06), crop_max_xyz=tuple(apple + 0.06))

@@ -17,7 +17,7 @@ def _model_and_batch():
     from nerfstudio.cameras.cameras import Cameras
 
     from f3rm_ros.core.fast import accelerate
-    from f3rm_ros.core.model import build_model
+    from f3rm_ros.core.training.model import build_model
     torch.manual_seed(0)
     config = make_config('cpu-tiny', overrides={'feature_field': {'feature_dim': 16}})
     model = build_model(config, 4)

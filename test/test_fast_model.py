@@ -5,7 +5,7 @@ import torch
 pytest.importorskip('nerfstudio')
 
 from f3rm_ros.core.config import make_config  # noqa: E402
-from f3rm_ros.core.field import FeatureField  # noqa: E402
+from f3rm_ros.core.training.field import FeatureField  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -37,7 +37,7 @@ def test_render_then_project_equals_projecting_every_sample():
 
 def _model_pair(preset):
     from f3rm_ros.core.fast import FastHashEncoding, accelerate
-    from f3rm_ros.core.model import build_model
+    from f3rm_ros.core.training.model import build_model
     config = make_config(preset, overrides={'feature_field': {'feature_dim': 64}})
     fast = build_model(config, 8).cuda()
     accelerate(fast, force=True)
@@ -138,7 +138,7 @@ def test_sync_free_rays_equal_nerfstudio_rays():
 def test_patched_model_keeps_state_dict_and_metric_values(monkeypatch):
     monkeypatch.setenv('F3RM_FAST', '0')  # build an unpatched model even where CUDA exists
     from f3rm_ros.core.fast.patches import patch_model
-    from f3rm_ros.core.model import build_model
+    from f3rm_ros.core.training.model import build_model
     config = make_config('cpu-tiny')
     model = build_model(config, 6)
     keys = sorted(model.state_dict())
@@ -172,9 +172,9 @@ def _trainer(graphs: bool, mixed_precision: bool, compile: bool = False):
     """Build an OnlineTrainer on eight random 64 x 48 views of the workspace, looking down (no open3d)."""
     import numpy as np
 
-    from f3rm_ros.core.frames import FrameStore, PosedFrame
+    from f3rm_ros.core.capture.frames import FrameStore, PosedFrame
     from f3rm_ros.core.teachers import make_teacher
-    from f3rm_ros.core.trainer import OnlineTrainer
+    from f3rm_ros.core.training.trainer import OnlineTrainer
     config = make_config('cpu-tiny', overrides={'trainer': {'device': 'cuda', 'cuda_graphs': graphs,
                                                             'mixed_precision': mixed_precision, 'compile': compile}})
     rng = np.random.default_rng(0)

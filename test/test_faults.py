@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from f3rm_ros.core.capture import STAMP_RECOVERY_FRAMES, CaptureSession, CaptureSettings
+from f3rm_ros.core.capture.session import STAMP_RECOVERY_FRAMES, CaptureSession, CaptureSettings
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import read_dataset
-from f3rm_ros.core.online import OnlineSession, SessionSettings
-from f3rm_ros.core.trainer import CheckpointError, CheckpointWriteError, _atomic_torch_save, read_checkpoint
+from f3rm_ros.core.capture.frames import read_dataset
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings
+from f3rm_ros.core.training.trainer import CheckpointError, CheckpointWriteError, _atomic_torch_save, read_checkpoint
 from f3rm_ros.ros.fault_campaign import fill_disk, PicklePayload
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
@@ -248,7 +248,7 @@ def test_trainer_health_levels():
 
 
 def test_a_new_scan_id_resets_the_session_but_the_first_one_is_adopted():
-    from f3rm_ros.core.scenes import make_scene
+    from f3rm_ros.core.scenes.table import make_scene
     frames = make_scene(seed=0, object_names=['mug'], num_views=3, width=32, height=24).frames
     session = OnlineSession(make_config('cpu-tiny'), SessionSettings())
     session.add_frame(frames[0])
@@ -310,23 +310,23 @@ def test_core_logging_reaches_the_owning_node_logger(monkeypatch):
 
     # once the real launch library is imported (test_ros_launch, same process) new loggers are its LaunchLogger,
     # which does not propagate; nodes never run in the launch process, so make these plain loggers again
-    for name in ('f3rm_ros.core.teachers.clip', 'f3rm_ros.core.query', 'f3rm_ros.core.geometry'):
+    for name in ('f3rm_ros.core.teachers.clip', 'f3rm_ros.core.query.answer', 'f3rm_ros.core.geometry'):
         monkeypatch.setattr(logging.getLogger(name), 'propagate', True)
     trainer, query = SimpleNamespace(log=Recorder()), SimpleNamespace(log=Recorder())
     trainer.get_logger = lambda: trainer.log
     query.get_logger = lambda: query.log
-    route_core_logging(trainer, ('f3rm_ros.core.online', 'f3rm_ros.core.teachers'))
-    route_core_logging(query, ('f3rm_ros.core.query',))
+    route_core_logging(trainer, ('f3rm_ros.core.training.online', 'f3rm_ros.core.teachers'))
+    route_core_logging(query, ('f3rm_ros.core.query.answer',))
     try:
         logging.getLogger('f3rm_ros.core.teachers.clip').warning('RANDOM weights')
-        logging.getLogger('f3rm_ros.core.query').info('answered')
+        logging.getLogger('f3rm_ros.core.query.answer').info('answered')
         logging.getLogger('f3rm_ros.core.geometry').error('nobody claims this')
     finally:
         unroute_core_logging(trainer)
         unroute_core_logging(query)
     assert trainer.log.lines == [('warning', '[f3rm_ros.core.teachers.clip] RANDOM weights'),
                                  ('error', '[f3rm_ros.core.geometry] nobody claims this')]
-    assert query.log.lines == [('info', '[f3rm_ros.core.query] answered')]
+    assert query.log.lines == [('info', '[f3rm_ros.core.query.answer] answered')]
     assert not [h for h in logging.getLogger('f3rm_ros').handlers if type(h).__name__ == 'RosLogHandler']
 
 

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from f3rm_ros.core import scenes
+from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore
+from f3rm_ros.core.capture.frames import FrameStore
 from f3rm_ros.core.teachers import make_teacher
-from f3rm_ros.core.trainer import OnlineTrainer
+from f3rm_ros.core.training.trainer import OnlineTrainer
 
 
 def test_a_replaced_slot_gets_new_pixels_features_and_a_fresh_camera():

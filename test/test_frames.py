@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from f3rm_ros.core.frames import DatasetWriter, FrameStore, PosedFrame, read_dataset, write_dataset
+from f3rm_ros.core.capture.frames import DatasetWriter, FrameStore, PosedFrame, read_dataset, write_dataset
 from f3rm_ros.core.geometry import optical_to_opengl, pose_matrix
 
 
@@ -138,8 +138,8 @@ def test_workspace_from_the_cameras_when_there_is_no_depth():
     The synthetic scan looks at the table centre from 0.4-0.7 m: the box contains every object's centre, and
     a scan whose cameras all look the same way is refused with a reason.
     """
-    from f3rm_ros.core import scenes
-    from f3rm_ros.core.frames import cameras_workspace, dataset_workspace
+    from f3rm_ros.core.scenes import table as scenes
+    from f3rm_ros.core.capture.frames import cameras_workspace, dataset_workspace
     scene = scenes.make_scene(seed=0, object_names=['mug', 'ball'], num_views=12, width=64, height=48)
     frames = [PosedFrame(f.image, f.K, f.T_base_optical) for f in scene.frames]       # no depth
     lo, hi = dataset_workspace({}, frames)

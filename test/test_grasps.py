@@ -1,16 +1,16 @@
 """Grasp candidates: openings, scores and collisions with the field's occupied voxels, on analytic scenes.
 
-Gripper frame: z = approach, y = closing, origin between the fingertips' ends (core/grasps.py).
+Gripper frame: z = approach, y = closing, origin between the fingertips' ends (core/query/grasps.py).
 """
 import re
 
 import numpy as np
 import pytest
 
-from f3rm_ros.core.clusters import Cluster
+from f3rm_ros.core.query.clusters import Cluster
 from f3rm_ros.core.config import GraspConfig
-from f3rm_ros.core.grasps import GraspPlanner, Occupancy
-from f3rm_ros.core.query import FOUND, FieldQuerier
+from f3rm_ros.core.query.grasps import GraspPlanner, Occupancy
+from f3rm_ros.core.query.answer import FOUND, FieldQuerier
 
 from analytic_field import analytic_scene, yaw_matrix
 

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from f3rm_ros.core.keyframes import KeyframeGate, PoseBuffer, rotation_angle_deg, sharpness
+from f3rm_ros.core.capture.keyframes import KeyframeGate, PoseBuffer, rotation_angle_deg, sharpness
 
 
 def pose(x=0.0, y=0.0, z=0.0, yaw_deg=0.0, roll_deg=0.0):
@@ -202,7 +202,7 @@ def test_a_full_store_keeps_coverage_when_the_camera_lingers_then_sweeps():
     Ten slots; the camera first dwells on one spot (20 views within 1 cm), then sweeps 1 m of new ground
     (20 views): replacing the most redundant view keeps the sweep, end to end, and the dwell spot.
     """
-    from f3rm_ros.core.keyframes import replacement_slot
+    from f3rm_ros.core.capture.keyframes import replacement_slot
     rng = np.random.default_rng(0)
     dwell = [pose(x=rng.uniform(-0.005, 0.005), y=rng.uniform(-0.005, 0.005)) for _ in range(20)]
     sweep = [pose(x=0.2 + 0.05 * k) for k in range(20)]                 # x = 0.20 .. 1.15 m

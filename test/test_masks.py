@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from f3rm_ros.core import scenes
+from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore, PosedFrame, read_dataset, write_dataset
+from f3rm_ros.core.capture.frames import FrameStore, PosedFrame, read_dataset, write_dataset
 from f3rm_ros.core.teachers import make_teacher
-from f3rm_ros.core.trainer import OnlineTrainer
+from f3rm_ros.core.training.trainer import OnlineTrainer
 
 W, H = 64, 48
 STEPS = 60
@@ -58,7 +58,7 @@ def train(frames, scene):
 
 def gripper_peak(trainer):
     """Ask a trained field for 'gripper': (status, peak relevancy of its best cluster, 0.5 when none)."""
-    from f3rm_ros.core.query import FieldQuerier
+    from f3rm_ros.core.query.answer import FieldQuerier
     result = FieldQuerier(trainer.model, trainer.teacher, trainer.config, lock=trainer.lock).query('gripper')
     return result.status, 0.5 if np.isnan(result.peak) else result.peak
 

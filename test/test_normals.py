@@ -5,8 +5,8 @@ import torch
 from std_msgs.msg import Header
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.query import FieldQuerier
-from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.core.query.answer import FieldQuerier
+from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.ros import answers
 from f3rm_ros.ros import conversions as cv
 
@@ -53,7 +53,7 @@ def test_normals_train_and_render(trained, tmp_path):
                          names=('rgb', 'normals', 'pred_normals'))
     for name in ('normals', 'pred_normals'):
         assert out[name].shape == (60, 80, 3) and 0.0 <= out[name].min() and out[name].max() <= 1.0
-    from f3rm_ros.core.offline import write_view_renders
+    from f3rm_ros.core.training.offline import write_view_renders
     paths = write_view_renders(trainer, frame, tmp_path)['paths']   # what `f3rm-ros train` writes
     assert paths['normals'].endswith('heldout_normals.png') and (tmp_path / 'heldout_normals.png').is_file()
 

@@ -19,7 +19,7 @@ from nerfstudio.field_components.encodings import HashEncoding  # noqa: E402
 from f3rm_ros.core.config import make_config  # noqa: E402
 from f3rm_ros.core.fast import FastHashEncoding  # noqa: E402
 from f3rm_ros.core.fast import patches  # noqa: E402
-from f3rm_ros.core.model import build_model  # noqa: E402
+from f3rm_ros.core.training.model import build_model  # noqa: E402
 
 
 def _model():

@@ -8,10 +8,10 @@ must hold the last trained step.
 import time
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.online import OnlineSession, SessionSettings
-from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings
+from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.core.teachers.labels import LabelsTeacher
-from f3rm_ros.core.trainer import load_model
+from f3rm_ros.core.training.trainer import load_model
 
 CHUNK_S = 1.5
 

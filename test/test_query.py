@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.clusters import (Cluster, components, core_points, gpu_components, host_components,
-                                    oriented_box)
-from f3rm_ros.core.query import FOUND, NOT_PRESENT, FieldQuerier, QueryResult, write_heatmap_ply
-from f3rm_ros.core.relevancy import PhraseEmbeddings, TextQuery, relevancy, select_threshold
-from f3rm_ros.core.views import (cluster_table, default_view, feature_pca_image, render_view, similarity_overlay,
-                                 similarity_view)
+from f3rm_ros.core.query.clusters import (Cluster, components, core_points, gpu_components, host_components,
+                                          oriented_box)
+from f3rm_ros.core.query.answer import FOUND, NOT_PRESENT, FieldQuerier, QueryResult, write_heatmap_ply
+from f3rm_ros.core.query.relevancy import PhraseEmbeddings, TextQuery, relevancy, select_threshold
+from f3rm_ros.core.study.views import (cluster_table, default_view, feature_pca_image, render_view, similarity_overlay,
+                                       similarity_view)
 
 from analytic_field import SPHERES, analytic_scene, inside_truth
 
@@ -346,10 +346,10 @@ TRAIN_STEPS = 150
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """Train a synthetic table (mug, ball, box) with the labels teacher; also save it as a checkpoint."""
-    from f3rm_ros.core import scenes
-    from f3rm_ros.core.frames import FrameStore
+    from f3rm_ros.core.scenes import table as scenes
+    from f3rm_ros.core.capture.frames import FrameStore
     from f3rm_ros.core.teachers import make_teacher
-    from f3rm_ros.core.trainer import OnlineTrainer
+    from f3rm_ros.core.training.trainer import OnlineTrainer
     torch.manual_seed(0)
     scene = scenes.make_scene(seed=0, object_names=OBJECTS, num_views=48, width=96, height=72)
     # a wide gripper (14 cm, like a Robotiq 2F-140): the 8 cm mug does not fit a Franka Hand's 8 cm opening
@@ -426,7 +426,7 @@ def test_heatmap_has_no_points_in_empty_space(trained):
 def test_pictures_and_cli(trained, tmp_path, capsys):
     """similarity_view and the PCA picture from the trainer; `f3rm-ros query` on the saved checkpoint."""
     from f3rm_ros.cli import main
-    from f3rm_ros.core.frames import PosedFrame
+    from f3rm_ros.core.capture.frames import PosedFrame
     trainer, querier = trained['trainer'], trained['querier']
     held_out = trained['scene'].frames[4]                           # half size: rendering is slow on a CPU
     frame = PosedFrame(held_out.image[::2, ::2].copy(), np.diag([0.5, 0.5, 1.0]) @ held_out.K,
@@ -459,7 +459,7 @@ def test_pictures_and_cli(trained, tmp_path, capsys):
 
 def test_the_present_bound_is_the_teachers_unless_configured(analytic):
     """labels: the calibrated 0.92; an uncalibrated (CLIP) teacher: 0.55; a configured value wins."""
-    from f3rm_ros.core.query import UNCALIBRATED_PRESENT_RELEVANCY, present_relevancy
+    from f3rm_ros.core.query.answer import UNCALIBRATED_PRESENT_RELEVANCY, present_relevancy
     config, teacher, model = analytic
     assert FieldQuerier(model, teacher, config).present_relevancy == 0.92
     assert present_relevancy(config.query, 'clip') == UNCALIBRATED_PRESENT_RELEVANCY == 0.55

@@ -7,10 +7,10 @@ import pytest
 
 from f3rm_ros.cli import main
 from f3rm_ros.core.geometry import WorkspaceBox, optical_to_opengl
-from f3rm_ros.core.orbit import (View, along_training, cameras_up, check_centre, cropped, novelty, orbit, parse_box,
-                                 read_camera_path)
-from f3rm_ros.core.scenes import pinhole_intrinsics
-from f3rm_ros.core.views import render_view
+from f3rm_ros.core.study.orbit import (View, along_training, cameras_up, check_centre, cropped, novelty, orbit,
+                                       parse_box, read_camera_path)
+from f3rm_ros.core.scenes.table import pinhole_intrinsics
+from f3rm_ros.core.study.views import render_view
 
 from study_support import tiny_checkpoint, tiny_dataset, tiny_scene
 

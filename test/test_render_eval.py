@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.render import render_camera
-from f3rm_ros.core.scenes import make_scene
-from f3rm_ros.core.trainer import make_cameras
+from f3rm_ros.core.training.render import render_camera
+from f3rm_ros.core.scenes.table import make_scene
+from f3rm_ros.core.training.trainer import make_cameras
 
 from study_support import labels_trainer
 

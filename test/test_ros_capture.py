@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 
-from f3rm_ros.core.capture import CaptureSession, CaptureSettings
+from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import PosedFrame, read_dataset
-from f3rm_ros.core.online import OnlineSession, SessionSettings, StampAssembler
+from f3rm_ros.core.capture.frames import PosedFrame, read_dataset
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings, StampAssembler
 from f3rm_ros.ros import conversions, diagnostics, qos
 
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
@@ -264,7 +264,7 @@ def test_keyframes_taken_before_auto_fell_back_to_labels_are_dropped_without_lab
     import logging
     import time
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    caplog.set_level(logging.WARNING, logger='f3rm_ros.core.online')
+    caplog.set_level(logging.WARNING, logger='f3rm_ros.core.training.online')
     config = make_config('cpu-tiny', overrides={'teacher': {'name': 'clip', 'model_name': 'ViT-B-16',
                                                             'pretrained': 'openai'},
                                                 'trainer': {'steps': 2}})

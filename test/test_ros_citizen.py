@@ -252,8 +252,8 @@ def test_query_parameters_that_break_answers_are_refused_with_the_reason(probe):
 
 
 def test_a_restarting_trainer_refuses_a_planted_checkpoint_and_trains_from_scratch(probe, tmp_path):
-    from f3rm_ros.core.frames import write_dataset
-    from f3rm_ros.core.scenes import make_scene
+    from f3rm_ros.core.capture.frames import write_dataset
+    from f3rm_ros.core.scenes.table import make_scene
     from f3rm_ros.ros.trainer_node import TrainerNode
     scene = make_scene(seed=0, object_names=['mug'], num_views=6, width=48, height=36)
     meta = scene.dataset_metadata()

@@ -21,8 +21,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from f3rm_ros.core.frames import write_dataset
-from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.core.capture.frames import write_dataset
+from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
@@ -106,7 +106,7 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
         status(trainer_status, lambda v: int(v['step']) >= 21, 120, 'a checkpoint after step 20')
         procs.procs['trainer'].kill()
         procs.procs['trainer'].wait(10)
-        from f3rm_ros.core.trainer import read_checkpoint
+        from f3rm_ros.core.training.trainer import read_checkpoint
         killed_at = read_checkpoint(tmp_path / 'ckpt' / 'latest.ckpt')['step']
         assert killed_at >= 20
 

@@ -18,9 +18,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from f3rm_ros.core import compressed
-from f3rm_ros.core.distortion import Distortion, Undistorter
-from f3rm_ros.core.handeye import hand_eye_matrix
+from f3rm_ros.core.capture import compressed
+from f3rm_ros.core.capture.distortion import Distortion, Undistorter
+from f3rm_ros.core.capture.handeye import hand_eye_matrix
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos

@@ -4,9 +4,9 @@ import itertools
 import numpy as np
 import pytest
 
-from f3rm_ros.core.frames import read_dataset, read_metadata, write_dataset
+from f3rm_ros.core.capture.frames import read_dataset, read_metadata, write_dataset
 from f3rm_ros.core.geometry import WorkspaceBox
-from f3rm_ros.core.scenes import CATALOGUE, TABLE_CENTER, TABLE_SIZE, look_at, make_scene
+from f3rm_ros.core.scenes.table import CATALOGUE, TABLE_CENTER, TABLE_SIZE, look_at, make_scene
 
 
 @pytest.fixture(scope='module')

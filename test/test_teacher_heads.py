@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import TeacherConfig, make_config
-from f3rm_ros.core.frames import FrameStore, read_dataset, write_dataset
-from f3rm_ros.core.relevancy import embed_query
-from f3rm_ros.core.scenes import make_scene
+from f3rm_ros.core.capture.frames import FrameStore, read_dataset, write_dataset
+from f3rm_ros.core.query.relevancy import embed_query
+from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.core.teachers import RandomTeacherRefused, choose_teacher, is_random, make_teacher, teacher_parts
-from f3rm_ros.core.trainer import OnlineTrainer, load_model, read_checkpoint
+from f3rm_ros.core.training.trainer import OnlineTrainer, load_model, read_checkpoint
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
 
@@ -174,7 +174,7 @@ def test_custom_feature_files_are_checked(three_heads, tmp_path):
 
 def test_ros_parameter_and_status_name_the_heads(three_heads):
     """teacher_choice takes head sets (refusing unknown teachers); the trainer's status lists the heads."""
-    from f3rm_ros.core.online import OnlineSession, SessionSettings
+    from f3rm_ros.core.training.online import OnlineSession, SessionSettings
     from f3rm_ros.ros.trainer_node import teacher_choice
     _, _, teacher, _, trainer, _ = three_heads
     assert teacher_choice('auto') is None and teacher_choice('clip+dino') is None
@@ -192,7 +192,7 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
 def test_train_pictures_per_head_and_the_teacher_option(three_heads, tmp_path):
     """`f3rm-ros train` writes a PCA picture per head (DINO's for matching); --teacher takes head sets."""
     from f3rm_ros.cli import build_parser
-    from f3rm_ros.core.offline import write_view_renders
+    from f3rm_ros.core.training.offline import write_view_renders
     scene, _, _, _, trainer, _ = three_heads
     paths = write_view_renders(trainer, scene.frames[trainer.eval_indices[0]], tmp_path)['paths']
     for name in ('feature_pca', 'dino_pca', 'custom_pca'):

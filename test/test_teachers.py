@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import TeacherConfig
-from f3rm_ros.core.frames import PosedFrame
+from f3rm_ros.core.capture.frames import PosedFrame
 from f3rm_ros.core.teachers import Teacher, make_teacher
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.frames import FrameStore
-from f3rm_ros.core.relevancy import embed_query
-from f3rm_ros.core.scenes import make_scene
-from f3rm_ros.core.trainer import OnlineTrainer, load_model
+from f3rm_ros.core.capture.frames import FrameStore
+from f3rm_ros.core.query.relevancy import embed_query
+from f3rm_ros.core.scenes.table import make_scene
+from f3rm_ros.core.training.trainer import OnlineTrainer, load_model
 
 from study_support import labels_trainer
 

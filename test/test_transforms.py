@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from f3rm_ros.core.transforms import TransformTree
+from f3rm_ros.core.capture.transforms import TransformTree
 
 
 def transform(x=0.0, y=0.0, z=0.0, yaw_deg=0.0):

@@ -250,7 +250,7 @@ def test_scan_and_train_launch_brings_up_every_node_with_localhost_dds_and_answe
 
 
 def test_ctrl_c_ends_every_process_cleanly_and_the_final_checkpoint_loads(scan_run):
-    from f3rm_ros.core.trainer import load_model
+    from f3rm_ros.core.training.trainer import load_model
     run = scan_run['run']
     seconds = check_shutdown(run, 4, scan_run['code'])
     final = re.search(r'\[trainer\]: final checkpoint (\S+) \(step (\d+)\)', run.text())

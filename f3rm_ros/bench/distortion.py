@@ -51,7 +51,7 @@ def lens_render(scene, T: np.ndarray, K: np.ndarray, distortion, width: int, hei
     """(rgb, depth, labels) a camera with `distortion` sees: sampled from a 2x supersampled pinhole render."""
     import cv2
 
-    from ..core.distortion import distort_image
+    from ..core.capture.distortion import distort_image
     corners = np.array([[u, v] for u in (0, width / 2, width) for v in (0, height / 2, height)], np.float64)
     rays = cv2.undistortPoints(corners.reshape(-1, 1, 2), K, distortion.array()).reshape(-1, 2)
     reach = np.abs(rays).max(axis=0) * 1.08                 # normalised image-plane extent the lens sees
@@ -68,9 +68,9 @@ def lens_render(scene, T: np.ndarray, K: np.ndarray, distortion, width: int, hei
 
 def scans(scene, poses, K_lens, distortion, width, height):
     """{'pinhole', 'undistorted', 'ignored'}: the three scans of the same poses (module docstring)."""
-    from ..core.capture import CaptureSession, CaptureSettings
-    from ..core.distortion import Undistorter
-    from ..core.frames import PosedFrame
+    from ..core.capture.session import CaptureSession, CaptureSettings
+    from ..core.capture.distortion import Undistorter
+    from ..core.capture.frames import PosedFrame
     K_new = Undistorter(K_lens, distortion, width, height).K_new
     session = CaptureSession(CaptureSettings(min_translation=0.0, min_rotation_deg=0.0, min_interval_s=0.0,
                                              min_sharpness=0.0, max_stamp_skew_s=0.0, capacity=10000))
@@ -102,10 +102,10 @@ def run(args) -> int:
     """Train the three scans and print the comparison."""
     import torch
 
-    from ..core import scenes
+    from ..core.scenes import table as scenes
     from ..core.config import make_config
-    from ..core.distortion import Distortion
-    from ..core.query import FieldQuerier
+    from ..core.capture.distortion import Distortion
+    from ..core.query.answer import FieldQuerier
     from .semantic import score_queries, summary_rows, train_scene
     started = time.perf_counter()
     config = make_config(args.preset, overrides={'trainer': {'device': args.device},

@@ -47,7 +47,7 @@ def run(args) -> int:
 
     from ..core.config import make_config
     from ..core.fast import FastHashEncoding, accelerate
-    from ..core.model import build_model
+    from ..core.training.model import build_model
     if not torch.cuda.is_available():
         print('bench hashgrid needs a CUDA device')
         return 1

@@ -67,7 +67,7 @@ class LiveQuestions:
 
     def ask(self) -> Dict[str, Dict]:
         """One round: {name: {'error_m', 'latency_s'}} (error inf when not found), scored as `bench semantic`."""
-        from ..core.query import FieldQuerier
+        from ..core.query.answer import FieldQuerier
         from .semantic import score_queries
         session = self.session
         if self.querier is None:
@@ -127,7 +127,7 @@ class KeyframeFeeder:
 def run(args) -> int:
     """Replay, train and ask until every object is found (or --timeout); print the timeline and the result."""
     from ..core.config import make_config
-    from ..core.online import OnlineSession, SessionSettings
+    from ..core.training.online import OnlineSession, SessionSettings
     from .semantic import synthetic_scene
     name, frames, labels, objects, workspace = synthetic_scene(args.seed, args.objects, args.views, args.width,
                                                                args.height, cache=args.scenes)

@@ -65,7 +65,7 @@ def register(sub) -> None:
 
 def pack_heatmap(heatmap) -> np.ndarray:
     """Return the query node's PointCloud2 data without ROS: packed points, the finite check, one byte copy."""
-    from ..core.cloud import pack_cloud_points
+    from ..core.query.cloud import pack_cloud_points
     points = pack_cloud_points(heatmap.points, heatmap.rgb, heatmap.relevancy)
     bool(np.isfinite(points[:, :3]).all())                      # msg.is_dense
     return np.ascontiguousarray(points).reshape(-1).view(np.uint8).copy()   # msg.data
@@ -75,7 +75,7 @@ def _trained_field(args):
     """(model, teacher, config, phrases, source description): --checkpoint, or one layout trained here."""
     from ..core.config import make_config
     from ..core.teachers import make_teacher
-    from ..core.trainer import load_model
+    from ..core.training.trainer import load_model
     if args.checkpoint:
         model, config, state = load_model(args.checkpoint, args.device)
         teacher = make_teacher(config.teacher, state=state['teacher']['state'])
@@ -152,7 +152,7 @@ def run(args) -> int:
     """Time cold and warm queries; print medians per stage and the RESULT line."""
     import torch
 
-    from ..core.query import FieldQuerier
+    from ..core.query.answer import FieldQuerier
     model, teacher, config, phrases, source = _trained_field(args)
     querier = FieldQuerier(model, teacher, config, surface_only=not args.solid)
     for _ in range(3):   # warm-up: kernels, allocator, every phrase's embedding

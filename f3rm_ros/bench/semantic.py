@@ -180,7 +180,7 @@ def synthetic_scene(seed: int, num_objects: int, views: int, width: int, height:
     path = None if cache is None else Path(cache) / f'seed_{seed}_{num_objects}x{views}_{width}x{height}.npz'
     if path is not None and path.exists():
         return load_scene(path)
-    from ..core.scenes import make_scene
+    from ..core.scenes.table import make_scene
     scene = make_scene(seed=seed, num_objects=num_objects, num_views=views, width=width, height=height)
     out = (f'seed {seed}', scene.frames, scene.labels, scene.objects, scene.workspace)
     if path is not None:
@@ -209,7 +209,7 @@ def save_scene(path: Path, name: str, frames, labels, objects, workspace) -> Pat
 def load_scene(path: Path):
     """Read a `save_scene` file: (name, frames, labels, objects, workspace)."""
     from ..core.config import WorkspaceConfig
-    from ..core.frames import PosedFrame
+    from ..core.capture.frames import PosedFrame
     with np.load(path) as data:
         meta = json.loads(str(data['meta']))
         arrays = {k: data[k] for k in ('image', 'depth', 'labels', 'K', 'T')}
@@ -232,8 +232,8 @@ def dataset_scene(root: Path, downscale: int = 1):
             label.
     """
     from ..core.config import WorkspaceConfig
-    from ..core.frames import dataset_workspace, read_dataset, read_metadata
-    from ..core.offline import dataset_labels
+    from ..core.capture.frames import dataset_workspace, read_dataset, read_metadata
+    from ..core.training.offline import dataset_labels
     meta = read_metadata(root)
     labels = dataset_labels(meta)
     if not labels:
@@ -296,9 +296,9 @@ def train_scene(name: str, frames, labels: Mapping[int, str], workspace, config,
 
     from tqdm import tqdm
 
-    from ..core.frames import FrameStore
+    from ..core.capture.frames import FrameStore
     from ..core.teachers import choose_teacher
-    from ..core.trainer import OnlineTrainer
+    from ..core.training.trainer import OnlineTrainer
 
     config = copy.deepcopy(config)
     config.workspace = workspace
@@ -342,7 +342,7 @@ def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[s
     """
     import torch
 
-    from ..core.query import FieldQuerier
+    from ..core.query.answer import FieldQuerier
 
     trainer, teacher, config, train_s, heldout = train_scene(name, frames, labels, workspace, config, steps,
                                                              progress)
@@ -394,8 +394,8 @@ def load_voxel_querier(path: Path, config):
     import torch
 
     from ..core.config import WorkspaceConfig
-    from ..core.grasps import Occupancy
-    from ..core.query import FieldQuerier
+    from ..core.query.grasps import Occupancy
+    from ..core.query.answer import FieldQuerier
     from ..core.teachers import make_teacher
     with np.load(path) as data:
         meta = json.loads(str(data['meta']))
@@ -535,7 +535,7 @@ def run(args) -> int:
     import torch
 
     from ..core.config import make_config
-    from ..core.query import present_relevancy
+    from ..core.query.answer import present_relevancy
     overrides = {'trainer': {'device': args.device}, 'grasp': {'max_opening': args.max_opening}}
     config = make_config(args.preset, args.config or [], overrides=overrides)
     if args.render_only:

@@ -88,7 +88,7 @@ def teacher_rows(args, config) -> List[Dict]:
     import torch
 
     from ..core.teachers import make_teacher
-    from ..core.trainer import pick_device
+    from ..core.training.trainer import pick_device
     width, height = (int(v) for v in args.image_size.lower().split('x'))
     rng = np.random.default_rng(args.seed)
     images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(max(args.images, 1))]
@@ -149,10 +149,10 @@ def head_rows(args, config) -> List[Dict]:
     import numpy as np
     import torch
 
-    from ..core.evaluation import teacher_cosine
-    from ..core.frames import FrameStore
+    from ..core.study.evaluation import teacher_cosine
+    from ..core.capture.frames import FrameStore
     from ..core.teachers import choose_teacher
-    from ..core.trainer import OnlineTrainer
+    from ..core.training.trainer import OnlineTrainer
     from .semantic import synthetic_scene
     _, frames, labels, _, workspace = synthetic_scene(args.seed, SCENE_OBJECTS, args.views, args.width, args.height,
                                                       cache=args.scenes)
@@ -224,8 +224,8 @@ def layout_rows(args, config) -> List[Dict]:
     import torch
     from nerfstudio.field_components.spatial_distortions import SceneContraction
 
-    from ..core.field import make_feature_field
-    from ..core.trainer import pick_device
+    from ..core.training.field import make_feature_field
+    from ..core.training.trainer import pick_device
     device = pick_device('auto')
     rays, samples = config.trainer.rays_per_batch, config.model.num_nerf_samples_per_ray
     widths = {'labels': config.teacher.labels_dim, 'clip': 768 if args.preset == 'gpu' else 512, 'dino': 384,

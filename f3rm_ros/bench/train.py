@@ -156,8 +156,8 @@ def _build(args, frames, mode: str):
     import numpy as np
 
     from ..core.config import ModelConfig, make_config
-    from ..core.frames import FrameStore
-    from ..core.trainer import OnlineTrainer
+    from ..core.capture.frames import FrameStore
+    from ..core.training.trainer import OnlineTrainer
 
     overrides: Dict = {
         'trainer': {'steps': args.steps, 'capacity': len(frames), 'seed': args.seed,
@@ -203,10 +203,10 @@ def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool =
     import numpy as np
     import torch
 
-    from ..core.evaluation import ray_to_z_depth
+    from ..core.study.evaluation import ray_to_z_depth
     from ..core.geometry import resized_intrinsics
-    from ..core.render import render_camera
-    from ..core.trainer import PosedFrame, make_cameras, psnr
+    from ..core.training.render import render_camera
+    from ..core.training.trainer import PosedFrame, make_cameras, psnr
     memory, chunk = trainer.config.trainer.render_memory_mb, trainer.config.trainer.eval_chunk_rays
     scores: Dict[str, List[float]] = {'psnr': [], 'psnr_aligned': [], 'depth_err_cm': [], 'feature_mse': []}
     with trainer.lock, torch.no_grad():
@@ -428,8 +428,8 @@ def bench_one(args, data: str, mode: str, run_index: int, out: Optional[Path]) -
     """Train f3rm_ros on `data` in feature-weights `mode` beside its baseline; returns the run's summary."""
     import torch
 
-    from ..core.frames import read_dataset
-    from ..core.offline import write_view_renders
+    from ..core.capture.frames import read_dataset
+    from ..core.training.offline import write_view_renders
     name = Path(data).name or str(data)
     folder = out / f'{name}-{mode}' if out is not None else None
     if folder is not None:

@@ -59,9 +59,9 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..core.calibration import box_in_view, contact_sheet, depth_inside_box, draw_workspace
-    from ..core.frames import read_dataset, read_metadata
-    from ..core.render import save_png
+    from ..core.capture.calibration import box_in_view, contact_sheet, depth_inside_box, draw_workspace
+    from ..core.capture.frames import read_dataset, read_metadata
+    from ..core.training.render import save_png
     meta = None
     if args.data:
         meta = read_metadata(Path(args.data))
@@ -99,8 +99,8 @@ def live_frames(args):
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-    from ..core.capture import CaptureSession, CaptureSettings, read_mask_file
-    from ..core.handeye import load_hand_eye
+    from ..core.capture.session import CaptureSession, CaptureSettings, read_mask_file
+    from ..core.capture.handeye import load_hand_eye
     from ..ros.capture_inputs import CaptureInputs, TfPoseLookup
     if (args.tf is None) == (not args.pose):
         raise ValueError('give the poses with --tf BASE FRAME (tf2) or --pose TOPIC')

@@ -14,7 +14,7 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
 
 def split_from_args(args, frames, holdout_every: int):
     """(train, eval, how) from --split, DATA/split_indices.json, --eval-frames or the hold-out rule."""
-    from ..core.evaluation import make_split, parse_indices
+    from ..core.study.evaluation import make_split, parse_indices
     split = Path(args.split) if args.split else None
     if split is None and not args.eval_frames and (Path(args.data) / 'split_indices.json').is_file():
         split = Path(args.data) / 'split_indices.json'
@@ -45,10 +45,10 @@ def run(args) -> int:
     """Evaluate each checkpoint, write the CSVs atomically after each one, print the table."""
     from tqdm import tqdm
 
-    from ..core.evaluation import EVAL_COLUMNS, evaluate_checkpoint, format_table, pick, write_csv_atomic
-    from ..core.frames import read_dataset, read_metadata
-    from ..core.offline import dataset_labels
-    from ..core.trainer import read_checkpoint
+    from ..core.study.evaluation import EVAL_COLUMNS, evaluate_checkpoint, format_table, pick, write_csv_atomic
+    from ..core.capture.frames import read_dataset, read_metadata
+    from ..core.training.offline import dataset_labels
+    from ..core.training.trainer import read_checkpoint
     checkpoints = [Path(p) for p in args.checkpoint]
     missing = [str(p) for p in checkpoints if not p.is_file()]
     if missing:

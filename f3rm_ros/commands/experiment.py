@@ -55,8 +55,8 @@ def register(sub) -> None:
 
 def _prepare(args):
     """(frames, meta, base config, teacher, why, train pool, eval frames, how the split was made)."""
-    from ..core.frames import read_dataset, read_metadata
-    from ..core.offline import dataset_labels, resolve_workspace
+    from ..core.capture.frames import read_dataset, read_metadata
+    from ..core.training.offline import dataset_labels, resolve_workspace
     from ..core.teachers import choose_teacher
     meta = read_metadata(Path(args.data))
     frames = read_dataset(Path(args.data), downscale=args.downscale)
@@ -81,7 +81,7 @@ def _runs(args, frames, config, train):
     import dataclasses
 
     from ..core.config import _merge_into, unflatten
-    from ..core.experiments import Run, fraction_count, grid_points, mask_variants, parse_set, spread
+    from ..core.study.experiments import Run, fraction_count, grid_points, mask_variants, parse_set, spread
     if args.study == 'frames':
         counts = [('fraction', f, fraction_count(f, len(train))) for f in args.fractions]
         counts += [('count', c, c) for c in args.counts]
@@ -114,7 +114,7 @@ def _runs(args, frames, config, train):
 
 def run(args) -> int:
     """Build the runs, train and score them all, print the summary table and where the files are."""
-    from ..core.experiments import run_study, summary_table
+    from ..core.study.experiments import run_study, summary_table
     frames, config, teacher, why, train, evaluated, how = _prepare(args)
     runs, group = _runs(args, frames, config, train)
     print(f'{args.study}: {len(runs)} runs of {config.trainer.steps} steps on {Path(args.data).name} '

@@ -35,10 +35,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..core.evaluation import load_for_study
+    from ..core.study.evaluation import load_for_study
     from ..core.geometry import WorkspaceBox
-    from ..core.mesh import auto_voxel_size, extract_mesh, surface_area, write_mesh
-    from ..core.orbit import parse_box
+    from ..core.study.mesh import auto_voxel_size, extract_mesh, surface_area, write_mesh
+    from ..core.study.orbit import parse_box
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: {checkpoint} does not exist')

@@ -55,7 +55,7 @@ def _query_config(config, args):
         if getattr(args, name) is not None:
             query[name] = getattr(args, name)
     if args.crop:
-        from ..core.orbit import parse_box
+        from ..core.study.orbit import parse_box
         query['crop_min_xyz'], query['crop_max_xyz'] = (v.tolist() for v in parse_box(args.crop))
     if args.clip_weights:
         if not Path(args.clip_weights).is_file():
@@ -70,8 +70,8 @@ def _view(args, box):
     """Return the PosedFrame to render: a keyframe of --data scaled to --width, or the default workspace view."""
     import numpy as np
 
-    from ..core.frames import PosedFrame, read_dataset
-    from ..core.views import default_view
+    from ..core.capture.frames import PosedFrame, read_dataset
+    from ..core.study.views import default_view
     if not args.data:
         return default_view(box, args.width, max(1, round(args.width * 3 / 4)))
     frames = read_dataset(Path(args.data))
@@ -110,12 +110,12 @@ def write_head_features(path: Path, model, box, heatmap, head: str, chunk: int =
 
 def run(args) -> int:
     """Answer the query, print clusters and timings, write the pictures, the PLY and clusters.json."""
-    from ..core.orbit import cropped
-    from ..core.query import FieldQuerier, write_heatmap_ply
-    from ..core.views import cluster_table, feature_pca_image, grasp_table, render_view, similarity_overlay
-    from ..core.render import save_png, side_by_side
+    from ..core.study.orbit import cropped
+    from ..core.query.answer import FieldQuerier, write_heatmap_ply
+    from ..core.study.views import cluster_table, feature_pca_image, grasp_table, render_view, similarity_overlay
+    from ..core.training.render import save_png, side_by_side
     from ..core.teachers import make_teacher
-    from ..core.trainer import load_model
+    from ..core.training.trainer import load_model
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: {checkpoint} does not exist')

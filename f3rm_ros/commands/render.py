@@ -68,8 +68,8 @@ def _up_vector(text: str):
 
 def _training_poses(args, holdout_every: int):
     """Return the training cameras of --data (the trainer's hold-out rule leaves the rest out) and their indices."""
-    from ..core.frames import read_dataset
-    from ..core.trainer import holdout_split
+    from ..core.capture.frames import read_dataset
+    from ..core.training.trainer import holdout_split
     if not args.data:
         return [], []
     frames = read_dataset(Path(args.data))
@@ -81,10 +81,10 @@ def run(args) -> int:
     """Build the views, render them, print where the files are."""
     import numpy as np
 
-    from ..core.evaluation import load_for_study
+    from ..core.study.evaluation import load_for_study
     from ..core.geometry import WorkspaceBox
-    from ..core.orbit import (along_training, cameras_up, check_centre, default_intrinsics, novelty, orbit,
-                              parse_box, read_camera_path, render_path)
+    from ..core.study.orbit import (along_training, cameras_up, check_centre, default_intrinsics, novelty, orbit,
+                                    parse_box, read_camera_path, render_path)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: {checkpoint} does not exist')
@@ -115,7 +115,7 @@ def run(args) -> int:
     novelty(views, poses, train_ids)
     query = None
     if args.query:
-        from ..core.relevancy import embed_query
+        from ..core.query.relevancy import embed_query
         from ..core.teachers import make_teacher
         teacher = make_teacher(config.teacher, state=state['teacher']['state'])
         query = embed_query(teacher, [p.strip() for p in args.query.split(',') if p.strip()],

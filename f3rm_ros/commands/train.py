@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Train and print the summary."""
-    from ..core.offline import train_on_dataset
+    from ..core.training.offline import train_on_dataset
     overrides = {}
     if args.steps:
         overrides['trainer'] = {'steps': args.steps}

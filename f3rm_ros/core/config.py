@@ -235,7 +235,7 @@ class QueryConfig:
     percentile: float = 99.0
     threshold_value: float = 0.6
     # Not present unless the best cluster's peak relevancy (mean of its 10 most relevant voxels) reaches this;
-    # negative = the teacher's own bound (core/query.py PRESENT_RELEVANCY: calibrated for the labels teacher,
+    # negative = the teacher's own bound (core/query/answer.py PRESENT_RELEVANCY: calibrated for the labels teacher,
     # a cautious one for CLIP until you calibrate yours with `f3rm-ros bench semantic --data`).
     present_relevancy: float = -1.0
     cluster_eps: float = 0.02
@@ -302,7 +302,7 @@ QUERY_THRESHOLDS = ('otsu', 'percentile', 'value')
 
 @dataclass
 class GraspConfig:
-    """Parallel-jaw gripper geometry and candidate generation (core/grasps.py); defaults near a Franka Hand."""
+    """Parallel-jaw gripper geometry and candidate generation (core/query/grasps.py); defaults near a Franka Hand."""
 
     max_opening: float = 0.08    # widest the fingers open (m)
     margin: float = 0.01         # opening beyond the object's width across the closing axis (m)

@@ -27,9 +27,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.capture import CaptureSession, CaptureSettings, read_mask_file
-from ..core.handeye import load_hand_eye
-from ..core.transforms import TransformTree
+from ..core.capture.session import CaptureSession, CaptureSettings, read_mask_file
+from ..core.capture.handeye import load_hand_eye
+from ..core.capture.transforms import TransformTree
 from . import conversions as conv
 from .capture_inputs import CaptureInputs
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..core.capture import CaptureSession, Outcome
+from ..core.capture.session import CaptureSession, Outcome
 from . import conversions as conv
 
 Report = Callable[[str, str, str], None]

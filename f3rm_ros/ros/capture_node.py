@@ -21,7 +21,7 @@ and, through ``~/keyframe/scan``, the trainer; ``~/clear`` is the same). A new n
 ``resume: true``. Bad input (an unknown distortion model, depth in another frame or of another size, a corrupt
 compressed payload, TF that cannot be had at the stamp, a mask of the wrong size) is a throttled error naming
 the topic and what to change; the frame is skipped (or kept without that input) and the node goes on. The
-decisions live in `f3rm_ros.core.capture.CaptureSession`, the message handling in `capture_inputs.CaptureInputs`
+decisions live in `f3rm_ros.core.capture.session.CaptureSession`, the message handling in `capture_inputs.CaptureInputs`
 (shared with ``f3rm-ros import-bag``).
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from ..core.capture import DISK_CAPACITY, ROUTINE, CaptureSession, CaptureSettings, Outcome, read_mask_file
-from ..core.handeye import hand_eye_from_parameters
+from ..core.capture.session import DISK_CAPACITY, ROUTINE, CaptureSession, CaptureSettings, Outcome, read_mask_file
+from ..core.capture.handeye import hand_eye_from_parameters
 from . import conversions as conv
 from .capture_inputs import CaptureInputs, TfPoseLookup
 from .common import expand_path, node_main
@@ -77,7 +77,7 @@ PARAMETERS = [
     ParamSpec('hand_eye_quaternion_xyzw', [0.0, 0.0, 0.0, 1.0], 'hand-eye calibration T_ee_optical: rotation '
               '(x, y, z, w) to the camera OPTICAL frame (z forward)', validator=_floats(4)),
     ParamSpec('hand_eye_file', '', "YAML hand-eye calibration instead of hand_eye_xyz / _quaternion_xyzw ('' = "
-              'none; formats: f3rm_ros.core.handeye)'),
+              'none; formats: f3rm_ros.core.capture.handeye)'),
     ParamSpec('image_transport', 'raw', "colour input: 'raw' (sensor_msgs/Image on image) or 'compressed' "
               '(CompressedImage jpeg/png on image/compressed)', validator=one_of('raw', 'compressed')),
     ParamSpec('depth_transport', 'raw', "depth input: 'raw' (Image on depth) or 'compressedDepth' (CompressedImage on "
@@ -154,7 +154,7 @@ class CaptureNode(Node):
             dataset_dir=expand_path(p['dataset_dir']), resume=p['resume'],
             max_stamp_skew_s=p['max_stamp_skew_s'], max_image_side=p['max_image_side'],
             workspace={'min': list(workspace.min_xyz), 'max': list(workspace.max_xyz)})
-        route_core_logging(self, ('f3rm_ros.core.capture', 'f3rm_ros.core.keyframes', 'f3rm_ros.core.frames'))
+        route_core_logging(self, ('f3rm_ros.core.capture',))
         self._frame_frames: dict = {}
         lookup = None
         if self.use_tf:

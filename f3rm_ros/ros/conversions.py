@@ -24,9 +24,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..core import compressed
-from ..core.cloud import CLOUD_FIELDS, CLOUD_POINT_STEP, NORMAL_FIELDS, NORMALS_POINT_STEP, pack_cloud_points, pack_rgb
-from ..core.distortion import Distortion, from_camera_info
+from ..core.capture import compressed
+from ..core.query.cloud import (CLOUD_FIELDS, CLOUD_POINT_STEP, NORMAL_FIELDS, NORMALS_POINT_STEP, pack_cloud_points,
+                                pack_rgb)
+from ..core.capture.distortion import Distortion, from_camera_info
 from ..core.geometry import check_rigid, matrix_to_quaternion, quaternion_to_matrix
 
 StampLike = Union[Time, float, int, Any]

@@ -17,8 +17,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..core.frames import read_metadata, write_dataset
-from ..core.report import QueryOutcome, RunReport, write_report
+from ..core.capture.frames import read_metadata, write_dataset
+from ..core.study.report import QueryOutcome, RunReport, write_report
 from .common import init_ros
 
 PICTURE_WIDTH = 320                  # pixels per rendered panel in the report
@@ -51,7 +51,7 @@ class DemoSettings:
 
 def _scene_source(settings: DemoSettings, report: Callable[[str], None]) -> Dict:
     """Write the synthetic scene as a dataset (the replay source) and return its metadata."""
-    from ..core.scenes import make_scene
+    from ..core.scenes.table import make_scene
     scene = make_scene(seed=settings.seed, object_names=list(settings.objects), num_views=settings.views,
                        width=settings.width, height=settings.height)
     root = settings.output / 'source'
@@ -73,7 +73,7 @@ class _QueryClient:
         """Return the ``QueryAnswer`` to `text` (comma-separated positives), or None after `timeout_s`."""
         from f3rm_ros_interfaces.srv import Query
 
-        from ..core.relevancy import split_phrases
+        from ..core.query.relevancy import split_phrases
         deadline = time.monotonic() + timeout_s
         while not self.client.wait_for_service(timeout_sec=0.5):
             _stop_if_shut_down()
@@ -95,10 +95,10 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from ..core.relevancy import PhraseEmbeddings, embed_query, split_phrases
-    from ..core.views import render_view
+    from ..core.query.relevancy import PhraseEmbeddings, embed_query, split_phrases
+    from ..core.study.views import render_view
     from . import answers
-    from ..core.render import feature_pca, save_png
+    from ..core.training.render import feature_pca, save_png
     from . import conversions as conv
     from .pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
 
@@ -252,7 +252,7 @@ def _workspace(meta: Dict, source: Path, report: Callable[[str], None], override
     ``--workspace`` first; else the dataset's ``workspace`` entry; else its depth maps; else where the cameras'
     optical axes converge (`frames.dataset_workspace`).
     """
-    from ..core.frames import dataset_workspace, read_dataset
+    from ..core.capture.frames import dataset_workspace, read_dataset
     if override is not None:
         lo, hi = np.asarray(override[:3], float), np.asarray(override[3:], float)
         where = '--workspace'
@@ -315,7 +315,7 @@ def _view_at_width(frame, width: Optional[int] = None):
     adds no detail, and on a CPU each picture costs seconds per 10k pixels (a 160x120 scan's pictures at 320 wide
     took 15-19 s each on 2 cores).
     """
-    from ..core.frames import PosedFrame
+    from ..core.capture.frames import PosedFrame
     from ..core.geometry import resized_intrinsics
     width = min(PICTURE_WIDTH, frame.width) if width is None else width
     height = max(1, round(frame.height * width / frame.width))
@@ -327,8 +327,8 @@ def _query_picture(trainer, frame, query, caption: str) -> np.ndarray:
     """Draw the rendered view beside its similarity overlay (`_view_at_width` each), captioned (uint8 RGB)."""
     import cv2
 
-    from ..core.views import render_view, similarity_overlay
-    from ..core.render import side_by_side, to_uint8
+    from ..core.study.views import render_view, similarity_overlay
+    from ..core.training.render import side_by_side, to_uint8
     view = render_view(trainer, _view_at_width(frame), query=query)
     image = to_uint8(side_by_side(np.clip(view['rgb'], 0, 1), similarity_overlay(view, query)))
     bar = np.full((26, image.shape[1], 3), 32, dtype=np.uint8)  # a caption bar above the two panels

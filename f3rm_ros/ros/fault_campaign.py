@@ -151,7 +151,7 @@ class Campaign:
         """Kill -9 the trainer and the capture node in turn, `count` times, and restart them with resume."""
         from sensor_msgs.msg import Image
 
-        from ..core.trainer import read_checkpoint
+        from ..core.training.trainer import read_checkpoint
         from .qos import latched_qos
         work = self.work / 'kills'
         scan, ckpt = work / 'scan', work / 'ckpt'
@@ -199,7 +199,7 @@ class Campaign:
                          f'the trainer holding all {len(on_disk)} keyframes on disk', mark)
         trainer_frames = int(self.last_values('trainer')['frames'])
         lost = sorted(announced - set(on_disk))
-        from ..core.frames import read_dataset
+        from ..core.capture.frames import read_dataset
         readable = len(read_dataset(scan))
         leftovers = temporary_files(work)
         self.procs.stop('trainer')
@@ -228,8 +228,8 @@ class Campaign:
 
     def disk_full(self, size_mb: int = 64) -> None:
         """Scan and train onto a small tmpfs, fill it, empty it again."""
-        from ..core.frames import read_dataset
-        from ..core.trainer import read_checkpoint
+        from ..core.capture.frames import read_dataset
+        from ..core.training.trainer import read_checkpoint
         disk = self.work / 'small_disk'
         disk.mkdir(exist_ok=True)
         if os.geteuid() != 0:

@@ -4,7 +4,7 @@ The core (`f3rm_ros.core`) logs with the standard library, e.g. why a teacher wa
 checkpoint was refused. Without this bridge those records reach nobody but stderr (and INFO not even
 that). `route_core_logging(node, prefixes)` installs one `logging.Handler` on the ``f3rm_ros`` logger that
 forwards each record to the ROS logger of the node that owns its module: the node registered with the
-longest matching prefix (e.g. the trainer owns ``f3rm_ros.core.online``), else the first node registered,
+longest matching prefix (e.g. the trainer owns ``f3rm_ros.core.training.online``), else the first node registered,
 so with one node per process (``ros2 launch``) everything goes to that node.
 """
 from __future__ import annotations

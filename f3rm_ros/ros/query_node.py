@@ -19,7 +19,7 @@ RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's respo
 (PointCloud2 x, y, z, rgb, similarity; empty unless found), ``~/markers`` (MarkerArray, namespace
 ``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, best first; empty unless found), then
 ``~/similarity_image`` (Image of a rendered overview); the status on ``/diagnostics``. The field work is
-`f3rm_ros.core.query.FieldQuerier`; the messages are made in `answers`.
+`f3rm_ros.core.query.answer.FieldQuerier`; the messages are made in `answers`.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from ..core.relevancy import positive_phrases
+from ..core.query.relevancy import positive_phrases
 from ..core.teachers import text_is_random
 from . import answers
 from . import conversions as conv
@@ -93,9 +93,8 @@ class QueryNode(Node):
         super().__init__('query', **kwargs)
         self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS, RUNTIME_SECTIONS,
                                      on_change=self._on_parameter, check=self._check_parameters)
-        route_core_logging(self, ('f3rm_ros.core.query', 'f3rm_ros.core.voxels', 'f3rm_ros.core.relevancy',
-                                  'f3rm_ros.core.clusters', 'f3rm_ros.core.grasps', 'f3rm_ros.core.views',
-                                  'f3rm_ros.core.render'))
+        route_core_logging(self, ('f3rm_ros.core.query', 'f3rm_ros.core.study.views',
+                                  'f3rm_ros.core.training.render'))
         set_torch_threads(self.params['torch_threads'])
         self.live = live
         self.problems = ProblemLog(self.get_logger())
@@ -201,7 +200,7 @@ class QueryNode(Node):
     def _check_parameters(self, values, config) -> str:
         """Refuse a query.voxel_size that would make too many voxels over the loaded model's workspace."""
         from ..core.geometry import WorkspaceBox
-        from ..core.voxels import MAX_VOXELS
+        from ..core.query.voxels import MAX_VOXELS
         if config is None:
             return ''
         if self.live is not None and not values.get('checkpoint'):
@@ -230,7 +229,7 @@ class QueryNode(Node):
     def _current_source(self):
         """(model, teacher, config, lock, key) to query, or raise RuntimeError saying why there is none."""
         from ..core.teachers import RANDOM_HINT, make_teacher
-        from ..core.trainer import CheckpointError, load_model
+        from ..core.training.trainer import CheckpointError, load_model
         if self.live is not None and not self.params['checkpoint']:
             trainer = self.live.trainer
             if trainer is None:
@@ -270,7 +269,7 @@ class QueryNode(Node):
         return self._source
 
     def _querier(self):
-        from ..core.query import FieldQuerier
+        from ..core.query.answer import FieldQuerier
         model, teacher, config, lock, key = self._current_source()
         version = self.live.model_version if key[0] == 'live' else 0
         config = dataclasses.replace(config, query=self.params.config.query, grasp=self.params.config.grasp)
@@ -393,7 +392,7 @@ class QueryNode(Node):
 
     def _draw(self, header, positives, negatives) -> None:
         """Render the overview picture of an answer (after it went out: pictures never delay an answer)."""
-        from ..core.views import default_view, similarity_view
+        from ..core.study.views import default_view, similarity_view
         try:
             with self._query_lock:
                 querier, model, lock = self._querier()

@@ -34,7 +34,7 @@ PARAMETERS = [
     ParamSpec('dataset', '', "nerfstudio dataset folder to play ('' = generate a synthetic table scene)"),
     ParamSpec('downscale', 1, 'integer image downscale of the dataset', validator=positive),
     ParamSpec('scene_seed', 0, 'synthetic scene: random seed'),
-    ParamSpec('scene_objects', ['mug', 'bowl', 'box'], 'synthetic scene: objects (see core/scenes.py CATALOGUE)'),
+    ParamSpec('scene_objects', ['mug', 'bowl', 'box'], 'synthetic scene: objects (see core/scenes/table.py CATALOGUE)'),
     ParamSpec('scene_views', 40, 'synthetic scene: number of views', validator=positive),
     ParamSpec('scene_width', 160, 'synthetic scene: image width (px)', validator=positive),
     ParamSpec('scene_height', 120, 'synthetic scene: image height (px)', validator=positive),
@@ -54,12 +54,12 @@ PARAMETERS = [
 
 def load_frames(node_params):
     """(frames, {id: name}) of the dataset or of a synthetic scene built from the parameters."""
-    from ..core.frames import read_dataset, read_metadata
-    from ..core.offline import dataset_labels
+    from ..core.capture.frames import read_dataset, read_metadata
+    from ..core.training.offline import dataset_labels
     if node_params['dataset']:
         root = Path(expand_path(node_params['dataset']))
         return read_dataset(root, downscale=node_params['downscale']), dataset_labels(read_metadata(root)) or {}
-    from ..core.scenes import make_scene
+    from ..core.scenes.table import make_scene
     scene = make_scene(node_params['scene_seed'], object_names=list(node_params['scene_objects']),
                        num_views=node_params['scene_views'], width=node_params['scene_width'],
                        height=node_params['scene_height'])

@@ -11,8 +11,8 @@ Outputs: the status on ``/diagnostics`` (state, step, loss, PSNR, rays/s, frames
 training stalls or checkpoints cannot be written, WARN for a teacher that is not semantic or not the one asked for)
 at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient local). Services (std_srvs/Trigger):
 ``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and every keyframe). Random-weight CLIP is
-refused unless ``allow_random_teacher: true``. The training loop lives in `f3rm_ros.core.online.OnlineSession`; this
-node only translates messages.
+refused unless ``allow_random_teacher: true``. The training loop lives in
+`f3rm_ros.core.training.online.OnlineSession`; this node only translates messages.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from ..core.frames import PosedFrame
-from ..core.online import OnlineSession, SessionSettings, StampAssembler
+from ..core.capture.frames import PosedFrame
+from ..core.training.online import OnlineSession, SessionSettings, StampAssembler
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name, worse
@@ -93,8 +93,7 @@ class TrainerNode(Node):
         self.config = p.config
         self.base_frame = self.config.workspace.base_frame
         self.problems = ProblemLog(self.get_logger())
-        route_core_logging(self, ('f3rm_ros.core.online', 'f3rm_ros.core.trainer', 'f3rm_ros.core.teachers',
-                                  'f3rm_ros.core.model', 'f3rm_ros.core.field', 'f3rm_ros.core.fast'))
+        route_core_logging(self, ('f3rm_ros.core.training', 'f3rm_ros.core.teachers', 'f3rm_ros.core.fast'))
         settings = SessionSettings(min_frames=p['min_frames'], dataset_dir=expand_path(p['dataset_dir']),
                                    checkpoint_dir=expand_path(p['checkpoint_dir']), resume=p['resume'],
                                    teacher_choice=p['teacher_choice'], allow_random_teacher=p['allow_random_teacher'],

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..config import TeacherConfig
-from ..frames import PosedFrame
+from ..capture.frames import PosedFrame
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import Teacher
-from ..frames import PosedFrame
+from ..capture.frames import PosedFrame
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Teacher
-from ..frames import PosedFrame
+from ..capture.frames import PosedFrame
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..frames import PosedFrame
+from ..capture.frames import PosedFrame
 from . import Teacher
 
 

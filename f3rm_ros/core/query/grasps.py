@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .clusters import Cluster
-from .config import GraspConfig
+from ..config import GraspConfig
 
 TOP, SIDE = 'top', 'side'
 APPROACH_PREFERENCE = {TOP: 1.0, SIDE: 0.8}

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import yaml
 
-from .config import F3RMConfig, _merge_into, unflatten
+from ..config import F3RMConfig, _merge_into, unflatten
 from .evaluation import evaluate_views, format_table, write_csv_atomic
-from .frames import FrameStore, PosedFrame
-from .trainer import OnlineTrainer
+from ..capture.frames import FrameStore, PosedFrame
+from ..training.trainer import OnlineTrainer
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from scipy import ndimage
 
-from .config import QueryConfig
-from .geometry import WorkspaceBox
+from ..config import QueryConfig
+from ..geometry import WorkspaceBox
 from .grasps import Occupancy
 
 log = logging.getLogger(__name__)

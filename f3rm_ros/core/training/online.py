@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .config import F3RMConfig
-from .frames import FrameStore, PosedFrame, iter_dataset, read_metadata
-from .keyframes import replacement_slot
+from ..config import F3RMConfig
+from ..capture.frames import FrameStore, PosedFrame, iter_dataset, read_metadata
+from ..capture.keyframes import replacement_slot
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class SessionSettings:
         if int(self.min_frames) < 1:
             raise ValueError(f'min_frames must be >= 1, got {self.min_frames}')
         if self.teacher_choice != 'auto':
-            from .teachers import teacher_parts
+            from ..teachers import teacher_parts
             teacher_parts(self.teacher_choice)  # ValueError naming the teachers there are
         if int(self.steps_per_new_frame) < 0 or int(self.stats_every) < 1:
             raise ValueError('steps_per_new_frame must be >= 0 and stats_every >= 1')
@@ -567,7 +567,7 @@ class OnlineSession:
 
     def _try_build(self) -> bool:
         """Build teacher and trainer once enough keyframes (and label names) exist; False while waiting."""
-        from .teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher, size_field
+        from ..teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher, size_field
         from .trainer import OnlineTrainer
 
         count = len(self.store)
@@ -677,7 +677,7 @@ class OnlineSession:
 
     def _teacher_warning(self) -> str:
         """Say why the teacher deserves a WARN ('' if not): not semantic, or a fallback from what was asked."""
-        from .teachers import is_random, teacher_parts
+        from ..teachers import is_random, teacher_parts
         if is_random(self.teacher):
             return f'RANDOM-WEIGHT teacher ({self.teacher.name}): features are not semantic ({self.teacher_reason})'
         asked = self.settings.teacher_choice if self.settings.teacher_choice != 'auto' else self.config_teacher_asked

@@ -13,9 +13,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import QueryConfig
-from .geometry import WorkspaceBox
-from .voxels import VoxelField, eval_mode
+from ..config import QueryConfig
+from ..geometry import WorkspaceBox
+from ..query.voxels import VoxelField, eval_mode
 
 
 def auto_voxel_size(box: WorkspaceBox, voxel_size: float, max_cells: int = 256) -> float:

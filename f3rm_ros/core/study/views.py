@@ -6,12 +6,12 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from .clusters import Cluster
-from .frames import PosedFrame
-from .grasps import Grasp
-from .geometry import WorkspaceBox
-from .relevancy import SOFTMAX_FLOOR, TextQuery
-from .render import feature_pca, overlay
+from ..query.clusters import Cluster
+from ..capture.frames import PosedFrame
+from ..query.grasps import Grasp
+from ..geometry import WorkspaceBox
+from ..query.relevancy import SOFTMAX_FLOOR, TextQuery
+from ..training.render import feature_pca, overlay
 
 
 def _view_arguments(pose: Union[PosedFrame, np.ndarray], K, width, height):
@@ -28,7 +28,7 @@ def default_view(box: WorkspaceBox, width: int = 320, height: int = 240,
 
     The camera sits on the -x side of the workspace centre at 50° elevation, far enough for the whole box.
     """
-    from .scenes import look_at, pinhole_intrinsics
+    from ..scenes.table import look_at, pinhole_intrinsics
     K = pinhole_intrinsics(width, height, hfov_deg)
     size = box.max_xyz - box.min_xyz
     distance = 1.1 * np.linalg.norm(size) / (2 * np.tan(np.radians(hfov_deg) / 2) * min(1.0, height / width))
@@ -61,7 +61,7 @@ def render_view(source, pose: Union[PosedFrame, np.ndarray], K: Optional[np.ndar
         try:
             if render is not None:
                 return render(T, K, width, height)
-            from .trainer import render_model
+            from ..training.trainer import render_model
             return render_model(model, box, T, K, width, height)
         finally:
             model.query = previous

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from .clusters import Cluster, components, group_indices, link_voxels, make_cluster, rank_clusters
-from .config import F3RMConfig
-from .geometry import WorkspaceBox
+from ..config import F3RMConfig
+from ..geometry import WorkspaceBox
 from .grasps import Grasp, GraspPlanner
 from .relevancy import (FLOOR_MARGIN, SOFTMAX_FLOOR, PhraseEmbeddings, TextQuery, check_phrases, embed_query,
                         positive_phrases, relevancy, select_threshold)
-from .render import colorize
+from ..training.render import colorize
 from .voxels import MIN_COMPONENT_VOLUME, VoxelField, model_device
 
 FOUND, NOT_PRESENT = 'found', 'not_present'

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .geometry import check_rigid, quaternion_to_matrix
+from ..geometry import check_rigid, quaternion_to_matrix
 
 QUATERNION_NORM_TOLERANCE = 1e-2
 

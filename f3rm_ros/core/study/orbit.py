@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from .geometry import WorkspaceBox, check_rigid, opengl_to_optical
-from .render import colorize, feature_pca, save_png, side_by_side
-from .scenes import look_at, pinhole_intrinsics
+from ..geometry import WorkspaceBox, check_rigid, opengl_to_optical
+from ..training.render import colorize, feature_pca, save_png, side_by_side
+from ..scenes.table import look_at, pinhole_intrinsics
 
 
 @dataclass
@@ -251,7 +251,7 @@ def parse_box(text: str) -> tuple:
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: float = 10.0) -> Path:
     """Write float RGB frames as an MP4 (OpenCV's mp4v); where that writer is unavailable, a GIF (imageio)."""
     import cv2
-    from .render import to_uint8
+    from ..training.render import to_uint8
     path = Path(path)
     images = [to_uint8(f) if f.dtype != np.uint8 else f for f in frames]
     height, width = images[0].shape[:2]

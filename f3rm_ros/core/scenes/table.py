@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import open3d as o3d
 
-from .config import WorkspaceConfig
-from .frames import PosedFrame
+from ..config import WorkspaceConfig
+from ..capture.frames import PosedFrame
 
 Part = Tuple[o3d.geometry.TriangleMesh, Tuple[float, float, float]]  # mesh in the object frame, RGB 0..1
 

@@ -21,11 +21,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .config import F3RMConfig, from_dict, to_dict
-from .frames import PosedFrame
-from .geometry import WorkspaceBox
-from .model import PER_CAMERA_PARAMETERS, build_model, restore_sampler_schedule
-from .trainer import holdout_split, pick_device, psnr, read_checkpoint, render_model
+from ..config import F3RMConfig, from_dict, to_dict
+from ..capture.frames import PosedFrame
+from ..geometry import WorkspaceBox
+from ..training.model import PER_CAMERA_PARAMETERS, build_model, restore_sampler_schedule
+from ..training.trainer import holdout_split, pick_device, psnr, read_checkpoint, render_model
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def study_teacher(config: F3RMConfig, state: Dict, labels: Optional[Dict[int, st
 
     Random-weight CLIP is refused: a fresh random network is not the one the field was distilled from.
     """
-    from .teachers import is_random, make_teacher
+    from ..teachers import is_random, make_teacher
     teacher_state = (state.get('teacher') or {}).get('state')
     try:
         teacher = make_teacher(config.teacher, labels=labels, state=teacher_state)

@@ -27,15 +27,15 @@ from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCall
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
-from .config import F3RMConfig, from_dict, to_dict
-from . import fast
-from .fast import adam_config, sample_rays
-from .fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses, step_stats
-from .frames import FrameStore, PosedFrame
-from .geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
+from ..config import F3RMConfig, from_dict, to_dict
+from .. import fast
+from ..fast import adam_config, sample_rays
+from ..fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses, step_stats
+from ..capture.frames import FrameStore, PosedFrame
+from ..geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
 from .render import render_camera
-from .teachers import Teacher
+from ..teachers import Teacher
 
 log = logging.getLogger(__name__)
 

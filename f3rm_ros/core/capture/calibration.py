@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .frames import PosedFrame
-from .geometry import backproject
+from ..geometry import backproject
 
 NEAR = 0.01                 # m in front of the camera: edges behind it are clipped here
 BOX_COLOUR = (255, 210, 0)  # RGB

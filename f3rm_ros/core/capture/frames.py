@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .distortion import Undistorter, from_dataset
-from .geometry import backproject, check_rigid, opengl_to_optical, optical_to_opengl
+from ..geometry import backproject, check_rigid, opengl_to_optical, optical_to_opengl
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from .distortion import Distortion, Undistorter
 from .frames import DatasetWriter, PosedFrame
-from .geometry import check_rigid, opengl_to_optical, resized_intrinsics
+from ..geometry import check_rigid, opengl_to_optical, resized_intrinsics
 from .keyframes import KeyframeGate, PoseBuffer, sharpness
 
 PoseLookup = Callable[[float], Tuple[Optional[np.ndarray], str]]

@@ -16,7 +16,7 @@ from nerfstudio.field_components.mlp import MLP
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from torch import nn
 
-from .config import FeatureFieldConfig
+from ..config import FeatureFieldConfig
 
 log = logging.getLogger(__name__)
 

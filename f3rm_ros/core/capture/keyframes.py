@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from .geometry import check_rigid
+from ..geometry import check_rigid
 
 
 def sharpness(rgb: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .geometry import check_rigid
+from ..geometry import check_rigid
 from .keyframes import PoseBuffer
 
 

@@ -16,12 +16,12 @@ from nerfstudio.model_components.renderers import SemanticRenderer
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch.nn import Parameter
 
-from .config import F3RMConfig, FeatureFieldConfig, head_loss_weight
-from .fast import accelerate
-from .fast.patches import check_nerfstudio_version, no_lpips, record_final_samples
+from ..config import F3RMConfig, FeatureFieldConfig, head_loss_weight
+from ..fast import accelerate
+from ..fast.patches import check_nerfstudio_version, no_lpips, record_final_samples
 from .field import make_feature_field, resolve_implementation
-from .geometry import WorkspaceBox
-from .relevancy import TextQuery, relevancy
+from ..geometry import WorkspaceBox
+from ..query.relevancy import TextQuery, relevancy
 
 # Per-camera parameters, sized by the trainer's capacity (resized when a checkpoint's capacity differs).
 PER_CAMERA_PARAMETERS = ('field.embedding_appearance.embedding.weight', 'field.embedding_appearance.trained_rows',

@@ -12,10 +12,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from .config import F3RMConfig
-from .frames import FrameStore, PosedFrame, dataset_workspace, read_dataset, read_metadata
+from ..config import F3RMConfig
+from ..capture.frames import FrameStore, PosedFrame, dataset_workspace, read_dataset, read_metadata
 from .render import colorize, feature_pca, save_png, side_by_side
-from .teachers import choose_teacher
+from ..teachers import choose_teacher
 from .trainer import OnlineTrainer
 
 log = logging.getLogger(__name__)

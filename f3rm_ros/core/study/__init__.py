@@ -1,0 +1,1 @@
+"""Study: evaluation, orbit renders, experiments, meshes and reports over a trained field."""

@@ -1,0 +1,1 @@
+"""Training: the model (nerfacto + feature field), the trainer loop, the online session, rendering."""
