@@ -176,7 +176,7 @@ def test_a_bag_without_the_named_topics_is_refused_with_its_topic_list(scene, tm
 def test_demo_bag_imports_then_replays_the_dataset(scene, tmp_path, monkeypatch):
     """``f3rm-ros demo --bag``: the bag becomes OUTPUT/bag_dataset and the demo replays it (run_demo stubbed)."""
     from f3rm_ros import cli
-    from f3rm_ros.ros import demo
+    from f3rm_ros.harness import demo
     bag = write_bag(tmp_path / 'bag', scan_messages(scene, True), 'mcap')
     seen = {}
     monkeypatch.setattr(demo, 'run_demo', lambda settings: seen.setdefault('settings', settings))

@@ -8,8 +8,8 @@ a query flood and a long stream, is the benchmark: its table is in the README.)
 """
 import os
 
-from f3rm_ros.ros import bad_inputs
-from f3rm_ros.ros.fault_campaign import Campaign
+from f3rm_ros.harness import bad_inputs
+from f3rm_ros.harness.fault_campaign import Campaign
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from f3rm_ros.ros.dds import localhost_dds_env
-from f3rm_ros.ros.testing import pick_domain_id
+from f3rm_ros.harness.testing import pick_domain_id
 from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
 
 # What the launch files do: the trainer's relative keyframe/* inputs and the query's checkpoint input remapped to
@@ -53,7 +53,7 @@ PARAMS = {
 PROBE = textwrap.dedent('''
     """Inside namespace B: watch the graph for `seconds`, ask /query/locate "mug" (until FOUND, or once at the end)."""
     import json, sys, time
-    from f3rm_ros.ros.testing import RosProbe
+    from f3rm_ros.harness.testing import RosProbe
     from f3rm_ros_interfaces.msg import QueryAnswer
     from f3rm_ros_interfaces.srv import Query
     mode, seconds, domain = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

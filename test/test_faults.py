@@ -25,7 +25,7 @@ from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.frames import read_dataset
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 from f3rm_ros.core.training.trainer import CheckpointError, CheckpointWriteError, _atomic_torch_save, read_checkpoint
-from f3rm_ros.ros.fault_campaign import fill_disk, PicklePayload
+from f3rm_ros.harness.fault_campaign import fill_disk, PicklePayload
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
 ROOT = Path(__file__).resolve().parent.parent

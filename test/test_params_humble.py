@@ -9,7 +9,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from f3rm_ros.ros.params import NodeParameters, ParamSpec, positive
-from f3rm_ros.ros.testing import RosProbe
+from f3rm_ros.harness.testing import RosProbe
 
 
 class HumbleNode(Node):

@@ -25,9 +25,9 @@ from std_srvs.srv import Trigger
 from f3rm_ros.core.config import make_config
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import level_name, status_values
-from f3rm_ros.ros.fault_campaign import PicklePayload
+from f3rm_ros.harness.fault_campaign import PicklePayload
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import RosProbe
+from f3rm_ros.harness.testing import RosProbe
 from f3rm_ros.ros.topics import remap_arguments, trainer_remaps
 
 W, H = 96, 72

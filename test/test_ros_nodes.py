@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import RosProbe
+from f3rm_ros.harness.testing import RosProbe
 
 W, H = 96, 72
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])

@@ -26,7 +26,7 @@ from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import NodeProcesses, RosProbe, subprocess_env
+from f3rm_ros.harness.testing import NodeProcesses, RosProbe, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
@@ -157,7 +157,7 @@ def test_shortened_demo_reports_each_object_where_it_is(tmp_path):
     import cv2
     import open3d as o3d
 
-    from f3rm_ros.ros.testing import pick_domain_id
+    from f3rm_ros.harness.testing import pick_domain_id
     out = tmp_path / 'demo'
     env = subprocess_env(pick_domain_id())
     started = time.monotonic()
@@ -199,7 +199,7 @@ def test_pipeline_replays_the_scan_only_after_the_trainer_warmed_up(tmp_path):
     """
     import json
 
-    from f3rm_ros.ros.testing import pick_domain_id
+    from f3rm_ros.harness.testing import pick_domain_id
     scene = make_scene(seed=3, object_names=['mug'], num_views=10, width=64, height=48)
     source = write_dataset(tmp_path / 'source', scene.frames, scene.dataset_metadata())
     scan = tmp_path / 'scan'

@@ -19,7 +19,7 @@ from visualization_msgs.msg import MarkerArray
 
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import RosProbe
+from f3rm_ros.harness.testing import RosProbe
 
 from analytic_field import analytic_scene, yaw_matrix
 
@@ -303,7 +303,7 @@ def test_the_readme_planner_client_runs_against_the_node(rig):
     import sys
     from pathlib import Path
 
-    from f3rm_ros.ros.testing import subprocess_env
+    from f3rm_ros.harness.testing import subprocess_env
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
     live.show(model, config, teacher)

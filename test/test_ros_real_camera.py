@@ -24,7 +24,7 @@ from f3rm_ros.core.capture.handeye import hand_eye_matrix
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
-from f3rm_ros.ros.testing import RosProbe
+from f3rm_ros.harness.testing import RosProbe
 
 W, H = 160, 120
 K = np.array([[130.0, 0, 80], [0, 130.0, 60], [0, 0, 1]])

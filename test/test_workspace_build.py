@@ -193,7 +193,7 @@ def checkpoint_line(steps: str = r'\d+') -> str:
 @pytest.fixture(scope='module')
 def scan_run(workspace, tmp_path_factory):
     """scan_and_train.launch.py replay:=true localhost_only:=true, a query, then Ctrl-C: what happened."""
-    from f3rm_ros.ros.testing import RosProbe
+    from f3rm_ros.harness.testing import RosProbe
     ws = workspace[0]
     work = tmp_path_factory.mktemp('scan_launch')
     params = yaml.safe_load(json.dumps(SCAN_PARAMS))
@@ -265,7 +265,7 @@ def test_ctrl_c_ends_every_process_cleanly_and_the_final_checkpoint_loads(scan_r
 
 
 def test_query_launch_serves_the_checkpoint(workspace, scan_run, tmp_path):
-    from f3rm_ros.ros.testing import RosProbe
+    from f3rm_ros.harness.testing import RosProbe
     from f3rm_ros_interfaces.msg import QueryAnswer
     ws = workspace[0]
     checkpoint = scan_run.get('checkpoint')

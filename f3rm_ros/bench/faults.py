@@ -1,6 +1,6 @@
 """``f3rm-ros bench faults``: the fault campaign of issue 11 on this machine's CPU, as a table.
 
-Runs `f3rm_ros.ros.fault_campaign` (see its docstring for each phase): kill -9 of trainer and capture at random
+Runs `f3rm_ros.harness.fault_campaign` (see its docstring for each phase): kill -9 of trainer and capture at random
 moments, a full disk under the dataset and checkpoints, refused checkpoints, a query flood, at least 25 kinds of
 bad input, and a long 30 Hz 640 x 480 stream. The nodes run as separate processes on a private ROS domain, with
 DDS confined to this machine whatever ``--localhost-only`` says (a campaign must not disturb a robot's network).
@@ -40,7 +40,7 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run the chosen phases; print the table; 0 when every row met its goal."""
     from ..ros.dds import confine_dds_to_localhost
-    from ..ros.fault_campaign import Campaign
+    from ..harness.fault_campaign import Campaign
     phases = [p.strip() for p in args.phases.split(',') if p.strip()]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run the demo."""
-    from ..ros.demo import DemoSettings, run_demo
+    from ..harness.demo import DemoSettings, run_demo
     try:
         width, height = (int(v) for v in args.size.lower().split('x'))
     except ValueError:

@@ -10,7 +10,7 @@ Confinement is asked for explicitly, and then sets both variables for the proces
 
 Who asks: the launch files' ``localhost_only:=true`` argument (SetEnvironmentVariable actions for every
 process they start, RViz included), ``f3rm-ros <command> --localhost-only``, and the project's own tests,
-``make demo`` and CI (``scripts/env.sh``; `f3rm_ros.ros.testing`). This module does not import rclpy.
+``make demo`` and CI (``scripts/env.sh``; `f3rm_ros.harness.testing`). This module does not import rclpy.
 """
 from __future__ import annotations
 

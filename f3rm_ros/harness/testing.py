@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .dds import localhost_dds_env
+from ..ros.dds import localhost_dds_env
 
 
 def pick_domain_id() -> int:
@@ -89,7 +89,7 @@ class RosProbe:
         from rclpy.executors import SingleThreadedExecutor
 
         if localhost_only:  # both variables, explicitly (and for the children this process starts)
-            from .dds import confine_dds_to_localhost
+            from ..ros.dds import confine_dds_to_localhost
             confine_dds_to_localhost()
         self.domain_id = pick_domain_id() if domain_id is None else int(domain_id)
         os.environ['ROS_DOMAIN_ID'] = str(self.domain_id)
@@ -224,7 +224,7 @@ class NodeProcesses:
     def node(self, name: str, params: Optional[Path] = None, tag: str = '', remaps=None,
              parameters: Sequence[str] = ()) -> subprocess.Popen:
         """Start the node `name` (capture, trainer, query, replay) with a params file and ``-p`` values."""
-        from .topics import query_remaps, remap_arguments, trainer_remaps
+        from ..ros.topics import query_remaps, remap_arguments, trainer_remaps
         if remaps is None:
             remaps = {'trainer': trainer_remaps(), 'query': query_remaps()}.get(name, [])
         args = ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args']

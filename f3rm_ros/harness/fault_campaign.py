@@ -65,12 +65,12 @@ class Results:
 
 
 def _values(msg) -> Dict[str, str]:
-    from .diagnostics import status_values
+    from ..ros.diagnostics import status_values
     return status_values(msg)
 
 
 def _level(msg) -> str:
-    from .diagnostics import level_name
+    from ..ros.diagnostics import level_name
     return level_name(msg)
 
 
@@ -152,7 +152,7 @@ class Campaign:
         from sensor_msgs.msg import Image
 
         from ..core.training.trainer import read_checkpoint
-        from .qos import latched_qos
+        from ..ros.qos import latched_qos
         work = self.work / 'kills'
         scan, ckpt = work / 'scan', work / 'ckpt'
         params = self.params('kills', scan, ckpt)
@@ -295,7 +295,7 @@ class Campaign:
         """Start a query node serving a copy of the kills phase's checkpoint, announced on /bench/checkpoint."""
         from std_msgs.msg import String
 
-        from .qos import latched_qos
+        from ..ros.qos import latched_qos
         served = self.work / 'served'
         served.mkdir(exist_ok=True)
         good = served / 'good.ckpt'
@@ -434,7 +434,7 @@ class Campaign:
         from rclpy.qos import QoSProfile
 
         from . import bad_inputs as cases
-        from .qos import latched_qos
+        from ..ros.qos import latched_qos
         work = self.work / 'bad'
         params = self.params('bad', work / 'scan', work / 'ckpt', resume=False,
                              capture={'min_translation': 0.05, 'pose_wait_s': 0.3})
@@ -531,8 +531,8 @@ class Campaign:
     def stream(self, minutes: float, width: int = 640, height: int = 480, rate: float = 30.0) -> None:
         """`minutes` of a 30 Hz camera into a fresh capture node; its RSS over time."""
         from . import bad_inputs as cases
-        from . import conversions as conv
-        from .qos import latched_qos
+        from ..ros import conversions as conv
+        from ..ros.qos import latched_qos
         work = self.work / 'stream'
         params = self.params('stream', work / 'scan', work / 'ckpt', resume=False,
                              capture={'min_interval_s': 1.0, 'min_translation': 0.05, 'status_rate_hz': 1.0})

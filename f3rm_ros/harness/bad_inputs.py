@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from . import conversions as conv
+from ..ros import conversions as conv
 
 W, H = 96, 72
 K = np.array([[80.0, 0.0, 48.0], [0.0, 80.0, 36.0], [0.0, 0.0, 1.0]])

@@ -1,4 +1,4 @@
-"""What one camera frame costs the capture node at 30 Hz: ``python -m f3rm_ros.ros.bench_capture``.
+"""What one camera frame costs the capture node at 30 Hz: ``python -m f3rm_ros.harness.bench_capture``.
 
 A capture node runs in its own process (as `ros2 launch` starts it); this process plays a moving camera
 (textured images, PoseStamped, CameraInfo) at `--rate` over DDS confined to this machine, on a private
@@ -33,8 +33,8 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, Image
 
-    from . import conversions as conv
-    from .diagnostics import status_values
+    from ..ros import conversions as conv
+    from ..ros.diagnostics import status_values
     from .testing import RosProbe, subprocess_env
 
     probe = RosProbe(name='bench_camera')
@@ -94,7 +94,7 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
 
 def main(argv: List[str] = None) -> int:
     """Command line: resolutions, rate, duration."""
-    parser = argparse.ArgumentParser(prog='python -m f3rm_ros.ros.bench_capture', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m f3rm_ros.harness.bench_capture', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', nargs='+', default=['640x480', '1280x720'], help='WIDTHxHEIGHT ...')
     parser.add_argument('--rate', type=float, default=30.0, help='camera rate (Hz)')

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.capture.frames import read_metadata, write_dataset
 from ..core.study.report import QueryOutcome, RunReport, write_report
-from .common import init_ros
+from ..ros.common import init_ros
 
 PICTURE_WIDTH = 320                  # pixels per rendered panel in the report
 EVAL_MAX_PIXELS = 320 * 240          # the report's held-out PSNR renders views at most this big
@@ -97,10 +97,10 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
 
     from ..core.query.relevancy import PhraseEmbeddings, embed_query, split_phrases
     from ..core.study.views import render_view
-    from . import answers
+    from ..ros import answers
     from ..core.training.render import feature_pca, save_png
-    from . import conversions as conv
-    from .pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
+    from ..ros import conversions as conv
+    from ..ros.pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
 
     timings: Dict[str, float] = {}
     started = time.monotonic()
