@@ -120,7 +120,7 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
                 executor.add_node(held_back.pop())
                 report('pipeline: trainer warmed up; the replayed scan starts')
             if not asked and trainer.session.state == 'done':
-                querier._on_query(String(data=query))
+                querier.on_query(String(data=query))
                 asked = True
                 report(f'pipeline: training done at step {trainer.session.step}; asked {query!r}')
             if asked and query and exit_after_query and querier.answered:

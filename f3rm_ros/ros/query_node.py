@@ -121,7 +121,7 @@ class QueryNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, '~/markers', out)
         self.pub_grasps = self.create_publisher(PoseArray, '~/grasp_candidates', out)
         self.pub_image = self.create_publisher(Image, '~/similarity_image', out)
-        self.create_subscription(String, '~/query', self._on_query, 10)
+        self.create_subscription(String, '~/query', self.on_query, 10)
         # its own group: a service call in progress does not hold up the topic, status or checkpoint callbacks
         self.create_service(Query, '~/locate', self._on_locate, callback_group=MutuallyExclusiveCallbackGroup())
         # reentrant: a cancel request is served while the goal it cancels runs
@@ -140,7 +140,8 @@ class QueryNode(Node):
         with self._id_lock:
             return next(self._ids)
 
-    def _on_query(self, msg: String) -> None:
+    def on_query(self, msg: String) -> None:
+        """Queue a text query (the ~/query topic's callback; `pipeline` calls it directly)."""
         request = (self._next_id(), msg.data)
         with self._wake:
             superseded, self._request = self._request, request
