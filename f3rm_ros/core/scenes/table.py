@@ -348,6 +348,8 @@ class SyntheticScene:
     geometry: SceneGeometry = field(repr=False)
     base_frame: str = 'base_link'
     seed: int = 0
+    # name -> (centre xy, yaw) of each object's footprint: what `build_table` needs to lay the table out again
+    placements: Dict[str, Tuple[np.ndarray, float]] = field(default_factory=dict)
 
     def render(self, K: np.ndarray, T_base_optical: np.ndarray, width: int, height: int,
                stamp: float = 0.0, name: str = '') -> PosedFrame:
@@ -395,32 +397,45 @@ def make_scene(seed: int = 0, object_names: Optional[Sequence[str]] = None, num_
         if num_objects is not None and num_objects != len(names):
             raise ValueError(f'num_objects={num_objects} contradicts {len(names)} object_names')
 
-    models = [_rest_on_origin(CATALOGUE[name]()) for name in names]
-    half_sizes = []
-    for parts in models:
-        points = np.concatenate([np.asarray(mesh.vertices) for mesh, _ in parts])
-        half_sizes.append(points.max(axis=0)[:2])  # footprints are centred on the origin
-    placements = _place(half_sizes, rng, min_gap)
-
-    geometry = SceneGeometry()
-    table_label = len(names) + 1
-    _room_and_table(geometry, table_label)
-    objects = {}
-    for label, (name, parts, (center_xy, yaw)) in enumerate(zip(names, models, placements), start=1):
-        rotation = o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, yaw))
-        points = []
-        for mesh, color in parts:
-            mesh.rotate(rotation, center=(0, 0, 0)).translate((*center_xy, 0.0))
-            geometry.add(mesh, label=label, color=color, kind=OBJECT)
-            points.append(np.asarray(mesh.vertices))
-        points = np.concatenate(points)
-        lo, hi = points.min(axis=0), points.max(axis=0)
-        objects[name] = {'center': (lo + hi) / 2, 'extent': hi - lo, 'label': label}
-
+    placements = dict(zip(names, _place(object_half_sizes(names), rng, min_gap)))
+    geometry, objects = build_table(placements, {name: label for label, name in enumerate(names, start=1)},
+                                    len(names) + 1)
     K = pinhole_intrinsics(width, height, hfov_deg)
     frames = [geometry.render(K, T, width, height, stamp=0.1 * (index + 1), name=f'frame_{index:05d}')
               for index, T in enumerate(scan_poses(num_views, rng))]
     labels = {obj['label']: name for name, obj in objects.items()}
-    labels[table_label] = 'table'
+    labels[len(names) + 1] = 'table'
     return SyntheticScene(frames=frames, labels=labels, objects=objects, workspace=SCENE_WORKSPACE,
-                          geometry=geometry, base_frame=SCENE_WORKSPACE.base_frame, seed=seed)
+                          geometry=geometry, base_frame=SCENE_WORKSPACE.base_frame, seed=seed, placements=placements)
+
+
+def object_half_sizes(names: Sequence[str]) -> List[np.ndarray]:
+    """Half the footprint (x, y) of each catalogue object, unturned, in metres."""
+    sizes = []
+    for name in names:
+        points = np.concatenate([np.asarray(mesh.vertices) for mesh, _ in _rest_on_origin(CATALOGUE[name]())])
+        sizes.append(points.max(axis=0)[:2])  # footprints are centred on the origin
+    return sizes
+
+
+def build_table(placements: Dict[str, Tuple[np.ndarray, float]], label_of: Dict[str, int],
+                table_label: int) -> Tuple[SceneGeometry, Dict[str, Dict]]:
+    """Room, table and catalogue objects at `placements` (name -> (centre xy, yaw)): (geometry, object truth).
+
+    `label_of` gives each object's id; the truth is {'center', 'extent', 'label'} per object, as `SyntheticScene`.
+    The same placements give the same geometry, so a layout can be rebuilt with one object moved or taken away.
+    """
+    geometry = SceneGeometry()
+    _room_and_table(geometry, table_label)
+    objects = {}
+    for name, (center_xy, yaw) in placements.items():
+        rotation = o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, yaw))
+        points = []
+        for mesh, color in _rest_on_origin(CATALOGUE[name]()):
+            mesh.rotate(rotation, center=(0, 0, 0)).translate((*center_xy, 0.0))
+            geometry.add(mesh, label=label_of[name], color=color, kind=OBJECT)
+            points.append(np.asarray(mesh.vertices))
+        points = np.concatenate(points)
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        objects[name] = {'center': (lo + hi) / 2, 'extent': hi - lo, 'label': label_of[name]}
+    return geometry, objects
