@@ -10,7 +10,7 @@ poses and queries against the truth.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import open3d as o3d
@@ -18,7 +18,14 @@ import open3d as o3d
 from ..config import WorkspaceConfig
 from ..capture.frames import PosedFrame
 
-Part = Tuple[o3d.geometry.TriangleMesh, Tuple[float, float, float]]  # mesh in the object frame, RGB 0..1
+
+class Part(NamedTuple):
+    """One mesh of an object, in the object frame; a `name` labels it on its own when parts are labelled."""
+
+    mesh: o3d.geometry.TriangleMesh
+    color: Tuple[float, float, float]   # RGB 0..1
+    name: str = ''                      # '' = the object's own name
+
 
 TABLE_CENTER = np.array([0.5, 0.0, 0.0])
 TABLE_SIZE = (0.8, 0.8, 0.04)
@@ -63,7 +70,7 @@ def _mug() -> List[Part]:
     # The torus lies in the xy plane; stand it up in the xz plane beside the body.
     handle.rotate(o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0.0, 0.0)), center=(0, 0, 0))
     handle.translate((radius + 0.01, 0.0, height / 2))
-    return [(_standing_cylinder(radius, height), red), (handle, red)]
+    return [Part(_standing_cylinder(radius, height), red), Part(handle, red, 'mug handle')]
 
 
 def _bowl() -> List[Part]:
@@ -72,16 +79,16 @@ def _bowl() -> List[Part]:
     # Keep the lower hemisphere: an open shell whose inside is seen from above.
     shell.remove_vertices_by_mask(np.asarray(shell.vertices)[:, 2] > 1e-9)
     shell.vertices = o3d.utility.Vector3dVector(np.asarray(shell.vertices) * [1.0, 1.0, squash])
-    return [(shell, (0.15, 0.30, 0.85))]
+    return [Part(shell, (0.15, 0.30, 0.85))]
 
 
 def _cereal_box() -> List[Part]:
     size = (0.07, 0.035, 0.11)
-    return [(o3d.geometry.TriangleMesh.create_box(*size), (0.95, 0.55, 0.10))]
+    return [Part(o3d.geometry.TriangleMesh.create_box(*size), (0.95, 0.55, 0.10))]
 
 
 def _ball() -> List[Part]:
-    return [(o3d.geometry.TriangleMesh.create_sphere(radius=0.035, resolution=24), (0.20, 0.70, 0.20))]
+    return [Part(o3d.geometry.TriangleMesh.create_sphere(radius=0.035, resolution=24), (0.20, 0.70, 0.20))]
 
 
 def _bottle() -> List[Part]:
@@ -90,18 +97,19 @@ def _bottle() -> List[Part]:
     shoulder = o3d.geometry.TriangleMesh.create_cone(radius=0.028, height=0.025, resolution=32)
     shoulder.translate((0.0, 0.0, 0.075))
     neck = _standing_cylinder(0.011, 0.03, z_bottom=0.09)
-    return [(body, cyan), (shoulder, cyan), (neck, cyan)]
+    return [Part(body, cyan), Part(shoulder, cyan), Part(neck, cyan)]
 
 
 def _can() -> List[Part]:
-    return [(_standing_cylinder(0.033, 0.10), (0.58, 0.58, 0.62))]
+    return [Part(_standing_cylinder(0.033, 0.10), (0.58, 0.58, 0.62))]
 
 
 def _screwdriver() -> List[Part]:
     handle_radius = 0.013
     handle = _lying_cylinder(handle_radius, 0.05, x_center=-0.03, z_axis=handle_radius)
     shaft = _lying_cylinder(0.003, 0.06, x_center=0.025, z_axis=handle_radius)
-    return [(handle, (0.60, 0.20, 0.75)), (shaft, (0.75, 0.75, 0.78))]
+    return [Part(handle, (0.60, 0.20, 0.75), 'screwdriver handle'),
+            Part(shaft, (0.75, 0.75, 0.78), 'screwdriver shaft')]
 
 
 def _banana() -> List[Part]:
@@ -111,14 +119,27 @@ def _banana() -> List[Part]:
                                                  radial_resolution=48, tubular_resolution=16)
     vertices = np.asarray(arc.vertices)
     arc.remove_vertices_by_mask(np.abs(np.arctan2(vertices[:, 1], vertices[:, 0])) > half_angle)
-    parts = [(arc, yellow)]
+    parts = [Part(arc, yellow)]
     for sign in (-1.0, 1.0):  # rounded tips close the cut ends of the torus
         tip = o3d.geometry.TriangleMesh.create_sphere(radius=tube_radius, resolution=12)
         tip.translate((arc_radius * np.cos(half_angle), sign * arc_radius * np.sin(half_angle), 0.0))
-        parts.append((tip, yellow))
+        parts.append(Part(tip, yellow))
     return parts
 
 
+RACK_POST_RADIUS, RACK_PEG_RADIUS, RACK_PEG_LENGTH, RACK_PEG_HEIGHT = 0.008, 0.005, 0.07, 0.14
+
+
+def _rack() -> List[Part]:
+    """Build a mug rack: a base plate, a post and one peg sticking out along +x (what a mug is hung on)."""
+    wood, grey = (0.70, 0.52, 0.32), (0.55, 0.55, 0.58)
+    base = o3d.geometry.TriangleMesh.create_box(0.10, 0.10, 0.012).translate((-0.05, -0.05, 0.0))
+    post = _standing_cylinder(RACK_POST_RADIUS, RACK_PEG_HEIGHT + 0.04, z_bottom=0.012)
+    peg = _lying_cylinder(RACK_PEG_RADIUS, RACK_PEG_LENGTH, x_center=RACK_PEG_LENGTH / 2, z_axis=RACK_PEG_HEIGHT)
+    return [Part(base, wood), Part(post, wood), Part(peg, grey, 'rack peg')]
+
+
+# Objects a random draw picks from (their order fixes every seed's layout: append, never reorder).
 CATALOGUE: Dict[str, Callable[[], List[Part]]] = {
     'mug': _mug,
     'bowl': _bowl,
@@ -129,14 +150,25 @@ CATALOGUE: Dict[str, Callable[[], List[Part]]] = {
     'screwdriver': _screwdriver,
     'banana': _banana,
 }
+# Objects that only named layouts get (manipulation): outside CATALOGUE, so seeded random draws stay as they were.
+EXTRA_OBJECTS: Dict[str, Callable[[], List[Part]]] = {'rack': _rack}
+OBJECTS = {**CATALOGUE, **EXTRA_OBJECTS}
+
+
+def rest_shift(parts: Sequence[Part]) -> np.ndarray:
+    """Return the shift that centres the parts' xy bounding box on the origin and puts the lowest point at z = 0.
+
+    An object's frame in a scene (its 'pose' in `SyntheticScene.objects`) is its builder's frame moved by this.
+    """
+    points = np.concatenate([np.asarray(part.mesh.vertices) for part in parts])
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    return np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
 
 
 def _rest_on_origin(parts: List[Part]) -> List[Part]:
-    """Shift parts so the xy bounding box is centred on the origin and the lowest point is at z = 0."""
-    points = np.concatenate([np.asarray(mesh.vertices) for mesh, _ in parts])
-    lo, hi = points.min(axis=0), points.max(axis=0)
-    shift = (-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2])
-    return [(mesh.translate(shift), color) for mesh, color in parts]
+    """Shift parts by `rest_shift`."""
+    shift = rest_shift(parts)
+    return [part._replace(mesh=part.mesh.translate(shift)) for part in parts]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -337,8 +369,10 @@ def _room_and_table(geometry: SceneGeometry, table_label: int) -> None:
 class SyntheticScene:
     """A rendered scan of a synthetic table plus its ground truth, in ``base_frame``.
 
-    `objects` maps each name to {'center', 'extent'} of its axis-aligned bounding box (metres) and its
-    'label' id; `labels` maps every id (objects and 'table') to its name; 0 is the background.
+    `objects` maps each name to {'center', 'extent'} of its axis-aligned bounding box (metres), its 'label' id,
+    its 'pose' (4 x 4 T_base_object: the builder's frame moved by `rest_shift`, then yawed and placed) and its
+    'part_labels' ({part name: id}, empty unless parts are labelled); `labels` maps every id (objects, parts
+    and 'table') to its name; 0 is the background.
     """
 
     frames: List[PosedFrame]
@@ -365,14 +399,14 @@ class SyntheticScene:
                           'max': [float(v) for v in self.workspace.max_xyz]},
             'objects': {name: {'center': [float(v) for v in obj['center']],
                                'extent': [float(v) for v in obj['extent']],
-                               'label': int(obj['label'])}
+                               'label': int(obj['label']), 'pose': np.asarray(obj['pose']).tolist()}
                         for name, obj in self.objects.items()},
         }
 
 
 def make_scene(seed: int = 0, object_names: Optional[Sequence[str]] = None, num_objects: Optional[int] = None,
                num_views: int = 40, width: int = 160, height: int = 120, hfov_deg: float = 60.0,
-               min_gap: float = 0.03) -> SyntheticScene:
+               min_gap: float = 0.03, part_labels: bool = False) -> SyntheticScene:
     """Build, lay out and scan a synthetic table.
 
     Objects are all of `object_names`, or `num_objects` (default 5) drawn from `CATALOGUE` by `seed`; their
@@ -389,9 +423,9 @@ def make_scene(seed: int = 0, object_names: Optional[Sequence[str]] = None, num_
         names = [name for name in CATALOGUE if name in picked]
     else:
         names = list(object_names)
-        unknown = [name for name in names if name not in CATALOGUE]
+        unknown = [name for name in names if name not in OBJECTS]
         if unknown:
-            raise ValueError(f'unknown objects {unknown}; the catalogue has {list(CATALOGUE)}')
+            raise ValueError(f'unknown objects {unknown}; the catalogue has {list(OBJECTS)}')
         if len(set(names)) != len(names):
             raise ValueError(f'object names must be unique, got {names}')
         if num_objects is not None and num_objects != len(names):
@@ -399,12 +433,13 @@ def make_scene(seed: int = 0, object_names: Optional[Sequence[str]] = None, num_
 
     placements = dict(zip(names, _place(object_half_sizes(names), rng, min_gap)))
     geometry, objects = build_table(placements, {name: label for label, name in enumerate(names, start=1)},
-                                    len(names) + 1)
+                                    len(names) + 1, part_labels=part_labels)
     K = pinhole_intrinsics(width, height, hfov_deg)
     frames = [geometry.render(K, T, width, height, stamp=0.1 * (index + 1), name=f'frame_{index:05d}')
               for index, T in enumerate(scan_poses(num_views, rng))]
     labels = {obj['label']: name for name, obj in objects.items()}
     labels[len(names) + 1] = 'table'
+    labels.update({part_id: part for obj in objects.values() for part, part_id in obj['part_labels'].items()})
     return SyntheticScene(frames=frames, labels=labels, objects=objects, workspace=SCENE_WORKSPACE,
                           geometry=geometry, base_frame=SCENE_WORKSPACE.base_frame, seed=seed, placements=placements)
 
@@ -413,29 +448,37 @@ def object_half_sizes(names: Sequence[str]) -> List[np.ndarray]:
     """Half the footprint (x, y) of each catalogue object, unturned, in metres."""
     sizes = []
     for name in names:
-        points = np.concatenate([np.asarray(mesh.vertices) for mesh, _ in _rest_on_origin(CATALOGUE[name]())])
+        points = np.concatenate([np.asarray(part.mesh.vertices) for part in _rest_on_origin(OBJECTS[name]())])
         sizes.append(points.max(axis=0)[:2])  # footprints are centred on the origin
     return sizes
 
 
 def build_table(placements: Dict[str, Tuple[np.ndarray, float]], label_of: Dict[str, int],
-                table_label: int) -> Tuple[SceneGeometry, Dict[str, Dict]]:
+                table_label: int, part_labels: bool = False) -> Tuple[SceneGeometry, Dict[str, Dict]]:
     """Room, table and catalogue objects at `placements` (name -> (centre xy, yaw)): (geometry, object truth).
 
-    `label_of` gives each object's id; the truth is {'center', 'extent', 'label'} per object, as `SyntheticScene`.
+    `label_of` gives each object's id; the truth is {'center', 'extent', 'label', 'pose', 'part_labels'} per
+    object, as `SyntheticScene`; with `part_labels`, named parts get ids after `table_label` in order of appearance.
     The same placements give the same geometry, so a layout can be rebuilt with one object moved or taken away.
     """
     geometry = SceneGeometry()
     _room_and_table(geometry, table_label)
     objects = {}
+    part_ids: Dict[str, int] = {}
     for name, (center_xy, yaw) in placements.items():
         rotation = o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, yaw))
-        points = []
-        for mesh, color in _rest_on_origin(CATALOGUE[name]()):
-            mesh.rotate(rotation, center=(0, 0, 0)).translate((*center_xy, 0.0))
-            geometry.add(mesh, label=label_of[name], color=color, kind=OBJECT)
-            points.append(np.asarray(mesh.vertices))
+        points, parts_here = [], {}
+        for part in _rest_on_origin(OBJECTS[name]()):
+            part.mesh.rotate(rotation, center=(0, 0, 0)).translate((*center_xy, 0.0))
+            label = label_of[name]
+            if part_labels and part.name:
+                label = parts_here[part.name] = part_ids.setdefault(part.name, table_label + 1 + len(part_ids))
+            geometry.add(part.mesh, label=label, color=part.color, kind=OBJECT)
+            points.append(np.asarray(part.mesh.vertices))
         points = np.concatenate(points)
         lo, hi = points.min(axis=0), points.max(axis=0)
-        objects[name] = {'center': (lo + hi) / 2, 'extent': hi - lo, 'label': label_of[name]}
+        pose = np.eye(4)
+        pose[:3, :3], pose[:3, 3] = rotation, (*center_xy, 0.0)
+        objects[name] = {'center': (lo + hi) / 2, 'extent': hi - lo, 'label': label_of[name], 'pose': pose,
+                         'part_labels': parts_here}
     return geometry, objects
