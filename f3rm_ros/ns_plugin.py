@@ -320,15 +320,15 @@ class F3RMNSModel(F3RMModel):
 
     def export_checkpoint(self, path: Path, step: int) -> Path:
         """Write the model in f3rm_ros's checkpoint format (tensors + JSON metadata, atomically)."""
-        from .core.training.trainer import CHECKPOINT_VERSION, _atomic_torch_save
+        from .core.training.trainer import CHECKPOINT_VERSION, atomic_torch_save
         config = f3rm_config_of(self.config, self.config.preset, self.f3rm['workspace'], self.f3rm['teacher_config'])
         meta = {'format': 'f3rm_ros', 'version': CHECKPOINT_VERSION, 'step': int(step),
                 'num_frames': int(self.f3rm['num_frames']), 'capacity': int(self.num_train_data),
                 'config': to_dict(config), 'teacher': self.f3rm['teacher'], 'scan_id': '', 'saved_at': time.time(),
                 'source': 'ns-train f3rm-ros'}
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({'meta_json': json.dumps(meta),
-                            'model': {k: v.detach().cpu() for k, v in self.state_dict().items()}}, path)
+        atomic_torch_save({'meta_json': json.dumps(meta),
+                           'model': {k: v.detach().cpu() for k, v in self.state_dict().items()}}, path)
         return path
 
 

@@ -58,7 +58,7 @@ def scan_messages(scene, compressed_images):
             out.append((t, IMAGE, conv.rgb_to_image(frame.image, t, FRAME)))
         depth = conv.depth_to_image(frame.depth, t + 0.007, FRAME)
         raw = np.round(frame.depth * 1000).astype('<u2')
-        depth.encoding, depth.step, depth.data = '16UC1', W * 2, conv._as_uint8_array(raw)
+        depth.encoding, depth.step, depth.data = '16UC1', W * 2, conv.as_uint8_array(raw)
         out.append((t + 0.007, DEPTH, depth))
         out.append((t + 0.02, '/tf', [('base_link', 'tool0', t + 0.02, T_base_tool)]))
     return out
@@ -187,9 +187,9 @@ def test_demo_bag_imports_then_replays_the_dataset(scene, tmp_path, monkeypatch)
     assert code == 0 and settings.data == tmp_path / 'demo' / 'bag_dataset'
     assert len(read_dataset(settings.data)) >= 6 and settings.workspace == (-0.3, -0.3, -0.05, 0.3, 0.3, 0.3)
     lines = []
-    lo, hi = demo._workspace({}, settings.data, lines.append, settings.workspace)
+    lo, hi = demo.demo_workspace({}, settings.data, lines.append, settings.workspace)
     assert lo.tolist() == [-0.3, -0.3, -0.05] and 'from --workspace' in lines[0]
-    lo, hi = demo._workspace({}, settings.data, lines.append)        # no entry: from its depth maps, said so
+    lo, hi = demo.demo_workspace({}, settings.data, lines.append)        # no entry: from its depth maps, said so
     assert 'from its depth maps' in lines[1]
 
 

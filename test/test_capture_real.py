@@ -84,7 +84,7 @@ def depth_msg(depth, stamp, encoding='16UC1', frame=COLOUR_FRAME):
     msg = conv.depth_to_image(depth, stamp, frame)
     if encoding == '16UC1':
         raw = np.round(depth * 1000).astype('<u2')
-        msg.encoding, msg.step, msg.data = '16UC1', depth.shape[1] * 2, conv._as_uint8_array(raw)
+        msg.encoding, msg.step, msg.data = '16UC1', depth.shape[1] * 2, conv.as_uint8_array(raw)
     return msg
 
 

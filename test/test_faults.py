@@ -24,7 +24,7 @@ from f3rm_ros.core.capture.session import STAMP_RECOVERY_FRAMES, CaptureSession,
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.frames import read_dataset
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings
-from f3rm_ros.core.training.trainer import CheckpointError, CheckpointWriteError, _atomic_torch_save, read_checkpoint
+from f3rm_ros.core.training.trainer import CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint
 from f3rm_ros.harness.fault_campaign import fill_disk, PicklePayload
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
@@ -158,7 +158,7 @@ class FakeTrainer:
         self.tensor = torch.zeros(int(mb * 1e6 / 4))
 
     def save_checkpoint(self, path, scan_id=''):
-        _atomic_torch_save({'meta_json': json.dumps({'step': self.step_count}), 'model': {'x': self.tensor}}, path)
+        atomic_torch_save({'meta_json': json.dumps({'step': self.step_count}), 'model': {'x': self.tensor}}, path)
         self.last_checkpoint = path
         return path
 
@@ -241,7 +241,7 @@ def test_trainer_health_levels():
     assert level == 'error' and 'stalled: no step for 6 s' in why
     session._state = 'extracting teacher features'
     assert session.health()[0] == 'warn'
-    session._paused = True                                   # paused: not expected to step
+    session.pause()                                          # paused: not expected to step
     assert session.health() == ('ok', '')
     session.teacher_warning = 'labels teacher instead of clip: CLIP weights could not be loaded'
     assert session.health() == ('warn', session.teacher_warning)
@@ -333,14 +333,14 @@ def test_core_logging_reaches_the_owning_node_logger(monkeypatch):
 # ------------------------------------------------------------------------------------------ config
 
 def test_query_command_reads_the_yaml_train_reads():
-    from f3rm_ros.commands.query import _query_config
+    from f3rm_ros.commands.query import query_config
     checkpoint_config = make_config('cpu-tiny')
     checkpoint_config.workspace.min_xyz = (-1.0, -1.0, 0.0)
     args = argparse.Namespace(config=[str(ROOT / 'config' / 'f3rm.yaml')], negatives=None, threshold=None,
                               percentile=None, alpha_threshold=None, voxel_size=None, clip_weights=None,
                               device='auto', crop=None)
-    config = _query_config(checkpoint_config, args)          # was KeyError: 'trainer.ros__parameters'
+    config = query_config(checkpoint_config, args)          # was KeyError: 'trainer.ros__parameters'
     assert config.query.negatives == ('object', 'things', 'stuff', 'texture') and config.grasp.max_opening == 0.08
     assert config.workspace.min_xyz == (-1.0, -1.0, 0.0)      # the checkpoint's field is not overlaid
     args.negatives = ''
-    assert _query_config(checkpoint_config, args).query.mode == 'cosine'
+    assert query_config(checkpoint_config, args).query.mode == 'cosine'

@@ -31,7 +31,7 @@ def test_runtime_parameter_changes_are_applied_and_bad_ones_refused(node_class):
         params = NodeParameters(node, [ParamSpec('rate_hz', 2.0, 'a rate', runtime=True, validator=positive),
                                        ParamSpec('fixed', 1, 'read at start-up')],
                                 on_change=lambda name, value: changes.append((name, value)))
-        assert params._post_set == (node_class is Node)
+        assert params.uses_post_set == (node_class is Node)
         result, = node.set_parameters([Parameter('rate_hz', value=5.0)])
         assert result.successful and params['rate_hz'] == 5.0 and changes == [('rate_hz', 5.0)]
         refused, = node.set_parameters([Parameter('rate_hz', value=-1.0)])

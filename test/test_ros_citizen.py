@@ -80,7 +80,7 @@ class Camera:
         else:  # a depth image on the colour topic
             msg = conv.depth_to_image(np.ones((H, W), np.float32), stamp, 'cam_optical')
             msg.encoding, msg.step = '16UC1', W * 2
-            msg.data = conv._as_uint8_array(np.ones((H, W), '<u2'))
+            msg.data = conv.as_uint8_array(np.ones((H, W), '<u2'))
             self.image.publish(msg)
 
 

@@ -108,13 +108,14 @@ def live_frames(args):
     node = rclpy.create_node('f3rm_check_calibration')
     try:
         lookup, base = None, 'base_link'
+        held = []   # the tf listener fills `buffer` only while something references it
         if args.tf:
             try:
                 import tf2_ros
             except ImportError as error:
                 raise ValueError('--tf needs tf2_ros (a ROS install); use --pose TOPIC') from error
             buffer = tf2_ros.Buffer()
-            node._f3rm_tf_listener = tf2_ros.TransformListener(buffer, node)
+            held.append(tf2_ros.TransformListener(buffer, node))
             base = args.tf[0]
             lookup = TfPoseLookup(buffer, base, args.tf[1])
         session = CaptureSession(CaptureSettings(

@@ -80,7 +80,7 @@ def _runs(args, frames, config, train):
     """Return the study's runs (settings x seeds x mask variants) and the columns its summary groups by."""
     import dataclasses
 
-    from ..core.config import _merge_into, unflatten
+    from ..core.config import merge_into, unflatten
     from ..core.study.experiments import Run, fraction_count, grid_points, mask_variants, parse_set, spread
     if args.study == 'frames':
         counts = [('fraction', f, fraction_count(f, len(train))) for f in args.fractions]
@@ -100,7 +100,7 @@ def _runs(args, frames, config, train):
     for params, subset in settings:
         for label, variant in variants:
             for seed in args.seeds:
-                run_config = _merge_into(config, unflatten(
+                run_config = merge_into(config, unflatten(
                     {k: v for k, v in params.items() if k != 'subset'}))
                 run_config = dataclasses.replace(run_config, trainer=dataclasses.replace(run_config.trainer,
                                                                                          seed=seed))

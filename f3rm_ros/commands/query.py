@@ -39,7 +39,7 @@ def register(sub) -> None:
     parser.set_defaults(func=run)
 
 
-def _query_config(config, args):
+def query_config(config, args):
     """Return the checkpoint's config with --config overlays and the command-line query options applied."""
     from ..core.config import apply_yaml_files, from_dict, to_dict
     # the same overlay path as train and the nodes; only what does not change the trained field applies
@@ -120,7 +120,7 @@ def run(args) -> int:
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: {checkpoint} does not exist')
     model, config, state = load_model(checkpoint, args.device)
-    config = _query_config(config, args)
+    config = query_config(config, args)
     teacher = make_teacher(config.teacher, state=state['teacher']['state'])
     querier = FieldQuerier(model, teacher, config, surface_only=args.surface_only)
     result = querier.query(args.text)

@@ -379,7 +379,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
+def merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
     """Return a copy of dataclass `obj` with nested `overrides` applied; unknown keys are errors."""
     if not dataclasses.is_dataclass(obj):
         raise TypeError(f'{path or "config"} is not a section')
@@ -392,7 +392,7 @@ def _merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise TypeError(f'{path + key} must be a mapping, got {value!r}')
-            changes[key] = _merge_into(current, value, path + key + '.')
+            changes[key] = merge_into(current, value, path + key + '.')
         else:
             changes[key] = _coerce(value, current, path + key)
     return dataclasses.replace(obj, **changes)
@@ -453,7 +453,7 @@ def apply_yaml_files(config: F3RMConfig, yaml_files: Sequence[Path] = ()) -> F3R
     """Overlay YAML files (any shape `yaml_config_section` reads) on `config`, in order: every command's path."""
     for path in yaml_files:
         data = yaml.safe_load(Path(path).read_text()) or {}
-        config = _merge_into(config, yaml_config_section(data))
+        config = merge_into(config, yaml_config_section(data))
     return config
 
 
@@ -462,9 +462,9 @@ def make_config(preset: str = 'gpu', yaml_files: Sequence[Path] = (),
     """Build a config: preset, then each YAML file in order, then `overrides` (nested dict)."""
     if preset not in PRESETS:
         raise KeyError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
-    config = apply_yaml_files(_merge_into(F3RMConfig(), PRESETS[preset]), yaml_files)
+    config = apply_yaml_files(merge_into(F3RMConfig(), PRESETS[preset]), yaml_files)
     if overrides:
-        config = _merge_into(config, overrides)
+        config = merge_into(config, overrides)
     return config
 
 
@@ -481,7 +481,7 @@ def to_dict(config: Any) -> Dict[str, Any]:
 
 def from_dict(data: Dict[str, Any]) -> F3RMConfig:
     """Inverse of `to_dict`."""
-    return _merge_into(F3RMConfig(), data)
+    return merge_into(F3RMConfig(), data)
 
 
 def flatten(config: Any, prefix: str = '') -> List[Tuple[str, Any]]:

@@ -126,7 +126,7 @@ def _depth(width: int, height: int, stamp: float, frame: str = CAMERA_FRAME):
 
 def capture_cases() -> List[CaptureCase]:
     """Every bad capture input of the campaign."""
-    u16 = conv._as_uint8_array(np.ones((H, W), '<u2'))
+    u16 = conv.as_uint8_array(np.ones((H, W), '<u2'))
     return [
         CaptureCase('unknown image encoding (yuv422 is not read)',
                     lambda s, x: _with_pose(s, x, ('image', _raw_image(s, W, H, 'yuv422', W * 2, bytes(W * H * 2)))),

@@ -127,7 +127,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
                   'resume:=false',
                   # the synthetic bowl (13 cm) and mug (8 cm) are wider than a Franka Hand (8 cm): a 15 cm gripper
                   'grasp.max_opening:=0.15']
-    lo, hi = _workspace(meta, source, report, settings.workspace)
+    lo, hi = demo_workspace(meta, source, report, settings.workspace)
     parameters += [f'workspace.min_xyz:={json.dumps([float(v) for v in lo])}',
                    f'workspace.max_xyz:={json.dumps([float(v) for v in hi])}',
                    f'query.voxel_size:={_voxel_size(lo, hi)}']
@@ -246,7 +246,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     return path
 
 
-def _workspace(meta: Dict, source: Path, report: Callable[[str], None], override: Optional[tuple] = None):
+def demo_workspace(meta: Dict, source: Path, report: Callable[[str], None], override: Optional[tuple] = None):
     """(min, max) of the field's box, and say where it came from.
 
     ``--workspace`` first; else the dataset's ``workspace`` entry; else its depth maps; else where the cameras'

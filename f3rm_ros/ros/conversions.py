@@ -92,7 +92,7 @@ def make_header(frame_id: str, stamp: StampLike) -> Header:
     return Header(stamp=as_stamp(stamp), frame_id=str(frame_id))
 
 
-def _as_uint8_array(values: np.ndarray) -> array.array:
+def as_uint8_array(values: np.ndarray) -> array.array:
     """Contiguous numpy buffer → ``array.array('B')`` (one memcpy), the fast value for uint8[] fields."""
     out = array.array('B')
     out.frombytes(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
@@ -207,7 +207,7 @@ def rgb_to_image(rgb: np.ndarray, stamp: StampLike, frame_id: str, encoding: str
     msg.header = make_header(frame_id, stamp)
     msg.height, msg.width, msg.encoding, msg.is_bigendian = height, width, encoding, 0
     msg.step = width * (1 if pixels.ndim == 2 else 3)
-    msg.data = _as_uint8_array(pixels)
+    msg.data = as_uint8_array(pixels)
     return msg
 
 
@@ -239,7 +239,7 @@ def _raw_image(values: np.ndarray, encoding: str, itemsize: int, stamp, frame_id
     msg.header = make_header(frame_id, stamp)
     msg.height, msg.width = values.shape
     msg.encoding, msg.is_bigendian, msg.step = encoding, 0, values.shape[1] * itemsize
-    msg.data = _as_uint8_array(values)
+    msg.data = as_uint8_array(values)
     return msg
 
 
@@ -454,7 +454,7 @@ def make_point_cloud2(xyz: np.ndarray, rgb: Optional[np.ndarray], similarity: Op
     msg.point_step = step
     msg.row_step = step * n
     msg.is_dense = bool(np.isfinite(points[:, :3]).all())
-    msg.data = _as_uint8_array(points)
+    msg.data = as_uint8_array(points)
     return msg
 
 

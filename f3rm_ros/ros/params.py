@@ -133,8 +133,8 @@ class NodeParameters:
         self._pending: Dict[str, Any] = {}
         node.add_on_set_parameters_callback(self._on_set)
         # rclpy before Jazzy has no post-set callback: there the accepted values are applied in _on_set.
-        self._post_set = hasattr(node, 'add_post_set_parameters_callback')
-        if self._post_set:
+        self.uses_post_set = hasattr(node, 'add_post_set_parameters_callback')
+        if self.uses_post_set:
             node.add_post_set_parameters_callback(self._after_set)
 
     def __getitem__(self, name: str) -> Any:
@@ -187,7 +187,7 @@ class NodeParameters:
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
         self._pending = {p.name: changed[p.name] for p in parameters if p.name in self.specs}
-        if not self._post_set:
+        if not self.uses_post_set:
             self._after_set(parameters)
         return SetParametersResult(successful=True)
 

@@ -211,7 +211,7 @@ class DatasetWriter:
             self.meta = {'camera_model': 'OPENCV', 'base_frame': base_frame, 'frames': []}
         if metadata:
             self.meta.update(metadata)
-            self._flush()
+            self.flush()
 
     def __len__(self) -> int:
         return len(self.meta['frames'])
@@ -243,7 +243,7 @@ class DatasetWriter:
             _atomic_imwrite(self.root / entry['mask_path'], frame.mask.astype(np.uint8) * 255)
         self.meta['frames'].append(entry)
         try:
-            self._flush()
+            self.flush()
         except OSError:  # not published: forget it, so the next append (space back) writes a clean entry
             self.meta['frames'].pop()
             raise
@@ -251,9 +251,9 @@ class DatasetWriter:
     def clear(self) -> None:
         """Drop every frame from transforms.json (files are left for inspection)."""
         self.meta['frames'] = []
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         # One camera for every frame (the usual scan) is also written at the top level, where tools that do not
         # read nerfstudio's per-frame intrinsics look (instant-ngp style readers, the nerfstudio baseline bench).
         cameras = {tuple(frame.get(key) for key in CAMERA_KEYS) for frame in self.meta['frames']}

@@ -277,7 +277,7 @@ class CaptureSession:
             self.scan_id = str(self.writer.meta.get('scan_id') or self.scan_id)
         if self.writer.meta.get('scan_id') != self.scan_id:
             self.writer.meta['scan_id'] = self.scan_id
-            self.writer._flush()
+            self.writer.flush()
         labels = self.writer.meta.get('labels')
         if isinstance(labels, dict):
             self.label_names = {int(k): str(v) for k, v in labels.items()}
@@ -419,7 +419,7 @@ class CaptureSession:
         self.label_names = names
         if self.writer is not None:
             self.writer.meta['labels'] = {str(k): v for k, v in sorted(names.items())}
-            self.writer._flush()
+            self.writer.flush()
         return True
 
     def add_pose(self, stamp: float, T_base_optical: np.ndarray) -> List[Outcome]:

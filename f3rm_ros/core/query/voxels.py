@@ -307,7 +307,7 @@ class VoxelField:
         """Opacity of every grid voxel, ``1 - exp(-density * voxel)`` [Nx * Ny * Nz] (one transfer from the device)."""
         return self._grid_alpha(keep_embedding=False)[0]
 
-    def _alpha(self, density: torch.Tensor) -> torch.Tensor:
+    def opacity(self, density: torch.Tensor) -> torch.Tensor:
         """Return the opacity of voxels of `density` (field units)."""
         return 1.0 - torch.exp(-density.clamp(min=0.0) * (self.config.voxel_size * self.box.scale))
 
@@ -322,7 +322,7 @@ class VoxelField:
             if embedding is None:
                 embedding = part.new_empty((len(positions), *part.shape[1:]))
             embedding[start:start + chunk] = part
-            alpha[start:start + chunk] = self._alpha(values[..., 0].float())
+            alpha[start:start + chunk] = self.opacity(values[..., 0].float())
         return alpha, embedding
 
     @torch.no_grad()
@@ -354,11 +354,11 @@ class VoxelField:
                 else:
                     values = self.model.density_at(part)
             density[start:start + chunk] = values[..., 0].float()
-        return self._alpha(density).cpu().numpy(), embedding
+        return self.opacity(density).cpu().numpy(), embedding
 
     @torch.no_grad()
-    def _features_and_colour(self, positions: torch.Tensor, embedding: Optional[torch.Tensor] = None
-                             ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def features_and_colour(self, positions: torch.Tensor, embedding: Optional[torch.Tensor] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(features [N, D] float32, RGB [N, 3] uint8), both on the model's device, in chunks.
 
         `embedding`: the points' density embedding from the grid pass (else the density is evaluated again).
@@ -448,8 +448,8 @@ class VoxelField:
                 self._graph_failed(error)
                 features = None
         if features is None:
-            features, rgb = self._features_and_colour(positions[index_device],
-                                                      None if embedding is None else embedding[index_device])
+            features, rgb = self.features_and_colour(positions[index_device],
+                                                     None if embedding is None else embedding[index_device])
         del embedding
         # host work while the GPU evaluates; the grid coordinates on the device come from the index there
         self.coords = np.stack(np.unravel_index(index, self.grid_shape), axis=-1).astype(np.int64)

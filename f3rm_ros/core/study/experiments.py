@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import F3RMConfig, _merge_into, unflatten
+from ..config import F3RMConfig, merge_into, unflatten
 from .evaluation import evaluate_views, format_table, write_csv_atomic
 from ..capture.frames import FrameStore, PosedFrame
 from ..training.trainer import OnlineTrainer
@@ -109,7 +109,7 @@ def parse_set(options: Sequence[str], base: F3RMConfig) -> List[Tuple[str, List[
             raise ValueError(f'--set {option!r}: expected section.field=v1,v2,...')
         parsed = [yaml.safe_load(v) for v in _split_values(values)]
         for value in parsed:
-            _merge_into(base, unflatten({name: value}))   # raises KeyError / TypeError with the field named
+            merge_into(base, unflatten({name: value}))   # raises KeyError / TypeError with the field named
         axes.append((name, parsed))
     return axes
 

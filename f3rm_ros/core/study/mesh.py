@@ -54,7 +54,7 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
         vertices, triangles, normals = _drop_small_pieces(vertices, triangles, normals, min_triangles)
     positions = torch.from_numpy(box.to_field(vertices).astype(np.float32)).to(next(model.parameters()).device)
     # the query's own pass: colour from nerfacto's colour head, looking straight down
-    _, rgb = voxels._features_and_colour(positions)
+    _, rgb = voxels.features_and_colour(positions)
     return {'vertices': vertices, 'triangles': triangles.astype(np.int64), 'normals': normals,
             'colors': rgb.cpu().numpy().astype(np.float64) / 255.0}
 
@@ -69,7 +69,7 @@ def _grid_alpha(voxels: VoxelField, progress: bool) -> np.ndarray:
     with eval_mode(voxels.model):
         for start in tqdm(range(0, len(positions), chunk), desc='density grid', unit='chunk', disable=not progress):
             density = voxels.model.density_at(positions[start:start + chunk])[..., 0].float()
-            alpha[start:start + chunk] = voxels._alpha(density).cpu().numpy()
+            alpha[start:start + chunk] = voxels.opacity(density).cpu().numpy()
     return alpha
 
 

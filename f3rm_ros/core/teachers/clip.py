@@ -148,7 +148,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _looks_like_path(value: str) -> bool:
+def looks_like_path(value: str) -> bool:
     return (os.sep in value or '/' in value or value.startswith(('~', '.'))
             or value.lower().endswith(WEIGHT_SUFFIXES))
 
@@ -183,7 +183,7 @@ def load_clip(model_name: str, pretrained: Optional[str], device: torch.device):
         except Exception as error:  # a wrong or corrupt file: say which one
             raise RuntimeError(f'could not load CLIP weights file {source!r} into {model_name}: '
                                f'{error}') from error
-    elif _looks_like_path(pretrained):
+    elif looks_like_path(pretrained):
         raise FileNotFoundError(
             f'CLIP weights file not found: {pretrained!r} (teacher.pretrained / clip_weights). Give the path '
             f'of an open_clip checkpoint for {model_name} (e.g. open_clip_pytorch_model.bin), a hub tag such '

@@ -23,7 +23,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
-from .clip import _looks_like_path, hub_offline, is_random_weights, resolve_device
+from .clip import looks_like_path, hub_offline, is_random_weights, resolve_device
 from .vit import VitPatchTeacher
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def load_dino(model_name: str, weights: str, device: torch.device):
         except Exception as error:  # a wrong or corrupt file: say which one
             raise RuntimeError(f'could not load DINO weights file {source!r} into {model_name}: '
                                f'{str(error).splitlines()[0][:300]}') from error
-    elif _looks_like_path(weights):
+    elif looks_like_path(weights):
         raise FileNotFoundError(f'DINO weights file not found: {weights!r} (teacher.dino_weights). Give the path of '
                                 f'a {model_name} checkpoint (e.g. dinov2_vits14_pretrain.pth), {HUB_TAG!r} for '
                                 "timm's hub weights (needs internet or the Hugging Face cache), or '' for random "

@@ -142,7 +142,7 @@ def _free_mb(folder: Path) -> float:
         return float('nan')
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     """Write `obj` to `path` through a temporary file: a failed write leaves the old file and no temporary."""
     tmp = path.with_name('.tmp-' + path.name)
     try:
@@ -539,7 +539,7 @@ class OnlineTrainer:
                 'schedulers': {k: _plain_state(s.state_dict()) for k, s in self.optimizers.schedulers.items()},
                 'grad_scaler': _plain_state(self.grad_scaler.state_dict()),
             }
-        _atomic_torch_save(state, path)
+        atomic_torch_save(state, path)
         self.last_checkpoint = path
         return path
 
