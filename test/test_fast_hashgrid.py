@@ -96,14 +96,14 @@ def test_kernels_under_triton_interpreter_match_nerfstudio():
 
 def opcheck_results(device):
     """Return torch.library.opcheck's verdicts for the kernels' custom ops (what torch.compile relies on)."""
-    from f3rm_ros.core.fast.hashgrid import _encode_backward_op, _encode_op
+    from f3rm_ros.core.fast.hashgrid import encode_backward_op, encode_op
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(50, 3, generator=gen).to(device)
     table = (torch.rand(3 * 64, 2, generator=gen) - 0.5).to(device)
     scalings = torch.tensor([2.0, 5.0, 11.0], device=device)
     grad = torch.randn(50, 6, generator=gen).to(device)
-    cases = [(_encode_op, (x.clone().requires_grad_(True), table.clone().requires_grad_(True), scalings, 64))]
-    cases += [(_encode_backward_op, (x, table, scalings, grad, 64, need_dx, True)) for need_dx in (True, False)]
+    cases = [(encode_op, (x.clone().requires_grad_(True), table.clone().requires_grad_(True), scalings, 64))]
+    cases += [(encode_backward_op, (x, table, scalings, grad, 64, need_dx, True)) for need_dx in (True, False)]
     return [torch.library.opcheck(op, args) for op, args in cases]
 
 

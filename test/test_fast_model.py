@@ -229,7 +229,7 @@ def test_cuda_graph_steps_train_like_eager_steps(mixed_precision, compile):
             _copy_training_state(graphed, eager)
         for name, trainer in (('eager', eager), ('graphed', graphed)):
             before = [p.detach().clone() for p in proposal] if name == 'graphed' else None
-            will_update = graphed.graphed._will_update() if name == 'graphed' else None
+            will_update = graphed.graphed.will_update() if name == 'graphed' else None
             losses[name].append(trainer.step()['loss'].item())
             if name == 'graphed' and step >= CAPTURE_FROM_STEP:
                 moved[step] = (will_update, any(not torch.equal(a, b) for a, b in zip(before, proposal)))

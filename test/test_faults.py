@@ -278,7 +278,7 @@ def test_the_hub_is_not_contacted_offline_and_an_unreachable_hub_fails_within_2_
 
     from f3rm_ros.core.teachers import clip
     import open_clip
-    if clip._cached_hub_file(open_clip.get_pretrained_cfg('ViT-B-16', 'openai')['hf_hub']):
+    if clip.cached_hub_file(open_clip.get_pretrained_cfg('ViT-B-16', 'openai')['hf_hub']):
         pytest.skip('the openai ViT-B-16 weights are in the local Hugging Face cache')
     calls = []
     real = socket.create_connection

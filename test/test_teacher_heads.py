@@ -147,7 +147,7 @@ def test_checkpoint_restores_heads_without_building_dino(three_heads, tmp_path):
     model, config, state = load_model(path, device='cpu')
     restored = make_teacher(config.teacher, state=read_checkpoint(path)['teacher']['state'])
     assert restored.name == teacher.name and restored.heads == teacher.heads and is_random(restored)
-    assert restored.parts[1]._teacher is None
+    assert not restored.parts[1].is_built
     assert torch.equal(restored.encode_text(['mug']), teacher.encode_text(['mug']))
     assert [name for name, _ in model.feature_heads] == ['feature', 'feature_dino', 'feature_custom']
     from f3rm_ros.cli import main   # f3rm-ros query exports the DINO head's per-voxel features beside the heatmap

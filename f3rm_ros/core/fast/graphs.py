@@ -118,7 +118,7 @@ class GraphedTrainStep:
             self._drop_gradients()
             self._forward_backward()
 
-    def _will_update(self) -> bool:
+    def will_update(self) -> bool:
         """Whether this step updates the proposal networks (nerfstudio's ProposalNetworkSampler rule)."""
         return proposal_update_due(self.sampler)
 
@@ -162,7 +162,7 @@ class GraphedTrainStep:
     def run(self, ray_bundle: RayBundle, batch: Dict[str, torch.Tensor], optimizers) -> Dict[str, torch.Tensor]:
         """Forward, backward and optimiser step for this batch; returns detached loss terms (copies)."""
         self._bind(ray_bundle, batch)
-        updated = self._will_update()
+        updated = self.will_update()
         if updated not in self.graphs:
             self._capture(updated)
         graph, stats, gradients = self.graphs[updated]

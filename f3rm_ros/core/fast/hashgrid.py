@@ -203,27 +203,27 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     x, table, scalings = ctx.saved_tensors
     need_dx, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dx, dtable = _encode_backward_op(x, table, scalings, grad, ctx.table_size, need_dx, need_table)
+    dx, dtable = encode_backward_op(x, table, scalings, grad, ctx.table_size, need_dx, need_table)
     return (dx if need_dx else None), (dtable if need_table else None), None, None
 
 
 if triton is not None:
     # Registered as torch custom ops so that torch.compile (trainer.compile) treats the kernels as opaque calls
     # with known output shapes, fusing everything around them; eager autograd behaves as an autograd.Function.
-    _encode_op = torch.library.custom_op('f3rm_ros::hash_encode', _encode, mutates_args=())
-    _encode_backward_op = torch.library.custom_op('f3rm_ros::hash_encode_backward', _encode_backward,
-                                                  mutates_args=())
+    encode_op = torch.library.custom_op('f3rm_ros::hash_encode', _encode, mutates_args=())
+    encode_backward_op = torch.library.custom_op('f3rm_ros::hash_encode_backward', _encode_backward,
+                                                 mutates_args=())
 
-    @_encode_op.register_fake
+    @encode_op.register_fake
     def _encode_shape(x, table, scalings, table_size):
         return x.new_empty((x.shape[0], scalings.numel() * table.shape[1]), dtype=torch.float32)
 
-    @_encode_backward_op.register_fake
+    @encode_backward_op.register_fake
     def _encode_backward_shape(x, table, scalings, grad, table_size, need_dx, need_table):
         return (torch.empty_like(x) if need_dx else x.new_empty(0),
                 torch.empty_like(table) if need_table else table.new_empty(0))
 
-    _encode_op.register_autograd(_backward, setup_context=_setup_context)
+    encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int) -> torch.Tensor:
@@ -239,7 +239,7 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, ta
     x = x.float().contiguous()
     if table.dtype != torch.float32 or not table.is_contiguous():
         raise ValueError('hash table must be a contiguous float32 tensor')
-    return _encode_op(x, table, scalings.float().contiguous(), table_size)
+    return encode_op(x, table, scalings.float().contiguous(), table_size)
 
 
 def reference_hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int,

@@ -78,7 +78,7 @@ def reachable(url: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
-def _cached_hub_file(hf_hub: str) -> Optional[str]:
+def cached_hub_file(hf_hub: str) -> Optional[str]:
     """Path of open_clip weights for `hf_hub` ('org/repo/' or 'org/repo/file') in the local hub cache."""
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -120,7 +120,7 @@ def hub_access(model_name: str, tag: str):
     hf_hub, url = config.get('hf_hub', ''), config.get('url', '')
     if 'file' in config:
         return contextlib.nullcontext()
-    if hf_hub and _cached_hub_file(hf_hub):
+    if hf_hub and cached_hub_file(hf_hub):
         return _hub_offline_mode()
     where = f'Hugging Face repo {hf_hub.strip("/")}' if hf_hub else url
     if hub_offline():

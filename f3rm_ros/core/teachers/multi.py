@@ -32,6 +32,11 @@ class LazyTeacher(Teacher):
         self.patch_size = int(state.get('patch_size', 1))
         self.random_weights = bool(random_weights)
 
+    @property
+    def is_built(self) -> bool:
+        """Whether the real teacher exists yet (a query never builds it)."""
+        return self._teacher is not None
+
     def built(self) -> Teacher:
         """Return the real teacher (built on first use)."""
         if self._teacher is None:
