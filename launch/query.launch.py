@@ -36,7 +36,7 @@ def generate_launch_description():
                          {'checkpoint': LaunchConfiguration('checkpoint'),
                           'device': LaunchConfiguration('device')}],
              # checkpoint:='' follows a running trainer's announcements instead
-             remappings=[('checkpoint', 'trainer/checkpoint')]),
+             remappings=[('checkpoint', 'trainer/checkpoint'), ('maturity', 'trainer/maturity')]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

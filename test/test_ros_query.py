@@ -30,18 +30,21 @@ BAR_CENTRE = (0.5, 0.0, 0.02)
 class LiveSession:
     """Stand in for `OnlineSession`.
 
-    The query node reads `trainer` (model, config, lock), `teacher`, `model_version` and `state`.
+    The query node reads `trainer` (model, config, lock, step_count, num_frames), `teacher`, `model_version`,
+    `target_steps` and `state`.
     """
 
     def __init__(self):
         self.trainer = None
         self.teacher = None
         self.model_version = 0
+        self.target_steps = 100
         self.state = 'waiting for keyframes'
 
     def show(self, model, config, teacher):
         """Replace the model, as a trainer reset would."""
-        self.trainer = type('Trainer', (), {'model': model, 'config': config, 'lock': threading.Lock()})()
+        self.trainer = type('Trainer', (), {'model': model, 'config': config, 'lock': threading.Lock(),
+                                            'step_count': 100, 'num_frames': 12})()
         self.teacher = teacher
         self.model_version += 1
 

@@ -19,7 +19,8 @@ from . import conversions as conv
 STATUS_CODES = {'found': QueryAnswer.FOUND, 'not_present': QueryAnswer.NOT_PRESENT,
                 'no_model': QueryAnswer.NO_MODEL, 'error': QueryAnswer.ERROR}
 STATUS_NAMES = {code: name for name, code in STATUS_CODES.items()}
-APPROACH_CODES = {'top': GraspCandidate.APPROACH_TOP, 'side': GraspCandidate.APPROACH_SIDE}
+APPROACH_CODES = {'top': GraspCandidate.APPROACH_TOP, 'side': GraspCandidate.APPROACH_SIDE,
+                  'tilted': GraspCandidate.APPROACH_TILTED, 'rim': GraspCandidate.APPROACH_RIM}
 
 
 def marker_namespace(request_id: int) -> str:
@@ -27,15 +28,15 @@ def marker_namespace(request_id: int) -> str:
     return f'f3rm/{request_id}'
 
 
-def cluster_message(cluster, name: str) -> QueryCluster:
-    """Convert a core `Cluster` to a ``QueryCluster`` (box pose from its centroid and rotation)."""
+def cluster_message(cluster, name: str, note: str = '') -> QueryCluster:
+    """Convert a core `Cluster` to a ``QueryCluster`` (box pose from its centroid and rotation; `note`: see the msg)."""
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = cluster.rotation, cluster.centroid
     e = cluster.extent
     return QueryCluster(name=name, pose=conv.matrix_to_pose(pose),
                         extent=Vector3(x=float(e[0]), y=float(e[1]), z=float(e[2])),
                         relevancy=float(cluster.relevancy), max_relevancy=float(cluster.max_relevancy),
-                        evidence=float(cluster.evidence), num_points=int(cluster.num_points))
+                        evidence=float(cluster.evidence), num_points=int(cluster.num_points), note=note)
 
 
 def grasp_message(grasp, header: Header) -> GraspCandidate:
@@ -61,10 +62,15 @@ def answer_message(request_id: int, header: Header, text: str, status: str, reas
         answer.positives, answer.negatives = list(result.positives), list(result.negatives)
         answer.threshold = float(result.threshold)
         if status == 'found':
+            notes = list(getattr(result, 'notes', [])) or [''] * len(result.clusters)
             missing = [f'no grasp for cluster {i}: {why}' for i, why in enumerate(result.grasp_reasons) if why]
-            answer.reason = '; '.join([reason] + missing)
+            if getattr(result, 'withheld', 0):
+                missing.append(f'cluster 0, the best answer, has no feasible grasp, so the {result.withheld} '
+                               "grasps of other clusters are withheld (grasps[0] is never another object's)")
+            doubts = [f'cluster {i} is {note}' for i, note in enumerate(notes) if note]
+            answer.reason = '; '.join([reason] + missing + doubts)
             name = ', '.join(result.positives)
-            answer.clusters = [cluster_message(c, name) for c in result.clusters]
+            answer.clusters = [cluster_message(c, name, note) for c, note in zip(result.clusters, notes)]
             answer.grasps = [grasp_message(g, header) for g in result.grasps]
             heatmap = result.heatmap
             answer.heatmap = conv.make_point_cloud2(heatmap.points, cloud_colors, heatmap.relevancy,

@@ -203,7 +203,8 @@ class CaptureNode(Node):
         self.create_service(Trigger, '~/clear', lambda req, res: self._trigger(res, self.new_scan))
         self.create_timer(0.05, self._poll)
         self.diagnostics = NodeDiagnostics(self, p['status_rate_hz'], self._health,
-                                           lambda: p['hardware_id'] or self.camera_frame or 'camera')
+                                           lambda: p['hardware_id'] or self.camera_frame or 'camera',
+                                           problems=self.problems)
         if self.session.label_names:
             self.pub_names.publish(String(data=conv.encode_label_names(self.session.label_names)))
         if self.use_tf:

@@ -35,33 +35,61 @@ def worse(a: Tuple[str, str], b: Tuple[str, str]) -> Tuple[str, str]:
 class ProblemLog:
     """Counts problems by kind and logs each kind at most once per `period_s` (with the count since).
 
-    It remembers when each kind last happened, so the status can say whether problems are recent.
+    It remembers when each kind last happened, so the status can say whether problems are recent. Repeats held
+    back within a period are summarised by `flush` (the node's status timer calls it) as soon as the period is
+    over, not only when the kind happens again. `last_problem` is the newest problem of the last `current_s`
+    seconds that was not resolved: a problem that is gone leaves the status ('' then); `counts` keep history.
     """
 
-    def __init__(self, logger, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, logger, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 current_s: float = 10.0):
         self.logger = logger
         self.period_s = period_s
+        self.current_s = current_s
         self.clock = clock
         self.counts: Dict[str, int] = {}
         self._last: Dict[str, Tuple[float, int]] = {}
         self._recent: Dict[str, Tuple[float, str, str]] = {}   # kind -> (time, level, message)
-        self.last_problem = ''
+        self._held: Dict[str, Tuple[str, str]] = {}             # kind -> (level, message) of repeats not logged yet
         self._lock = threading.Lock()
+
+    @property
+    def last_problem(self) -> str:
+        """The newest unresolved problem of the last `current_s` seconds ('' when none)."""
+        now = self.clock()
+        with self._lock:
+            current = [item for item in self._recent.values() if now - item[0] <= self.current_s]
+        return max(current, key=lambda item: item[0])[2] if current else ''
 
     def report(self, kind: str, message: str, level: str = 'warn') -> None:
         """Record a problem of `kind`; log it unless the same kind was logged within the period."""
         now = self.clock()
         with self._lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
-            self.last_problem = message
             self._recent[kind] = (now, level, message)
             last = self._last.get(kind)
             if last is not None and now - last[0] < self.period_s:
+                self._held[kind] = (level, message)
                 return
             since = self.counts[kind] - (last[1] if last else 0)
             self._last[kind] = (now, self.counts[kind])
-        suffix = f' ({since} times in the last {self.period_s:.0f} s)' if last is not None and since > 1 else ''
+            self._held.pop(kind, None)
+        suffix = f' ({since} times since {now - last[0]:.0f} s ago)' if last is not None and since > 1 else ''
         getattr(self.logger, level)(f'{message}{suffix}')
+
+    def flush(self) -> None:
+        """Log the repeats held back of every kind whose period is over (one line per kind)."""
+        now = self.clock()
+        due = []
+        with self._lock:
+            for kind, (level, message) in list(self._held.items()):
+                stamp, count = self._last[kind]
+                if now - stamp >= self.period_s:
+                    due.append((level, message, self.counts[kind] - count, now - stamp))
+                    self._last[kind] = (now, self.counts[kind])
+                    del self._held[kind]
+        for level, message, repeats, seconds in due:
+            getattr(self.logger, level)(f'{message} ({repeats} more times in the last {seconds:.0f} s)')
 
     def resolve(self, kind: str) -> None:
         """Forget that `kind` is a current problem (e.g. a write succeeded again); its count stays."""
@@ -114,13 +142,15 @@ class NodeDiagnostics:
     """Publishes a node's one status on ``/diagnostics`` at `rate_hz`.
 
     `collect()` returns ``(level name, message, values)``; `hardware_id` is a string or a callable returning
-    one (it may only be known later, e.g. the camera frame of the first image).
+    one (it may only be known later, e.g. the camera frame of the first image); `problems`, the node's
+    `ProblemLog`, is flushed on every tick.
     """
 
     def __init__(self, node, rate_hz: float, collect: Callable[[], Tuple[str, str, Dict[str, Any]]],
-                 hardware_id: Any = ''):
+                 hardware_id: Any = '', problems: Optional[ProblemLog] = None):
         self.node = node
         self.collect = collect
+        self.problems = problems     # its held-back repeats are logged on this timer, on time
         self.hardware_id = hardware_id
         self.name = node.get_fully_qualified_name()
         self.publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -135,6 +165,8 @@ class NodeDiagnostics:
 
     def publish(self) -> None:
         """Publish the status now (the timer calls this)."""
+        if self.problems is not None:
+            self.problems.flush()
         status = self.status()
         self.last = status
         array = DiagnosticArray(status=[status])

@@ -16,6 +16,14 @@ from typing import List, Sequence, Tuple
 ROOT = 'f3rm_ros'
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    """One log line of `text`: line breaks as spaces, cut to `limit` characters with the full length said."""
+    flat = ' '.join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    return f'{flat[:limit]}... ({len(flat)} characters)'
+
+
 class RosLogHandler(logging.Handler):
     """Forwards `f3rm_ros.*` records to ROS loggers (see the module docstring)."""
 
@@ -42,7 +50,7 @@ class RosLogHandler(logging.Handler):
         if logger is None:
             return
         try:
-            text = f'[{record.name}] {self.format(record)}'
+            text = f'[{record.name}] {" ".join(self.format(record).splitlines())}'   # one line per record
             if record.levelno >= logging.ERROR:
                 logger.error(text)
             elif record.levelno >= logging.WARNING:
@@ -67,6 +75,8 @@ def route_core_logging(node, prefixes: Sequence[str] = ()) -> RosLogHandler:
             _handler = RosLogHandler()
             root = logging.getLogger(ROOT)
             root.addHandler(_handler)
+            # routed, a record is not also printed plain by a handler of Python's root logger (logged twice)
+            root.propagate = False
             if root.level == logging.NOTSET or root.level > logging.INFO:
                 root.setLevel(logging.INFO)
         with _handler.lock_routes:
@@ -85,4 +95,5 @@ def unroute_core_logging(node) -> None:
             empty = not _handler.routes
         if empty:
             logging.getLogger(ROOT).removeHandler(_handler)
+            logging.getLogger(ROOT).propagate = True
             _handler = None

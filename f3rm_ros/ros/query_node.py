@@ -17,8 +17,13 @@ only inside ``checkpoint_dir`` or ``checkpoint_dirs_allowed``; every checkpoint 
 Outputs of every answer, one header (``workspace.base_frame``, one stamp), reliable + transient local (a late
 RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's response too), ``~/heatmap``
 (PointCloud2 x, y, z, rgb, similarity; empty unless found), ``~/markers`` (MarkerArray, namespace
-``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, best first; empty unless found), then
-``~/similarity_image`` (Image of a rendered overview); the status on ``/diagnostics``. The field work is
+``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, in the clusters' order; empty unless found); the
+status on ``/diagnostics``.
+Pictures never delay an answer: ``~/similarity_image`` (Image of a rendered overview) is drawn after the answer
+went out, by a worker of its own from a snapshot of the answer (`core.query.picture`), and dropped when a newer
+question arrives before it is done. Every answer carries the maturity of its model (``QueryAnswer.maturity``:
+step, keyframes, the last keyframe's age, checkpoint, ``settled``), learnt from the trainer's ``~/maturity``
+(remap ``maturity`` to it, as the launch files do) and from the checkpoint loaded. The field work is
 `f3rm_ros.core.query.answer.FieldQuerier`; the messages are made in `answers`.
 """
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 from f3rm_ros_interfaces.action import Locate
-from f3rm_ros_interfaces.msg import QueryAnswer
+from f3rm_ros_interfaces.msg import ModelMaturity, QueryAnswer
 from f3rm_ros_interfaces.srv import Query
 from geometry_msgs.msg import PoseArray
 from rclpy.action import ActionServer, CancelResponse
@@ -43,13 +48,13 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from ..core.query.relevancy import positive_phrases
+from ..core.query.answer import check_request
 from ..core.teachers import text_is_random
 from . import answers
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name
-from .logs import route_core_logging, unroute_core_logging
+from .logs import route_core_logging, shorten, unroute_core_logging
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos
 
@@ -60,13 +65,17 @@ PARAMETERS = [
               'accepted only inside it (or checkpoint_dirs_allowed)'),
     ParamSpec('checkpoint_dirs_allowed', [], 'further folders whose checkpoints the checkpoint topic may announce'),
     ParamSpec('allow_random_teacher', False, 'query a checkpoint distilled from random-weight CLIP (not semantic)'),
-    ParamSpec('device', 'auto', 'auto | cpu | cuda for a loaded checkpoint'),
-    ParamSpec('surface_only', True, 'publish only the surface voxels of objects (fewer points)', runtime=True),
+    ParamSpec('device', 'auto', 'auto | cpu | cuda: where a loaded checkpoint is evaluated (a live model stays '
+              'where its trainer has it)'),
+    ParamSpec('surface_only', True, 'true: the heatmap holds only the surface voxels of objects (fewer points); '
+              'grasps are checked against the solid occupancy either way', runtime=True),
     ParamSpec('cloud_color', 'rgb', "what the cloud's rgb field holds: 'rgb' (reconstructed colour) or "
               "'relevancy' (colormap); the relevancy is always its own field", True, one_of('rgb', 'relevancy')),
-    ParamSpec('similarity_image', True, 'render ~/similarity_image after each answer', runtime=True),
-    ParamSpec('image_width', 160, 'width of ~/similarity_image (px)', True, positive),
-    ParamSpec('image_height', 120, 'height of ~/similarity_image (px)', True, positive),
+    ParamSpec('similarity_image', True, 'draw ~/similarity_image after each FOUND answer (in its own worker, '
+              'after the answer went out; dropped when a newer question arrives first)', runtime=True),
+    ParamSpec('image_width', 160, 'width of ~/similarity_image (px, >= 1; the render costs width x height rays)',
+              True, positive),
+    ParamSpec('image_height', 120, 'height of ~/similarity_image (px, >= 1)', True, positive),
     ParamSpec('status_rate_hz', 1.0, 'rate of the status on /diagnostics (Hz)', validator=positive),
     ParamSpec('hardware_id', '', "hardware_id of the status on /diagnostics ('' = host/device)"),
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
@@ -76,6 +85,7 @@ CONFIG_SECTIONS = ('query', 'grasp')
 RUNTIME_SECTIONS = ('query', 'grasp')
 PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s)
 STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
+LOG_TEXT_CHARS = 120      # a question's text in the log is cut to this many characters (the answer keeps it whole)
 
 
 class NoModel(RuntimeError):
@@ -109,9 +119,14 @@ class QueryNode(Node):
         self._query_lock = threading.Lock()   # one question at a time on the querier and the publishers
         self._wake = threading.Condition()
         self._request: Optional[tuple] = None    # (request id, text) of the newest waiting topic question
-        self._picture: Optional[tuple] = None    # (header, query) of the newest answer to draw
         self._preload = False                     # a checkpoint was announced: load (and judge) it now
         self._stop = False
+        self._pictures = threading.Condition()
+        self._picture = None                      # the newest answer's `PictureJob`, waiting to be drawn
+        self._newest_id = 0                       # the newest question's id: an older answer's picture is dropped
+        self.pictures_drawn = self.pictures_dropped = 0
+        self._source_info: dict = {}              # step, keyframes, path, mtime, budget of a loaded checkpoint
+        self._trainer_maturity: Optional[tuple] = None   # (ModelMaturity from the trainer, monotonic time heard)
         self.answered = 0
         self.last = {'id': 0, 'query': '', 'status': '', 'reason': '', 'points': 0, 'clusters': 0, 'grasps': 0,
                      'seconds': 0.0, 'best': ''}
@@ -130,15 +145,20 @@ class QueryNode(Node):
                                           callback_group=ReentrantCallbackGroup())
         if live is None:
             self.create_subscription(String, 'checkpoint', self._on_checkpoint, latched_qos())
-        self.diagnostics = NodeDiagnostics(self, self.params['status_rate_hz'], self._health, self._hardware_id)
+        self.create_subscription(ModelMaturity, 'maturity', self._on_maturity, latched_qos())
+        self.diagnostics = NodeDiagnostics(self, self.params['status_rate_hz'], self._health, self._hardware_id,
+                                           problems=self.problems)
         self.worker = threading.Thread(target=self._work, name='f3rm-query', daemon=True)
         self.worker.start()
+        self.painter = threading.Thread(target=self._paint, name='f3rm-query-pictures', daemon=True)
+        self.painter.start()
 
     # ------------------------------------------------------------------------------------------ inputs
 
     def _next_id(self) -> int:
         with self._id_lock:
-            return next(self._ids)
+            self._newest_id = next(self._ids)   # a picture still being drawn for an older answer steps aside
+            return self._newest_id
 
     def on_query(self, msg: String) -> None:
         """Queue a text query (the ~/query topic's callback; `pipeline` calls it directly)."""
@@ -147,7 +167,8 @@ class QueryNode(Node):
             superseded, self._request = self._request, request
             self._wake.notify()
         if superseded is not None:
-            self.get_logger().info(f'query #{superseded[0]} {superseded[1]!r} superseded by #{request[0]}')
+            self.get_logger().info(f'query #{superseded[0]} {shorten(superseded[1], LOG_TEXT_CHARS)!r} '
+                                   f'superseded by #{request[0]}')
             self._publish(self._answer_without_query(superseded[0], superseded[1], 'error',
                                                      f'superseded by a newer query (#{request[0]}) before it ran'))
 
@@ -159,6 +180,10 @@ class QueryNode(Node):
         return response
 
     def _on_locate_goal(self, goal_handle) -> Locate.Result:
+        """Answer a goal: SUCCEEDED with FOUND / NOT_PRESENT, ABORTED with ERROR or NO_MODEL, else CANCELED.
+
+        A bad goal is ABORTED with the reason the service gives the same request; CANCELED after a cancel request.
+        """
         goal, request_id = goal_handle.request, self._next_id()
 
         def progress(stage: str) -> None:
@@ -170,9 +195,14 @@ class QueryNode(Node):
                              progress)
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
+        elif answer.status in (QueryAnswer.ERROR, QueryAnswer.NO_MODEL):
+            goal_handle.abort()
         else:
             goal_handle.succeed()
         return Locate.Result(answer=answer)
+
+    def _on_maturity(self, msg: ModelMaturity) -> None:
+        self._trainer_maturity = (msg, time.monotonic())
 
     def _on_checkpoint(self, msg: String) -> None:
         problem = self._unallowed(msg.data)
@@ -265,6 +295,8 @@ class QueryNode(Node):
                 raise NoModel(self.model_problem)
             self.model_problem = ''
             self._source = (model, teacher, config, None, key)
+            self._source_info = {'step': int(state['step']), 'keyframes': int(state['num_frames']), 'path': path,
+                                 'time': Path(path).stat().st_mtime, 'budget': int(config.trainer.steps)}
             self.get_logger().info(f'loaded {path} (step {state["step"]}, {state["num_frames"]} keyframes) in '
                                    f'{time.perf_counter() - started:.1f} s')
         return self._source
@@ -292,26 +324,32 @@ class QueryNode(Node):
         `progress(stage)` is called before each stage (see `FieldQuerier.query`).
         """
         started = time.perf_counter()
+        picture = None
         with self._query_lock:
-            result, status = None, 'error'
+            result, status, maturity = None, 'error', ModelMaturity(since_last_keyframe_s=-1.0, field_change=-1.0)
+            logged = shorten(text, LOG_TEXT_CHARS)
             try:
-                positive_phrases(positives)          # bad text is an error whether or not a model exists
-                querier, _, _ = self._querier()
                 value = threshold_value if threshold_mode else None
+                # a bad request is an error whether or not a model exists, with the same reason on every path
+                check_request(positives, negatives, threshold_mode or None, value, self.params.config.query)
+                querier, model, lock = self._querier()
+                maturity = self._maturity()
                 result = querier.query(positives, negatives, threshold_mode or None, value, max_clusters,
                                        progress=progress)
                 status, reason = result.status, result.reason
+                if status == 'found' and self.params['similarity_image']:
+                    picture = self._picture_job(querier, model, lock, result, request_id)
             except NoModel as error:
                 status, reason = 'no_model', str(error)
-            except ValueError as error:
+                self.problems.report('query', f'query #{request_id} {logged!r}: {reason}')
+            except ValueError as error:   # the client's mistake, not the node's: logged, not a problem
                 reason = f'bad request: {error}'
+                self.get_logger().info(f'query #{request_id} {logged!r}: {shorten(reason, 2 * LOG_TEXT_CHARS)}')
             except Cancelled as error:
                 reason = str(error)
             except Exception as error:  # never let one question stop the node
                 reason = f'{type(error).__name__}: {error}'
-                self.problems.report('query', f'query #{request_id} {text!r} failed: {reason}', level='error')
-            if status in ('error', 'no_model'):
-                self.problems.report('query', f'query #{request_id} {text!r}: {reason}')
+                self.problems.report('query', f'query #{request_id} {logged!r} failed: {reason}', level='error')
             header = conv.make_header(self._frame(), self.get_clock().now())
             mark = time.perf_counter()
             colors = None
@@ -321,16 +359,58 @@ class QueryNode(Node):
                     'relevancy', self.params.config.query.colormap)
             timings = dict(result.timings) if result is not None else {}
             answer = answers.answer_message(request_id, header, text, status, reason, result, colors, timings)
+            answer.maturity = maturity
             timings['pack'] = time.perf_counter() - mark
             timings['total'] = time.perf_counter() - started
             answer.timings = answers.timing_messages(timings)
             self._publish(answer, result.clusters if result is not None and status == 'found' else [])
             self._remember(answer, timings['total'])
-        if status == 'found' and self.params['similarity_image']:
-            with self._wake:
-                self._picture = (header, result.positives, result.negatives)
-                self._wake.notify()
+        if picture is not None:   # drawn after the answer went out, by the picture worker
+            picture.stamp = header.stamp
+            with self._pictures:
+                self._picture = picture
+                self._pictures.notify()
         return answer
+
+    def _picture_job(self, querier, model, lock, result, request_id: int):
+        """Return the snapshot the picture worker draws an answer's overview from (`picture.PictureJob`)."""
+        from ..core.query.picture import PictureJob
+        text_query, _, _ = querier.embed(result.positives, result.negatives)   # cached by the query just made
+        return PictureJob(stamp=None, query=text_query, model=model, box=querier.box, lock=lock,
+                          width=self.params['image_width'], height=self.params['image_height'],
+                          colormap=self.params.config.query.colormap, generation=request_id)
+
+    def _maturity(self) -> ModelMaturity:
+        """Return the maturity of the model about to answer (the live trainer's or the loaded checkpoint's).
+
+        What the trainer last said on ``maturity`` decides `settled` (see ``ModelMaturity.msg`` for the rules).
+        """
+        heard, heard_at = self._trainer_maturity or (None, 0.0)
+        out = ModelMaturity(since_last_keyframe_s=-1.0, field_change=-1.0)
+        if heard is not None:
+            out.target_steps, out.field_change, out.trainer_state = heard.target_steps, heard.field_change, \
+                heard.trainer_state
+            if heard.since_last_keyframe_s >= 0:
+                out.since_last_keyframe_s = heard.since_last_keyframe_s + (time.monotonic() - heard_at)
+        source = self._source if not (self.live is not None and not self.params['checkpoint']) else None
+        if source is None:   # the live model of a trainer in this process
+            trainer = self.live.trainer
+            out.step, out.keyframes = int(trainer.step_count), int(trainer.num_frames)
+            out.target_steps = int(self.live.target_steps)
+            out.trainer_state = self.live.state
+            out.settled = bool(heard is not None and heard.settled and heard.settled_since_step <= out.step)
+        else:
+            info = self._source_info
+            out.step, out.keyframes = info['step'], info['keyframes']
+            out.checkpoint, out.checkpoint_time = str(info['path']), float(info['time'])
+            if heard is not None:
+                out.settled = bool(heard.settled and heard.settled_since_step <= out.step)
+            else:          # no trainer heard: a checkpoint trained to its whole step budget is final
+                out.target_steps = info['budget']
+                out.settled = out.step >= info['budget']
+        out.settled_since_step = heard.settled_since_step if heard is not None and out.settled else (
+            out.step if out.settled else 0)
+        return out
 
     def _answer_without_query(self, request_id: int, text: str, status: str, reason: str) -> QueryAnswer:
         header = conv.make_header(self._frame(), self.get_clock().now())
@@ -352,31 +432,30 @@ class QueryNode(Node):
         self.answered += 1
         self.last = {'id': answer.request_id, 'query': answer.text, 'status': status, 'reason': answer.reason,
                      'points': answer.heatmap.width, 'clusters': len(answer.clusters), 'grasps': len(answer.grasps),
-                     'seconds': round(seconds, 3),
+                     'seconds': round(seconds, 3), 'settled': answer.maturity.settled,
                      'best': '' if best is None else f'{best.x:.3f} {best.y:.3f} {best.z:.3f}'}
-        self.get_logger().info(f'query #{answer.request_id} {answer.text!r}: {status}: {answer.reason} '
-                               f'({len(answer.grasps)} grasps, {seconds:.2f} s)')
+        self.last['query'] = shorten(answer.text, LOG_TEXT_CHARS)
+        self.last['reason'] = shorten(answer.reason, 4 * LOG_TEXT_CHARS)
+        self.get_logger().info(f'query #{answer.request_id} {self.last["query"]!r}: {status}: '
+                               f'{shorten(answer.reason, 4 * LOG_TEXT_CHARS)} ({len(answer.grasps)} grasps, '
+                               f'step {answer.maturity.step}{", settled" if answer.maturity.settled else ""}, '
+                               f'{seconds:.3f} s)')
 
     # ------------------------------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         while True:
             with self._wake:
-                while self._request is None and self._picture is None and not self._preload and not self._stop:
+                while self._request is None and not self._preload and not self._stop:
                     self._wake.wait()
                 if self._stop:
                     return
                 request, self._request = self._request, None
-                picture = None
                 if request is None:
-                    picture, self._picture = self._picture, None
-                    if picture is None:
-                        self._preload = False   # taken: loaded below
+                    self._preload = False   # taken: loaded below
             if request is not None:
                 request_id, text = request
                 self.answer(request_id, text, text)
-            elif picture is not None:
-                self._draw(*picture)
             else:
                 self._load_announced()
 
@@ -391,28 +470,34 @@ class QueryNode(Node):
                 self.problems.report('checkpoint', f'announced checkpoint not loaded: {type(error).__name__}: '
                                      f'{error}', level='error')
 
-    def _draw(self, header, positives, negatives) -> None:
-        """Render the overview picture of an answer (after it went out: pictures never delay an answer)."""
-        from ..core.study.views import default_view, similarity_view
-        try:
-            with self._query_lock:
-                querier, model, lock = self._querier()
-                text_query, _, _ = querier.embed(positives, negatives)
-                view = default_view(querier.box, self.params['image_width'], self.params['image_height'])
-                picture = similarity_view(model, view, text_query, box=querier.box, lock=lock,
-                                          colormap=self.params.config.query.colormap)
-            pixels = (np.clip(picture, 0, 1) * 255 + 0.5).astype(np.uint8)
-            self.pub_image.publish(conv.rgb_to_image(pixels, header.stamp, 'f3rm_overview_optical_frame'))
-        except Exception as error:  # a picture is a nicety: report, keep serving
-            if self._stop:  # shutting down: the publisher is gone, nobody is waiting for the picture
-                return
-            self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
+    def _paint(self) -> None:
+        """Draw the newest answer's overview (the picture worker's loop), never holding the query lock."""
+        from ..core.query.picture import PictureCancelled, draw_overview, picture_pixels
+        while True:
+            with self._pictures:
+                while self._picture is None and not self._stop:
+                    self._pictures.wait()
+                if self._stop:
+                    return
+                job, self._picture = self._picture, None
+            try:
+                picture = draw_overview(job, lambda: self._stop or self._newest_id != job.generation)
+                self.pub_image.publish(conv.rgb_to_image(picture_pixels(picture), job.stamp,
+                                                         'f3rm_overview_optical_frame'))
+                self.pictures_drawn += 1
+            except PictureCancelled:
+                self.pictures_dropped += 1
+            except Exception as error:  # a picture is a nicety: report, keep serving
+                if self._stop:  # shutting down: the publisher is gone, nobody is waiting for the picture
+                    return
+                self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
 
     def _health(self):
         """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""
         source = self._source
         values = {'answered': self.answered, 'busy': self._query_lock.locked(),
                   'waiting': int(self._request is not None), 'pictures_waiting': int(self._picture is not None),
+                  'pictures_drawn': self.pictures_drawn, 'pictures_dropped': self.pictures_dropped,
                   'model': 'live' if self.live is not None and not self.params['checkpoint'] else
                   (self.params['checkpoint'] or self.latest_path or 'none'),
                   'teacher': source[1].name if source is not None else '',
@@ -435,9 +520,12 @@ class QueryNode(Node):
         with self._wake:
             self._stop = True
             self._wake.notify()
-        # A query or picture in progress may finish within STOP_WAIT_S; after that the worker (a daemon) is left
-        # behind: ros2 launch sends SIGTERM 5 s after SIGINT, and its answer could not go out anyway.
+        with self._pictures:
+            self._pictures.notify()
+        # A query in progress may finish within STOP_WAIT_S (a picture stops at its next band); after that the
+        # workers (daemons) are left behind: ros2 launch sends SIGTERM 5 s after SIGINT, and no answer could go out.
         self.worker.join(STOP_WAIT_S)
+        self.painter.join(STOP_WAIT_S)
         unroute_core_logging(self)
         return super().destroy_node()
 

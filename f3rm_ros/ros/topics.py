@@ -1,11 +1,11 @@
 """How the nodes find each other: relative input names, remapped to the outputs of the named node.
 
 The capture node publishes ``~/keyframe/{image,camera_info,pose,depth,labels,mask,label_names,scan}``; the trainer
-subscribes to the relative ``keyframe/...`` names; the trainer publishes ``~/checkpoint``; the query node
-subscribes to the relative ``checkpoint``. Whoever starts them says which capture feeds which trainer with
-remaps (``keyframe/image:=capture/keyframe/image`` ...): the launch files, ``f3rm-ros pipeline`` and the tests
-use these functions or the same literal rules, so renaming a node in one place renames both ends. A trainer
-or query node left unconnected says so on ``/diagnostics``.
+subscribes to the relative ``keyframe/...`` names; the trainer publishes ``~/checkpoint`` and ``~/maturity``; the
+query node subscribes to the relative ``checkpoint`` and ``maturity``. Whoever starts them says which capture
+feeds which trainer with remaps (``keyframe/image:=capture/keyframe/image`` ...): the launch files, ``f3rm-ros
+pipeline`` and the tests use these functions or the same literal rules, so renaming a node in one place renames
+both ends. A trainer or query node left unconnected says so on ``/diagnostics``.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def trainer_remaps(capture: str = 'capture') -> List[Tuple[str, str]]:
 
 
 def query_remaps(trainer: str = 'trainer') -> List[Tuple[str, str]]:
-    """(from, to) remaps that make a query node follow the checkpoints of the trainer named `trainer`."""
-    return [('checkpoint', f'{trainer}/checkpoint')]
+    """(from, to) remaps that make a query node follow the checkpoints and maturity of the trainer named `trainer`."""
+    return [('checkpoint', f'{trainer}/checkpoint'), ('maturity', f'{trainer}/maturity')]
 
 
 def remap_arguments(remaps: List[Tuple[str, str]]) -> List[str]:

@@ -32,6 +32,7 @@ from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name, worse
 from .logs import route_core_logging, unroute_core_logging
+from .maturity import MaturityPublisher
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos, make_qos, QOS_CHOICES
 
@@ -71,6 +72,11 @@ PARAMETERS = [
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
               'processes share a few cores)', validator=non_negative),
     ParamSpec('autostart', True, 'train as soon as min_frames keyframes exist (else wait for ~/resume)'),
+    ParamSpec('settle_window_steps', 100, 'steps the field must stay unchanged, with no new keyframe, before '
+              '~/maturity (and every answer from this model) says settled (steps, >= 1)', validator=positive),
+    ParamSpec('settle_threshold', 0.02, 'the largest field change over a settle window that counts as unchanged: '
+              'mean opacity change plus mean feature (1 - cosine) change over the occupied probe points (> 0; '
+              'see ModelMaturity.msg)', validator=positive),
 ]
 CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
 
@@ -126,7 +132,10 @@ class TrainerNode(Node):
         self.create_service(Trigger, '~/resume', lambda req, res: self._trigger(res, self.session.resume))
         self.create_service(Trigger, '~/reset', lambda req, res: self._trigger(res, self.session.reset))
         self.create_timer(0.1, self._poll)
-        self.diagnostics = NodeDiagnostics(self, p['status_rate_hz'], self._health, self._hardware_id)
+        self.diagnostics = NodeDiagnostics(self, p['status_rate_hz'], self._health, self._hardware_id,
+                                           problems=self.problems)
+        self.maturity = MaturityPublisher(self, self.session, p['settle_window_steps'], p['settle_threshold'],
+                                          1.0 / p['status_rate_hz'])
         if not p['autostart']:
             self.session.pause()
         self.session.start()
@@ -166,6 +175,7 @@ class TrainerNode(Node):
             return
         added, why = self.session.add_frame(frame)
         if added:
+            self.maturity.note_keyframe()
             self.get_logger().info(f'keyframe {stamp:.3f} s added ({len(self.session.store)} held)'
                                    + (f': {why}' if why else ''))
         else:

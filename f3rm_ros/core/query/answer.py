@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -115,8 +115,11 @@ class QueryResult:
         status: `FOUND` or `NOT_PRESENT`; `reason` says why in a sentence.
         heatmap: the occupied voxels with their relevancy (also when not present: pictures use it).
         clusters: best first (`clusters.rank_clusters`), at most the request's maximum; empty unless found.
-        grasps: candidates of all clusters, the best cluster's first; `grasp_reasons[i]` says why cluster i
-            has none ('' where it has some).
+        grasps: candidates in the clusters' order (every grasp of cluster 0 before any of cluster 1 ...), empty
+            when cluster 0 has none (`withheld` counts the lower clusters' grasps left out, so that grasps[0] is
+            never another object's); `grasp_reasons[i]` says why cluster i has none ('' where it has some).
+        notes: per cluster, '' or why a planner should doubt it (`cluster_notes`: minor, or apart from cluster 0).
+        withheld: grasps of lower clusters left out because cluster 0 has none.
         timings: seconds per stage: 'text', 'density', 'occupancy', 'features' (0 when the voxel cache was
             warm), 'relevancy', 'threshold', 'cluster', 'grasps', and 'total'.
         threshold: relevancy threshold the clustered points passed (nan with no occupied voxels).
@@ -136,6 +139,8 @@ class QueryResult:
     timings: Dict[str, float]
     threshold: float
     peak: float = float('nan')
+    notes: List[str] = field(default_factory=list)
+    withheld: int = 0
 
     @property
     def found(self) -> bool:
@@ -146,6 +151,66 @@ class QueryResult:
     def best(self) -> Optional[Cluster]:
         """The top cluster, or None."""
         return self.clusters[0] if self.clusters else None
+
+
+# A cluster with fewer voxels than this share of cluster 0's is *minor*: a fragment, a fringe or a ghost rather than
+# another instance of the object (issue 26: a 17-voxel cluster beside the box took grasps[0] for "mug").
+MINOR_SHARE = 0.25
+
+
+def cluster_notes(clusters: Sequence[Cluster], points: np.ndarray) -> List[str]:
+    """Per cluster, '' for cluster 0 and for every other cluster what sets it apart from cluster 0.
+
+    'minor: N voxels, P % of cluster 0's, D m from it' below `MINOR_SHARE` of cluster 0's voxels, else
+    'separate: N voxels, D m from cluster 0' (another instance, or another object the query also matches). D is
+    the gap between the two clusters' nearest voxel centres (`points` [M, 3] are the heatmap's).
+    """
+    if not clusters:
+        return []
+    from scipy.spatial import cKDTree
+    top = clusters[0]
+    tree = cKDTree(points[top.indices]) if len(top.indices) else None
+    notes = ['']
+    for cluster in clusters[1:]:
+        gap = float(tree.query(points[cluster.indices])[0].min()) if tree is not None and len(cluster.indices) else \
+            float(np.linalg.norm(cluster.centroid - top.centroid))
+        share = cluster.num_points / max(top.num_points, 1)
+        if share < MINOR_SHARE:
+            notes.append(f"minor: {cluster.num_points} voxels, {100 * share:.0f} % of cluster 0's, {gap:.2f} m from it")
+        else:
+            notes.append(f'separate: {cluster.num_points} voxels, {gap:.2f} m from cluster 0')
+    return notes
+
+
+def grasps_in_cluster_order(grasps: Sequence[Grasp], reasons: Sequence[str]) -> Tuple[List[Grasp], int]:
+    """(grasps ordered by cluster, each cluster's best first; how many were withheld).
+
+    When cluster 0 has no grasp (`reasons[0]` says why), none is returned: a planner that takes grasps[0] must
+    never pick up another object than the best answer.
+    """
+    ordered = sorted(grasps, key=lambda grasp: grasp.cluster_index)   # stable: each cluster's order is kept
+    if reasons and reasons[0] and not any(grasp.cluster_index == 0 for grasp in ordered):
+        return [], len(ordered)
+    return ordered, 0
+
+
+def check_request(positives: Union[str, Sequence[str]], negatives: Optional[Sequence[str]] = None,
+                  threshold: Optional[str] = None, threshold_value: Optional[float] = None,
+                  query_config=None) -> None:
+    """Raise ValueError saying what is wrong with a question, before any model is needed.
+
+    The query node checks every request with this (service, action and topic give the same reasons), and
+    `FieldQuerier.query` raises the same errors. `negatives` None means the configured ones (not checked
+    against the positives: the configured "object" may be asked for).
+    """
+    phrases = positive_phrases(positives)
+    if negatives is not None:
+        both = sorted({p.lower() for p in phrases} & {n.lower() for n in check_phrases(negatives, 'negative')})
+        if both:
+            raise ValueError(f'{", ".join(repr(b) for b in both)} is both a positive and a negative phrase: a '
+                             'phrase cannot be contrasted with itself (leave negatives empty to use query.negatives)')
+    if query_config is not None:
+        _threshold_level(threshold or query_config.threshold, threshold_value, query_config)
 
 
 def peak_relevancy(cluster: Cluster, values: np.ndarray) -> float:
@@ -238,6 +303,7 @@ class FieldQuerier:
             ValueError: no positive phrase, an unusable phrase, or an out-of-range threshold.
         """
         q = self.config.query
+        check_request(positives, negatives, threshold, threshold_value, q)
         mode = q.threshold if not threshold else threshold
         level = _threshold_level(mode, threshold_value, q)
         limit = q.max_clusters if max_clusters is None else int(max_clusters)
@@ -277,6 +343,8 @@ class FieldQuerier:
         mark = time.perf_counter()
         self.grasp_planner.occupancy = self.voxels.occupancy
         grasps, grasp_reasons = self.grasp_planner.plan_all(clusters)
+        grasps, withheld = grasps_in_cluster_order(grasps, grasp_reasons)
+        notes = cluster_notes(clusters, self.voxels.points)
         timings['grasps'] = time.perf_counter() - mark
         timings['total'] = time.perf_counter() - started
 
@@ -287,7 +355,7 @@ class FieldQuerier:
         text = positives if isinstance(positives, str) else ', '.join(phrases)
         return QueryResult(text=text, positives=phrases, negatives=negatives, status=status, reason=reason,
                            heatmap=heatmap, clusters=clusters, grasps=grasps, grasp_reasons=grasp_reasons,
-                           timings=timings, threshold=cut, peak=peak)
+                           timings=timings, threshold=cut, peak=peak, notes=notes, withheld=withheld)
 
     def _clusters(self, values: np.ndarray, values_device: torch.Tensor, selected: np.ndarray, threshold: float,
                   limit: int) -> List[Cluster]:
@@ -388,4 +456,4 @@ def write_heatmap_ply(path: Union[str, Path], heatmap: Heatmap, color: str = 're
 
 
 __all__ = ['FOUND', 'NOT_PRESENT', 'Heatmap', 'QueryResult', 'FieldQuerier', 'peak_relevancy', 'write_heatmap_ply',
-           'model_device']
+           'model_device', 'check_request', 'cluster_notes', 'grasps_in_cluster_order', 'MINOR_SHARE']
