@@ -346,8 +346,7 @@ class DecayScheduler(ExponentialDecayScheduler):
     """nerfstudio's schedule, returning Python floats.
 
     nerfstudio 1.1.5's factors are numpy floats; they land in its checkpoints (optimiser and scheduler states), and
-    torch >= 2.6 then refuses to load them (``weights_only``): ns-render, ns-viewer and ``--load-dir`` fail
-    (nerfstudio issue 3683).
+    torch >= 2.6 then refuses to load them (``weights_only``): ns-render, ns-viewer and ``--load-dir`` fail.
     """
 
     def get_scheduler(self, optimizer, lr_init: float) -> lr_scheduler.LRScheduler:

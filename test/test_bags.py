@@ -1,4 +1,4 @@
-"""Recorded scans (issue 12): a rosbag2 written with ``rosbags`` (mcap and sqlite3) imports to the live keyframes.
+"""Recorded scans: a rosbag2 written with ``rosbags`` (mcap and sqlite3) imports to the live keyframes.
 
 A synthetic table is recorded as a RealSense on an arm would publish it: colour (raw, or JPEG-free PNG
 ``compressed`` in the mcap bag), CameraInfo, aligned 16UC1 depth 7 ms after each colour frame, and poses on

@@ -1,4 +1,4 @@
-"""Real cameras and arms at the capture (issue 12): messages as drivers send them, through `CaptureInputs`.
+"""Real cameras and arms at the capture: messages as drivers send them, through `CaptureInputs`.
 
 Lens distortion from CameraInfo (undistorted once, the pinhole K_new republished with zero D; an unknown model
 refused by name), depth paired with colour 7 ms apart (16UC1 mm, 32FC1 m, compressedDepth both ways) and

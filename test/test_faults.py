@@ -1,4 +1,4 @@
-"""The fault probe's findings (issue 11), each fixed at its core object without ROS traffic.
+"""The fault probe's findings, each fixed at its core object without ROS traffic.
 
 Stamps far from the clock and one outlier stamp, a camera that changes resolution mid-scan, 12 MP frames,
 a full disk under the capture's dataset and under the trainer's checkpoints (a real tmpfs when this runs as

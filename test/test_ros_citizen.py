@@ -1,4 +1,4 @@
-"""The nodes as a good citizen of a robot's ROS 2 system (issue 11), over DDS on this machine.
+"""The nodes as a good citizen of a robot's ROS 2 system, over DDS on this machine.
 
 Camera inputs hear best-effort and reliable drivers and take ``qos_overrides``; every node's health is
 decoded from ``/diagnostics`` (levels, hardware_id, key values); ``capture/new_scan`` starts capture and

@@ -5,7 +5,7 @@
    with every kept keyframe. Then "mug" is asked and the heatmap's most similar points must lie on the mug.
 2. The same flow in one process through `f3rm-ros pipeline`.
 
-Semantics come from the labels teacher (ground truth, DESIGN.md §5); the model is the cpu-tiny preset.
+Semantics come from the labels teacher (ground truth, docs/teachers.md); the model is the cpu-tiny preset.
 """
 import subprocess
 import sys

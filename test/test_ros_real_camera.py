@@ -1,4 +1,4 @@
-"""The capture node as a RealSense on an arm drives it (issue 12), over DDS on this machine.
+"""The capture node as a RealSense on an arm drives it, over DDS on this machine.
 
 A wrist camera publishing distorted JPEGs on ``<image>/compressed`` and 16UC1 ``compressedDepth`` 7 ms after
 each colour frame, poses from TF (a fake tf2 buffer with tf2's lookup API is injected: this venv has no

@@ -6,7 +6,8 @@ One synthetic table (`core.scenes`) is scanned three ways, with the same arm pos
 2. **undistorted**: rendered through a lens with known radial (plumb_bob) distortion (`distortion.distort_image`
    from a 2x supersampled pinhole render that covers the lens's field), then passed through the capture
    (`CaptureSession` with the distortion from "CameraInfo"): every keyframe undistorted once to ``K_new``;
-3. **ignored**: the same distorted images taken as pinhole images at the lens's K (what happened before issue 12).
+3. **ignored**: the same distorted images taken as pinhole images at the lens's K (what capture did before it
+   undistorted).
 
 Each scan trains the product's model with the labels teacher (same preset, steps and seed), then is scored on
 the SAME held-out views rendered directly at ``K_new`` from poses no scan has (PSNR of the rendered colour), and

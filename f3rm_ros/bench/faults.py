@@ -1,4 +1,4 @@
-"""``f3rm-ros bench faults``: the fault campaign of issue 11 on this machine's CPU, as a table.
+"""``f3rm-ros bench faults``: the fault campaign on this machine's CPU, as a table.
 
 Runs `f3rm_ros.harness.fault_campaign` (see its docstring for each phase): kill -9 of trainer and capture at random
 moments, a full disk under the dataset and checkpoints, refused checkpoints, a query flood, at least 25 kinds of

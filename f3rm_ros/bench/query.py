@@ -33,7 +33,7 @@ from . import device_name, format_table, sync, write_json
 
 STAGES = ('text', 'density', 'occupancy', 'features', 'relevancy', 'threshold', 'cluster', 'grasps', 'pack')
 DEFAULT_SEED = 11
-GOALS_MS = {'cold': 10.0, 'warm': 3.0}   # issue 10, on the lent GPU
+GOALS_MS = {'cold': 10.0, 'warm': 3.0}   # what a planner may wait on a GPU
 
 
 def register(sub) -> None:

@@ -1,4 +1,4 @@
-"""Frame conventions, in one place (DESIGN.md §3).
+"""Frame conventions, in one place (docs/frames.md).
 
 * Robot side (REP 103/105): poses are ``T_base_optical``, the camera's optical frame (x right, y down,
   z forward) expressed in ``base_frame``.

@@ -1,4 +1,4 @@
-"""The fault campaign behind ``f3rm-ros bench faults`` (issue 11): an operator's bad day, measured.
+"""The fault campaign behind ``f3rm-ros bench faults``: an operator's bad day, measured.
 
 Every phase runs the real node processes (as ``ros2 launch`` starts them) on a private ROS domain confined to this
 machine, with the synthetic table (labels teacher, ``cpu-tiny``), and turns what it saw into table rows:

@@ -1,4 +1,4 @@
-"""Confine DDS to this machine, when asked (DESIGN.md §6).
+"""Confine DDS to this machine, when asked (docs/dds.md).
 
 By default f3rm_ros leaves DDS alone: discovery range, transports and middleware profiles are the user's,
 as for any ROS 2 package (a robot's camera driver, trainer and RViz often run on different computers).

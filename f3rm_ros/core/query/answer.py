@@ -1,6 +1,6 @@
 """Text queries over a trained field: a planner's answer (found / not present), heatmap, clusters, grasps.
 
-What a grasp planner gets for "mug" (DESIGN.md §1, issue 10); each stage lives in its own module:
+What a grasp planner gets for "mug"; each stage lives in its own module:
 
 1. `voxels.VoxelField`: the workspace voxel grid, its occupancy (alpha >= ``query.alpha_threshold``, floaters
    dropped) and the occupied voxels' features, cached until the model changes.
@@ -154,7 +154,7 @@ class QueryResult:
 
 
 # A cluster with fewer voxels than this share of cluster 0's is *minor*: a fragment, a fringe or a ghost rather than
-# another instance of the object (issue 26: a 17-voxel cluster beside the box took grasps[0] for "mug").
+# another instance of the object (a 17-voxel cluster beside the box once took grasps[0] for "mug").
 MINOR_SHARE = 0.25
 
 
