@@ -43,11 +43,13 @@ class _AnalyticNerfField(torch.nn.Module):
 class AnalyticModel(torch.nn.Module):
     """Known shapes in base_frame (metres), evaluated in field units like F3RMModel.
 
-    `spheres`: {name: (centre, radius)}; `boxes`: {name: (centre, size [3], yaw degrees)}; the table slab
+    `spheres`: {name: (centre, radius)}; `boxes`: {name: (centre, size [3], yaw degrees)}; `bowls`: {name: (rim
+    centre, outer radius, wall thickness)}, open hemispherical shells below their rim centre; the table slab
     spans z in [TABLE_BOTTOM, TABLE_TOP] everywhere unless `table` is False.
     """
 
-    def __init__(self, box: WorkspaceBox, teacher: LabelsTeacher, spheres=SPHERES, boxes=None, table=True):
+    def __init__(self, box: WorkspaceBox, teacher: LabelsTeacher, spheres=SPHERES, boxes=None, table=True,
+                 bowls=None):
         super().__init__()
         self.box = box
         self.dummy = torch.nn.Parameter(torch.zeros(1))
@@ -61,6 +63,8 @@ class AnalyticModel(torch.nn.Module):
             self.boxes[name] = (torch.tensor(box.to_field(np.asarray(centre, float)), dtype=torch.float32),
                                 torch.tensor(np.asarray(size, float) * box.scale / 2, dtype=torch.float32),
                                 torch.tensor(yaw_matrix(yaw), dtype=torch.float32))
+        self.bowls = {name: (torch.tensor(box.to_field(np.asarray(c, float)), dtype=torch.float32), r * box.scale,
+                             (r - t) * box.scale) for name, (c, r, t) in (bowls or {}).items()}
         top, bottom = (box.to_field(np.array([0.0, 0.0, z]))[2] for z in (TABLE_TOP, TABLE_BOTTOM))
         self.table = (float(bottom), float(top)) if table else None
         self.specks = []
@@ -78,6 +82,9 @@ class AnalyticModel(torch.nn.Module):
         for name, (centre, half, rotation) in self.boxes.items():
             local = (positions - centre) @ rotation
             masks[name] = (local.abs() <= half).all(dim=-1)
+        for name, (centre, outer, inner) in self.bowls.items():
+            distance = (positions - centre).norm(dim=-1)
+            masks[name] = (distance <= outer) & (distance >= inner) & (positions[..., 2] <= centre[2])
         if self.table is not None:
             masks['table'] = (positions[..., 2] >= self.table[0]) & (positions[..., 2] <= self.table[1])
         return masks
@@ -94,12 +101,12 @@ class AnalyticModel(torch.nn.Module):
         return features
 
 
-def analytic_scene(spheres=SPHERES, boxes=None, table=True, **query):
+def analytic_scene(spheres=SPHERES, boxes=None, table=True, bowls=None, **query):
     """Return (config, teacher, model) of an analytic table; `query` overrides ``config.query`` fields."""
     config = make_config('cpu-tiny', overrides={'query': {'alpha_threshold': 0.1, **query}})
     teacher = LabelsTeacher(NAMES, dim=8, patch_size=8)
     config.feature_field.feature_dim = teacher.dim
-    model = AnalyticModel(WorkspaceBox.from_config(config.workspace), teacher, spheres, boxes, table)
+    model = AnalyticModel(WorkspaceBox.from_config(config.workspace), teacher, spheres, boxes, table, bowls)
     return config, teacher, model
 
 

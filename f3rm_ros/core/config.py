@@ -311,7 +311,9 @@ class GraspConfig:
     finger_depth: float = 0.012  # finger thickness along the closing axis (m)
     grasp_depth: float = 0.03    # how far the fingertips go past the object's top (or near face) (m)
     side_min_height: float = 0.06  # objects at least this tall also get side approaches (m)
-    clearance: float = 0.005     # side grasps keep the fingers this far above the object's bottom (m)
+    clearance: float = 0.005     # side grasps keep the fingers this far above the support (they move along it) (m)
+    support_clearance: float = 0.003  # fingers stay this far above the support under the object (table, floor) (m)
+    rim_max_wall: float = 0.03   # walls up to this thick (a bowl's, a cup's) also get rim grasps across them (m)
     max_per_cluster: int = 4
 
     def __post_init__(self):
@@ -320,7 +322,7 @@ class GraspConfig:
             value = getattr(self, name)
             if not (_finite(value) and 0 < value <= 1):
                 problems.append(f'grasp.{name} must be 0..1 m and > 0, got {value!r}')
-        for name in ('margin', 'side_min_height', 'clearance'):
+        for name in ('margin', 'side_min_height', 'clearance', 'support_clearance', 'rim_max_wall'):
             value = getattr(self, name)
             if not (_finite(value) and 0 <= value <= 1):
                 problems.append(f'grasp.{name} must be 0..1 m, got {value!r}')
