@@ -15,7 +15,7 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')
          + glob('config/*.xml')),
-        # robot examples: params files, a hand-eye file, a gripper mask (README, "On your robot")
+        # robot examples: params files, a hand-eye file, a gripper mask (docs/robot-setup.md, "On your robot")
         ('share/' + package_name + '/config/robots', glob('config/robots/*')),
     ],
     package_data={package_name: ['config/*.yaml', 'config/*.xml']},

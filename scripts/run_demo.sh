@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo of the README: a synthetic table scanned, trained and queried over ROS 2 on this machine.
+# `make demo`: a synthetic table scanned, trained and queried over ROS 2 on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -4,7 +4,7 @@ Each of the campaign's capture cases (encodings, sizes, stamps, NaN and non-unit
 depth, masks, labels, label names) is sent in a short burst; the capture node's status on /diagnostics must name
 the problem, its log must stay throttled, and the next good frame must still become a keyframe. Capture
 parameters out of range are refused with the reason. (The full campaign, with kills, a full disk, checkpoints,
-a query flood and a long stream, is the benchmark: its table is in the README.)
+a query flood and a long stream, is the benchmark: its table is in docs/faults.md.)
 """
 import os
 

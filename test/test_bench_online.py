@@ -1,7 +1,7 @@
 """`bench online` and `bench teachers` as a user runs them, on scans small enough for a CPU; the warm-up at start.
 
 The numbers (every object within 2 cm 0.4 s after the last keyframe, teacher images/s) come from the GPU machine
-(README, Performance); here: what the commands write, that the scan files they carry there are read back, and
+(docs/performance.md); here: what the commands write, that the scan files they carry there are read back, and
 that a session warms up before keyframes and still stops promptly.
 """
 import json

@@ -1,6 +1,6 @@
 """Run-time parameter changes work with and without rclpy's post-set callback (Jazzy+; Humble has none).
 
-README, "In a ROS 2 workspace", promises that the nodes start on an rclpy without
+docs/robot-setup.md, "In a ROS 2 workspace", promises that the nodes start on an rclpy without
 ``add_post_set_parameters_callback`` and apply accepted values in the set callback instead. A node class that
 hides the method stands in for Humble's rclpy.
 """

@@ -300,7 +300,7 @@ def wait_future(future, timeout=60.0):
 
 
 def test_the_readme_planner_client_runs_against_the_node(rig):
-    """The rclpy client of README's "Asking from a planner", run as written in another process, gets an answer."""
+    """The rclpy client in docs/query.md ("Asking from a planner"), run as written in another process, answers."""
     import re
     import subprocess
     import sys
@@ -310,8 +310,8 @@ def test_the_readme_planner_client_runs_against_the_node(rig):
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
     live.show(model, config, teacher)
-    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
-    section = readme[readme.index('## Asking from a planner'):]
+    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'query.md').read_text()
+    section = doc[doc.index('## Asking from a planner'):]
     code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
     done = subprocess.run([sys.executable, '-c', code], env=subprocess_env(probe.domain_id), capture_output=True,
                           text=True, timeout=120)

@@ -31,7 +31,7 @@ such files again without training (a change to thresholds, clustering or the ver
 
 Seeds: the tests use 0, 3 and 7 (7 is the demo's table); the defaults, 11-15, are not used by any test.
 Seeds 11-30 informed the query changes and the ``query.present_relevancy`` calibration; 31-50 were kept
-aside for one final run (README).
+aside for one final run (docs/performance.md).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Two tables:
 A third table times the feature field alone for each head set, ``shared`` against ``separate`` interleaved
 (``--layout-repeats``), so that a busy machine's drift hits both alike.
 
-``--json FILE`` writes the tables with the device. The README's cost table comes from a GPU run with
+``--json FILE`` writes the tables with the device. The cost table of docs/performance.md comes from a GPU run with
 ``--preset gpu``; ``--preset cpu-tiny`` with small sizes shows the plumbing on a CPU in a minute or two.
 """
 from __future__ import annotations

@@ -108,7 +108,7 @@ class ModelConfig:
     predict_normals: bool = False
     # How the feature loss sees nerfacto's density weights: 'live' = F3RM's gradient (the feature loss also
     # shapes density), 'detached' = features fit the geometry the colour made and never move it.
-    # The default comes from `f3rm-ros bench train --feature-weights live,detached` (README, Performance).
+    # The default comes from `f3rm-ros bench train --feature-weights live,detached` (docs/performance.md).
     feature_weights: str = 'detached'
     # Loss weights of the extra feature heads (feature_field.extra_heads), 'name:weight,...' (e.g. 'dino:5e-4');
     # a head not named here uses feature_loss_weight.
@@ -163,7 +163,7 @@ class TrainerConfig:
     cuda_graphs: bool = True
     # With cuda_graphs: compile the captured forward and losses with torch.compile first: 0.63x the step time,
     # but the first start compiles for ~100 s (~20 s with inductor's cache warm), which an online scan would wait
-    # for; worth it for long offline runs (README, Performance).
+    # for; worth it for long offline runs (docs/performance.md).
     compile: bool = False
     # On CUDA with the fast path: Adam skips hash-table entries whose gradient is zero (Instant-NGP's rule;
     # fast/lazy_adam.py) instead of moving every entry every step: +9 % rays/s, same held-out PSNR (H200).

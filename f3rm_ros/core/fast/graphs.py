@@ -1,7 +1,7 @@
 """CUDA graphs of the training step's forward, losses and backward (fast path, CUDA only).
 
 At 4096 rays a step's GPU work takes about 10 ms, but launching its ~1100 kernels one by one from Python takes
-about 30 ms: the step is CPU-bound (PERF.md). Replaying a captured graph launches them all at once. What
+about 30 ms: the step is CPU-bound (docs/fast-path.md). Replaying a captured graph launches them all at once. What
 changes from step to step stays outside the graph, or lives in device memory that the graph reads:
 
 * rays and targets are sampled eagerly and copied into static input tensors;
