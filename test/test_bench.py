@@ -25,7 +25,7 @@ from analytic_field import analytic_scene
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 RESULT_FIELDS = ('layouts', 'queries', 'within_2cm', 'within_5cm', 'on_object', 'absent', 'absent_correct', 'found',
-                 'median_cm')
+                 'median_cm', 'worst_cm')
 
 
 @pytest.fixture(scope='module')
@@ -101,6 +101,8 @@ def test_summary_rates_and_the_result_line():
     fields = parse_result_line(result_line(summary))
     assert set(RESULT_FIELDS) <= set(fields)
     assert fields['absent_correct'] == '0.667' and fields['within_2cm'] == '0.250' and fields['median_cm'] == '4.50'
+    assert fields['worst_cm'] == 'inf'                                        # the missed object is the worst
+    assert parse_result_line(result_line(summary_rows(scores[:3])))['worst_cm'] == '6.00'
     assert np.isnan(summary_rows([score('a')])['absent_correct'])             # no absent query: not a rate
 
     peaks = peak_distribution(scores)

@@ -14,9 +14,9 @@ it, trains the product's model with the ``labels`` teacher and asks the product'
   ``not_present`` (``absent_correct``).
 
 The last line is ``RESULT layouts=.. queries=.. within_2cm=.. within_5cm=.. on_object=.. absent=..
-absent_correct=.. found=.. median_cm=..`` (fractions of the present-object queries, ``absent_correct`` of the
-absent ones); above it the peak relevancy of present and absent queries, the data ``query.present_relevancy``
-is calibrated from (the bench uses the configured value).
+absent_correct=.. found=.. median_cm=.. worst_cm=..`` (fractions of the present-object queries,
+``absent_correct`` of the absent ones); above it the peak relevancy of present and absent queries, the data
+``query.present_relevancy`` is calibrated from (the bench uses the configured value).
 
 With ``--data DIR`` a nerfstudio dataset made by any tool is scored the same way: it needs per-frame
 ``label_file_path`` maps, top-level ``labels`` ({"1": "mug", ...}) and ``objects`` ({"mug": {"center":
@@ -427,7 +427,8 @@ def summary_rows(scores: Sequence[QueryScore]) -> Dict[str, float]:
     """Rates over the present-object queries, ``absent_correct`` over the absent ones, medians.
 
     within_Xcm: found and the centroid within X cm of the true centre; on_object: found and inside the true box
-    + 1 cm (over the queries whose truth has a box; nan when none has); found: answered 'found';
+    + 1 cm (over the queries whose truth has a box; nan when none has); found: answered 'found'; worst_error_m:
+    the largest centroid error of a present object (inf when one was not found);
     absent_correct: absent objects answered 'not_present' (nan without absent queries).
     """
     present = [s for s in scores if s.present]
@@ -442,6 +443,8 @@ def summary_rows(scores: Sequence[QueryScore]) -> Dict[str, float]:
     out['absent_correct'] = (float(np.mean([s.status == 'not_present' for s in absent])) if absent
                              else float('nan'))
     out['median_error_m'] = float(np.median(errors)) if len(errors) else float('nan')
+    # the worst present object (inf when one was missed): a planner meets every answer, not the median one
+    out['worst_error_m'] = float(np.max(errors)) if len(errors) else float('nan')
     out['median_latency_s'] = statistics.median(s.latency_s for s in scores) if scores else float('nan')
     out['queries'] = len(present)
     out['absent'] = len(absent)
@@ -455,7 +458,7 @@ def result_line(summary: Mapping[str, float]) -> str:
             f'within_2cm={summary["within_2cm"]:.3f} within_5cm={summary["within_5cm"]:.3f} '
             f'on_object={summary["on_object"]:.3f} absent={summary["absent"]} '
             f'absent_correct={summary["absent_correct"]:.3f} found={summary["found"]:.3f} '
-            f'median_cm={summary["median_error_m"] * 100:.2f} '
+            f'median_cm={summary["median_error_m"] * 100:.2f} worst_cm={summary["worst_error_m"] * 100:.2f} '
             f'median_latency_ms={summary["median_latency_s"] * 1000:.1f}')
 
 
