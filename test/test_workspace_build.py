@@ -1,7 +1,7 @@
 """The ROS workspace path: this repo in `ws/src/f3rm_ros`, built by colcon, then both launch files run for real.
 
 The repo root is the ament_python package f3rm_ros, and colcon stops descending at the first package.xml, so
-the nested f3rm_ros_interfaces (ament_cmake) is given as a second base path: the command of the README and docs/robot-setup.md. colcon and
+the nested f3rm_ros_interfaces (ament_cmake) is given as a second base path: the README's command. colcon and
 the ament/rosidl build tools come from pip (scripts/colcon_tools.sh, scripts/setup.sh): no ROS install is
 needed. After `source install/setup.bash` in a clean environment, both packages resolve in the ament index,
 the node executables are where `ros2 run` / launch look, and the messages import from the workspace.
