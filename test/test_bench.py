@@ -4,6 +4,7 @@ Training quality is asserted in test_query (trained scene); here the plumbing th
 ground truth from any tool's dataset, the RESULT line and its arithmetic, on-object boxes with yaw, the absent
 queries, the scene and voxel files the GPU machine uses, and a latency table that includes grasps and packing.
 """
+import copy
 import json
 import os
 
@@ -13,19 +14,21 @@ import pytest
 from f3rm_ros.bench import parse_result_line
 from f3rm_ros.bench.query import STAGES, pack_heatmap, timed_queries
 from f3rm_ros.bench.semantic import (CATALOGUE_NAMES, QueryScore, absent_names, dataset_scene, load_scene,
-                                     on_object, peak_distribution, result_line, save_scene, separating_bound,
-                                     summary_rows)
+                                     grasp_clear, on_object, peak_distribution, result_line, save_scene,
+                                     separating_bound, summary_rows)
 from f3rm_ros.cli import main
+from f3rm_ros.core.query.answer import FieldQuerier
+from f3rm_ros.core.query.support import support_under
 from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.query.cloud import CLOUD_POINT_STEP
 from f3rm_ros.core.capture.frames import read_metadata, write_dataset
 
-from analytic_field import analytic_scene
+from analytic_field import analytic_scene, yaw_matrix
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 RESULT_FIELDS = ('layouts', 'queries', 'within_2cm', 'within_5cm', 'on_object', 'absent', 'absent_correct', 'found',
-                 'median_cm', 'worst_cm')
+                 'grasped', 'median_cm', 'worst_cm')
 
 
 @pytest.fixture(scope='module')
@@ -104,6 +107,13 @@ def test_summary_rates_and_the_result_line():
     assert fields['worst_cm'] == 'inf'                                        # the missed object is the worst
     assert parse_result_line(result_line(summary_rows(scores[:3])))['worst_cm'] == '6.00'
     assert np.isnan(summary_rows([score('a')])['absent_correct'])             # no absent query: not a rate
+    assert np.isnan(summary['grasped'])                                       # no grasp was scored
+
+    # grasped: over found present objects whose grasps were checked (not over misses or absent queries)
+    checked = [score('a'), score('b'), score('c'), score('d', status='not_present', error=float('inf'))]
+    checked[0].grasped, checked[1].grasped, checked[2].grasped = True, True, False
+    assert summary_rows(checked)['grasped'] == pytest.approx(2 / 3)
+    assert parse_result_line(result_line(summary_rows(checked)))['grasped'] == '0.667'
 
     peaks = peak_distribution(scores)
     assert peaks['present']['min'] == 0.7 and peaks['present']['n'] == 4
@@ -145,6 +155,29 @@ def test_saved_scenes_come_back_exactly(tmp_path):
     for key, truth in scene.objects.items():
         assert np.array_equal(objects[key]['center'], truth['center'])
         assert np.array_equal(objects[key]['extent'], truth['extent'])
+
+
+def test_grasp_clear_checks_the_fingers_against_the_field_and_the_truth():
+    """A planned grasp of a bar is clear; moved into a neighbour's true box, or below the table top, it is not.
+
+    The same grasp is judged three ways: as planned (clear of the field above the support and of the other
+    object's true box); shifted so that a finger enters the neighbour's box (the field check fails too, as the
+    neighbour is occupied there); and with the truth's table top put above its fingertips.
+    """
+    bar, other = ((0.45, 0.0, 0.013), (0.11, 0.026, 0.026), 0.0), ((0.6, 0.0, 0.04), (0.04, 0.04, 0.08), 0.0)
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': bar, 'block': other})
+    config.grasp.max_opening = 0.14
+    querier = FieldQuerier(model, teacher, config)
+    result = querier.query('bar')
+    assert result.grasps, result.grasp_reasons
+    planner, grasp = querier.grasp_planner, result.grasps[0]
+    support = support_under(planner.occupancy, result.best).height
+    truth = {'center': np.array(other[0]), 'extent': np.abs(yaw_matrix(other[2])) @ np.array(other[1])}
+    assert grasp_clear(planner, grasp, support, [truth], table_top=0.0)
+    moved = copy.deepcopy(grasp)
+    moved.pose[:3, 3] = np.array(other[0]) - moved.pose[:3, 1] * (moved.width / 2 + 0.006)   # a finger in the block
+    assert not grasp_clear(planner, moved, support, [truth], table_top=0.0)
+    assert not grasp_clear(planner, grasp, support, [], table_top=grasp.pose[2, 3] + 0.001)
 
 
 def test_bench_semantic_scores_a_dataset_and_its_absent_objects(scene_dataset, tmp_path, capsys):

@@ -13,10 +13,16 @@ it, trains the product's model with the ``labels`` teacher and asks the product'
 - for every catalogue object (`core.scenes.CATALOGUE`) that is NOT on the table: whether the answer is
   ``not_present`` (``absent_correct``).
 
+Grasps: for every present object answered ``found``, whether the planner returned at least one grasp for the
+answer's object (cluster 0) that is collision-free: against the field's occupancy (no occupied voxel centre
+inside a finger above the support, `GraspPlanner.collisions`) and against the truth (no finger point inside
+another object's true box, none below a synthetic table's top; `grasp_clear`). ``grasped`` is the fraction of
+FOUND answers with such a grasp; the per-object table gives it per object kind.
+
 The last line is ``RESULT layouts=.. queries=.. within_2cm=.. within_5cm=.. on_object=.. absent=..
-absent_correct=.. found=.. median_cm=.. worst_cm=..`` (fractions of the present-object queries,
-``absent_correct`` of the absent ones); above it the peak relevancy of present and absent queries, the data
-``query.present_relevancy`` is calibrated from (the bench uses the configured value).
+absent_correct=.. found=.. grasped=.. median_cm=.. worst_cm=..`` (fractions of the present-object queries,
+``absent_correct`` of the absent ones, ``grasped`` of the found ones); above it the peak relevancy of present
+and absent queries, the data ``query.present_relevancy`` is calibrated from (the bench uses the configured value).
 
 With ``--data DIR`` a nerfstudio dataset made by any tool is scored the same way: it needs per-frame
 ``label_file_path`` maps, top-level ``labels`` ({"1": "mug", ...}) and ``objects`` ({"mug": {"center":
@@ -55,6 +61,8 @@ SYNTHETIC_MAX_OPENING_M = 0.14
 PERCENTILES = (1, 5, 50, 95, 99)
 # `core.scenes.CATALOGUE`'s names, for machines without open3d (scenes imports it); a test keeps them equal.
 CATALOGUE_NAMES = ('mug', 'bowl', 'box', 'ball', 'bottle', 'can', 'screwdriver', 'banana')
+# Top of `core.scenes.table`'s table (z of base_frame); fingers below it are in the table.
+SYNTHETIC_TABLE_TOP_M = 0.0
 
 
 @dataclass
@@ -75,6 +83,9 @@ class QueryScore:
     centroid: Optional[List[float]]
     truth: Optional[List[float]]
     reason: str = ''
+    grasps: int = 0                   # grasps returned for the answer's object (cluster 0)
+    grasped: Optional[bool] = None    # one of them collision-free (field and truth); None: not a found present object
+    grasp: str = ''                   # the best grasp's approach and opening, or why there is none
 
     @property
     def correct(self) -> bool:
@@ -260,9 +271,39 @@ def dataset_scene(root: Path, downscale: int = 1):
 
 # ---------------------------------------------------------------------------------------------- scoring
 
+def finger_points(planner, pose: np.ndarray, width: float, samples: int = 5) -> np.ndarray:
+    """Points [N, 3] in base_frame filling both fingers of a grasp (the planner's `finger_boxes`)."""
+    out = []
+    for lo, hi in planner.finger_boxes(width):
+        axes = [np.linspace(lo[i], hi[i], samples) for i in range(3)]
+        local = np.stack(np.meshgrid(*axes, indexing='ij'), -1).reshape(-1, 3)
+        out.append(local @ pose[:3, :3].T + pose[:3, 3])
+    return np.concatenate(out)
+
+
+def grasp_clear(planner, grasp, support_height: float, others: Sequence[Mapping],
+                table_top: Optional[float]) -> bool:
+    """Tell whether a grasp is collision-free: the field's occupancy above the support, and the truth.
+
+    Field: no occupied voxel centre above `support_height` inside a finger. Truth: no finger point inside any of
+    `others`' boxes (`on_object` with no margin: the other objects' true boxes) and, with `table_top`, none
+    below it.
+    """
+    if planner.collisions(grasp.pose, grasp.width, above=support_height):
+        return False
+    points = finger_points(planner, grasp.pose, grasp.width)
+    if table_top is not None and points[:, 2].min() < table_top - 1e-6:
+        return False
+    return not any(on_object(point, truth, margin=0.0) for truth in others if 'extent' in truth for point in points)
+
+
 def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
-                  absent: Sequence[str] = ()) -> List[QueryScore]:
-    """Ask `querier` for every object of `objects` (scored against its truth) and every name of `absent`."""
+                  absent: Sequence[str] = (), table_top: Optional[float] = None) -> List[QueryScore]:
+    """Ask `querier` for every object of `objects` (scored against its truth) and every name of `absent`.
+
+    `table_top`: the true table top's height (synthetic scenes), which a grasp's fingers must stay above.
+    """
+    from ..core.query.support import support_under
     scores = []
     for query, present in [(name, True) for name in objects] + [(name, False) for name in absent]:
         result = querier.query(query)
@@ -278,14 +319,23 @@ def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
             continue
         truth = objects[query]
         centre = np.asarray(truth['center'], dtype=np.float64)
+        grasping = {}
         if best is None:
             error = error_xy = float('inf')
         else:
             error = float(np.linalg.norm(best.centroid - centre))
             error_xy = float(np.linalg.norm(best.centroid[:2] - centre[:2]))
+            planner = querier.grasp_planner
+            mine = [g for g in result.grasps if g.cluster_index == 0]
+            support = support_under(planner.occupancy, best)
+            others = [o for name, o in objects.items() if name != query]
+            grasping = dict(grasps=len(mine), grasped=any(grasp_clear(planner, g, support.height, others, table_top)
+                                                          for g in mine),
+                            grasp=(f'{mine[0].approach} {mine[0].width * 100:.1f} cm' if mine
+                                   else (result.grasp_reasons[0] if result.grasp_reasons else 'no grasp')))
         scores.append(QueryScore(error_m=error, error_xy_m=error_xy,
                                  on_object=on_object(None if best is None else best.centroid, truth),
-                                 truth=[float(v) for v in centre], **common))
+                                 truth=[float(v) for v in centre], **grasping, **common))
     return scores
 
 
@@ -321,7 +371,7 @@ def train_scene(name: str, frames, labels: Mapping[int, str], workspace, config,
 
 def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[str, Mapping],
                 workspace, config, steps: int, progress: bool = True, absent: Sequence[str] = (),
-                save_voxels: Optional[Path] = None):
+                save_voxels: Optional[Path] = None, table_top: Optional[float] = None):
     """Train on `frames` with the labels teacher, query every object of `objects` and every name of `absent`.
 
     Args:
@@ -336,6 +386,7 @@ def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[s
         progress: show a progress bar.
         absent: names that are not in the scene (each should be answered not_present).
         save_voxels: folder to keep the trained field's voxels in (`save_voxel_file`), or None.
+        table_top: the true table top's height, which grasps' fingers must stay above (None: not checked).
 
     Returns:
         (SceneRun, [QueryScore, ...]).
@@ -348,7 +399,7 @@ def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[s
                                                              progress)
     querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock)
     field_s = querier.prepare()
-    scores = score_queries(querier, name, objects, absent)
+    scores = score_queries(querier, name, objects, absent, table_top)
     run = SceneRun(scene=name, objects=list(objects), absent=list(absent), frames=len(frames), steps=steps,
                    train_s=train_s, heldout_psnr=heldout, field_s=field_s,
                    occupied_voxels=querier.voxels.num_occupied, grid_voxels=querier.voxels.num_voxels)
@@ -440,6 +491,8 @@ def summary_rows(scores: Sequence[QueryScore]) -> Dict[str, float]:
     boxed = [s.on_object for s in present if s.on_object is not None]
     out['on_object'] = float(np.mean(boxed)) if boxed else float('nan')
     out['found'] = float(np.mean([s.status == 'found' for s in present])) if present else float('nan')
+    graspable = [s.grasped for s in present if s.grasped is not None]
+    out['grasped'] = float(np.mean(graspable)) if graspable else float('nan')
     out['absent_correct'] = (float(np.mean([s.status == 'not_present' for s in absent])) if absent
                              else float('nan'))
     out['median_error_m'] = float(np.median(errors)) if len(errors) else float('nan')
@@ -458,6 +511,7 @@ def result_line(summary: Mapping[str, float]) -> str:
             f'within_2cm={summary["within_2cm"]:.3f} within_5cm={summary["within_5cm"]:.3f} '
             f'on_object={summary["on_object"]:.3f} absent={summary["absent"]} '
             f'absent_correct={summary["absent_correct"]:.3f} found={summary["found"]:.3f} '
+            f'grasped={summary["grasped"]:.3f} '
             f'median_cm={summary["median_error_m"] * 100:.2f} worst_cm={summary["worst_error_m"] * 100:.2f} '
             f'median_latency_ms={summary["median_latency_s"] * 1000:.1f}')
 
@@ -493,12 +547,23 @@ def print_report(runs: Sequence[SceneRun], scores: Sequence[QueryScore], present
     """Print the per-query, per-scene and calibration tables and the RESULT line; return the summary."""
     print('\nPer query (error: top cluster centroid to the true centre; on object: inside the true box + 1 cm)')
     rows = [('scene', 'query', 'there', 'status', 'peak', 'error 3D (cm)', 'error xy (cm)', '<= 2 cm', 'on object',
-             'clusters', 'latency (ms)')]
+             'clusters', 'latency (ms)', 'grasped', 'best grasp')]
+    yes_no = {None: '-', True: 'yes', False: 'no'}
     for s in scores:
         rows.append((s.scene, s.query, 'yes' if s.present else 'no', s.status, f'{s.peak:.3f}',
                      f'{s.error_m * 100:.1f}' if s.present else '-', f'{s.error_xy_m * 100:.1f}' if s.present else '-',
                      ('yes' if s.error_m <= 0.02 else 'no') if s.present else '-',
-                     {None: '-', True: 'yes', False: 'no'}[s.on_object], s.clusters, f'{s.latency_s * 1000:.1f}'))
+                     yes_no[s.on_object], s.clusters, f'{s.latency_s * 1000:.1f}', yes_no[s.grasped],
+                     s.grasp[:60] or '-'))
+    print(format_table(rows))
+    print('\nPer object kind (grasped: found answers with a collision-free grasp on the object)')
+    rows = [('object', 'asked', 'found', 'within 2 cm', 'grasped', 'approaches')]
+    for kind in sorted({s.query for s in scores if s.present}):
+        mine = [s for s in scores if s.present and s.query == kind]
+        summary = summary_rows(mine)
+        approaches = sorted({s.grasp.split()[0] for s in mine if s.grasps})
+        rows.append((kind, len(mine), f'{summary["found"]:.0%}', f'{summary["within_2cm"]:.0%}',
+                     '-' if np.isnan(summary['grasped']) else f'{summary["grasped"]:.0%}', ' '.join(approaches) or '-'))
     print(format_table(rows))
     print('\nPer scene')
     rows = [('scene', 'frames', 'steps', 'train (s)', 'held-out PSNR (dB)', 'field eval (s)', 'occupied voxels',
@@ -549,6 +614,7 @@ def run(args) -> int:
         print(f'[bench] rendered seeds {" ".join(map(str, args.seeds))} into {args.scenes}')
         return 0
     torch.manual_seed(0)
+    table_top = None if args.data else SYNTHETIC_TABLE_TOP_M        # saved voxels come from synthetic seeds too
     runs: List[SceneRun] = []
     scores: List[QueryScore] = []
     if args.voxels:
@@ -559,7 +625,7 @@ def run(args) -> int:
             absent = absent_names(objects, {}, args.absent) if args.absent is not None else scene_run.absent
             scene_run.absent = list(absent)
             runs.append(scene_run)
-            scores.extend(score_queries(querier, scene_run.scene, objects, absent))
+            scores.extend(score_queries(querier, scene_run.scene, objects, absent, table_top))
     else:
         print(f'[bench] semantic: preset {args.preset}, {args.steps} steps, labels teacher, grasp.max_opening '
               f'{args.max_opening} m, {device_name()}', flush=True)
@@ -574,7 +640,7 @@ def run(args) -> int:
             print(f'[bench] {name}: {len(frames)} frames, objects {", ".join(objects)}; absent '
                   f'{", ".join(absent) or "-"}', flush=True)
             scene_run, scene_scores = score_scene(name, frames, labels, objects, workspace, config, args.steps,
-                                                  absent=absent, save_voxels=args.save_voxels)
+                                                  absent=absent, save_voxels=args.save_voxels, table_top=table_top)
             runs.append(scene_run)
             scores.extend(scene_scores)
             mine = summary_rows(scene_scores)
