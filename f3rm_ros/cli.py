@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from .commands import COMMAND_MODULES, add_dds_arguments
+from .known_warnings import silence_known_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``f3rm-ros`` console script."""
+    """Entry point of the ``f3rm-ros`` console script.
+
+    Without `argv` (the process's own command line: the console script) known third-party deprecation warnings
+    are silenced first; callers that pass `argv` (tests) keep seeing them.
+    """
+    if argv is None:
+        silence_known_warnings()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='[%(levelname)s] %(name)s: %(message)s')

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from ..known_warnings import silence_known_warnings
+
 
 # ------------------------------------------------------------------------------------------------ startup
 
@@ -95,9 +97,10 @@ def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, 
     """Entry point body of a ``*_node`` executable: init ROS, build the node, spin it (`threads`: see spin_nodes).
 
     After a clean stop the process ends at once with exit code 0 (`exit_now`), unless `exit_when_done` is
-    false; a node that cannot start returns 2.
+    false; a node that cannot start returns 2. Known third-party deprecation warnings are silenced first.
     """
     import rclpy
+    silence_known_warnings()
     init_ros(args if args is not None else sys.argv)
     try:
         node = factory()
