@@ -96,11 +96,6 @@ class WorkspaceBox:
         """Field units per metre: the longest side becomes 2 (spans [-1, 1])."""
         return 2.0 / float(np.max(self.max_xyz - self.min_xyz))
 
-    @property
-    def field_aabb(self) -> np.ndarray:
-        """The workspace in field coordinates, as [[min], [max]]."""
-        return np.stack([self.to_field(self.min_xyz), self.to_field(self.max_xyz)])
-
     def to_field(self, points_base: np.ndarray) -> np.ndarray:
         """Points [..., 3] in base_frame metres → field units."""
         return (np.asarray(points_base) - self.center) * self.scale

@@ -55,8 +55,3 @@ def sensor_subscription(node, msg_type, topic: str, callback, depth: int = SENSO
     return node.create_subscription(msg_type, topic, callback, sensor_qos(depth),
                                     qos_overriding_options=QoSOverridingOptions.with_default_policies(),
                                     **kwargs)
-
-
-def qos_override_names(resolved_topic: str) -> list:
-    """Parameter names of the overridable policies of a subscription to `resolved_topic` (for docs/tests)."""
-    return [f'qos_overrides.{resolved_topic}.subscription.{policy}' for policy in ('depth', 'history', 'reliability')]

@@ -49,12 +49,6 @@ class RunReport:
     pictures: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
-    @property
-    def localised(self) -> Optional[bool]:
-        """Whether every query with ground truth has an error (None when nothing has ground truth)."""
-        scored = [q for q in self.queries if q.true_center is not None]
-        return None if not scored else all(q.error_m is not None for q in scored)
-
 
 def plot_curve(curve: List[Dict[str, float]], path: Path) -> Path:
     """Training loss and PSNR against step, as a PNG."""
