@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
 
@@ -331,6 +331,89 @@ class GraspConfig:
         _check(problems)
 
 
+GripperName = Literal['grasp', 'robotiq_2f85', 'robotiq_2f140', 'franka_hand']
+GRIPPER_NAMES = get_args(GripperName)
+
+
+@dataclass
+class ManipulationConfig:
+    """Grasps and placements taught by demonstration (core/manipulation/): F3RM's few-shot pose optimisation."""
+
+    num_query_points: int = 100
+    """Query points per task, drawn once in the gripper frame and stored with the task (F3RM: 100)."""
+    query_sigma: float = 0.0075
+    """Standard deviation (m) of the isotropic Gaussian the query points are drawn from (F3RM: 7.5 mm)."""
+    query_seed: int = 0
+    """Seed of the query points' draw; stored with the task so its embedding can be recomputed."""
+    voxel_size: float = 0.005
+    """Grid step (m) the field is sampled on for embeddings and collisions; also the alpha's step delta."""
+    alpha_threshold: float = 0.1
+    """Opacity above which a voxel is occupied: candidate positions and gripper collisions."""
+    language_mask: bool = True
+    """Seed candidates only where the text (or the task's description) is relevant, grown by `mask_margin`."""
+    mask_margin: float = 0.02
+    """Growth (m) of the relevancy mask: a grasp centre sits beside the part it names, not only on it."""
+    max_seed_voxels: int = 256
+    """Occupied voxels (evenly subsampled) that seed candidates."""
+    rotations_per_voxel: int = 64
+    """Random orientations tried at every seed voxel."""
+    steps: int = 100
+    """Adam steps of the pose optimisation (F3RM: 200)."""
+    keep_fraction: float = 0.95
+    """Fraction of candidates kept after each optimisation step, the worst pruned (F3RM: 0.975)."""
+    min_candidates: int = 64
+    """Pruning never goes below this many candidates (F3RM: 2048 on a GPU)."""
+    start_candidates: int = 1024
+    """The best candidates by similarity before optimisation that the optimisation starts from."""
+    lr_translation: float = 0.002
+    """Adam step (m) for the translation."""
+    lr_rotation: float = 0.03
+    """Adam step (rad) for the rotation (axis-angle increment)."""
+    top_k: int = 5
+    """Poses returned, best first."""
+    max_collisions: int = 0
+    """Occupied voxels a returned gripper may touch (0: none)."""
+    task_min_similarity: float = 0.5
+    """A text picks a task only when its embedding is at least this similar to the task's description."""
+    gripper: GripperName = 'grasp'
+    """Gripper the poses are checked with: 'grasp' = the `grasp` section's fingers plus `palm_size`, or a preset."""
+    palm_size: Tuple[float, float, float] = (0.03, 0.16, 0.05)
+    """Palm box behind the fingers of the 'grasp' gripper (m): along x, along the closing axis y, along -z."""
+    gripper_mesh: str = ''
+    """Optional mesh (PLY/STL/OBJ, metres, gripper frame) voxelised and checked instead of the boxes."""
+    volume_memory_mb: float = 1024.0
+    """Memory the sampled feature volume may take; the grid coarsens until it fits."""
+
+    def __post_init__(self):
+        problems = []
+        for name in ('query_sigma', 'voxel_size', 'lr_translation', 'lr_rotation', 'volume_memory_mb'):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                problems.append(f'manipulation.{name} must be a positive number, got {value!r}')
+        if not (_finite(self.mask_margin) and self.mask_margin >= 0):
+            problems.append(f'manipulation.mask_margin must be a number >= 0, got {self.mask_margin!r}')
+        for name in ('num_query_points', 'max_seed_voxels', 'rotations_per_voxel', 'min_candidates',
+                     'start_candidates', 'top_k'):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                problems.append(f'manipulation.{name} must be an integer >= 1, got {value!r}')
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            problems.append(f'manipulation.steps must be an integer >= 0, got {self.steps!r}')
+        if not (_finite(self.keep_fraction) and 0 < self.keep_fraction <= 1):
+            problems.append(f'manipulation.keep_fraction must be in (0, 1], got {self.keep_fraction!r}')
+        if not (_finite(self.alpha_threshold) and 0 < self.alpha_threshold < 1):
+            problems.append(f'manipulation.alpha_threshold must be in (0, 1), got {self.alpha_threshold!r}')
+        if not (_finite(self.task_min_similarity) and -1 <= self.task_min_similarity <= 1):
+            problems.append(f'manipulation.task_min_similarity must be in [-1, 1], got {self.task_min_similarity!r}')
+        if self.gripper not in GRIPPER_NAMES:
+            problems.append(f'manipulation.gripper must be one of {list(GRIPPER_NAMES)}, got {self.gripper!r}')
+        if len(tuple(self.palm_size)) != 3 or not all(_finite(v) and v > 0 for v in self.palm_size):
+            problems.append(f'manipulation.palm_size must be three positive numbers, got {self.palm_size!r}')
+        if not (isinstance(self.max_collisions, int) and self.max_collisions >= 0):
+            problems.append(f'manipulation.max_collisions must be an integer >= 0, got {self.max_collisions!r}')
+        _check(problems)
+
+
 @dataclass
 class F3RMConfig:
     """Everything together; the unit a YAML file or a preset describes."""
@@ -342,6 +425,7 @@ class F3RMConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     grasp: GraspConfig = field(default_factory=GraspConfig)
+    manipulation: ManipulationConfig = field(default_factory=ManipulationConfig)
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
