@@ -1,7 +1,7 @@
 """Every tunable of the core as dataclasses; `config/*.yaml` mirrors them field for field.
 
 A configuration is built from a preset (``cpu-tiny`` for tests, ``cpu`` for a laptop-sized run,
-``gpu`` for the F3RM defaults) and then overlaid with YAML files and keyword overrides, so the launch
+``gpu`` for the F3RM defaults, ``auto`` for ``gpu`` where CUDA is available and ``cpu`` elsewhere) and then overlaid with YAML files and keyword overrides, so the launch
 file, the one-process pipeline and the CLI all read the same numbers.
 """
 from __future__ import annotations
@@ -415,6 +415,55 @@ class ManipulationConfig:
 
 
 @dataclass
+class ChangesConfig:
+    """Online change detection and repair (core/changes/): each new keyframe against the field's view of its pose."""
+
+    detect: bool = True
+    """Compare each keyframe arriving after `min_steps` with the field's render of its pose (False: declared only)."""
+    min_steps: int = 200
+    """Keyframes that arrive before this many training steps are not compared (an immature field disagrees)."""
+    max_pixels: int = 12000
+    """The comparison renders at most this many pixels (the keyframe shrunk by an integer factor)."""
+    depth_tolerance: float = 0.03
+    """A pixel disagrees in depth when observed and rendered z differ by more than this (m) plus `depth_relative`."""
+    depth_relative: float = 0.03
+    """Fraction of the observed depth added to `depth_tolerance` (a depth camera's noise grows with distance)."""
+    color_tolerance: float = 0.3
+    """Mean absolute RGB difference (0..1) above which a pixel disagrees; used only where there is no depth."""
+    min_pixels: int = 12
+    """Disagreeing groups smaller than this (pixels of the comparison, after a 3x3 opening) are noise."""
+    min_accumulation: float = 0.5
+    """Rendered opacity a pixel needs for the field to claim a surface there ("something was here")."""
+    voxel_size: float = 0.02
+    """Size (m) of the changed-voxel grid over the workspace."""
+    margin: float = 0.03
+    """Growth (m) of changed voxels: one view sees one side of an object, the margin covers the rest."""
+    episode_frames: int = 12
+    """Keyframes after a detection that belong to the same change: they add to it and are never masked for it."""
+    repair_steps: int = 300
+    """Training goes on at least this many steps after a change (the step budget may be spent by then)."""
+    focus_fraction: float = 0.5
+    """Fraction of each batch's rays drawn from keyframes taken after a change, for `repair_steps` (0 = off)."""
+    rewind: float = 0.5
+    """After a change the learning rates go back to the schedule's at this fraction of trainer.steps, if lower."""
+
+    def __post_init__(self):
+        problems = []
+        for name in ('min_steps', 'max_pixels', 'min_pixels', 'episode_frames', 'repair_steps'):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                problems.append(f'changes.{name} must be an integer >= 0, got {getattr(self, name)!r}')
+        for name in ('depth_tolerance', 'depth_relative', 'color_tolerance', 'margin'):
+            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f'changes.{name} must be >= 0, got {getattr(self, name)!r}')
+        if not (_finite(self.voxel_size) and 1e-3 <= self.voxel_size <= 0.5):
+            problems.append(f'changes.voxel_size must be 0.001..0.5 m, got {self.voxel_size!r}')
+        for name in ('min_accumulation', 'focus_fraction', 'rewind'):
+            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                problems.append(f'changes.{name} must be 0..1, got {getattr(self, name)!r}')
+        _check(problems)
+
+
+@dataclass
 class F3RMConfig:
     """Everything together; the unit a YAML file or a preset describes."""
 
@@ -425,6 +474,7 @@ class F3RMConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     grasp: GraspConfig = field(default_factory=GraspConfig)
+    changes: ChangesConfig = field(default_factory=ChangesConfig)
     manipulation: ManipulationConfig = field(default_factory=ManipulationConfig)
 
 
@@ -543,11 +593,34 @@ def apply_yaml_files(config: F3RMConfig, yaml_files: Sequence[Path] = ()) -> F3R
     return config
 
 
+# The preset that picks one for the machine (`resolve_preset`), and what it picks without CUDA: F3RM's `gpu`
+# sizes on two CPU cores took 12 s a step and could not stop within launch's 5 s (issue 22).
+AUTO_PRESET = 'auto'
+CPU_PRESET = 'cpu'
+PRESET_NAMES = (AUTO_PRESET, *PRESETS)
+
+
+def resolve_preset(preset: str) -> Tuple[str, str]:
+    """Return (the preset to build, a sentence saying which and why): ``auto`` becomes ``gpu`` where CUDA is
+    available and `CPU_PRESET` elsewhere; any other name stays as given.
+
+    Raises:
+        KeyError: an unknown preset.
+    """
+    if preset != AUTO_PRESET:
+        if preset not in PRESETS:
+            raise KeyError(f'unknown preset {preset!r}; choose one of {list(PRESET_NAMES)}')
+        return preset, f'preset {preset} (as configured)'
+    import torch
+    if torch.cuda.is_available():
+        return 'gpu', f'preset auto: gpu (CUDA device {torch.cuda.get_device_name(0)})'
+    return CPU_PRESET, f'preset auto: {CPU_PRESET} (no CUDA device; set preset: gpu to train F3RM\'s sizes anyway)'
+
+
 def make_config(preset: str = 'gpu', yaml_files: Sequence[Path] = (),
                 overrides: Optional[Dict[str, Any]] = None) -> F3RMConfig:
-    """Build a config: preset, then each YAML file in order, then `overrides` (nested dict)."""
-    if preset not in PRESETS:
-        raise KeyError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
+    """Build a config: preset (``auto``: `resolve_preset`), then each YAML file in order, then `overrides`."""
+    preset = resolve_preset(preset)[0]
     config = apply_yaml_files(merge_into(F3RMConfig(), PRESETS[preset]), yaml_files)
     if overrides:
         config = merge_into(config, overrides)
