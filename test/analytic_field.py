@@ -75,7 +75,10 @@ class AnalyticModel(torch.nn.Module):
         self.specks.append((torch.tensor(self.box.to_field(centre), dtype=torch.float32), radius * self.box.scale))
 
     def _masks(self, positions):
-        masks = {name: (positions - c).norm(dim=-1) <= r for name, (c, r) in self.spheres.items()}
+        masks = {}
+        if self.table is not None:   # first: an object that reaches into the table keeps its own features there
+            masks['table'] = (positions[..., 2] >= self.table[0]) & (positions[..., 2] <= self.table[1])
+        masks.update({name: (positions - c).norm(dim=-1) <= r for name, (c, r) in self.spheres.items()})
         for c, r in self.specks:
             masks['ball'] = masks.get('ball', torch.zeros_like(positions[..., 0], dtype=torch.bool)) | (
                 (positions - c).norm(dim=-1) <= r)
@@ -85,8 +88,6 @@ class AnalyticModel(torch.nn.Module):
         for name, (centre, outer, inner) in self.bowls.items():
             distance = (positions - centre).norm(dim=-1)
             masks[name] = (distance <= outer) & (distance >= inner) & (positions[..., 2] <= centre[2])
-        if self.table is not None:
-            masks['table'] = (positions[..., 2] >= self.table[0]) & (positions[..., 2] <= self.table[1])
         return masks
 
     def density_at(self, positions):

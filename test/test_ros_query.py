@@ -23,6 +23,8 @@ from f3rm_ros.harness.testing import RosProbe
 
 from analytic_field import analytic_scene, yaw_matrix
 
+pytestmark = pytest.mark.ros
+
 BAR_SIZE = (0.12, 0.03, 0.04)      # long along its own x, narrow along y
 BAR_CENTRE = (0.5, 0.0, 0.02)
 
@@ -237,6 +239,121 @@ class SlowModel:
         import time
         time.sleep(self.delay_s)
         return self.model.density_at(positions)
+
+
+def bottom(cluster):
+    """Lowest point of a decoded QueryCluster's gravity-aligned box (its z axis is base z)."""
+    return cluster.pose.position.z - cluster.extent.z / 2
+
+
+def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
+    """Answer only what rests on the 2 cm table: nothing inside it, nothing hanging in the air (issue 26 item 2).
+
+    A 'bar' exists only inside the table slab (relevant voxels below its top face, like the second "bowl" cluster
+    1.5 cm under the table): NOT_PRESENT. A 'block' reaches 1.5 cm into the table: its box stops at the table top.
+    A blob with the ball's features floats 10 cm above the table: the 'ball' answer has the ball alone.
+    """
+    from analytic_field import TABLE_TOP
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(
+        spheres={'ball': (np.array([0.62, 0.12, 0.05]), 0.05)},
+        boxes={'bar': ((0.40, -0.10, -0.008), (0.10, 0.10, 0.016), 0.0),
+               'block': ((0.45, 0.15, 0.0175), (0.05, 0.05, 0.065), 0.0)})
+    model.add_speck(np.array([0.35, 0.05, 0.15]), 0.025)
+    live.show(model, config, teacher)
+    assert probe.set_parameters('/query', surface_only=False)[0].successful   # the buried voxels in the heatmap too
+    try:
+        buried = ask(probe, ['bar'])
+        assert buried.status == QueryAnswer.NOT_PRESENT and not buried.clusters, buried.reason
+        block = ask(probe, ['block'])
+        assert block.status == QueryAnswer.FOUND and block.clusters, block.reason
+        assert all(bottom(c) >= TABLE_TOP - 1e-6 for c in block.clusters), [bottom(c) for c in block.clusters]
+        assert block.clusters[0].extent.z == pytest.approx(0.05, abs=0.011)        # 5 cm above the table
+        ball = ask(probe, ['ball'])
+        assert ball.status == QueryAnswer.FOUND and len(ball.clusters) == 1, ball.reason
+        centre = ball.clusters[0].pose.position
+        assert np.linalg.norm([centre.x - 0.62, centre.y - 0.12, centre.z - 0.05]) < 0.01
+    finally:
+        assert probe.set_parameters('/query', surface_only=True)[0].successful
+
+
+def test_grasps_follow_the_clusters_order_and_never_cede_the_first_grasp(rig):
+    """grasps[0] belongs to cluster 0 whenever cluster 0 has a grasp; without one the list is empty (issue 26 item 3).
+
+    'ball, bar' answers two clusters, the 10 cm ball first (more evidence). With a 14 cm gripper both have grasps:
+    every grasp of cluster 0 comes before any of cluster 1. With a 6 cm gripper the ball has none (10 cm across in
+    every direction) while the 3 cm bar still has: the answer withholds the bar's grasps and says why.
+    """
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={'ball': (np.array([0.62, 0.12, 0.05]), 0.05)},
+                                            boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    assert probe.set_parameters('/query', **{'grasp.max_opening': 0.14})[0].successful
+    both = ask(probe, ['ball', 'bar'])
+    assert both.status == QueryAnswer.FOUND and len(both.clusters) == 2, both.reason
+    assert both.clusters[0].pose.position.z == pytest.approx(0.05, abs=0.01)      # the ball ranks first
+    indices = [g.cluster_index for g in both.grasps]
+    assert 0 in indices and 1 in indices, both.reason
+    assert both.grasps[0].cluster_index == 0 and indices == sorted(indices)
+    assert both.clusters[1].note.startswith(('minor:', 'separate:')) and both.clusters[0].note == ''
+    try:
+        assert probe.set_parameters('/query', **{'grasp.max_opening': 0.06})[0].successful
+        withheld = ask(probe, ['ball', 'bar'])
+        assert withheld.status == QueryAnswer.FOUND and len(withheld.clusters) == 2, withheld.reason
+        assert withheld.grasps == [], [g.cluster_index for g in withheld.grasps]
+        assert 'no grasp for cluster 0' in withheld.reason and 'withheld' in withheld.reason
+        alone = ask(probe, ['bar'])            # asked alone, the bar is cluster 0 and keeps its grasps
+        assert alone.grasps and all(g.cluster_index == 0 for g in alone.grasps), alone.reason
+    finally:
+        assert probe.set_parameters('/query', **{'grasp.max_opening': 0.14})[0].successful
+
+
+def test_answers_carry_the_maturity_of_their_model(rig):
+    """Every answer says the live model's step and keyframes; settled follows what the trainer's ~/maturity says."""
+    from f3rm_ros_interfaces.msg import ModelMaturity
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    first = ask(probe, ['bar'])
+    assert (first.maturity.step, first.maturity.keyframes) == (100, 12) and not first.maturity.settled
+    assert first.maturity.checkpoint == ''                                          # the live model
+    trainer = probe.publisher(ModelMaturity, '/maturity', latched_qos())      # the rig's node has no remaps
+    probe.wait_for_subscribers(trainer)
+    trainer.publish(ModelMaturity(step=100, target_steps=100, keyframes=12, since_last_keyframe_s=3.0,
+                                  settled=True, settled_since_step=60, trainer_state='done', field_change=0.004))
+    RosProbe.wait_until(lambda: ask(probe, ['bar']).maturity.settled, 10, 'a settled answer')
+    settled = ask(probe, ['bar']).maturity
+    assert settled.settled_since_step == 60 and settled.trainer_state == live.state   # live: the session's own
+    assert settled.since_last_keyframe_s >= 3.0 and settled.field_change == pytest.approx(0.004)
+    trainer.publish(ModelMaturity(step=101, keyframes=13, since_last_keyframe_s=0.0, settled=False,
+                                  trainer_state='training'))                     # a new keyframe came
+    RosProbe.wait_until(lambda: not ask(probe, ['bar']).maturity.settled, 10, 'unsettled by a new keyframe')
+
+
+@pytest.mark.parametrize('fields, words', [
+    (dict(positives=[' ']), 'empty'),
+    (dict(positives=['bar'], negatives=['Bar']), 'both a positive and a negative'),
+    (dict(positives=['bar'], threshold_mode='value', threshold_value=1.5), '-1..1'),
+    (dict(positives=['bar'], threshold_mode='median'), "'otsu', 'percentile' or 'value'"),
+])
+def test_a_bad_action_goal_is_aborted_with_the_reason_the_service_gives(rig, fields, words):
+    """A bad Locate goal ends ABORTED (not SUCCEEDED) with the same ERROR reason as the same service request."""
+    from action_msgs.msg import GoalStatus
+    from f3rm_ros_interfaces.action import Locate
+    from rclpy.action import ActionClient
+    probe, live, node, inboxes = rig
+    config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
+    live.show(model, config, teacher)
+    service = probe.call(Query, '/query/locate', Query.Request(**fields), timeout=60).answer
+    assert service.status == QueryAnswer.ERROR and words in service.reason, service.reason
+    client = ActionClient(probe.node, Locate, '/query/locate')
+    try:
+        assert client.wait_for_server(timeout_sec=20)
+        result = wait_future(wait_future(client.send_goal_async(Locate.Goal(**fields))).get_result_async())
+        assert result.status == GoalStatus.STATUS_ABORTED
+        assert result.result.answer.status == QueryAnswer.ERROR and result.result.answer.reason == service.reason
+    finally:
+        client.destroy()
 
 
 def test_the_locate_action_reports_stages_and_can_be_cancelled():

@@ -30,6 +30,7 @@ from .clusters import Cluster, components, group_indices, link_voxels, make_clus
 from ..config import F3RMConfig
 from ..geometry import WorkspaceBox
 from .grasps import Grasp, GraspPlanner
+from .support import support_under_box
 from .relevancy import (FLOOR_MARGIN, SOFTMAX_FLOOR, PhraseEmbeddings, TextQuery, check_phrases, embed_query,
                         positive_phrases, relevancy, select_threshold)
 from ..training.render import colorize
@@ -151,6 +152,18 @@ class QueryResult:
     def best(self) -> Optional[Cluster]:
         """The top cluster, or None."""
         return self.clusters[0] if self.clusters else None
+
+
+# The support under a cluster is read below its top plus this (m): a group of voxels inside a thin table lies
+# below the table's top face, which its ring of columns must still see (issue 26: "bowl" answered a second
+# cluster 1.5 cm under the table top, and the mug's box reached 2 cm into it).
+SUPPORT_CEILING_MARGIN = 0.02
+# A cluster whose lowest voxel is more than this above its support (m), with nothing occupied under most of its
+# footprint, floats: a NeRF floater, not an object (objects rest on the table or on another object).
+FLOAT_GAP = 0.03
+# Share of a floating cluster's footprint columns that must hold occupied voxels between it and the support for it
+# to count as resting on something.
+RESTING_SHARE = 0.5
 
 
 # A cluster with fewer voxels than this share of cluster 0's is *minor*: a fragment, a fringe or a ghost rather than
@@ -369,9 +382,48 @@ class FieldQuerier:
         else:
             labels = components(self.voxels.coords[chosen], link)
         groups = group_indices(labels, q.cluster_min_points)
-        clusters = [make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size)
-                    for group in groups]
-        return rank_clusters(clusters, limit)
+        clusters = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
+                                    values, threshold) for group in groups]
+        return rank_clusters([cluster for cluster in clusters if cluster is not None], limit)
+
+    def on_support(self, cluster: Cluster, values: np.ndarray, threshold: float) -> Optional[Cluster]:
+        """Return the cluster without its voxels below the support surface, or None when nothing real is left.
+
+        The support under the cluster's footprint (`support.support_under_box`, the same estimate the grasp
+        planner uses) is the table's top face, or the workspace floor. Voxels whose centre lies below it are
+        inside the table: they never form a cluster, and the box is refitted to what is above (its bottom no lower
+        than the support). A cluster left with fewer than ``query.cluster_min_points`` voxels is dropped, and so is
+        one that floats: its lowest voxel more than `FLOAT_GAP` above an occupancy-read support with nothing
+        occupied under most of its footprint.
+        """
+        occupancy, q = self.voxels.occupancy, self.config.query
+        if occupancy is None:
+            return cluster
+        support = support_under_box(occupancy, cluster.centroid, cluster.extent, cluster.rotation,
+                                    cluster.top + SUPPORT_CEILING_MARGIN)
+        members = cluster.indices
+        above = self.voxels.points[members, 2] > support.height
+        if not above.all():
+            members = members[above]
+            if len(members) < q.cluster_min_points:
+                return None
+            cluster = make_cluster(self.voxels.points, values, members, threshold, q.voxel_size)
+        if support.source == 'occupancy' and self._floats(members, support.height):
+            return None
+        return cluster
+
+    def _floats(self, members: np.ndarray, support: float) -> bool:
+        """Tell whether voxels `members` hang above `support` (m) with free space under most of their footprint."""
+        q, occupancy = self.config.query, self.voxels.occupancy
+        bottom = float(self.voxels.points[members, 2].min()) - q.voxel_size / 2
+        if bottom - support <= FLOAT_GAP:
+            return False
+        coords = self.voxels.coords[members]
+        columns = np.unique(coords[:, :2], axis=0)
+        lowest = {(int(i), int(j)): int(k) for i, j, k in coords[np.lexsort((-coords[:, 2],))][:, :3]}
+        first = int(np.clip(np.floor((support - occupancy.origin[2]) / q.voxel_size + 0.5), 0, occupancy.grid.shape[2]))
+        resting = sum(bool(occupancy.grid[i, j, first:lowest[(int(i), int(j))]].any()) for i, j in columns)
+        return resting < RESTING_SHARE * len(columns)
 
     def _verdict(self, phrases: List[str], values: np.ndarray, query: TextQuery, clusters: List[Cluster],
                  clustered: bool, peak: float):
