@@ -7,7 +7,7 @@ LOCALHOST_ONLY_HELP = ('keep DDS on this machine for this process and everything
                        'memory). Default: DDS as your environment has it')
 
 COMMAND_MODULES = ('train', 'query', 'bench', 'pipeline', 'demo', 'import_bag', 'check_calibration', 'eval',
-                   'experiment', 'render', 'export')
+                   'experiment', 'render', 'export', 'task', 'manipulate')
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, preset: str = 'cpu') -> None:

@@ -7,13 +7,14 @@ import importlib
 
 from . import add_dds_arguments
 
-BENCH_MODULES = ('train', 'hashgrid', 'query', 'semantic', 'distortion', 'faults', 'teachers', 'online')
+BENCH_MODULES = ('train', 'hashgrid', 'query', 'semantic', 'distortion', 'faults', 'teachers', 'online', 'manipulate',
+                 'changes')
 
 
 def register(sub) -> None:
     """Add ``bench`` and its sub-commands."""
     parser = sub.add_parser('bench', help='benchmarks: train | hashgrid | query | semantic | distortion | faults | '
-                                          'teachers | online')
+                                          'teachers | online | manipulate | changes')
     add_dds_arguments(parser)  # f3rm-ros bench --localhost-only KIND ...
     kinds = parser.add_subparsers(dest='bench', required=True, metavar='KIND')
     for name in BENCH_MODULES:

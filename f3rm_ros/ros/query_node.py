@@ -24,7 +24,9 @@ went out, by a worker of its own from a snapshot of the answer (`core.query.pict
 question arrives before it is done. Every answer carries the maturity of its model (``QueryAnswer.maturity``:
 step, keyframes, the last keyframe's age, checkpoint, ``settled``), learnt from the trainer's ``~/maturity``
 (remap ``maturity`` to it, as the launch files do) and from the checkpoint loaded. The field work is
-`f3rm_ros.core.query.answer.FieldQuerier`; the messages are made in `answers`.
+`f3rm_ros.core.query.answer.FieldQuerier`; the messages are made in `answers`. Teaching and asking by
+demonstration (``~/record_demo``, ``~/list_tasks``, ``~/forget_demo``, the action ``~/manipulate``) are
+`manipulation.ManipulationServer`'s, on this node's model.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from typing import Optional
 
 import numpy as np
 from f3rm_ros_interfaces.action import Locate
-from f3rm_ros_interfaces.msg import ModelMaturity, QueryAnswer
+from f3rm_ros_interfaces.msg import ModelMaturity, QueryAnswer, SceneChange
 from f3rm_ros_interfaces.srv import Query
 from geometry_msgs.msg import PoseArray
 from rclpy.action import ActionServer, CancelResponse
@@ -52,6 +54,7 @@ from ..core.query.answer import check_request
 from ..core.teachers import text_is_random
 from . import answers
 from . import conversions as conv
+from . import manipulation
 from .common import expand_path, node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name
 from .logs import route_core_logging, shorten, unroute_core_logging
@@ -80,9 +83,9 @@ PARAMETERS = [
     ParamSpec('hardware_id', '', "hardware_id of the status on /diagnostics ('' = host/device)"),
     ParamSpec('torch_threads', 0, 'torch CPU threads of this process (0 = torch default; 1 is best when node '
               'processes share a few cores)', validator=non_negative),
-]
-CONFIG_SECTIONS = ('query', 'grasp')
-RUNTIME_SECTIONS = ('query', 'grasp')
+] + manipulation.PARAMETERS
+CONFIG_SECTIONS = ('query', 'grasp', 'manipulation')
+RUNTIME_SECTIONS = ('query', 'grasp', 'manipulation')
 PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s)
 STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
 LOG_TEXT_CHARS = 120      # a question's text in the log is cut to this many characters (the answer keeps it whole)
@@ -99,7 +102,7 @@ class Cancelled(Exception):
 class QueryNode(Node):
     """Text → 3D answer (see the module docstring). `live` is an `OnlineSession` of this process."""
 
-    def __init__(self, live=None, **kwargs):
+    def __init__(self, live=None, tf_buffer=None, **kwargs):
         super().__init__('query', **kwargs)
         self.params = NodeParameters(self, PARAMETERS, CONFIG_SECTIONS, RUNTIME_SECTIONS,
                                      on_change=self._on_parameter, check=self._check_parameters)
@@ -143,9 +146,15 @@ class QueryNode(Node):
         self.action_server = ActionServer(self, Locate, '~/locate', execute_callback=self._on_locate_goal,
                                           cancel_callback=lambda _: CancelResponse.ACCEPT,
                                           callback_group=ReentrantCallbackGroup())
+        # teaching and asking by demonstration share this node's model and its one-question lock
+        self.manipulation = manipulation.ManipulationServer(self, self._querier, NoModel, self._query_lock,
+                                                            self._frame, tf_buffer)
         if live is None:
             self.create_subscription(String, 'checkpoint', self._on_checkpoint, latched_qos())
         self.create_subscription(ModelMaturity, 'maturity', self._on_maturity, latched_qos())
+        # the trainer's ~/scene_changes: cached voxels of the region are stale (the whole cache is evaluated anew)
+        self.scene_changes, self.last_scene_change, self._scene_changed = 0, '', False
+        self.create_subscription(SceneChange, 'scene_changes', self._on_scene_change, latched_qos(depth=10))
         self.diagnostics = NodeDiagnostics(self, self.params['status_rate_hz'], self._health, self._hardware_id,
                                            problems=self.problems)
         self.worker = threading.Thread(target=self._work, name='f3rm-query', daemon=True)
@@ -200,6 +209,13 @@ class QueryNode(Node):
         else:
             goal_handle.succeed()
         return Locate.Result(answer=answer)
+
+    def _on_scene_change(self, msg: SceneChange) -> None:
+        self.scene_changes += 1
+        self.last_scene_change = (f'{conv.stamp_to_seconds(msg.header.stamp):.3f} s: '
+                                  f'[{msg.min.x:.3f}, {msg.min.y:.3f}, {msg.min.z:.3f}]..'
+                                  f'[{msg.max.x:.3f}, {msg.max.y:.3f}, {msg.max.z:.3f}] m: {msg.reason}')
+        self._scene_changed = True   # taken by the next question (a question in progress keeps its cache)
 
     def _on_maturity(self, msg: ModelMaturity) -> None:
         self._trainer_maturity = (msg, time.monotonic())
@@ -308,8 +324,9 @@ class QueryNode(Node):
         config = dataclasses.replace(config, query=self.params.config.query, grasp=self.params.config.grasp)
         if self.querier is None or self._querier_key is None or self._querier_key[0] != key:
             self.querier = FieldQuerier(model, teacher, config, lock=lock, surface_only=self.params['surface_only'])
-        elif self._querier_key[1] != version:
+        elif self._querier_key[1] != version or self._scene_changed:
             self.querier.invalidate()
+        self._scene_changed = False
         self._querier_key = (key, version)
         return self.querier, model, lock
 
@@ -412,6 +429,11 @@ class QueryNode(Node):
             out.step if out.settled else 0)
         return out
 
+    def model_info(self) -> dict:
+        """{'path', 'step'} of the model answering now (path 'live' for a trainer in this process)."""
+        maturity = self._maturity()
+        return {'path': maturity.checkpoint or 'live', 'step': int(maturity.step)}
+
     def _answer_without_query(self, request_id: int, text: str, status: str, reason: str) -> QueryAnswer:
         header = conv.make_header(self._frame(), self.get_clock().now())
         return answers.answer_message(request_id, header, text, status, reason)
@@ -503,7 +525,8 @@ class QueryNode(Node):
                   'teacher': source[1].name if source is not None else '',
                   # every feature head of the model; text is answered from the first
                   'heads': ', '.join(f'{n} {d}' for n, d in source[1].heads) if source is not None else '',
-                  'model_problem': self.model_problem,
+                  'model_problem': self.model_problem, 'scene_changes': self.scene_changes,
+                  'last_scene_change': self.last_scene_change,
                   'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
         level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)

@@ -1,0 +1,228 @@
+"""Teaching by demonstration on a field of known shapes: embeddings, task files, retrieval, the pose search.
+
+The analytic field (test/analytic_field.py) holds a "tool": a block (its body) with a bar sticking out of one side
+(its handle), each with its own label vector. A grasp of the bar from above is shown in two layouts; in a third
+layout the tool is moved and turned half a turn (the awkward case: every axis flips sign), and the answer's top
+pose must be the bar grasp there (within 1.5 cm and 15 degrees, or of its 180-degree twin about the approach).
+"""
+import numpy as np
+import pytest
+import torch
+import yaml
+from scipy.spatial.transform import Rotation
+
+from analytic_field import analytic_scene
+from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, geometry_from_config
+from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
+from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
+                                             query_points)
+from f3rm_ros.core.manipulation.volume import region_around, sample_field
+from f3rm_ros.core.scenes.tasks import pose_error
+
+BODY = np.array([0.06, 0.06, 0.08])
+HANDLE_OFFSET, HANDLE = np.array([0.045, 0.0, 0.035]), np.array([0.03, 0.016, 0.016])
+GRASP_IN_TOOL = np.eye(4)
+GRASP_IN_TOOL[:3, :3] = np.column_stack([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])  # x = y x z
+GRASP_IN_TOOL[:3, 3] = HANDLE_OFFSET + [0.005, 0.0, -0.002]
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def tool_pose(x, y, yaw_deg):
+    """T_base_tool of the tool standing on the table at (x, y), turned by `yaw_deg`."""
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler('z', yaw_deg, degrees=True).as_matrix()
+    pose[:3, 3] = (x, y, 0.0)
+    return pose
+
+
+def tool_scene(x, y, yaw_deg, manipulation=None):
+    """(config, teacher, model, T_base_tool) of a table with the tool (block 'block' + bar 'bar') and an apple."""
+    pose = tool_pose(x, y, yaw_deg)
+    body_centre = pose[:3, 3] + [0.0, 0.0, BODY[2] / 2]
+    handle_centre = pose[:3, :3] @ HANDLE_OFFSET + pose[:3, 3]
+    boxes = {'block': (body_centre, BODY, yaw_deg), 'bar': (handle_centre, HANDLE, yaw_deg)}
+    config, teacher, model = analytic_scene(spheres={'apple': (np.array([0.35, 0.2, 0.04]), 0.04)}, boxes=boxes,
+                                            voxel_size=0.005, cluster_min_points=4)
+    config.manipulation.max_seed_voxels = 64
+    config.manipulation.rotations_per_voxel = 48
+    config.manipulation.steps = 40
+    config.manipulation.start_candidates = 256
+    for key, value in (manipulation or {}).items():
+        setattr(config.manipulation, key, value)
+    return config, teacher, model, pose
+
+
+def grasp_task(manipulator, name='bar grasp', description='bar'):
+    m = manipulator.config.manipulation
+    return Task(name=name, description=description, kind='grasp', gripper=manipulator.gripper.geometry, width=0.04,
+                num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name)
+
+
+@pytest.fixture(scope='module')
+def taught():
+    """Show the bar grasp in two layouts (turned 0 and 90 degrees)."""
+    task = None
+    for x, y, yaw in ((0.45, -0.05, 0.0), (0.55, 0.05, 90.0)):
+        config, teacher, model, pose = tool_scene(x, y, yaw)
+        manipulator = Manipulator(model, teacher, config)
+        task = task or grasp_task(manipulator)
+        demo = pose @ GRASP_IN_TOOL
+        task.demos.append(Demonstration(pose=demo, embedding=manipulator.embed(demo, task)))
+    return task
+
+
+def test_query_points_are_a_seeded_gaussian():
+    points = query_points(5000, 0.0075, 3)
+    assert points.shape == (5000, 3) and points.dtype == np.float32
+    assert np.array_equal(points, query_points(5000, 0.0075, 3))
+    assert not np.array_equal(points, query_points(5000, 0.0075, 4))
+    assert np.allclose(points.std(axis=0), 0.0075, rtol=0.05) and np.allclose(points.mean(axis=0), 0.0, atol=5e-4)
+
+
+def test_the_volume_reads_the_field_trilinearly_and_zero_outside():
+    config, teacher, model, _ = tool_scene(0.5, 0.0, 0.0)
+    volume = sample_field(model, config, region_around(np.array([[0.5, 0.0, 0.04]]), 0.08))
+    inside_body = torch.tensor([[0.5, 0.0, 0.04]])
+    feature = volume.sample(inside_body)[0]
+    expected = teacher.vector('block') / teacher.vector('block').norm()
+    assert torch.allclose(feature, expected * (1 - np.exp(-100 * volume.voxel_size * model.box.scale)), atol=1e-4)
+    assert float(volume.sample(torch.tensor([[0.5, 0.0, 0.2]])).abs().sum()) == 0.0         # air above it
+    assert float(volume.sample(torch.tensor([[1.5, 0.0, 0.04]])).abs().sum()) == 0.0         # outside the grid
+    points = torch.tensor([[0.47, 0.0, 0.04]], requires_grad=True)                          # on the body's face
+    volume.sample(points).sum().backward()
+    assert points.grad.abs().sum() > 0                                                      # poses can follow it
+
+
+def test_the_demonstrations_agree_and_a_wrong_pose_differs(taught):
+    a, b = (d.embedding.ravel() for d in taught.demos)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9
+    config, teacher, model, pose = tool_scene(0.5, 0.0, 0.0)
+    manipulator = Manipulator(model, teacher, config)
+    beside = pose @ GRASP_IN_TOOL
+    beside[:3, 3] += [0.0, 0.03, 0.0]
+    c = manipulator.embed(beside, taught).ravel()
+    assert a @ c / np.linalg.norm(a) / max(np.linalg.norm(c), 1e-9) < 0.5
+
+
+@pytest.mark.parametrize('yaw', [180.0, -125.0])
+def test_the_top_pose_grasps_the_bar_of_a_moved_and_turned_tool(taught, yaw):
+    config, teacher, model, pose = tool_scene(0.42, 0.08, yaw)
+    manipulator = Manipulator(model, teacher, config)
+    stages = []
+    result = manipulator.answer([taught], text='bar', progress=lambda stage, counts: stages.append(stage))
+    assert result.status == 'found', result.reason
+    assert result.task == 'bar grasp' and result.kind == 'grasp'
+    truth = pose @ GRASP_IN_TOOL
+    error_m, error_deg = pose_error(result.candidates[0].pose, [truth, truth @ FLIP])
+    assert error_m < 0.015 and error_deg < 15, (error_m, error_deg, result.candidates[0].pose)
+    assert [s for s in dict.fromkeys(stages)] == ['retrieval', 'mask', 'field', 'candidates', 'collisions',
+                                                  'optimise', 'rank']
+    counts = result.counts
+    assert counts['candidates'] >= counts['collision_free'] >= counts['optimised'] >= counts['returned'] >= 1
+    volume = sample_field(model, config, region_around(result.candidates[0].pose[None, :3, 3], 0.2))
+    for candidate in result.candidates:    # every returned gripper is clear of the field's occupancy
+        poses = torch.as_tensor(candidate.pose[None], dtype=torch.float32)
+        assert int(manipulator.gripper.collisions(poses, volume.occupancy, candidate.width)[0]) == 0
+    scores = [c.score for c in result.candidates]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_answers_are_deterministic(taught):
+    config, teacher, model, _ = tool_scene(0.42, 0.08, 180.0, {'steps': 5})
+    manipulator = Manipulator(model, teacher, config)
+    first, second = (manipulator.answer([taught], task_name='bar grasp') for _ in range(2))
+    assert [c.pose.tolist() for c in first.candidates] == [c.pose.tolist() for c in second.candidates]
+
+
+def test_unknown_task_text_and_absent_object_are_answers_not_crashes(taught):
+    config, teacher, model, _ = tool_scene(0.42, 0.08, 0.0, {'steps': 2})
+    manipulator = Manipulator(model, teacher, config)
+    assert manipulator.answer([taught], task_name='pour water').status == 'no_task'
+    assert manipulator.answer([], text='bar').status == 'no_task'
+    unlike = manipulator.answer([taught], text='banana')
+    assert unlike.status == 'no_task' and 'bar grasp' in unlike.reason
+    config, teacher, model = analytic_scene(voxel_size=0.005, cluster_min_points=4)   # apple and ball, no tool
+    absent = Manipulator(model, teacher, config).answer([taught], task_name='bar grasp')
+    assert absent.status == 'not_present' and 'bar' in absent.reason
+
+
+def test_a_cancel_stops_the_optimisation(taught):
+    config, teacher, model, _ = tool_scene(0.42, 0.08, 0.0, {'steps': 50})
+    manipulator = Manipulator(model, teacher, config)
+    seen = []
+
+    def progress(stage, counts):
+        seen.append(stage)
+        if seen.count('optimise') == 3:
+            raise Cancelled('cancelled by the test')
+    with pytest.raises(Cancelled):
+        manipulator.answer([taught], text='bar', progress=progress)
+    assert seen.count('optimise') == 3 and 'rank' not in seen
+
+
+def test_a_task_of_another_gripper_is_refused_with_the_reason(taught):
+    config, teacher, model, _ = tool_scene(0.42, 0.08, 0.0, {'gripper': 'robotiq_2f140'})
+    result = Manipulator(model, teacher, config).answer([taught], task_name='bar grasp')
+    assert result.status == 'error' and 'robotiq_2f140' in result.reason and 'gripper' in result.reason
+
+
+def test_task_files_round_trip_and_refuse_corruption(taught, tmp_path):
+    library = TaskLibrary(tmp_path)
+    stored = None
+    for demo in taught.demos:
+        fresh = Task(**{**taught.__dict__, 'demos': []})
+        stored = library.record(fresh, demo)
+    assert len(stored.demos) == 2 and library.names() == ['bar grasp']
+    loaded = library.load('Bar Grasp')
+    assert np.array_equal(loaded.embedding, taught.embedding)
+    assert np.allclose(loaded.demos[1].pose, taught.demos[1].pose, atol=1e-6)
+    text = yaml.safe_load((tmp_path / 'bar_grasp.yaml').read_text())
+    assert text['format'] == 'f3rm_ros.task/1' and text['gripper']['name'] == taught.gripper.name
+    assert len(text['demos']) == 2 and set(text['demos'][0]['pose']) == {'xyz', 'quat_xyzw'}
+
+    npz = tmp_path / 'bar_grasp.npz'
+    npz.write_bytes(npz.read_bytes()[:-10])
+    with pytest.raises(TaskFileError, match='SHA-256'):
+        library.load('bar grasp')
+    assert 'bar_grasp.yaml' in library.problems() and library.load_all() == []
+    (tmp_path / 'bar_grasp.yaml').write_text('format: f3rm_ros.task/0\n')
+    with pytest.raises(TaskFileError, match='format'):
+        library.load('bar grasp')
+
+
+def test_forgetting_the_last_demonstration_removes_the_task(taught, tmp_path):
+    library = TaskLibrary(tmp_path)
+    for demo in taught.demos:
+        library.record(Task(**{**taught.__dict__, 'demos': []}), demo)
+    assert len(library.forget('bar grasp', 0).demos) == 1
+    with pytest.raises(IndexError):
+        library.forget('bar grasp', 5)
+    assert library.forget('bar grasp', -1).demos == [] and library.names() == []
+
+
+def test_retrieval_by_name_and_by_description():
+    config, teacher, model, _ = tool_scene(0.5, 0.0, 0.0)
+    manipulator = Manipulator(model, teacher, config)
+    one = grasp_task(manipulator, 'bar grasp', 'bar')
+    other = grasp_task(manipulator, 'block push', 'block')
+    for task in (one, other):
+        task.demos.append(Demonstration(pose=np.eye(4), embedding=np.ones((task.num_points, teacher.dim), np.float32)))
+    assert choose_task([one, other], manipulator.text_embeddings, 'block', '', 0.5)[0] is other
+    assert choose_task([one, other], manipulator.text_embeddings, '', 'Bar Grasp', 0.5)[0] is one
+    assert choose_task([one, other], manipulator.text_embeddings, 'apple', '', 0.5)[0] is None
+
+
+def test_gripper_presets_and_collisions_count_what_the_boxes_hold():
+    config, teacher, model, _ = tool_scene(0.5, 0.0, 0.0)
+    assert geometry_from_config(config.grasp, config.manipulation).max_opening == config.grasp.max_opening
+    assert PRESETS['robotiq_2f140'].max_opening == pytest.approx(0.14)
+    gripper = GripperModel(PRESETS['franka_hand'], 0.0025)
+    volume = sample_field(model, config, region_around(np.array([[0.5, 0.0, 0.04]]), 0.15))
+    above = np.eye(4)
+    above[:3, :3] = np.diag([-1.0, 1.0, -1.0])            # approach straight down
+    above[:3, 3] = (0.5, 0.0, 0.2)                        # fingertips 12 cm above the body's top
+    into = above.copy()
+    into[2, 3] = 0.04                                     # fingers inside the body
+    counts = gripper.collisions(torch.as_tensor(np.stack([above, into]), dtype=torch.float32), volume.occupancy,
+                                0.04)
+    assert int(counts[0]) == 0 and int(counts[1]) > 0
