@@ -28,8 +28,6 @@ from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import NodeProcesses, RosProbe, subprocess_env
 
-pytestmark = pytest.mark.ros
-
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
 DEMO_STEPS = 500  # the demo's; at 300 the 7 cm ball is not yet dense enough to pass the alpha threshold

@@ -1,7 +1,8 @@
 """Every tunable of the core as dataclasses; `config/*.yaml` mirrors them field for field.
 
 A configuration is built from a preset (``cpu-tiny`` for tests, ``cpu`` for a laptop-sized run,
-``gpu`` for the F3RM defaults, ``auto`` for ``gpu`` where CUDA is available and ``cpu`` elsewhere) and then overlaid with YAML files and keyword overrides, so the launch
+``gpu`` for the F3RM defaults, ``auto`` for ``gpu`` where CUDA is available and ``cpu`` elsewhere) and then
+overlaid with YAML files and keyword overrides, so the launch
 file, the one-process pipeline and the CLI all read the same numbers.
 """
 from __future__ import annotations
@@ -601,8 +602,9 @@ PRESET_NAMES = (AUTO_PRESET, *PRESETS)
 
 
 def resolve_preset(preset: str) -> Tuple[str, str]:
-    """Return (the preset to build, a sentence saying which and why): ``auto`` becomes ``gpu`` where CUDA is
-    available and `CPU_PRESET` elsewhere; any other name stays as given.
+    """Return (the preset to build, a sentence saying which and why).
+
+    ``auto`` becomes ``gpu`` where CUDA is available and `CPU_PRESET` elsewhere; any other name stays as given.
 
     Raises:
         KeyError: an unknown preset.

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.parameter import Parameter
 
-from ..core.config import PRESETS, F3RMConfig, flatten, make_config, unflatten
+from ..core.config import AUTO_PRESET, PRESET_NAMES, F3RMConfig, flatten, make_config, resolve_preset, unflatten
 
 Validator = Callable[[Any], Optional[str]]
 
@@ -112,13 +112,19 @@ class NodeParameters:
         self.on_change = on_change
         self.values: Dict[str, Any] = {}
         self.preset = 'gpu'
+        self.preset_reason = ''        # which preset runs and why (auto: said once in the log, and on /diagnostics)
         if self.config_sections:
-            self.preset = node.declare_parameter(
-                'preset', 'gpu', ParameterDescriptor(
-                    description=f'configuration preset: {", ".join(sorted(PRESETS))} (read at start-up)',
+            requested = node.declare_parameter(
+                'preset', AUTO_PRESET, ParameterDescriptor(
+                    description=f'configuration preset: {", ".join(PRESET_NAMES)} (auto: gpu where CUDA is '
+                                'available, else cpu; read at start-up)',
                     dynamic_typing=True)).value
-            if self.preset not in PRESETS:
-                raise ValueError(f'parameter preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}')
+            try:
+                self.preset, self.preset_reason = resolve_preset(requested)
+            except KeyError:
+                raise ValueError(f'parameter preset: unknown preset {requested!r}; choose one of '
+                                 f'{list(PRESET_NAMES)}') from None
+            node.get_logger().info(self.preset_reason)
             for spec in config_specs(self.preset, self.config_sections, runtime_sections):
                 self.specs[spec.name] = spec
         for spec in self.specs.values():

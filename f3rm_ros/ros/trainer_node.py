@@ -206,6 +206,7 @@ class TrainerNode(Node):
         values['assembling'] = len(self.assembler.pending)
         values['problems'] = sum(self.problems.counts.values())
         values['last_problem'] = self.problems.last_problem
+        values['preset'] = self.params.preset_reason     # which sizes train here, and why (preset auto)
         health = worse(self.session.health(), self.problems.recent(PROBLEM_WINDOW_S))
         topic = self.image_subscription.topic_name
         if (health[0] == 'ok' and not values['frames'] and self.image_subscription.get_publisher_count() == 0
@@ -243,13 +244,15 @@ class TrainerNode(Node):
         """Stop training (within one step or one teacher chunk) and save a last checkpoint.
 
         ``ros2 launch`` sends SIGTERM 5 s after SIGINT: the wait for the training thread is bounded by
-        STOP_WAIT_S, and the checkpoint is written whatever the thread is doing.
+        STOP_WAIT_S, and a consistent checkpoint is written without waiting for a step in progress (the state
+        copied after the last long step, `OnlineSession.save_without_waiting`).
         """
         name, level, message = self.get_name(), 'info', ''
         try:
             self.session.stop(timeout=STOP_WAIT_S, save=True)
             if self.session.trainer is not None and self.session.checkpoint_path is not None:
-                message = f'final checkpoint {self.session.checkpoint_path} (step {self.session.step})'
+                # the step written, not the step reached: a long step still in progress is not in the file
+                message = f'final checkpoint {self.session.checkpoint_path} (step {self.session.saved_step})'
         except Exception as error:  # e.g. disk full: say so, and still release the node
             level, message = 'error', f'last checkpoint not written: {type(error).__name__}: {error}'
         result = super().destroy_node()

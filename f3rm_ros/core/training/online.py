@@ -34,6 +34,12 @@ EVAL_MAX_PIXELS = 160 * 120
 WARMING_UP = 'warming up (imports, device)'
 # After a failed checkpoint write (e.g. disk full) the training loop tries again after this long.
 WRITE_RETRY_S = 10.0
+# A step at least this long (s) is followed by a copy of the state (model, optimisers) that a stop writes instead of
+# waiting for the step in progress: F3RM's gpu sizes on two CPU cores took 12 s a step, and ``ros2 launch`` sends
+# SIGTERM 5 s after SIGINT. Shorter steps (any GPU, the CPU presets) are waited for and copy nothing.
+LONG_STEP_S = 1.0
+# How long a stop waits for the checkpoint's locks once the training thread has not ended (s).
+STOP_LOCK_WAIT_S = 0.5
 
 
 # ---------------------------------------------------------------------------------------------- assembly
@@ -177,6 +183,7 @@ class OnlineSession:
         self._resumed_step = 0
         self._resumed_frames = 0
         self._saved_step = -1
+        self._between: Optional[Tuple[int, Dict]] = None   # (step, state) copied after the last long step
         self._checkpoint_pending: Optional[Path] = None
         self._save_lock = threading.Lock()      # one checkpoint write at a time (training thread, service, stop)
         self.scan_id = ''                       # the scan the keyframes belong to ('' = not known yet)
@@ -332,8 +339,9 @@ class OnlineSession:
         The thread checks the stop flag between training steps, between teacher-feature chunks and after
         building the teacher, so it ends within one step or one chunk. `timeout` bounds the wait (a node
         shutting down under ``ros2 launch`` has 5 s before SIGTERM): a thread still busy after it (the first
-        load of a CLIP model) is a daemon and is left behind; the last checkpoint is written anyway (it waits
-        for a step in progress, never for feature extraction).
+        load of a CLIP model, a long step) is a daemon and is left behind, and the last checkpoint is written
+        without waiting for it (`save_without_waiting`): the state now when no step is in progress, else the
+        state copied after the last long step, else the checkpoint on disk stands.
         """
         self._stop.set()
         self._wake.set()
@@ -343,10 +351,61 @@ class OnlineSession:
             ended = not self._thread.is_alive()
             if not ended:
                 log.warning('training thread still busy (%s) after %.1f s; stopping without it', self._state, timeout)
-        if save and self.trainer is not None and self.checkpoint_path is not None \
-                and self.trainer.step_count != self._saved_step:
-            self._save(self.checkpoint_path)
+        if save and self.trainer is not None and self.checkpoint_path is not None:
+            if not ended:
+                self.save_without_waiting()
+            elif self.trainer.step_count != self._saved_step:
+                self._save(self.checkpoint_path)
         return ended
+
+    @property
+    def saved_step(self) -> int:
+        """The step of the newest checkpoint this session wrote or resumed (-1: none)."""
+        return self._saved_step
+
+    def save_without_waiting(self, wait_s: float = STOP_LOCK_WAIT_S) -> Optional[Path]:
+        """Write a consistent checkpoint while the training thread may be inside a long step; returns the path.
+
+        The locks are waited for at most `wait_s` each (in the training thread's order: writes, then the model).
+        Between steps the state now is written; during a step, the copy kept after the last long step
+        (`LONG_STEP_S`), if it is newer than the checkpoint on disk; otherwise nothing (None).
+        """
+        from .trainer import CheckpointWriteError
+        trainer, path = self.trainer, self.checkpoint_path
+        if trainer is None or path is None:
+            return None
+        if not self._save_lock.acquire(timeout=wait_s):
+            log.warning('a checkpoint write is in progress; the last checkpoint is the one it writes')
+            return None
+        try:
+            if trainer.lock.acquire(timeout=wait_s):
+                try:
+                    if trainer.step_count == self._saved_step:
+                        return path
+                    step, state = trainer.step_count, trainer.checkpoint_state(self.scan_id)
+                    path = trainer.save_checkpoint(path, state=state)
+                finally:
+                    trainer.lock.release()
+            elif self._between is not None and self._between[0] > self._saved_step:
+                step, state = self._between
+                path = trainer.save_checkpoint(path, state=state)
+                log.info('a step was still in progress: wrote the state after step %d', step)
+            else:
+                log.warning('a step is still in progress and no state between steps is newer; the checkpoint of '
+                            'step %d stands', self._saved_step)
+                return None
+            self._saved_step = step
+        except CheckpointWriteError as error:
+            self.write_error, self._write_failed_at = str(error), time.monotonic()
+            raise
+        finally:
+            self._save_lock.release()
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(path)
+            except Exception:  # a listener must not stop the stop
+                log.exception('checkpoint listener failed')
+        return path
 
     @property
     def stopping(self) -> bool:
@@ -531,6 +590,8 @@ class OnlineSession:
                 window_start, window_steps = time.perf_counter(), 0
             if self.store.version != self._synced_version:
                 self._sync()
+                if self._stop.is_set():   # a stop during the teacher's features: no step after them
+                    break
             if self.trainer.step_count >= self.target_steps:
                 # save first: 'done' promises the final checkpoint is on disk (or write_error says why not;
                 # the write is tried again every WRITE_RETRY_S, so space that comes back is used)
@@ -542,7 +603,11 @@ class OnlineSession:
                 window_start, window_steps = time.perf_counter(), 0
                 continue
             self._state = 'training'
+            began = time.perf_counter()
             stats = self.trainer.step()
+            if self.checkpoint_path is not None and time.perf_counter() - began >= LONG_STEP_S:
+                # a stop must not wait for the next long step: it writes this state instead (`stop`)
+                self._between = (self.trainer.step_count, self.trainer.checkpoint_state(self.scan_id, copy=True))
             self._progress = time.monotonic()
             self.model_version += 1
             window_steps += 1
@@ -714,6 +779,7 @@ class OnlineSession:
         self._loss, self._eval_psnr, self._rays_per_s = {}, float('nan'), 0.0
         self._resumed_step = self._resumed_frames = self.replaced = 0
         self._saved_step = -1
+        self._between = None
         self.target_steps = int(self.config.trainer.steps)
         self.model_version += 1
         path = self.checkpoint_path

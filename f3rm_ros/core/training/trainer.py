@@ -173,6 +173,17 @@ def _plain_state(value):
     return value
 
 
+def _cloned(value):
+    """Return a nested state with every tensor cloned (containers rebuilt, everything else shared)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((k, _cloned(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cloned(v) for v in value)
+    return value
+
+
 def read_checkpoint(path: Path) -> Dict:
     """Load a checkpoint safely: tensors only (``torch.load(weights_only=True)``), metadata from JSON.
 
@@ -512,14 +523,26 @@ class OnlineTrainer:
             values.append(psnr(predicted, target))
         return {'psnr': float(np.mean(values)), 'frames': len(values)}
 
-    def save_checkpoint(self, path: Path, scan_id: str = '') -> Path:
+    def save_checkpoint(self, path: Path, scan_id: str = '', state: Optional[Dict] = None) -> Path:
         """Write model, optimiser state, config and teacher state atomically (a crash keeps the old file).
 
-        Tensors go through torch.save, everything else as one JSON string (`read_checkpoint`). Raises
-        `CheckpointWriteError` (disk full, ...) leaving the previous checkpoint and no temporary file.
+        Tensors go through torch.save, everything else as one JSON string (`read_checkpoint`). `state` is a
+        `checkpoint_state` taken earlier (written without waiting for the lock: a step in progress may take
+        long), else the state now. Raises `CheckpointWriteError` (disk full, ...) leaving the previous
+        checkpoint and no temporary file.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(self.checkpoint_state(scan_id) if state is None else state, path)
+        self.last_checkpoint = path
+        return path
+
+    def checkpoint_state(self, scan_id: str = '', copy: bool = False) -> Dict:
+        """Return what `save_checkpoint` writes, taken under the lock: a consistent state between two steps.
+
+        `copy` clones every tensor, so that later steps cannot change the state (on a CPU ``.cpu()`` returns
+        the parameters' own storage, and the optimisers' states are their live tensors).
+        """
         with self.lock:
             meta = {
                 'format': 'f3rm_ros',
@@ -539,9 +562,7 @@ class OnlineTrainer:
                 'schedulers': {k: _plain_state(s.state_dict()) for k, s in self.optimizers.schedulers.items()},
                 'grad_scaler': _plain_state(self.grad_scaler.state_dict()),
             }
-        atomic_torch_save(state, path)
-        self.last_checkpoint = path
-        return path
+            return _cloned(state) if copy else state
 
     def load_checkpoint(self, path: Path, state: Optional[Dict] = None) -> Dict:
         """Restore a checkpoint; per-camera parameters are fitted when the capacity differs.
