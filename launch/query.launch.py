@@ -36,7 +36,8 @@ def generate_launch_description():
                          {'checkpoint': LaunchConfiguration('checkpoint'),
                           'device': LaunchConfiguration('device')}],
              # checkpoint:='' follows a running trainer's announcements instead
-             remappings=[('checkpoint', 'trainer/checkpoint'), ('maturity', 'trainer/maturity')]),
+             remappings=[('checkpoint', 'trainer/checkpoint'), ('maturity', 'trainer/maturity'),
+                         ('scene_changes', 'trainer/scene_changes')]),
         Node(package='rviz2', executable='rviz2', name='rviz2', output='log',
              arguments=['-d', os.path.join(share, 'config', 'f3rm.rviz')],
              condition=IfCondition(LaunchConfiguration('rviz'))),

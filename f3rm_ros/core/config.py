@@ -425,12 +425,12 @@ class ChangesConfig:
     """Keyframes that arrive before this many training steps are not compared (an immature field disagrees)."""
     max_pixels: int = 12000
     """The comparison renders at most this many pixels (the keyframe shrunk by an integer factor)."""
-    depth_tolerance: float = 0.03
+    depth_tolerance: float = 0.015
     """A pixel disagrees in depth when observed and rendered z differ by more than this (m) plus `depth_relative`."""
-    depth_relative: float = 0.03
+    depth_relative: float = 0.02
     """Fraction of the observed depth added to `depth_tolerance` (a depth camera's noise grows with distance)."""
-    color_tolerance: float = 0.3
-    """Mean absolute RGB difference (0..1) above which a pixel disagrees; used only where there is no depth."""
+    color_tolerance: float = 0.2
+    """Mean absolute RGB difference (0..1) above which a pixel disagrees (flat objects barely change the depth)."""
     min_pixels: int = 12
     """Disagreeing groups smaller than this (pixels of the comparison, after a 3x3 opening) are noise."""
     min_accumulation: float = 0.5

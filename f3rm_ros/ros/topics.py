@@ -20,8 +20,9 @@ def trainer_remaps(capture: str = 'capture') -> List[Tuple[str, str]]:
 
 
 def query_remaps(trainer: str = 'trainer') -> List[Tuple[str, str]]:
-    """(from, to) remaps that make a query node follow the checkpoints and maturity of the trainer named `trainer`."""
-    return [('checkpoint', f'{trainer}/checkpoint'), ('maturity', f'{trainer}/maturity')]
+    """(from, to) remaps: a query node follows the checkpoints, maturity and scene changes of the trainer `trainer`."""
+    return [('checkpoint', f'{trainer}/checkpoint'), ('maturity', f'{trainer}/maturity'),
+            ('scene_changes', f'{trainer}/scene_changes')]
 
 
 def remap_arguments(remaps: List[Tuple[str, str]]) -> List[str]:

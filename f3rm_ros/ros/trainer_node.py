@@ -9,9 +9,12 @@ unless ``resume: true`` (then the scan in ``dataset_dir`` and ``checkpoint_dir/l
 goes on where it stopped; a checkpoint that is unreadable, unsafe or of another scan is refused with the reason).
 Outputs: the status on ``/diagnostics`` (state, step, loss, PSNR, rays/s, frames, teacher, queue ...; ERROR when
 training stalls or checkpoints cannot be written, WARN for a teacher that is not semantic or not the one asked for)
-at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient local). Services (std_srvs/Trigger):
-``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and every keyframe). Random-weight CLIP is
-refused unless ``allow_random_teacher: true``. The training loop lives in
+at ``status_rate_hz``, ``~/checkpoint`` (String path, reliable + transient local), ``~/scene_changes``
+(``f3rm_ros_interfaces/msg/SceneChange``, reliable + transient local, the last 10: every change detected in a new
+keyframe or declared, with its box in the base frame; the status says the last one). Services (std_srvs/Trigger):
+``~/save``, ``~/pause``, ``~/resume``, ``~/reset`` (drops the model and every keyframe); ``~/declare_change``
+(``f3rm_ros_interfaces/srv/DeclareChange``: "I picked from this box", repaired as a detected change).
+Random-weight CLIP is refused unless ``allow_random_teacher: true``. The training loop lives in
 `f3rm_ros.core.training.online.OnlineSession`; this node only translates messages.
 """
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from geometry_msgs.msg import PoseStamped
+from f3rm_ros_interfaces.msg import SceneChange
+from f3rm_ros_interfaces.srv import DeclareChange
+from geometry_msgs.msg import Point, PoseStamped
 import rclpy.logging
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -78,7 +83,7 @@ PARAMETERS = [
               'mean opacity change plus mean feature (1 - cosine) change over the occupied probe points (> 0; '
               'see ModelMaturity.msg)', validator=positive),
 ]
-CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher')
+CONFIG_SECTIONS = ('workspace', 'feature_field', 'model', 'trainer', 'teacher', 'changes')
 
 KEYFRAME_TOPICS = ('image', 'camera_info', 'pose', 'depth', 'labels', 'mask', 'label_names', 'scan')
 # how long a problem keeps the status at WARN, and how long without a keyframe publisher before it says so (s)
@@ -105,7 +110,10 @@ class TrainerNode(Node):
                                    teacher_choice=p['teacher_choice'], allow_random_teacher=p['allow_random_teacher'],
                                    steps_per_new_frame=p['steps_per_new_frame'], stall_timeout_s=p['stall_timeout_s'])
         self.pub_checkpoint = self.create_publisher(String, '~/checkpoint', latched_qos())
-        self.session = OnlineSession(self.config, settings, on_checkpoint=self._on_checkpoint)
+        # transient local: a planner that subscribes after a change still learns its last answers may be stale
+        self.pub_changes = self.create_publisher(SceneChange, '~/scene_changes', latched_qos(depth=10))
+        self.session = OnlineSession(self.config, settings, on_checkpoint=self._on_checkpoint,
+                                     on_change=self._on_scene_change)
         if settings.dataset_dir or settings.checkpoint_dir:
             summary = self.session.resume_from_disk()
             if summary['frames'] or summary['checkpoint']:
@@ -131,6 +139,7 @@ class TrainerNode(Node):
         self.create_service(Trigger, '~/pause', lambda req, res: self._trigger(res, self.session.pause))
         self.create_service(Trigger, '~/resume', lambda req, res: self._trigger(res, self.session.resume))
         self.create_service(Trigger, '~/reset', lambda req, res: self._trigger(res, self.session.reset))
+        self.create_service(DeclareChange, '~/declare_change', self._on_declare_change)
         self.create_timer(0.1, self._poll)
         self.diagnostics = NodeDiagnostics(self, p['status_rate_hz'], self._health, self._hardware_id,
                                            problems=self.problems)
@@ -199,6 +208,38 @@ class TrainerNode(Node):
             return
         self.pub_checkpoint.publish(String(data=str(path)))
         self.get_logger().info(f'checkpoint {path} (step {self.session.step})')
+
+    def _change_message(self, event) -> SceneChange:
+        """Return the `SceneChange` message of a `core.changes.tracker.SceneChange` event."""
+        return SceneChange(header=conv.make_header(self.base_frame, event.stamp),
+                           min=Point(x=float(event.min_xyz[0]), y=float(event.min_xyz[1]), z=float(event.min_xyz[2])),
+                           max=Point(x=float(event.max_xyz[0]), y=float(event.max_xyz[1]), z=float(event.max_xyz[2])),
+                           kind=SceneChange.DECLARED if event.kind == 'declared' else SceneChange.DETECTED,
+                           voxels=int(event.voxels), frames_masked=int(event.frames_masked),
+                           pixels_masked=int(event.pixels_masked), reason=event.reason)
+
+    def _on_scene_change(self, event) -> None:
+        if not self.context.ok():
+            return
+        self.pub_changes.publish(self._change_message(event))
+        self.get_logger().warning(f'scene change {event.summary()}')
+
+    def _on_declare_change(self, request: DeclareChange.Request, response: DeclareChange.Response):
+        frame = request.header.frame_id
+        stamp = conv.stamp_to_seconds(request.header.stamp)
+        try:
+            if frame and frame != self.base_frame:
+                raise ValueError(f'the box is in frame {frame!r}; declare it in {self.base_frame!r}')
+            event = self.session.declare_change((request.min.x, request.min.y, request.min.z),
+                                                (request.max.x, request.max.y, request.max.z), request.reason,
+                                                stamp=stamp if stamp > 0 else None)
+        except ValueError as error:
+            response.success, response.message = False, str(error)
+            self.problems.report('declare_change', f'declared change refused: {error}')
+            return response
+        response.success, response.message = True, event.summary()
+        response.change = self._change_message(event)
+        return response
 
     def _health(self):
         """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""

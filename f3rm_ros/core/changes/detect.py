@@ -1,17 +1,18 @@
 """One keyframe against the field's view of its pose, and the coarse grid of changed voxels.
 
 `compare_view` returns the 3D points where the keyframe and the field disagree, split into "appeared" (the
-keyframe sees a surface nearer than the field: lifted with the keyframe's depth) and "vanished" (the field holds
-a surface nearer than the keyframe sees, or, without depth, another colour: lifted with the field's rendered
-depth). Disagreements thinner than three pixels (silhouettes the field blurs) and groups smaller than
-``changes.min_pixels`` are noise. `ChangeMap` turns points into changed voxels, grown by ``changes.margin``;
-`pixels_through` tells which pixels of a keyframe look at or through given voxels (in front of its depth).
+keyframe sees a surface nearer than the field, or another colour at about the same depth: lifted with the
+keyframe's depth) and "vanished" (the field holds a surface nearer than the keyframe sees, or, without depth,
+another colour: lifted with the field's rendered depth). Disagreements thinner than three pixels (silhouettes the
+field blurs) and groups smaller than ``changes.min_pixels`` are noise. `confirm` asks the earlier keyframes
+whether the scene changed there or the field was wrong. `ChangeMap` turns points into changed voxels, grown by
+``changes.margin``; `pixels_through` tells which pixels of a keyframe look at or through given voxels.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -63,6 +64,7 @@ class Comparison:
 
     appeared: np.ndarray     # [N, 3] base frame: surfaces the keyframe sees where the field had none in front
     vanished: np.ndarray     # [M, 3] base frame: surfaces the field holds that the keyframe no longer sees
+    appeared_rgb: np.ndarray  # [N, 3] 0..1: the keyframe's colour of each appeared point
     pixels: Dict[str, int]   # 'compared', 'appeared', 'vanished' (after denoising), 'colour' (no depth)
     disagree: np.ndarray     # [h, w] bool: the kept disagreeing pixels of the comparison image
 
@@ -90,22 +92,69 @@ def compare_view(frame: PosedFrame, rendered: Dict[str, np.ndarray], K: np.ndarr
         tolerance = config.depth_tolerance + config.depth_relative * observed_z
         appeared = valid & (observed_z < field_z - tolerance)
         vanished = valid & surface & (observed_z > field_z + tolerance)
-        colour = np.zeros_like(valid)
     else:
         observed_z = np.zeros((height, width), np.float32)
         valid = keep & surface
         appeared = vanished = np.zeros_like(valid)
-        colour = valid & (np.abs(observed_rgb - rendered['rgb']).mean(axis=-1) > config.color_tolerance)
+    # another colour at about the same depth (a flat object put down or taken away), or anywhere without depth
+    colour = keep & surface & ~appeared & ~vanished & (
+        np.abs(observed_rgb - rendered['rgb']).mean(axis=-1) > config.color_tolerance)
     appeared = denoise(appeared, config.min_pixels)
     vanished = denoise(vanished, config.min_pixels)
     colour = denoise(colour, config.min_pixels)
     T = frame.T_base_optical
-    points_appeared = lift(observed_z, K, T, appeared)
-    points_vanished = np.concatenate([lift(field_z, K, T, vanished), lift(field_z, K, T, colour)])
-    return Comparison(points_appeared, points_vanished,
+    depth_known = observed_z > 0
+    points_appeared = np.concatenate([lift(observed_z, K, T, appeared), lift(observed_z, K, T, colour & depth_known)])
+    points_vanished = np.concatenate([lift(field_z, K, T, vanished), lift(field_z, K, T, colour & ~depth_known)])
+    rgb_appeared = np.concatenate([observed_rgb[appeared], observed_rgb[colour & depth_known]])
+    return Comparison(points_appeared, points_vanished, rgb_appeared,
                       {'compared': int(valid.sum()), 'appeared': int(appeared.sum()),
                        'vanished': int(vanished.sum()), 'colour': int(colour.sum())},
                       appeared | vanished | colour)
+
+
+def confirm(points: np.ndarray, colours: Optional[np.ndarray], appeared: bool, frames: Sequence[PosedFrame],
+            config: ChangesConfig) -> np.ndarray:
+    """Which points [N] the keyframes of before (with depth) say really changed, not that the field was wrong.
+
+    Each point is projected into every earlier keyframe with depth that is not hidden there. Appeared points (a
+    surface the new keyframe sees): changed where those keyframes saw empty space at the point, or a surface there
+    of another colour. Vanished points (a surface the field holds that the new keyframe sees past): changed where
+    those keyframes saw a surface at the point; where they saw through it the field held a floater. A point no
+    earlier keyframe saw is not confirmed (the field never knew it: the new keyframe teaches it anyway).
+    """
+    votes = np.zeros(len(points))
+    informed = np.zeros(len(points))
+    for frame in frames:
+        if frame.depth is None or not len(points):
+            continue
+        T = frame.T_base_optical
+        local = (points - T[:3, 3]) @ T[:3, :3]
+        z = local[:, 2]
+        ahead = z > 0.02
+        u = np.full(len(points), -1, np.int64)
+        v = np.full(len(points), -1, np.int64)
+        u[ahead] = np.floor(frame.K[0, 0] * local[ahead, 0] / z[ahead] + frame.K[0, 2]).astype(np.int64)
+        v[ahead] = np.floor(frame.K[1, 1] * local[ahead, 1] / z[ahead] + frame.K[1, 2]).astype(np.int64)
+        inside = ahead & (u >= 0) & (u < frame.width) & (v >= 0) & (v < frame.height)
+        seen = np.zeros(len(points))
+        seen[inside] = np.nan_to_num(frame.depth[v[inside], u[inside]])
+        if frame.mask is not None:
+            seen[inside] *= frame.mask[v[inside], u[inside]]
+        tolerance = config.depth_tolerance + config.depth_relative * seen
+        known = inside & (seen > 0) & (z <= seen + tolerance)          # not hidden behind what it saw
+        empty = known & (z < seen - tolerance)
+        surface = known & ~empty
+        if appeared:
+            change = empty.copy()
+            if colours is not None:
+                old = frame.image[v[surface], u[surface]].astype(np.float32) / 255.0
+                change[surface] = np.abs(old - colours[surface]).mean(axis=-1) > config.color_tolerance
+        else:
+            change = surface
+        votes += change
+        informed += known
+    return (informed > 0) & (votes >= 0.5 * informed)
 
 
 class ChangeMap:

@@ -17,7 +17,7 @@ import numpy as np
 from ..capture.frames import PosedFrame
 from ..config import ChangesConfig
 from ..geometry import WorkspaceBox
-from .detect import ChangeMap, Comparison, compare_view, comparison_size, pixels_through
+from .detect import ChangeMap, Comparison, compare_view, comparison_size, confirm, pixels_through
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,24 @@ class ChangeTracker:
         """(width, height, K) to render `frame`'s pose at for `observe`."""
         return comparison_size(frame, self.config.max_pixels)
 
-    def observe(self, frame: PosedFrame, rendered: Dict[str, np.ndarray], K: np.ndarray
-                ) -> Tuple[Optional[SceneChange], np.ndarray, Comparison]:
+    def observe(self, frame: PosedFrame, rendered: Dict[str, np.ndarray], K: np.ndarray,
+                held: Sequence[PosedFrame] = ()) -> Tuple[Optional[SceneChange], np.ndarray, Comparison]:
         """Compare a new keyframe with the field's render of its pose (at `comparison_size`).
 
+        `held`: the keyframes held; those taken before the current change (or this keyframe) with depth confirm what
+        the field disagrees about (`detect.confirm`): a field that never learnt a region well is not a change.
         Returns (the event or None, flat indices of the voxels it newly marked, the comparison). The event's keyframe
         counts are filled in by `masks_for`.
         """
+        start = self.episode_start if self.episode_start is not None else float(frame.stamp)
         self.seen.add(float(frame.stamp))
         self._count_frame()
         comparison = compare_view(frame, rendered, K, self.config)
+        earlier = [f for f in held if float(f.stamp) < start]
+        if any(f.depth is not None for f in earlier):
+            comparison.appeared = comparison.appeared[confirm(comparison.appeared, comparison.appeared_rgb, True,
+                                                              earlier, self.config)]
+            comparison.vanished = comparison.vanished[confirm(comparison.vanished, None, False, earlier, self.config)]
         points = np.concatenate([comparison.appeared, comparison.vanished])
         # two voxels at least: a lone voxel is a stray pixel group lifted onto a depth edge
         new = self.map.mark(points, min_voxels=2) if len(points) else np.zeros(0, np.int64)

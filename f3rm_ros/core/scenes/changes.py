@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..capture.frames import PosedFrame
-from .table import (PLACEMENT_MAX_XY, PLACEMENT_MIN_XY, TABLE_CENTER, SyntheticScene, build_table, look_at,
-                    make_scene, object_half_sizes, pinhole_intrinsics, scan_poses)
+from .table import (PLACEMENT_MAX_XY, PLACEMENT_MIN_XY, TABLE_CENTER, SceneGeometry, SyntheticScene, build_table,
+                    look_at, make_scene, object_half_sizes, pinhole_intrinsics, scan_poses)
 
 CHANGE_KINDS = ('moved', 'removed', 'added')
 
@@ -25,7 +25,7 @@ class SceneChangeCase:
 
     `objects` is the truth after the change (an added object included, a removed one left out); `old_center` and
     `new_center` are the changed object's box centre before and after (None where it is not on the table);
-    `scene.render` draws the changed table.
+    `scene.render` draws the changed table, `scan_geometry` the table as scanned.
     """
 
     kind: str
@@ -38,6 +38,7 @@ class SceneChangeCase:
     old_center: Optional[np.ndarray]
     new_center: Optional[np.ndarray]
     scene: SyntheticScene = field(repr=False)
+    scan_geometry: SceneGeometry = field(repr=False, default=None)
 
 
 def rescan_poses(count: int, rng: np.random.Generator, center: Sequence[float] = TABLE_CENTER,
@@ -115,4 +116,4 @@ def make_change(seed: int, kind: str, num_objects: int = 5, num_views: int = 24,
                            objects_before=objects_before, objects=objects_after,
                            old_center=objects_before[name]['center'] if name in objects_before else None,
                            new_center=objects_after[name]['center'] if name in objects_after else None,
-                           scene=scene)
+                           scene=scene, scan_geometry=scan_geometry)

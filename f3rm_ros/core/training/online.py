@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..config import F3RMConfig
 from ..capture.frames import FrameStore, PosedFrame, iter_dataset, read_metadata
 from ..capture.keyframes import replacement_slot
+from ..changes.tracker import ChangeTracker, SceneChange
+from ..geometry import WorkspaceBox
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +152,14 @@ class OnlineSession:
 
     Thread safety: `add_frame`, `set_labels`, `pause`, `resume`, `reset`, `save` and `status` may be called
     from any thread while the training thread runs. Readers of the live model hold `trainer.lock`.
-    `on_checkpoint(path)` is called (from the thread that saved) after every checkpoint.
+    `on_checkpoint(path)` is called (from the thread that saved) after every checkpoint, `on_change(event)` after
+    every scene change (`core.changes`: detected in a new keyframe, or `declare_change`).
     """
 
     def __init__(self, config: F3RMConfig, settings: SessionSettings,
                  labels: Optional[Mapping[int, str]] = None,
-                 on_checkpoint: Optional[Callable[[Path], None]] = None):
+                 on_checkpoint: Optional[Callable[[Path], None]] = None,
+                 on_change: Optional[Callable[[SceneChange], None]] = None):
         settings.validate()
         self.config = config
         self.settings = settings
@@ -194,7 +198,11 @@ class OnlineSession:
         self.teacher_warning = ''               # the teacher is not what was asked for, or not semantic
         self._progress = time.monotonic()       # last step / build / sync end (stall detection)
         self.model_version = 0                  # bumps whenever the model's weights change
+        self._change_step = 0                   # training step of the last scene change
         self.replaced = 0                       # keyframes that replaced a redundant view in a full store
+        self.on_change = on_change
+        self.changes = ChangeTracker(config.changes, WorkspaceBox.from_config(config.workspace))
+        self._changes_lock = threading.Lock()   # one change applied at a time (training thread, service)
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -508,7 +516,9 @@ class OnlineSession:
                'error': self._error, 'scan_id': self.scan_id,
                'teacher_reason': self.teacher_reason if self.teacher is not None else '',
                'checkpoint_problem': self.checkpoint_problem, 'write_error': self.write_error,
-               'since_progress_s': round(time.monotonic() - self._progress, 1)}
+               'since_progress_s': round(time.monotonic() - self._progress, 1),
+               'scene_changes': len(self.changes.events),
+               'last_scene_change': self.changes.events[-1].summary() if self.changes.events else ''}
         out.update(self._loss)
         return out
 
@@ -765,6 +775,74 @@ class OnlineSession:
         self.model_version += 1
         if added and before >= self.settings.min_frames and self.trainer.step_count >= self.target_steps:
             self.target_steps = self.trainer.step_count + added * self.settings.steps_per_new_frame
+        if added:
+            self._check_changes()
+
+    # ------------------------------------------------------------------------------------------ changes
+
+    def _check_changes(self) -> None:
+        """Compare the keyframes new to the trainer with the field's render of their poses; repair what changed.
+
+        Runs on the training thread after a sync: one render per new keyframe (at most ``changes.max_pixels``).
+        Keyframes that arrive before the field has trained ``changes.min_steps`` steps are taken as they are.
+        """
+        trainer, c = self.trainer, self.config.changes
+        frames = trainer.frames
+        armed = c.detect and trainer.step_count >= c.min_steps
+        for index in self.changes.unseen(frames):
+            frame = frames[index]
+            if not armed:
+                self.changes.skip(frame)
+                continue
+            width, height, K = self.changes.comparison_size(frame)
+            self._state = 'comparing a keyframe with the field'
+            rendered = trainer.render(frame.T_base_optical, K, width, height, names=('rgb', 'depth', 'accumulation'))
+            with self._changes_lock:
+                event, new, _ = self.changes.observe(frame, rendered, K, frames)
+                if event is not None:
+                    self._repair(event, new)
+        slots = self.changes.after_change(frames)
+        if slots and c.focus_fraction > 0 and self.changes.events:  # the change's own views teach the region
+            trainer.set_focus(slots, c.focus_fraction, self._change_step + c.repair_steps)
+
+    def declare_change(self, min_xyz: Sequence[float], max_xyz: Sequence[float], reason: str = '',
+                       stamp: Optional[float] = None) -> SceneChange:
+        """Take a change the caller knows of ("I picked from this box", base frame): repaired as a detected one.
+
+        Keyframes stamped before `stamp` (None: every keyframe held now) saw the old scene; their rays through the
+        box stop supervising. ValueError for a box that is not one.
+        """
+        with self._changes_lock:
+            with self._lock:
+                held = [float(f.stamp) for f in self.store.snapshot()]
+            before = (max(held) + STAMP_TOLERANCE_S if held else time.time()) if stamp is None else float(stamp)
+            event, new = self.changes.declare(min_xyz, max_xyz, reason, time.time() if stamp is None else stamp,
+                                              before)
+            self._repair(event, new)
+        self._wake.set()
+        return event
+
+    def _repair(self, event: SceneChange, new) -> None:
+        """Mask what the keyframes before the change saw of its voxels; train on; say so. Holds _changes_lock."""
+        c = self.config.changes
+        frames = self.store.snapshot()
+        masks = self.changes.masks_for(event, new, frames)
+        for index, mask in masks.items():
+            frames[index].mask = mask           # the store's keyframe: a later sync (a new trainer) reads it too
+        trainer = self.trainer
+        if trainer is not None:
+            trainer.refresh_masks([i for i in masks if i < trainer.num_frames and trainer.frames[i] is frames[i]])
+            self._change_step = trainer.step_count
+            trainer.rewind_schedule(int(c.rewind * self.config.trainer.steps))
+            self.target_steps = max(self.target_steps, trainer.step_count + c.repair_steps)
+        self.changes.events.append(event)
+        self.model_version += 1
+        log.warning('scene change %s', event.summary())
+        if self.on_change is not None:
+            try:
+                self.on_change(event)
+            except Exception:  # a listener must not stop training
+                log.exception('scene change listener failed')
 
     def _do_reset(self) -> None:
         with self._lock:
@@ -778,6 +856,7 @@ class OnlineSession:
         self._synced_version = -1
         self._loss, self._eval_psnr, self._rays_per_s = {}, float('nan'), 0.0
         self._resumed_step = self._resumed_frames = self.replaced = 0
+        self.changes.clear()
         self._saved_step = -1
         self._between = None
         self.target_steps = int(self.config.trainer.steps)

@@ -279,6 +279,9 @@ class OnlineTrainer:
         self.train_indices: List[int] = []
         self.eval_indices: List[int] = []
         self.last_checkpoint: Optional[Path] = None
+        # (slots, fraction, until step): a share of each batch from the keyframes taken after a scene change
+        self._focus: Optional[Tuple[List[int], float, int]] = None
+        self._focus_pool: Optional[Tuple[tuple, torch.Tensor]] = None
 
     def _optimizer_config(self) -> Dict:
         t = self.config.trainer
@@ -387,6 +390,63 @@ class OnlineTrainer:
         self._pixels = (list(self.train_indices), ids)
         return ids
 
+    def refresh_masks(self, slots: Sequence[int]) -> None:
+        """Take the masks of held frames again (a scene change masked what they saw of the old scene)."""
+        with self.lock:
+            if self.images is None or not slots:
+                return
+            if self.masks is None:
+                self.masks = torch.ones(self.images.shape[:3], dtype=torch.bool, device=self.device)
+            for slot in slots:
+                mask = self.frames[slot].mask
+                self.masks[slot] = True if mask is None else torch.from_numpy(mask).to(self.device)
+            self._pixels = self._focus_pool = None
+
+    def rewind_schedule(self, step: int) -> None:
+        """Set the learning rates to the schedule's value at `step` (if that is earlier) and decay from there.
+
+        A scene change is new ground: at the end of the decay (1 % of the initial rates) a region relearns slowly.
+        """
+        with self.lock:
+            for scheduler in self.optimizers.schedulers.values():
+                if scheduler.last_epoch <= step:
+                    continue
+                scheduler.last_epoch = int(step)
+                for group, base, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                             scheduler.lr_lambdas):
+                    group['lr'] = base * rate(scheduler.last_epoch)
+
+    def set_focus(self, slots: Sequence[int], fraction: float, until_step: int) -> None:
+        """Draw `fraction` of each batch's rays from frames `slots` until `until_step` (after a scene change)."""
+        with self.lock:
+            self._focus = (sorted(int(s) for s in slots), float(fraction), int(until_step)) if slots else None
+            self._focus_pool = None
+
+    def _focus_rays(self, num_rays: int):
+        """(count, flat pixel ids) of the batch's rays that come from the focus frames, or None."""
+        if self._focus is None or self.step_count >= self._focus[2]:
+            return None
+        slots, fraction, _ = self._focus
+        train = set(self.train_indices)
+        slots = [s for s in slots if s in train]     # held-out views are never trained on
+        count = int(num_rays * fraction)
+        if not slots or count < 1:
+            return None
+        height, width = self.images.shape[1:3]
+        key = (tuple(slots), len(self.train_indices))
+        if self._focus_pool is None or self._focus_pool[0] != key:
+            pixels = self._trainable_pixels()
+            chosen = torch.as_tensor(slots, device=self.device)
+            if pixels is None:
+                pool = (chosen[:, None] * (height * width) + torch.arange(height * width, device=self.device)).ravel()
+            else:
+                pool = pixels[torch.isin(pixels // (height * width), chosen)]
+            self._focus_pool = (key, pool)
+        pool = self._focus_pool[1]
+        if len(pool) == 0:
+            return None
+        return count, pool[torch.randint(len(pool), (count,), device=self.device, generator=self.generator)]
+
     def _sample_batch(self, num_rays: int):
         height, width = self.images.shape[1:3]
         pixels = self._trainable_pixels()
@@ -403,6 +463,11 @@ class OnlineTrainer:
             frame = train[pick]
             y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
             x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
+        focus = self._focus_rays(num_rays)
+        if focus is not None:  # the first rays come from the keyframes of a scene change
+            count, flat = focus
+            frame, y, x = frame.clone(), y.clone(), x.clone()
+            frame[:count], y[:count], x[:count] = flat // (height * width), (flat // width) % height, flat % width
         coords = torch.stack([y, x], dim=-1).float() + 0.5
         ray_bundle = sample_rays(self.cameras, frame[:, None], coords)
         patches_h, patches_w = self.features.shape[1:3]

@@ -1,0 +1,194 @@
+"""``f3rm-ros bench changes``: how fast the answers follow a table that changed after its scan.
+
+In one process, like ``bench online``: per seed and kind of change, a synthetic table (`core.scenes.changes`) is
+scanned and trained in an `OnlineSession` (labels teacher: the truth to score against), then changed (moved: one
+object 10-20 cm away and turned; removed: one taken away; added: one put down that the scan did not see) and
+rescanned along a short arc (at most 12 keyframes) at ``--rate`` keyframes per second, as a robot would. The
+session detects the change in the new keyframes and repairs the field (`core.changes`); a `FieldQuerier` on the
+live model asks for every object every ``--poll`` seconds.
+
+Met, from the last new keyframe: moved = the top cluster within ``--tolerance`` of the new centre and no cluster
+within ``--old-radius`` of the old one; removed = NOT_PRESENT; added = the top cluster within tolerance. The time is
+that round's answer, counted only for rounds asked after the trainer had taken the last keyframe; a trial that does
+not meet it within ``--limit`` seconds is a miss (inf). Unchanged objects must stay within tolerance in every round
+after the last keyframe (``others_within_2cm``: the fraction of trials where they did). One line per kind:
+``RESULT change=moved trials=N ok=F median_s=T worst_s=T others_within_2cm=F limit_s=L``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import device_name, format_table, write_json
+
+KINDS = ('moved', 'removed', 'added')
+
+
+def register(sub) -> None:
+    """Add ``bench changes``."""
+    p = sub.add_parser('changes', help='move, remove or add an object after the scan, rescan a short arc: seconds '
+                                       'until the answers follow', description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0], help='synthetic layouts (default 0)')
+    p.add_argument('--kinds', nargs='+', default=list(KINDS), choices=KINDS, help='changes to make (default all)')
+    p.add_argument('--preset', default='cpu-tiny', help='config preset (default cpu-tiny)')
+    p.add_argument('--config', action='append', default=[], type=Path, help='YAML overlay (repeatable)')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda (default auto)')
+    p.add_argument('--objects', type=int, default=5, help='objects on the table (default 5)')
+    p.add_argument('--views', type=int, default=24, help='keyframes of the scan (default 24)')
+    p.add_argument('--rescan', type=int, default=10, help='keyframes of the rescan arc, at most 12 (default 10)')
+    p.add_argument('--width', type=int, default=96, help='keyframe width (default 96)')
+    p.add_argument('--height', type=int, default=72, help='keyframe height (default 72)')
+    p.add_argument('--steps', type=int, default=0, help="training steps of the scan (default: the preset's)")
+    p.add_argument('--rate', type=float, default=2.0, help='rescan keyframes per second (default 2)')
+    p.add_argument('--poll', type=float, default=0.5, help='seconds between rounds of questions (default 0.5)')
+    p.add_argument('--tolerance', type=float, default=0.02, help='metres from the true centre (default 0.02)')
+    p.add_argument('--old-radius', type=float, default=0.05,
+                   help='no cluster of a moved object this close (m) to its old centre (default 0.05)')
+    p.add_argument('--limit', type=float, default=0.0,
+                   help='seconds after the last keyframe before a trial is a miss (default 2 on CUDA, 120 on a CPU)')
+    p.add_argument('--json', default='', help='write every trial here')
+    p.set_defaults(func=run)
+
+
+def ask(querier, names, case) -> Dict[str, Dict]:
+    """One round: per name, status, top-cluster error to the truth after the change, and clusters near the old place."""
+    out = {}
+    for name in names:
+        result = querier.query(name)
+        truth = case.objects.get(name)
+        best = result.best if result.found else None
+        error = math.inf if best is None or truth is None else float(np.linalg.norm(best.centroid - truth['center']))
+        near_old = math.inf
+        if name == case.name and case.old_center is not None and result.found:
+            near_old = min((float(np.linalg.norm(c.centroid - case.old_center)) for c in result.clusters),
+                           default=math.inf)
+        out[name] = {'status': result.status, 'error_m': error, 'near_old_m': near_old}
+    return out
+
+
+def met(case, answers: Dict[str, Dict], tolerance: float, old_radius: float) -> bool:
+    """Whether a round's answers show the change: see the module docstring."""
+    answer = answers[case.name]
+    if case.kind == 'removed':
+        return answer['status'] == 'not_present'
+    if case.kind == 'added':
+        return answer['error_m'] <= tolerance
+    return answer['error_m'] <= tolerance and answer['near_old_m'] > old_radius
+
+
+def trial(case, config, args, limit: float) -> Dict:
+    """Scan, train, change, rescan at the rate and ask until met or `limit`: the trial's record."""
+    from ..core.query.answer import FieldQuerier
+    from ..core.training.online import OnlineSession, SessionSettings
+    from .online import KeyframeFeeder
+    session = OnlineSession(config, SessionSettings(min_frames=5, teacher_choice='labels'), labels=case.labels)
+    for frame in case.scan:   # copies: the session masks its keyframes in place
+        session.add_frame(dataclasses.replace(frame))
+    started = time.perf_counter()
+    session.start()
+    try:
+        while session.state != 'done':
+            if session.status()['error']:
+                raise SystemExit(f'training failed: {session.status()["error"]}')
+            time.sleep(0.1)
+        scan_train_s = time.perf_counter() - started
+        querier = FieldQuerier(session.trainer.model, session.teacher, copy.deepcopy(config),
+                               lock=session.trainer.lock)
+        others = [n for n in case.objects if n != case.name]
+        names = [case.name] + others
+        before = ask(querier, names, case)
+        feeder = KeyframeFeeder(session, [dataclasses.replace(f) for f in case.rescan], args.rate)
+        feeder.start()
+        rounds: List[Dict] = []
+        met_s: Optional[float] = None
+        others_ok = True
+        version = session.model_version
+        while True:
+            if feeder.problem or session.status()['error']:
+                raise SystemExit(feeder.problem or f'training failed: {session.status()["error"]}')
+            last = feeder.last_keyframe
+            if last is not None and feeder.clock() - last > limit:
+                break
+            asked_at = feeder.clock()
+            after_last = last is not None and session.trainer.num_frames == len(case.scan) + len(case.rescan)
+            if session.model_version != version:
+                querier.invalidate()
+                version = session.model_version
+            answers = ask(querier, names, case)
+            answered_at = feeder.clock()
+            rounds.append({'asked_s': round(asked_at, 2), 'answered_s': round(answered_at, 2), 'step': session.step,
+                           'after_last_keyframe': after_last,
+                           **{f'{n}_cm': round(a['error_m'] * 100, 1) for n, a in answers.items()},
+                           f'{case.name}_status': answers[case.name]['status']})
+            if after_last:
+                others_ok &= all(answers[n]['error_m'] <= args.tolerance for n in others)
+                if met(case, answers, args.tolerance, args.old_radius):
+                    met_s = answered_at - last
+                    break
+            time.sleep(max(0.0, asked_at + args.poll - feeder.clock()))
+        feeder.stop()
+        events = [event.summary() for event in session.changes.events]
+    finally:
+        session.stop(timeout=30.0)
+    return {'seed': case.scene.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s,
+            'others_within': bool(others_ok), 'scan_train_s': round(scan_train_s, 1), 'events': events,
+            'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
+            'old_center': None if case.old_center is None else case.old_center.tolist(),
+            'new_center': None if case.new_center is None else case.new_center.tolist()}
+
+
+def run(args) -> int:
+    """Run every seed and kind; print a row per trial and a RESULT line per kind."""
+    from ..core.config import make_config
+    from ..core.scenes.changes import make_change
+    from ..core.training.trainer import pick_device
+    device = pick_device(args.device)
+    limit = args.limit or (2.0 if device.type == 'cuda' else 120.0)
+    config = make_config(args.preset, args.config)
+    config.trainer.device = str(device)
+    if args.steps:
+        config.trainer.steps = args.steps
+    config.trainer.checkpoint_every = 0
+    config.trainer.eval_every = 0          # the clock is the answers', not a held-out PSNR's
+    print(f'bench changes on {device_name() if device.type == "cuda" else "cpu"}: preset {args.preset}, seeds '
+          f'{args.seeds}, {args.views} scan + {args.rescan} rescan keyframes of {args.width}x{args.height} at '
+          f'{args.rate:g}/s, {config.trainer.steps} steps; time limit {limit:g} s after the last keyframe',
+          flush=True)
+    trials = []
+    for seed in args.seeds:
+        for kind in args.kinds:
+            case = make_change(seed, kind, num_objects=args.objects, num_views=args.views,
+                               rescan_views=args.rescan, width=args.width, height=args.height)
+            trial_config = copy.deepcopy(config)
+            trial_config.workspace = case.scene.workspace
+            record = trial(case, trial_config, args, limit)
+            trials.append(record)
+            print(f'seed {seed} {kind} {case.name}: '
+                  + ('miss' if record['met_s'] is None else f'{record["met_s"]:.2f} s')
+                  + f', others within {args.tolerance * 100:g} cm: {record["others_within"]}, '
+                    f'{len(record["events"])} change events', flush=True)
+    rows = [['change', 'trials', 'ok', 'median s', 'worst s', 'others within']]
+    lines = []
+    for kind in args.kinds:
+        mine = [t for t in trials if t['kind'] == kind]
+        times = [math.inf if t['met_s'] is None else t['met_s'] for t in mine]
+        ok = sum(t <= limit for t in times) / len(mine)
+        others = sum(t['others_within'] for t in mine) / len(mine)
+        median, worst = float(np.median(times)), max(times)
+        rows.append([kind, len(mine), f'{ok:.2f}', f'{median:.2f}', f'{worst:.2f}', f'{others:.2f}'])
+        lines.append(f'RESULT change={kind} trials={len(mine)} ok={ok:.2f} median_s={median:.2f} worst_s={worst:.2f} '
+                     f'others_within_2cm={others:.2f} limit_s={limit:g}')
+    print('\n' + format_table(rows))
+    print(f'time limit: {limit:g} s after the last rescan keyframe')
+    for line in lines:
+        print(line, flush=True)
+    write_json(args.json, {'trials': trials, 'limit_s': limit, 'args': vars(args)})
+    return 0
