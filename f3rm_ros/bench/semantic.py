@@ -303,7 +303,6 @@ def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
 
     `table_top`: the true table top's height (synthetic scenes), which a grasp's fingers must stay above.
     """
-    from ..core.query.support import support_under
     scores = []
     for query, present in [(name, True) for name in objects] + [(name, False) for name in absent]:
         result = querier.query(query)
@@ -327,7 +326,7 @@ def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
             error_xy = float(np.linalg.norm(best.centroid[:2] - centre[:2]))
             planner = querier.grasp_planner
             mine = [g for g in result.grasps if g.cluster_index == 0]
-            support = support_under(planner.occupancy, best)
+            support = planner.support(best)
             others = [o for name, o in objects.items() if name != query]
             grasping = dict(grasps=len(mine), grasped=any(grasp_clear(planner, g, support.height, others, table_top)
                                                           for g in mine),

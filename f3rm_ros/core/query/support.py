@@ -3,10 +3,10 @@
 Objects on a table are seen from above and beside; under them the field is unknown, but the table around them
 is well observed. So the support under a footprint is read from a ring of grid columns around it: each column's
 surface is the top of its highest occupied voxel below a ceiling (the object's top); the support is the median
-of those surfaces when enough of the ring has one (a neighbour or the object's own fringe covers less than
-half of the ring, so the median is the table). When too little of the ring is occupied (an object at the
-table's edge, a grid that holds no table), the support falls back to the workspace floor: the bottom of the
-grid.
+(or another `quantile`) of those surfaces when enough of the ring has one (a neighbour or the object's own
+fringe covers less than half of the ring, so the median is the table). When too little of the ring is
+occupied (an object at the table's edge, a grid that holds no table), the support falls back to the workspace
+floor: the bottom of the grid.
 
 Used by the grasp planner (fingertips stop a clearance above the support instead of treating it as an
 obstacle) and by the query's cluster checks (what floats above the support). Public API: `Support`,
@@ -49,7 +49,7 @@ class Support:
 
 def support_under_box(occupancy, centre: np.ndarray, extent: np.ndarray, rotation: np.ndarray, ceiling: float,
                       floor: Optional[float] = None, ring: float = RING_OUTER,
-                      min_coverage: float = MIN_COVERAGE) -> Support:
+                      min_coverage: float = MIN_COVERAGE, quantile: float = 0.5) -> Support:
     """Return the support under a gravity-aligned box's footprint.
 
     Args:
@@ -62,6 +62,7 @@ def support_under_box(occupancy, centre: np.ndarray, extent: np.ndarray, rotatio
         floor: the fallback height; None is the grid's bottom (``occupancy.origin[2]``, the workspace floor).
         ring: the ring reaches this far beyond the footprint (m).
         min_coverage: share of the ring's columns that must have a surface.
+        quantile: of the columns' surfaces, the one taken (0.5: the median; higher reads a fuzzy surface's top).
     """
     if occupancy is None:
         return Support(float(0.0 if floor is None else floor), 'floor', 0.0, 0)
@@ -90,11 +91,11 @@ def support_under_box(occupancy, centre: np.ndarray, extent: np.ndarray, rotatio
         return Support(floor, 'floor', coverage, int(in_ring.sum()))
     highest = top_level - 1 - np.argmax(columns[has, ::-1], axis=1)     # highest occupied level per column
     surface = origin[2] + (highest + 1) * size                           # its top face
-    return Support(float(np.median(surface)), 'occupancy', coverage, int(in_ring.sum()))
+    return Support(float(np.quantile(surface, quantile)), 'occupancy', coverage, int(in_ring.sum()))
 
 
 def support_under(occupancy, cluster, floor: Optional[float] = None, ring: float = RING_OUTER,
-                  min_coverage: float = MIN_COVERAGE) -> Support:
+                  min_coverage: float = MIN_COVERAGE, quantile: float = 0.5) -> Support:
     """Return the support under a `Cluster`'s box footprint, voxels below its top counting (`support_under_box`)."""
     return support_under_box(occupancy, cluster.centroid, cluster.extent, cluster.rotation, cluster.top, floor,
-                             ring, min_coverage)
+                             ring, min_coverage, quantile)
