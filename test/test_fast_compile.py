@@ -53,6 +53,7 @@ def _step(function, model, rays, batch):
             {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
 
 
+@pytest.mark.slow
 def test_training_forward_traces_to_one_graph_and_matches_the_eager_step():
     from torch._dynamo.backends.registry import lookup_backend
 

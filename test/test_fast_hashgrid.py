@@ -49,8 +49,7 @@ def compare(device, levels, table_size, features, n, min_res, max_res, seed=0, l
     return [rel(fast[0], ref[0]), rel(fast[1], ref[1]), rel(fast[2], ref32[2])]
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: the native-kernel comparison needs a GPU '
-                    '(the interpreter test below covers the CPU)')
+@pytest.mark.cuda(why='the native-kernel comparison needs a GPU (the interpreter test below covers the CPU)')
 @pytest.mark.parametrize('levels,log2_size,features,min_res,max_res', [
     (16, 19, 2, 16, 2048),   # nerfacto's density grid
     (5, 17, 2, 16, 256),     # a proposal network
@@ -65,7 +64,7 @@ def test_cuda_kernels_match_nerfstudio(levels, log2_size, features, min_res, max
     assert errors[2] < 1e-4
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device')
+@pytest.mark.cuda
 def test_cuda_module_swap_keeps_state_dict_and_outputs():
     from nerfstudio.field_components.encodings import HashEncoding
 
@@ -83,6 +82,7 @@ def test_cuda_module_swap_keeps_state_dict_and_outputs():
     assert torch.allclose(enc.cpu()(x.cpu()), expected.cpu(), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the kernels')
 def test_kernels_under_triton_interpreter_match_nerfstudio():
     results = interpreted('test_fast_hashgrid', "[compare('cpu', 4, 2 ** 6, 2, 300, 2, 40, seed=1), "
@@ -112,11 +112,12 @@ def _assert_opcheck(results):
         assert set(result.values()) == {'SUCCESS'}, result
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device (the interpreter test covers the CPU)')
+@pytest.mark.cuda(why='the interpreter test covers the CPU')
 def test_custom_ops_pass_opcheck_on_cuda():
     _assert_opcheck(opcheck_results('cuda'))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the ops')
 def test_custom_ops_pass_opcheck_under_triton_interpreter():
     """Schema, autograd registration, fake shapes and AOT tracing of the ops that torch.compile calls opaquely."""
