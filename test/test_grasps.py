@@ -121,3 +121,39 @@ def test_gripper_parameters_are_validated():
         GraspConfig(finger_length=float('nan'))
     with pytest.raises(ValueError, match='grasp.max_per_cluster'):
         GraspConfig(max_per_cluster=0)
+
+
+def hazy_bowl(with_alpha):
+    """Occupancy of a 16 cm bowl (a 1 cm wall of opacity 0.5) filled with a faint haze (0.15), on a table."""
+    size, shape = 0.01, (40, 40, 12)
+    origin = np.array([0.3, -0.2, -0.02])
+    centres = origin + (np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing='ij'), -1) + 0.5) * size
+    radius = np.linalg.norm(centres[..., :2] - np.array([0.5, 0.0]), axis=-1)
+    z = centres[..., 2]
+    alpha = np.zeros(shape, np.float32)
+    alpha[z < 0] = 0.9                                                     # the table
+    inside = (z > 0) & (z < 0.05)
+    alpha[inside & (radius < 0.07)] = 0.15                                  # haze inside the bowl
+    alpha[inside & (radius >= 0.07) & (radius < 0.08)] = 0.5                # the wall
+    grid = alpha >= 0.1
+    return Occupancy(grid, origin, size, alpha if with_alpha else None)
+
+
+def test_a_bowl_filled_with_haze_is_held_by_its_rim_when_the_opacity_is_known():
+    """A briefly trained field fills a container with faint voxels; the wall is twice as opaque.
+
+    With the opacity, the rim is found (the wall: at least half the ray's densest voxel) and the inner finger
+    passes the haze; without it the bowl is a solid 16 cm disc, wider than the 14 cm opening: no grasp, and the
+    reason says which families were tried and why none fits.
+    """
+    bowl = Cluster(centroid=np.array([0.5, 0.0, 0.025]), extent=np.array([0.16, 0.16, 0.05]), rotation=np.eye(3),
+                   relevancy=0.9, max_relevancy=0.95, num_points=500, evidence=10.0, mean=np.zeros(3), top=0.05)
+    config = GraspConfig(max_opening=0.14)
+    planned = GraspPlanner(config, hazy_bowl(True)).plan(bowl, 0)
+    assert planned.grasps and {g.approach for g in planned.grasps} == {'rim'}, planned.reason
+    for grasp in planned.grasps:
+        radial = np.linalg.norm(grasp.pose[:2, 3] - bowl.centroid[:2])
+        assert 0.07 <= radial <= 0.08 and grasp.width <= 0.01 + config.margin + 0.011   # across the 1 cm wall
+        assert 0 < grasp.haze <= 0.5 * 0.5                                  # passes only what is fainter
+    blind = GraspPlanner(config, hazy_bowl(False)).plan(bowl, 0)
+    assert blind.grasps == [] and 'opens 14.0 cm' in blind.reason and 'rim: no wall' in blind.reason

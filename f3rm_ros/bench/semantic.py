@@ -282,14 +282,16 @@ def finger_points(planner, pose: np.ndarray, width: float, samples: int = 5) -> 
 
 
 def grasp_clear(planner, grasp, support_height: float, others: Sequence[Mapping],
-                table_top: Optional[float]) -> bool:
+                table_top: Optional[float], cluster=None) -> bool:
     """Tell whether a grasp is collision-free: the field's occupancy above the support, and the truth.
 
-    Field: no occupied voxel centre above `support_height` inside a finger. Truth: no finger point inside any of
+    Field: no occupied voxel centre above `support_height` inside a finger (but for the faint inside of the
+    grasp's `cluster` that a rim grasp passes through, `GraspPlanner.haze_of`). Truth: no finger point inside any of
     `others`' boxes (`on_object` with no margin: the other objects' true boxes) and, with `table_top`, none
     below it.
     """
-    if planner.collisions(grasp.pose, grasp.width, above=support_height):
+    haze = planner.haze_of(cluster, grasp.haze) if grasp.haze > 0 and cluster is not None else None
+    if planner.collisions(grasp.pose, grasp.width, above=support_height, ignore=haze):
         return False
     points = finger_points(planner, grasp.pose, grasp.width)
     if table_top is not None and points[:, 2].min() < table_top - 1e-6:
@@ -328,8 +330,8 @@ def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
             mine = [g for g in result.grasps if g.cluster_index == 0]
             support = planner.support(best)
             others = [o for name, o in objects.items() if name != query]
-            grasping = dict(grasps=len(mine), grasped=any(grasp_clear(planner, g, support.height, others, table_top)
-                                                          for g in mine),
+            grasping = dict(grasps=len(mine), grasped=any(grasp_clear(planner, g, support.height, others, table_top,
+                                                                      best) for g in mine),
                             grasp=(f'{mine[0].approach} {mine[0].width * 100:.1f} cm' if mine
                                    else (result.grasp_reasons[0] if result.grasp_reasons else 'no grasp')))
         scores.append(QueryScore(error_m=error, error_xy_m=error_xy,
@@ -461,8 +463,10 @@ def load_voxel_querier(path: Path, config):
     v = querier.voxels
     shape = tuple(int(s) for s in arrays['occupancy_shape'])
     grid = np.unpackbits(arrays['occupancy'], count=int(np.prod(shape))).astype(bool).reshape(shape)
-    v.occupancy = Occupancy(grid, arrays['origin'], config.query.voxel_size)
     v.points, v.alpha, v.rgb, v.coords = arrays['points'], arrays['alpha'], arrays['rgb'], arrays['coords']
+    opacity = np.zeros(shape, np.float32)          # the saved voxels are every occupied one: their opacity
+    opacity[tuple(v.coords.T)] = v.alpha
+    v.occupancy = Occupancy(grid, arrays['origin'], config.query.voxel_size, opacity)
     v.features = torch.from_numpy(arrays['features'])
     v.device_coords = torch.from_numpy(v.coords)
     run = SceneRun(**meta['run'])

@@ -18,8 +18,9 @@ Candidate families per cluster (`GraspConfig`; closing axes always horizontal):
 - ``tilted``: the same grasps with the approach leaning `TILT_DEG` towards either side of the closing axis
   (reaches past a neighbour that blocks a finger's palm end).
 - ``side``: for objects at least ``side_min_height`` tall, horizontal approaches from `SIDE_DIRECTIONS`
-  directions, the fingertips ``grasp_depth`` past the near face (its nearest voxel; at most to the centre), the
-  fingers at the object's mid-height and at least ``clearance`` above the support (they travel along it).
+  directions, the fingertips on the object's vertical centre line (where its near face, its nearest voxel, is
+  within ``finger_length``), the fingers at the object's mid-height and at least ``clearance`` above the support
+  (they travel along it).
 - ``rim``: where a horizontal ray from the centre just below the object's top crosses an occupied wall at most
   ``rim_max_wall`` thick with free space inside it (a bowl, a cup, a box without a lid): approach from above,
   one finger inside, one outside, closing across the wall; the opening starts at the wall's thickness plus
@@ -63,14 +64,17 @@ TILT_DEG = 30.0
 SIDE_DIRECTIONS = 8
 RIM_DIRECTIONS = 8
 # How far below the rim the fingertips go (m, at most grasp_depth): a bowl's wall curves inwards below its rim,
-# so shallower grasps remain where a deep inner finger would hit it.
-RIM_DEPTHS = (0.03, 0.02, 0.012)
+# so shallower grasps remain where a deep inner finger would hit it (down to a pinch of the lip).
+RIM_DEPTHS = (0.03, 0.02, 0.012, 0.008)
 # The support a fingertip stops above: the upper quartile of the surfaces around the object (`support_under`'s
 # quantile), not their median. A briefly trained field's table top is fuzzy, a sparse layer of faint voxels one voxel
 # above the solid one; with the median the fingertips of a thin object's grasps went into that layer. bench semantic
 # (cpu-tiny, 500 steps, seeds 11-13 and 31-35, saved fields re-scored): 36 of 40 objects grasped with the median,
 # 38 with the upper quartile (the two bowls remain: their inside is filled with faint voxels too, no wall shows).
 SUPPORT_QUANTILE = 0.75
+# A rim's wall is what is at least this share as opaque as the densest voxel on its ray; fainter voxels of the
+# object (a container's hazy inside) do not block its fingers. Needs the occupancy's opacity (`Occupancy.alpha`).
+RIM_HAZE = 0.5
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Candidate:
     width: float
     preference: float
     group: Optional[tuple] = None       # of candidates sharing a group only the best is kept (a rim's depths)
+    haze: float = 0.0                   # the object's voxels fainter than this (opacity) are passed through
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Grasp:
     score: float
     cluster_index: int
     approach: str
+    haze: float = 0.0      # the object's voxels fainter than this were passed through (a rim grasp in a container)
 
     def as_dict(self) -> dict:
         """Plain JSON-able summary."""
@@ -110,11 +116,26 @@ class Occupancy:
     """Solid occupied voxels of the field.
 
     `grid` is bool [Nx, Ny, Nz]; voxel (i, j, k) is centred at ``origin + ((i, j, k) + 0.5) * voxel_size``.
+    `alpha` (float, the same shape, optional) is each voxel's opacity, where the field's evaluation kept it.
     """
 
     grid: np.ndarray
     origin: np.ndarray
     voxel_size: float
+    alpha: Optional[np.ndarray] = None
+
+    def alpha_at(self, points: np.ndarray) -> np.ndarray:
+        """Return the opacity [N] of the voxel holding each point [N, 3].
+
+        0 outside the grid or where unoccupied; without `alpha`, 1 where occupied.
+        """
+        cells = np.floor((np.asarray(points, dtype=np.float64) - self.origin) / self.voxel_size).astype(int)
+        inside = np.all((cells >= 0) & (cells < np.array(self.grid.shape)), axis=1)
+        out = np.zeros(len(cells))
+        index = tuple(cells[inside].T)
+        occupied = self.grid[index]
+        out[inside] = np.where(occupied, 1.0 if self.alpha is None else self.alpha[index], 0.0)
+        return out
 
     def centres_around(self, world_lo: np.ndarray, world_hi: np.ndarray) -> np.ndarray:
         """Occupied voxel centres [K, 3] (base_frame) of the grid block around the axis-aligned [world_lo, world_hi].
@@ -147,15 +168,20 @@ class Occupancy:
         world = box_corners(lo, hi) @ pose[:3, :3].T + pose[:3, 3]
         return (self.centres_around(world.min(axis=0), world.max(axis=0)) - pose[:3, 3]) @ pose[:3, :3]
 
-    def centres_in_box(self, pose: np.ndarray, lo: np.ndarray, hi: np.ndarray, above: Optional[float] = None) -> int:
+    def centres_in_box(self, pose: np.ndarray, lo: np.ndarray, hi: np.ndarray, above: Optional[float] = None,
+                       ignore: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> int:
         """Count occupied voxel centres inside the box [lo, hi] given in the frame `pose` (4 x 4 in base_frame).
 
-        `above`: count only centres higher than this base z (those at or below it are the support).
+        `above`: count only centres higher than this base z (those at or below it are the support); `ignore`
+        (base_frame centres [K, 3] -> bool [K]): centres that do not count.
         """
         local = self.centres_near(pose, lo, hi)
         inside = np.all((local >= lo - 1e-9) & (local <= hi + 1e-9), axis=1)
+        world = local @ pose[:3, :3].T + pose[:3, 3]
         if above is not None:
-            inside &= local @ pose[2, :3] + pose[2, 3] > above
+            inside &= world[:, 2] > above
+        if ignore is not None and len(world):
+            inside &= ~ignore(world)
         return int(np.sum(inside))
 
 
@@ -194,11 +220,15 @@ class GraspPlanner:
                           np.array([g.finger_width / 2, max(inner, outer), 0.0])))
         return boxes
 
-    def collisions(self, pose: np.ndarray, opening: float, above: Optional[float] = None) -> int:
-        """Occupied voxel centres inside either finger (0 without an occupancy); `above`: only those higher."""
+    def collisions(self, pose: np.ndarray, opening: float, above: Optional[float] = None,
+                   ignore: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> int:
+        """Count occupied voxel centres inside either finger (0 without an occupancy).
+
+        `above`: only those higher; `ignore`: centres that do not count (`haze_of`).
+        """
         if self.occupancy is None:
             return 0
-        return sum(self.occupancy.centres_in_box(pose, lo, hi, above) for lo, hi in self.finger_boxes(opening))
+        return sum(self.occupancy.centres_in_box(pose, lo, hi, above, ignore) for lo, hi in self.finger_boxes(opening))
 
     def first_free_opening(self, pose: np.ndarray, openings: np.ndarray,
                            above: Optional[float] = None) -> Optional[float]:
@@ -207,13 +237,15 @@ class GraspPlanner:
 
     def first_free_openings(self, poses: Sequence[np.ndarray], openings: Sequence[np.ndarray],
                             above: Optional[float] = None, inflate: float = 0.0,
-                            foreign: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Optional[float]]:
+                            foreign: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                            ignore: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> List[Optional[float]]:
         """For each pose, the first of its `openings` (ascending) at which `collisions` (with `above`) is 0, or None.
 
         `inflate` grows both fingers by that much on every side first (the planner passes half a voxel: an
         occupied voxel is a cube, not its centre). `foreign(centres [K, 3]) -> bool [K]` marks voxels that are not
         the object's: such a voxel between the fingers blocks the opening too (the fingers would close on a
-        neighbour beside the object, not only on the object).
+        neighbour beside the object, not only on the object). `ignore(centres) -> bool [K]` marks voxels that do
+        not count at all (a container's faint inside, for a rim grasp).
 
         All at once: the occupied centres around every pose's fingers at its widest opening are gathered once,
         moved into each gripper frame, and every opening tests them against its finger boxes (``|x| <= width / 2``,
@@ -231,6 +263,8 @@ class GraspPlanner:
         centres = self.occupancy.centres_around(corners.min(axis=0), corners.max(axis=0))
         if above is not None:
             centres = centres[centres[:, 2] > above]
+        if ignore is not None and len(centres):
+            centres = centres[~ignore(centres)]
         if len(centres) == 0:
             return [float(o[0]) if len(o) else None for o in openings]
         local = np.stack([(centres - pose[:3, 3]) @ pose[:3, :3] for pose in poses])             # [T, K, 3]
@@ -267,9 +301,15 @@ class GraspPlanner:
                 continue
             tries.append((candidate, np.arange(needed, widest + 1e-9, step)))
         # an occupied voxel is a cube: fingers grown by half a voxel keep out of its faces, not only its centre
-        free = self.first_free_openings([c.pose for c, _ in tries], [o for _, o in tries], above=support.height,
-                                        inflate=step / 2 if self.occupancy is not None else 0.0,
-                                        foreign=self.foreign_to(cluster, support))
+        foreign, free = self.foreign_to(cluster, support), [None] * len(tries)
+        for haze in sorted({c.haze for c, _ in tries}):
+            chosen = [i for i, (c, _) in enumerate(tries) if c.haze == haze]
+            ignore = None if haze <= 0 else self.haze_of(cluster, haze)
+            found = self.first_free_openings([tries[i][0].pose for i in chosen], [tries[i][1] for i in chosen],
+                                             above=support.height, inflate=step / 2 if self.occupancy is not None
+                                             else 0.0, foreign=foreign, ignore=ignore)
+            for i, opening in zip(chosen, found):
+                free[i] = opening
         candidates, groups = [], {}
         for (candidate, _), opening in zip(tries, free):
             if opening is None:
@@ -277,7 +317,7 @@ class GraspPlanner:
                 continue
             score = (APPROACH_PREFERENCE[candidate.family] * (1 - opening / (2 * g.max_opening))
                      * candidate.preference * cluster.relevancy)
-            grasp = Grasp(candidate.pose, float(opening), float(score), cluster_index, candidate.family)
+            grasp = Grasp(candidate.pose, float(opening), float(score), cluster_index, candidate.family, candidate.haze)
             if candidate.group is None:
                 candidates.append(grasp)
             elif candidate.group not in groups or groups[candidate.group].score < grasp.score:
@@ -302,8 +342,12 @@ class GraspPlanner:
         for family in FAMILIES:
             s = stats[family]
             if family == SIDE and s['tried'] == 0:
-                parts.append(f'side: the object is {100 * float(cluster.extent[2]):.1f} cm tall, under '
-                             f'grasp.side_min_height {100 * g.side_min_height:.1f} cm')
+                if float(cluster.extent[2]) < g.side_min_height:
+                    parts.append(f'side: the object is {100 * float(cluster.extent[2]):.1f} cm tall, under '
+                                 f'grasp.side_min_height {100 * g.side_min_height:.1f} cm')
+                else:
+                    parts.append('side: from every direction the object reaches further than grasp.finger_length '
+                                 'from its near face to its centre')
                 continue
             if family == RIM and s['tried'] == 0:
                 parts.append(f'rim: no wall up to grasp.rim_max_wall {100 * g.rim_max_wall:.1f} cm thick with room '
@@ -359,9 +403,11 @@ class GraspPlanner:
                 # the near face: the object's farthest voxel towards the gripper (the box's, without voxels)
                 near = (float(np.max((cluster.centroid - centres) @ direction)) + size / 2 if len(centres)
                         else _box_width(cluster, direction) / 2)
-                reach = min(g.grasp_depth - near, 0.0)        # fingertips `grasp_depth` past the near face
-                point = cluster.centroid + direction * reach
-                pose = gripper_pose(direction, closing, np.array([*point[:2], z]))
+                if near > g.finger_length:
+                    continue      # the palm would reach the object before the fingertips its centre line
+                # fingertips on the centre line: across a round object's widest chord (short of it, closing
+                # fingers push the object out of the hand)
+                pose = gripper_pose(direction, closing, np.array([*cluster.centroid[:2], z]))
                 out.append(Candidate(SIDE, self.lifted(pose, support.height + max(g.clearance, g.support_clearance)),
                                      _box_width(cluster, closing), 1.0))
         out += self._rim_candidates(cluster, floor)
@@ -382,9 +428,14 @@ class GraspPlanner:
             angle = 2 * np.pi * k / RIM_DIRECTIONS
             direction = np.cos(angle) * cluster.rotation[:, 0] + np.sin(angle) * cluster.rotation[:, 1]
             points = cluster.centroid[None, :2] + radii[:, None] * direction[None, :2]
-            solid = self.occupancy.occupied(np.column_stack([points, np.full(len(points), z)]))
-            if not solid.any():
+            opacity = self.occupancy.alpha_at(np.column_stack([points, np.full(len(points), z)]))
+            if not opacity.any():
                 continue
+            # the wall is the outermost run at least half as opaque as the ray's densest voxel: a briefly trained
+            # field fills a container's inside with a faint haze (opacity 0.1-0.2 against 0.35-0.6 in the wall of
+            # the cpu-tiny bowls), which a finger passes through
+            haze = RIM_HAZE * float(opacity.max()) if self.occupancy.alpha is not None else 0.0
+            solid = opacity > haze
             outer = int(np.flatnonzero(solid)[-1])
             inner = outer
             while inner > 0 and solid[inner - 1]:
@@ -402,8 +453,16 @@ class GraspPlanner:
                 point = np.array([*(cluster.centroid[:2] + middle * direction[:2]), tip])
                 pose = self.lifted(gripper_pose(np.array([0.0, 0.0, -1.0]), _canonical(direction), point), floor)
                 # deeper holds more of the wall; each direction keeps its deepest free depth
-                out.append(Candidate(RIM, pose, float(thickness), 1.0 - 0.05 * rank, group=(RIM, k)))
+                out.append(Candidate(RIM, pose, float(thickness), 1.0 - 0.05 * rank, group=(RIM, k), haze=haze))
         return out
+
+    def haze_of(self, cluster: Cluster, haze: float) -> Callable[[np.ndarray], np.ndarray]:
+        """Return `ignore` for `first_free_openings`: the object's voxels (inside its box) fainter than `haze`."""
+        size = self.occupancy.voxel_size
+
+        def ignore(centres: np.ndarray) -> np.ndarray:
+            return cluster.contains(centres, size) & (self.occupancy.alpha_at(centres) < haze)
+        return ignore
 
     def foreign_to(self, cluster: Cluster, support: Support) -> Optional[Callable[[np.ndarray], np.ndarray]]:
         """Return `foreign` for `first_free_openings`: voxels not connected to the cluster above the support.

@@ -432,7 +432,8 @@ class VoxelField:
         mark = time.perf_counter()
         occupied = (alpha >= self.config.alpha_threshold).reshape(self.grid_shape)
         self.drop_specks(occupied)
-        self.occupancy = Occupancy(occupied.copy(), self.region.min_xyz.copy(), self.config.voxel_size)
+        self.occupancy = Occupancy(occupied.copy(), self.region.min_xyz.copy(), self.config.voxel_size,
+                                   alpha.reshape(self.grid_shape).astype(np.float32))   # rim grasps read opacity
         if self.surface_only:
             occupied &= ~interior(occupied)                            # all six neighbours occupied
         index = np.flatnonzero(occupied.ravel())
