@@ -18,6 +18,14 @@ the node's default) and then packs the heatmap as the query node's PointCloud2 d
 Queries cycle through the layout's objects (each answered 'found'); medians of ``--queries`` of each kind.
 ``--clip-text MODEL`` also times an open_clip text tower (random weights: the cost is the same) on a phrase
 never asked before: what a CLIP-distilled field adds to the first query of a phrase.
+
+``--node`` measures what a planner's client waits for instead: the query node (ROS, in this process, three
+callback threads as ``query_node`` runs) answers ``~/locate`` from the field saved as a checkpoint, pictures on
+as it ships (``similarity_image: true``), and one client calls the service back to back, ``--queries`` times. Per
+call: the client's wait (request sent -> response decoded) and the node's own ``total`` from the answer's timings
+(the core's query and the messages). The line ``RESULT node ...`` gives both, median and worst, and the
+difference (the client's wait beyond the answer's making: DDS, executor, and anything else holding the answer
+back, such as a picture), and how many pictures were drawn or dropped for a newer question.
 """
 from __future__ import annotations
 
@@ -59,6 +67,9 @@ def register(sub) -> None:
     p.add_argument('--clip-text', metavar='MODEL', help='also time this open_clip text tower on new phrases '
                    '(random weights), e.g. ViT-L-14-336-quickgelu')
     p.add_argument('--device', default='auto', help='cpu | cuda | auto (default: auto)')
+    p.add_argument('--node', action='store_true', help="time the query node's service as a client waits for it "
+                   '(ROS in this process, pictures on) instead of the core')
+    p.add_argument('--no-pictures', action='store_true', help='with --node: similarity_image false')
     p.add_argument('--json', help='also write the timings to this JSON file')
     p.set_defaults(func=run)
 
@@ -148,11 +159,93 @@ def median_ms(rows: Sequence[Dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows) * 1000
 
 
+def node_times(checkpoint: Path, phrases: Sequence[str], count: int, pictures: bool, device: str,
+               warmup: int = 3) -> Dict:
+    """Call a query node's ``~/locate`` back to back: per call the client's wait and the answer's 'total' (s).
+
+    The node answers from `checkpoint` with ``similarity_image`` = `pictures`; `warmup` calls (the checkpoint's
+    load, the first cold evaluation) are made first and not counted.
+    """
+    import threading
+
+    from f3rm_ros_interfaces.srv import Query
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from ..harness.testing import RosProbe
+    from ..ros.query_node import QueryNode
+    probe = RosProbe(name='bench_query_client')
+    node = QueryNode(context=probe.context, parameter_overrides=[
+        Parameter('checkpoint', value=str(checkpoint)), Parameter('similarity_image', value=pictures),
+        Parameter('device', value=device), Parameter('allow_random_teacher', value=True)])
+    executor = MultiThreadedExecutor(num_threads=3, context=probe.context)   # as query_node's main
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    client = probe.node.create_client(Query, '/query/locate')
+    rows = []
+    try:
+        if not client.wait_for_service(timeout_sec=30):
+            raise SystemExit('the query node did not offer ~/locate within 30 s')
+        for index in range(warmup + count):
+            done = threading.Event()
+            started = time.perf_counter()
+            future = client.call_async(Query.Request(positives=[phrases[index % len(phrases)]]))
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(120):
+                raise SystemExit('the query node did not answer within 120 s')
+            waited = time.perf_counter() - started
+            answer = future.result().answer
+            total = next(t.seconds for t in answer.timings if t.stage == 'total')
+            if index >= warmup:
+                rows.append({'client_s': waited, 'node_total_s': total, 'status': int(answer.status)})
+        if pictures:   # the last answer's picture is drawn once the questions stop
+            RosProbe.wait_until(lambda: not node.pictures_pending, 300, 'the last picture')
+        drawn, dropped = node.pictures_drawn, node.pictures_dropped
+    finally:
+        probe.node.destroy_client(client)
+        executor.shutdown()
+        node.destroy_node()
+        probe.close()
+    return {'rows': rows, 'pictures_drawn': drawn, 'pictures_dropped': dropped}
+
+
+def run_node(args, checkpoint: Path, phrases: Sequence[str], source: str) -> int:
+    """``--node``: print the client's wait against the node's own time, median and worst, and the RESULT line."""
+    pictures = not args.no_pictures
+    result = node_times(checkpoint, phrases, args.queries, pictures, args.device)
+    rows = result['rows']
+    client = [r['client_s'] * 1000 for r in rows]
+    core = [r['node_total_s'] * 1000 for r in rows]
+    extra = [c - n for c, n in zip(client, core)]
+    print(f'[bench] query --node: {device_name()}; {source}; {len(rows)} service calls back to back, '
+          f'pictures {"on" if pictures else "off"}; queries {", ".join(phrases)}')
+    table = [['', 'median (ms)', 'worst (ms)'],
+             ['client waits', f'{statistics.median(client):.2f}', f'{max(client):.2f}'],
+             ["node's answer total", f'{statistics.median(core):.2f}', f'{max(core):.2f}'],
+             ['client - node', f'{statistics.median(extra):.2f}', f'{max(extra):.2f}']]
+    print(format_table(table))
+    print(f'pictures drawn {result["pictures_drawn"]}, dropped for a newer question {result["pictures_dropped"]}; '
+          f'answers found {sum(r["status"] == 0 for r in rows)} of {len(rows)}')
+    print(f'RESULT node client_ms={statistics.median(client):.2f} client_worst_ms={max(client):.2f} '
+          f'core_ms={statistics.median(core):.2f} core_worst_ms={max(core):.2f} '
+          f'extra_ms={statistics.median(extra):.2f} extra_worst_ms={max(extra):.2f} pictures={int(pictures)} '
+          f'drawn={result["pictures_drawn"]} dropped={result["pictures_dropped"]} calls={len(rows)}')
+    write_json(args.json, {'device': device_name(), 'source': source, 'pictures': pictures, **result})
+    return 0
+
+
 def run(args) -> int:
     """Time cold and warm queries; print medians per stage and the RESULT line."""
     import torch
 
     from ..core.query.answer import FieldQuerier
+    if args.node:
+        model, teacher, config, phrases, source = _trained_field(args)
+        checkpoint = args.checkpoint or args.save_checkpoint
+        if checkpoint is None:
+            raise SystemExit('--node needs --checkpoint, or --save-checkpoint for the field trained here')
+        return run_node(args, checkpoint, phrases, source)
     model, teacher, config, phrases, source = _trained_field(args)
     querier = FieldQuerier(model, teacher, config, surface_only=not args.solid)
     for _ in range(3):   # warm-up: kernels, allocator, every phrase's embedding

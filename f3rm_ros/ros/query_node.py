@@ -20,10 +20,11 @@ RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's respo
 ``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, in the clusters' order; empty unless found); the
 status on ``/diagnostics``.
 Pictures never delay an answer: ``~/similarity_image`` (Image of a rendered overview) is drawn after the answer
-went out, by a worker of its own from a snapshot of the answer (`core.query.picture`), and dropped when a newer
-question arrives before it is done. Every answer carries the maturity of its model (``QueryAnswer.maturity``:
-step, keyframes, the last keyframe's age, checkpoint, ``settled``), learnt from the trainer's ``~/maturity``
-(remap ``maturity`` to it, as the launch files do) and from the checkpoint loaded. The field work is
+went out, by a worker of its own from a snapshot of the answer (`core.query.picture`), once questions pause for
+`PICTURE_QUIET_S`, and dropped when a newer question arrives before it is done. Every answer carries the
+maturity of its model (``QueryAnswer.maturity``: step, keyframes, the last keyframe's age, checkpoint,
+``settled``), learnt from the trainer's ``~/maturity`` (remap ``maturity`` to it, as the launch files do) and from
+the checkpoint loaded. The field work is
 `f3rm_ros.core.query.answer.FieldQuerier`; the messages are made in `answers`. Teaching and asking by
 demonstration (``~/record_demo``, ``~/list_tasks``, ``~/forget_demo``, the action ``~/manipulate``) are
 `manipulation.ManipulationServer`'s, on this node's model.
@@ -89,6 +90,10 @@ RUNTIME_SECTIONS = ('query', 'grasp', 'manipulation')
 PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s)
 STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
 LOG_TEXT_CHARS = 120      # a question's text in the log is cut to this many characters (the answer keeps it whole)
+# A picture starts once no question arrived for this long (s): on a CPU its render competes with the next answer for
+# the cores (160x120 took 1.7-2 s on 2 idle cores, issue 26), so a client asking back to back never waits for one.
+PICTURE_QUIET_S = 0.5
+PICTURE_BAND_ROWS = 8     # rows per band: a newer question waits for at most one band of a picture already started
 
 
 class NoModel(RuntimeError):
@@ -127,7 +132,9 @@ class QueryNode(Node):
         self._pictures = threading.Condition()
         self._picture = None                      # the newest answer's `PictureJob`, waiting to be drawn
         self._newest_id = 0                       # the newest question's id: an older answer's picture is dropped
+        self._asked_at = time.monotonic()         # when the newest question arrived (pictures wait for quiet)
         self.pictures_drawn = self.pictures_dropped = 0
+        self._painting = False
         self._source_info: dict = {}              # step, keyframes, path, mtime, budget of a loaded checkpoint
         self._trainer_maturity: Optional[tuple] = None   # (ModelMaturity from the trainer, monotonic time heard)
         self.answered = 0
@@ -167,6 +174,7 @@ class QueryNode(Node):
     def _next_id(self) -> int:
         with self._id_lock:
             self._newest_id = next(self._ids)   # a picture still being drawn for an older answer steps aside
+            self._asked_at = time.monotonic()
             return self._newest_id
 
     def on_query(self, msg: String) -> None:
@@ -385,6 +393,8 @@ class QueryNode(Node):
         if picture is not None:   # drawn after the answer went out, by the picture worker
             picture.stamp = header.stamp
             with self._pictures:
+                if self._picture is not None:
+                    self.pictures_dropped += 1       # replaced before it was started
                 self._picture = picture
                 self._pictures.notify()
         return answer
@@ -493,7 +503,11 @@ class QueryNode(Node):
                                      f'{error}', level='error')
 
     def _paint(self) -> None:
-        """Draw the newest answer's overview (the picture worker's loop), never holding the query lock."""
+        """Draw the newest answer's overview (the picture worker's loop), never holding the query lock.
+
+        A picture starts once no question arrived for `PICTURE_QUIET_S` and stops between bands of
+        `PICTURE_BAND_ROWS` rows when a newer question arrives (dropped: the newer answer's picture follows).
+        """
         from ..core.query.picture import PictureCancelled, draw_overview, picture_pixels
         while True:
             with self._pictures:
@@ -501,9 +515,15 @@ class QueryNode(Node):
                     self._pictures.wait()
                 if self._stop:
                     return
+                quiet = time.monotonic() - self._asked_at
+                if quiet < PICTURE_QUIET_S:          # questions are still coming: wait (a newer answer replaces it)
+                    self._pictures.wait(PICTURE_QUIET_S - quiet)
+                    continue
                 job, self._picture = self._picture, None
+                self._painting = True
             try:
-                picture = draw_overview(job, lambda: self._stop or self._newest_id != job.generation)
+                picture = draw_overview(job, lambda: self._stop or self._newest_id != job.generation,
+                                        PICTURE_BAND_ROWS)
                 self.pub_image.publish(conv.rgb_to_image(picture_pixels(picture), job.stamp,
                                                          'f3rm_overview_optical_frame'))
                 self.pictures_drawn += 1
@@ -513,12 +533,19 @@ class QueryNode(Node):
                 if self._stop:  # shutting down: the publisher is gone, nobody is waiting for the picture
                     return
                 self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
+            finally:
+                self._painting = False
+
+    @property
+    def pictures_pending(self) -> bool:
+        """Tell whether an answer's picture waits or is being drawn."""
+        return self._picture is not None or self._painting
 
     def _health(self):
         """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""
         source = self._source
         values = {'answered': self.answered, 'busy': self._query_lock.locked(),
-                  'waiting': int(self._request is not None), 'pictures_waiting': int(self._picture is not None),
+                  'waiting': int(self._request is not None), 'pictures_waiting': int(self.pictures_pending),
                   'pictures_drawn': self.pictures_drawn, 'pictures_dropped': self.pictures_dropped,
                   'model': 'live' if self.live is not None and not self.params['checkpoint'] else
                   (self.params['checkpoint'] or self.latest_path or 'none'),
