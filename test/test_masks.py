@@ -68,6 +68,7 @@ def scene():
     return scenes.make_scene(seed=0, object_names=['mug', 'box'], num_views=24, width=W, height=H)
 
 
+@pytest.mark.slow
 def test_the_gripper_is_distilled_without_the_mask_and_not_with_it(scene):
     masked = train([with_gripper(f, True) for f in scene.frames], scene)
     unmasked = train([with_gripper(f, False) for f in scene.frames], scene)

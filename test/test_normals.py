@@ -44,6 +44,7 @@ def trained():
     return scene, teacher, trainer, losses
 
 
+@pytest.mark.slow
 def test_normals_train_and_render(trained, tmp_path):
     """Orientation and predicted-normal losses are trained; pictures of both normals are rendered in [0, 1]."""
     scene, _, trainer, losses = trained
@@ -58,6 +59,7 @@ def test_normals_train_and_render(trained, tmp_path):
     assert paths['normals'].endswith('heldout_normals.png') and (tmp_path / 'heldout_normals.png').is_file()
 
 
+@pytest.mark.slow
 def test_heatmap_cloud_carries_unit_normals_pointing_up_on_the_table(trained):
     """The query's heatmap has a unit normal per point; on the table top most point up; the answer's cloud has them."""
     scene, teacher, trainer, _ = trained

@@ -96,6 +96,7 @@ def test_swap_class_keeps_parameters_and_the_cpu_result():
         patches.swap_class(torch.nn.Linear(2, 2), FastHashEncoding)
 
 
+@pytest.mark.slow
 def test_proposal_schedule_predicts_and_steers_nerfstudios_updates():
     """Say before each step (proposal_update_due) whether nerfstudio's sampler will update; forcing and marking work."""
     model = _model()

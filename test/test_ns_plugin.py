@@ -64,6 +64,7 @@ def trained(tmp_path_factory):
 
 
 @needs_ns_train
+@pytest.mark.slow
 def test_ns_train_f3rm_ros_writes_a_checkpoint_the_f3rm_ros_tools_load(trained, tmp_path, capsys):
     run_dir, exported, data = trained['run_dir'], trained['exported'], trained['data']
     # the dataset's frame mapped into the field's unit box by its workspace entry, as f3rm-ros train does
@@ -95,6 +96,7 @@ def test_ns_train_f3rm_ros_writes_a_checkpoint_the_f3rm_ros_tools_load(trained, 
 
 
 @needs_ns_train
+@pytest.mark.slow
 def test_a_query_on_the_ns_train_checkpoint_lands_on_the_right_object(trained, tmp_path, capsys):
     """Read what `f3rm-ros query` answers (clusters.json) for each object of the table and for one not on it.
 

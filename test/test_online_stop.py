@@ -2,10 +2,12 @@
 
 A node under ``ros2 launch`` has 5 s between SIGINT and SIGTERM. Here the teacher takes 1.5 s per chunk of
 frames (a CPU CLIP would take longer), twelve new keyframes make three chunks, and `stop` comes in the middle
-of the first: it must return within about one chunk, the thread must have ended, and the checkpoint on disk
-must hold the last trained step.
+of the first: the thread must end after that chunk without starting the next, and the checkpoint on disk must
+hold the last trained step. (How long a stop takes is measured where numbers belong: `f3rm-ros bench faults`.)
 """
 import time
+
+import pytest
 
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings
@@ -23,6 +25,7 @@ def wait(predicate, timeout, what):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_stop_during_teacher_extraction_returns_within_a_chunk_and_saves(tmp_path, monkeypatch):
     scene = make_scene(seed=3, object_names=['mug', 'box'], num_views=16, width=48, height=36)
     config = make_config('cpu-tiny', overrides={'trainer': {'steps': 1000, 'checkpoint_every': 0, 'eval_every': 0,
@@ -30,10 +33,11 @@ def test_stop_during_teacher_extraction_returns_within_a_chunk_and_saves(tmp_pat
     session = OnlineSession(config, SessionSettings(min_frames=4, checkpoint_dir=str(tmp_path / 'ckpt'),
                                                     teacher_choice='labels'), labels=scene.labels)
     original = LabelsTeacher.extract
-    slow = {'on': False}
+    slow = {'on': False, 'chunks': 0}
 
     def extract(self, frames):
         if slow['on']:
+            slow['chunks'] += 1
             time.sleep(CHUNK_S)
         return original(self, frames)
     monkeypatch.setattr(LabelsTeacher, 'extract', extract)
@@ -52,9 +56,7 @@ def test_stop_during_teacher_extraction_returns_within_a_chunk_and_saves(tmp_pat
         took = time.monotonic() - started
     finally:
         session.stop(timeout=10.0)
-    # within the interrupted chunk plus the save; all three chunks would be >= 4.3 s (a loaded CI machine
-    # measured 2.7 s, an idle one ~1.5 s)
-    assert ended and took < 2 * CHUNK_S, took
+    assert ended and slow['chunks'] == 1, slow  # the interrupted chunk ended the extraction
     assert session.trainer.num_frames == 4  # the interrupted chunk was not taken (a later sync would take it)
     model, _, state = load_model(session.checkpoint_path, device='cpu')
     assert state['step'] == session.step >= 3

@@ -374,6 +374,7 @@ def trained(tmp_path_factory):
             'results': results, 'checkpoint': checkpoint}
 
 
+@pytest.mark.slow
 def test_each_query_lands_on_its_object(trained):
     """Land the top cluster of 'mug' and of 'box' on that object (< 3 cm in x, y), not on the other one.
 
@@ -399,6 +400,7 @@ def test_each_query_lands_on_its_object(trained):
     assert np.linalg.norm(centres['mug'][:2] - centres['box'][:2]) > 0.05
 
 
+@pytest.mark.slow
 def test_heatmap_has_no_points_in_empty_space(trained):
     """Keep no voxel in empty space: each is on the table or near an object's box, none above the tallest.
 
@@ -423,6 +425,7 @@ def test_heatmap_has_no_points_in_empty_space(trained):
     assert points[:, 2].max() <= tallest + 3 * voxel
 
 
+@pytest.mark.slow
 def test_pictures_and_cli(trained, tmp_path, capsys):
     """similarity_view and the PCA picture from the trainer; `f3rm-ros query` on the saved checkpoint."""
     from f3rm_ros.cli import main

@@ -98,6 +98,7 @@ def test_paths_along_inside_and_outside_the_capture_trajectory():
         along_training(poses, K, 32, 24, 'inside', 0.5)
 
 
+@pytest.mark.slow
 def test_render_orbit_writes_pictures_video_and_novelty(trained, capsys):
     root, scene, data, checkpoint, _ = trained
     out = root / 'orbit'
@@ -120,6 +121,7 @@ def test_render_orbit_writes_pictures_video_and_novelty(trained, capsys):
     assert f'video: {video}' in printed and 'novelty:' in printed
 
 
+@pytest.mark.slow
 def test_render_a_nerfstudio_camera_path_and_the_training_path(trained):
     root, scene, data, checkpoint, _ = trained
     c2w = optical_to_opengl(scene.frames[0].T_base_optical)
@@ -158,6 +160,7 @@ def test_a_malformed_camera_path_is_refused_with_the_reason(tmp_path, content, m
         read_camera_path(path)
 
 
+@pytest.mark.slow
 def test_bad_render_requests_are_refused_and_write_nothing(trained, capsys):
     root, _, data, checkpoint, _ = trained
     out = root / 'bad'
@@ -180,6 +183,7 @@ def test_bad_render_requests_are_refused_and_write_nothing(trained, capsys):
         check_centre([0.5, 0.0, 2.0], WorkspaceBox(np.array([0.2, -0.3, -0.02]), np.array([0.8, 0.3, 0.3])))
 
 
+@pytest.mark.slow
 def test_the_crop_box_removes_everything_outside_it(trained):
     _, scene, _, _, trainer = trained
     frame = scene.frames[0]

@@ -28,6 +28,7 @@ def trainer():
     return trainer
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_the_picture(trainer):
     """A view rendered 50 rays at a time equals the same view in one chunk; features arrive on the host."""
     frame = trainer.frames[trainer.eval_indices[0]]
@@ -44,6 +45,7 @@ def test_chunk_size_does_not_change_the_picture(trainer):
     assert trainer.model.training and trainer.model.render_features        # left as it was
 
 
+@pytest.mark.slow
 def test_trainer_render_returns_what_it_always_did(trainer):
     """trainer.render: rgb, depth in metres, accumulation, feature as numpy, at the asked size."""
     frame = trainer.frames[0]
@@ -53,6 +55,7 @@ def test_trainer_render_returns_what_it_always_did(trainer):
     assert out['feature'].dtype == np.float32 and out['feature'].shape == (24, 32, trainer.teacher.dim)
 
 
+@pytest.mark.slow
 def test_aligned_held_out_poses_follow_the_refined_training_cameras(trainer):
     """Every training camera refined by the same shift: a held-out view is scored from its pose plus that shift."""
     adjustment = trainer.model.camera_optimizer.pose_adjustment

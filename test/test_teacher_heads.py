@@ -106,6 +106,7 @@ def three_heads(tmp_path_factory):
     return scene, root, teacher, reason, trainer, losses
 
 
+@pytest.mark.slow
 def test_three_heads_are_sized_from_the_teachers(three_heads):
     """Labels first (the text head), then DINO and the custom files' width; one feature grid for all."""
     _, _, teacher, reason, trainer, _ = three_heads
@@ -116,6 +117,7 @@ def test_three_heads_are_sized_from_the_teachers(three_heads):
     assert trainer.features.shape[1:] == (9, 12, 16 + 384 + 5)
 
 
+@pytest.mark.slow
 def test_second_heads_distil_while_the_text_head_answers(three_heads):
     """The DINO and custom losses fall; the labels head's query peaks on the named object of a held-out view."""
     scene, _, teacher, _, trainer, losses = three_heads
@@ -140,6 +142,7 @@ def test_second_heads_distil_while_the_text_head_answers(three_heads):
     assert trainer.model.features_at(points, head='dino').shape == (7, 384)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_heads_without_building_dino(three_heads, tmp_path):
     """A query-only load rebuilds the text teacher at once and leaves DINO unbuilt (it is never needed there)."""
     _, _, teacher, _, trainer, _ = three_heads
@@ -158,6 +161,7 @@ def test_checkpoint_restores_heads_without_building_dino(three_heads, tmp_path):
     assert np.isfinite(exported['features']).all() and len(exported['relevancy']) == len(exported['points'])
 
 
+@pytest.mark.slow
 def test_custom_feature_files_are_checked(three_heads, tmp_path):
     """Another channel count, a missing file and a non-float array are refused with the file named."""
     _, root, teacher, _, _, _ = three_heads
@@ -172,6 +176,7 @@ def test_custom_feature_files_are_checked(three_heads, tmp_path):
             custom.extract(frames[:1])
 
 
+@pytest.mark.slow
 def test_ros_parameter_and_status_name_the_heads(three_heads):
     """teacher_choice takes head sets (refusing unknown teachers); the trainer's status lists the heads."""
     from f3rm_ros.core.training.online import OnlineSession, SessionSettings
@@ -189,6 +194,7 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
     assert session._teacher_warning().startswith('RANDOM-WEIGHT teacher (labels+dino+custom)')  # WARN on /diagnostics
 
 
+@pytest.mark.slow
 def test_train_pictures_per_head_and_the_teacher_option(three_heads, tmp_path):
     """`f3rm-ros train` writes a PCA picture per head (DINO's for matching); --teacher takes head sets."""
     from f3rm_ros.cli import build_parser

@@ -31,6 +31,7 @@ def trained():
     return scene, teacher, trainer, before
 
 
+@pytest.mark.slow
 def test_training_raises_heldout_psnr_well_above_untrained(trained):
     scene, _, trainer, before = trained
     after = trainer.evaluate()['psnr']
@@ -39,6 +40,7 @@ def test_training_raises_heldout_psnr_well_above_untrained(trained):
     assert after > before + 5.0
 
 
+@pytest.mark.slow
 def test_rendered_features_agree_with_labels_teacher_on_heldout_view(trained):
     scene, teacher, trainer, _ = trained
     cosines = []
@@ -57,6 +59,7 @@ def test_rendered_features_agree_with_labels_teacher_on_heldout_view(trained):
 
 # The ball spans about one 8-px teacher patch at 96x72, below what a patch teacher can resolve; the query
 # side's tests (test_query.py) localise small objects in 3D instead.
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['mug', 'box'])
 def test_text_query_similarity_is_highest_on_named_object_pixels(trained, name):
     scene, teacher, trainer, _ = trained
@@ -80,6 +83,7 @@ def test_text_query_similarity_is_highest_on_named_object_pixels(trained, name):
     assert near_object[peak]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trips_into_a_run_with_more_frames(trained, tmp_path):
     scene, teacher, trainer, _ = trained
     path = trainer.save_checkpoint(tmp_path / 'model.ckpt')
