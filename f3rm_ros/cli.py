@@ -34,9 +34,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='[%(levelname)s] %(name)s: %(message)s')
     if args.localhost_only:  # before anything starts ROS: this process and its children inherit it
-        from .ros.dds import confine_dds_to_localhost, describe_localhost
+        from .ros.dds import PROFILE_VARIABLE, confine_dds_to_localhost, describe_localhost, user_profile_replaced
+        replaced = user_profile_replaced()
         confine_dds_to_localhost()
         logging.getLogger('f3rm_ros').info(describe_localhost())
+        if replaced:   # the user's own transports and QoS are gone for this run: say so, once
+            logging.getLogger('f3rm_ros').warning(
+                f'--localhost-only replaces your Fast DDS profile {PROFILE_VARIABLE}={replaced} for this run '
+                '(leave --localhost-only out to keep it, and confine DDS in your own profile)')
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:

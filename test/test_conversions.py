@@ -1,9 +1,9 @@
 """Message conversions against hand-computed bytes, and the localhost DDS settings (no rclpy.init)."""
+import logging
 import math
 import os
 import struct
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,19 +333,15 @@ def test_point_cloud2_to_arrays_honours_any_layout():
         cv.point_cloud2_to_arrays(PointCloud2(fields=fields[:1]))
 
 
-def test_point_cloud2_is_fast():
-    """A 220k-point heatmap is built in well under a frame time."""
+def test_point_cloud2_round_trips_a_full_size_heatmap():
+    """A 220k-point heatmap (a 1 cm grid over a table) packs and unpacks exactly; its cost is `bench query`'s pack."""
     n = 220_000
     rng = np.random.default_rng(0)
     xyz = rng.uniform(-1, 1, (n, 3))
     rgb = rng.integers(0, 256, (n, 3), dtype=np.uint8)
     similarity = rng.uniform(0, 1, n)
-    cv.make_point_cloud2(xyz[:10], rgb[:10], similarity[:10], 'b', 0.0)
-    start = time.perf_counter()
     msg = cv.make_point_cloud2(xyz, rgb, similarity, 'base_link', 0.0)
-    elapsed = time.perf_counter() - start
     assert len(msg.data) == 20 * n
-    assert elapsed < 0.3, f'make_point_cloud2 took {elapsed * 1e3:.0f} ms for {n} points'
     xyz2, rgb2, _ = cv.point_cloud2_to_arrays(msg)
     np.testing.assert_array_equal(rgb2, rgb)
     np.testing.assert_allclose(xyz2, xyz, atol=1e-6)
@@ -451,8 +447,11 @@ def test_nodes_leave_dds_alone_by_default(monkeypatch):
 @pytest.mark.parametrize('argv, confined', [
     (['pipeline'], False), (['pipeline', '--localhost-only'], True), (['--localhost-only', 'pipeline'], True),
     (['demo', '--localhost-only'], True), (['bench', '--localhost-only', 'query'], True)])
-def test_cli_localhost_only_flag(monkeypatch, argv, confined):
-    """`f3rm-ros <command> --localhost-only` sets both variables before the command runs; without it, nothing."""
+def test_cli_localhost_only_flag(monkeypatch, caplog, argv, confined):
+    """`f3rm-ros <command> --localhost-only` sets both variables before the command runs; without it, nothing.
+
+    The user's own Fast DDS profile it replaces is named in a warning (issue 26: it was replaced silently).
+    """
     import importlib
 
     from f3rm_ros import cli
@@ -466,10 +465,14 @@ def test_cli_localhost_only_flag(monkeypatch, argv, confined):
     module = {'pipeline': 'f3rm_ros.commands.pipeline', 'demo': 'f3rm_ros.commands.demo',
               'bench': 'f3rm_ros.bench.query'}[next(a for a in argv if not a.startswith('-'))]
     monkeypatch.setattr(importlib.import_module(module), 'run', fake_run)
-    assert cli.main(argv) == 0
+    with caplog.at_level(logging.WARNING, logger='f3rm_ros'):
+        assert cli.main(argv) == 0
+    warned = [r.getMessage() for r in caplog.records if 'replaces your Fast DDS profile' in r.getMessage()]
+    assert len(warned) == int(confined) and all('/etc/robot_profile.xml' in w for w in warned)
     if confined:
         assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
                         'FASTDDS_DEFAULT_PROFILES_FILE': str(dds.fastdds_profile_path())}
+        assert dds.user_profile_replaced() == ''                 # ours now: nothing more to warn about
     else:
         assert seen == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET',
                         'FASTDDS_DEFAULT_PROFILES_FILE': '/etc/robot_profile.xml'}

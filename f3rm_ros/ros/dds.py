@@ -74,6 +74,18 @@ def confine_dds_to_localhost() -> Dict[str, str]:
     return changed
 
 
+def user_profile_replaced(env: Optional[Mapping[str, str]] = None) -> str:
+    """Return the user's own Fast DDS profile that confinement would replace ('' when none is set, or it is ours)."""
+    current = (os.environ if env is None else env).get(PROFILE_VARIABLE, '')
+    if not current:
+        return ''
+    try:
+        ours = fastdds_profile_path()
+    except FileNotFoundError:
+        return current
+    return '' if os.path.realpath(current) == os.path.realpath(ours) else current
+
+
 def describe_localhost() -> str:
     """One line for logs: what confinement set."""
     return (f'DDS confined to this machine: {RANGE_VARIABLE}=LOCALHOST, {PROFILE_VARIABLE}={fastdds_profile_path()} '
