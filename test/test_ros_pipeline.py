@@ -28,6 +28,8 @@ from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import NodeProcesses, RosProbe, subprocess_env
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
 DEMO_STEPS = 500  # the demo's; at 300 the 7 cm ball is not yet dense enough to pass the alpha threshold
@@ -220,3 +222,4 @@ def test_pipeline_replays_the_scan_only_after_the_trainer_warmed_up(tmp_path):
     entries = json.loads((scan / 'transforms.json').read_text())['frames']
     assert len(entries) >= 5 and all('label_file_path' in e for e in entries)
     assert "pipeline: last query" in log and 'mug' in log.split('pipeline: last query')[1]
+    assert 'pipeline: training done (step 5/5' in log, log[-3000:]        # progress is shown, and the end

@@ -87,6 +87,37 @@ def held_back_replay(nodes: list) -> list:
     return [node for node in nodes if node.get_name() == 'replay']
 
 
+# How often the pipeline prints the trainer's progress while it trains (s).
+PROGRESS_EVERY_S = 10.0
+
+
+class TrainingProgress:
+    """Prints the trainer's progress to the pipeline's user (issue 26: it printed none).
+
+    State changes, a line every `PROGRESS_EVERY_S` while training, and "training done" each time training finishes.
+    """
+
+    def __init__(self, session, report: Callable[[str], None], every_s: float = PROGRESS_EVERY_S):
+        self.session, self.report, self.every_s = session, report, every_s
+        self.state, self.printed = '', 0.0
+
+    def tick(self) -> None:
+        """Print what changed (call it from the spin loop)."""
+        status = self.session.status()
+        state, now = status['state'], time.monotonic()
+        line = f'step {status["step"]}/{status["target_steps"]}, {status["frames"]} keyframes'
+        if state != self.state:
+            if state == 'done':
+                self.report(f'pipeline: training done ({line}); checkpoint {status.get("checkpoint") or "-"}')
+            elif not state.startswith('waiting') or not self.state.startswith('waiting'):
+                self.report(f'pipeline: trainer {state} ({line})')
+            self.state, self.printed = state, now
+        elif state == 'training' and now - self.printed >= self.every_s:
+            psnr = f', training PSNR {status["psnr"]:.1f} dB' if 'psnr' in status else ''
+            self.report(f'pipeline: training: {line}{psnr}')
+            self.printed = now
+
+
 def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = (), replay: bool = False,
                  duration_s: Optional[float] = None, query: str = '', exit_after_query: bool = False,
                  threads: Optional[int] = None, report: Callable[[str], None] = print) -> int:
@@ -113,9 +144,11 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     report(f'pipeline: {", ".join(n.get_fully_qualified_name() for n in nodes)}')
     deadline = None if duration_s is None else time.monotonic() + duration_s
     asked = not query
+    progress = TrainingProgress(trainer.session, report)
     try:
         while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
             executor.spin_once(timeout_sec=0.2)
+            progress.tick()
             if held_back and not trainer.session.warming_up:
                 executor.add_node(held_back.pop())
                 report('pipeline: trainer warmed up; the replayed scan starts')
