@@ -358,6 +358,23 @@ def test_a_bad_action_goal_is_aborted_with_the_reason_the_service_gives(rig, fie
         client.destroy()
 
 
+def test_parameter_descriptions_say_range_and_meaning(rig):
+    """``ros2 param describe`` (DescribeParameters, decoded) gives each query parameter's meaning, not a pointer.
+
+    Issue 26: every config parameter read "see core/config.py", and query.present_relevancy's -1 was undocumented.
+    """
+    from rcl_interfaces.srv import DescribeParameters
+    probe, live, node, inboxes = rig
+    names = ['query.present_relevancy', 'query.threshold_value', 'query.voxel_size', 'grasp.max_opening',
+             'similarity_image']
+    described = probe.call(DescribeParameters, '/query/describe_parameters', DescribeParameters.Request(names=names))
+    text = {d.name: d.description for d in described.descriptors}
+    assert set(text) == set(names) and not any('see core/config.py' in t for t in text.values()), text
+    assert "negative = the teacher's own bound" in text['query.present_relevancy']
+    assert '-1..1' in text['query.threshold_value'] and '(m' in text['query.voxel_size']
+    assert '(m)' in text['grasp.max_opening'] and 'dropped when a newer question' in text['similarity_image']
+
+
 def test_the_locate_action_reports_stages_and_can_be_cancelled():
     """Report each stage of the Locate action and stop when cancelled.
 

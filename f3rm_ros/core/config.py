@@ -227,24 +227,25 @@ def _finite(value: Any) -> bool:
 class QueryConfig:
     """Text query → relevancy → heatmap, clusters and an answer (found / not present)."""
 
+    # phrases every query is contrasted with (a request may give its own)
     negatives: Tuple[str, ...] = ('object', 'things', 'stuff', 'texture')
-    temperature: float = 0.1
-    mode: str = 'pairwise_softmax'  # or 'cosine'
-    voxel_size: float = 0.01
+    temperature: float = 0.1  # softmax temperature of the pairwise relevancy (> 0; lower = sharper)
+    mode: str = 'pairwise_softmax'  # or 'cosine' (relevancy then lies in -1..1)
+    voxel_size: float = 0.01  # query grid spacing (m, > 0)
     alpha_threshold: float = 0.1  # F3RM's value; 0.05 keeps thousands of air voxels
     threshold: str = 'otsu'  # 'otsu', 'percentile' (of `percentile`) or 'value' (`threshold_value` itself)
-    percentile: float = 99.0
-    threshold_value: float = 0.6
+    percentile: float = 99.0  # threshold 'percentile': voxels above this percentile (0..100) are selected
+    threshold_value: float = 0.6  # threshold 'value': the relevancy itself (-1..1; 0.5 = no more than a negative)
     # Not present unless the best cluster's peak relevancy (mean of its 10 most relevant voxels) reaches this;
     # negative = the teacher's own bound (core/query/answer.py PRESENT_RELEVANCY: calibrated for the labels teacher,
     # a cautious one for CLIP until you calibrate yours with `f3rm-ros bench semantic --data`).
     present_relevancy: float = -1.0
-    cluster_eps: float = 0.02
-    cluster_min_points: int = 10
+    cluster_eps: float = 0.02  # selected voxels this close (m, Chebyshev on the grid) join one cluster
+    cluster_min_points: int = 10  # smaller groups of selected voxels are noise (voxels, >= 1)
     max_clusters: int = 10  # 0 = all
     text_cache_size: int = 256  # phrases whose embeddings are kept: a repeated query skips the text tower
-    chunk_size: int = 65536
-    colormap: str = 'turbo'
+    chunk_size: int = 65536  # points per field evaluation (memory bound; at least 262144 on a GPU)
+    colormap: str = 'turbo'  # matplotlib colormap of the relevancy colours and pictures
     # Cut-away box (base_frame metres): only voxels inside it are queried, e.g. to drop what stands in front of
     # the region of interest. Equal min and max (the default) = no crop, the whole workspace.
     crop_min_xyz: Tuple[float, float, float] = (0.0, 0.0, 0.0)

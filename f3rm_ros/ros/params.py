@@ -12,6 +12,9 @@ whole configuration section still validates (`core.config` dataclasses' ``__post
 """
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -63,6 +66,37 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
 CONFIG_SECTIONS = tuple(name for name in F3RMConfig.__dataclass_fields__)
 
 
+@functools.lru_cache(maxsize=1)
+def config_field_docs() -> Dict[str, str]:
+    """{'query.present_relevancy': its comment in core/config.py, ...}: what ``ros2 param describe`` shows.
+
+    A field's comment is the comment lines right above it plus the one after it on its line (how config.py
+    documents range, unit and meaning); sections are `F3RMConfig`'s fields and their dataclasses.
+    """
+    from ..core import config as module
+    lines = inspect.getsource(module).splitlines()
+    classes = {node.name: node for node in ast.parse('\n'.join(lines)).body if isinstance(node, ast.ClassDef)}
+    docs: Dict[str, str] = {}
+    for section, field in F3RMConfig.__dataclass_fields__.items():
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, '__name__', '')
+        node = classes.get(kind.split('[')[-1].strip(']'))
+        if node is None:
+            continue
+        for statement in node.body:
+            if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+                continue
+            above, row = [], statement.lineno - 2
+            while row >= 0 and lines[row].strip().startswith('#'):
+                above.insert(0, lines[row].strip().lstrip('#').strip())
+                row -= 1
+            code = lines[statement.end_lineno - 1]
+            inline = code.split('  # ', 1)[1].strip() if '  # ' in code else ''
+            text = ' '.join(part for part in above + [inline] if part)
+            if text:
+                docs[f'{section}.{statement.target.id}'] = text
+    return docs
+
+
 def config_specs(preset: str = 'gpu', sections: Iterable[str] = CONFIG_SECTIONS,
                  runtime_sections: Iterable[str] = ()) -> List[ParamSpec]:
     """`ParamSpec` for each config field of `sections` (dotted names), defaults from `preset`."""
@@ -72,7 +106,9 @@ def config_specs(preset: str = 'gpu', sections: Iterable[str] = CONFIG_SECTIONS,
         section = name.split('.')[0]
         if section in sections:
             default = list(value) if isinstance(value, tuple) else value
-            specs.append(ParamSpec(name, default, f'F3RM config {name} (see core/config.py)',
+            doc = config_field_docs().get(name, '')
+            specs.append(ParamSpec(name, default, f'{doc} (config {name}, default {value!r})' if doc else
+                                   f'F3RM config {name}, default {value!r} (core/config.py)',
                                    runtime=section in runtime_sections))
     return specs
 
