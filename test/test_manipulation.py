@@ -17,7 +17,7 @@ from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
 from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
                                              query_points)
 from f3rm_ros.core.manipulation.volume import region_around, sample_field
-from f3rm_ros.core.scenes.tasks import pose_error
+from f3rm_ros.core.scenes.truth import pose_error
 
 BODY = np.array([0.06, 0.06, 0.08])
 HANDLE_OFFSET, HANDLE = np.array([0.045, 0.0, 0.035]), np.array([0.03, 0.016, 0.016])
@@ -67,7 +67,9 @@ def taught():
         manipulator = Manipulator(model, teacher, config)
         task = task or grasp_task(manipulator)
         demo = pose @ GRASP_IN_TOOL
-        task.demos.append(Demonstration(pose=demo, embedding=manipulator.embed(demo, task)))
+        embedding, touched = manipulator.embed(demo, task)
+        assert touched == 0                                  # the demonstrated grasp is clear of the tool
+        task.demos.append(Demonstration(pose=demo, embedding=embedding, touched=touched))
     return task
 
 
@@ -93,14 +95,14 @@ def test_the_volume_reads_the_field_trilinearly_and_zero_outside():
     assert points.grad.abs().sum() > 0                                                      # poses can follow it
 
 
-def test_the_demonstrations_agree_and_a_wrong_pose_differs(taught):
+def test_the_demonstrations_agree_and_a_pose_on_another_part_differs(taught):
     a, b = (d.embedding.ravel() for d in taught.demos)
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9
     config, teacher, model, pose = tool_scene(0.5, 0.0, 0.0)
     manipulator = Manipulator(model, teacher, config)
-    beside = pose @ GRASP_IN_TOOL
-    beside[:3, 3] += [0.0, 0.03, 0.0]
-    c = manipulator.embed(beside, taught).ravel()
+    on_the_body = pose @ GRASP_IN_TOOL
+    on_the_body[:3, 3] = pose[:3, :3] @ [0.0, 0.0, HANDLE_OFFSET[2]] + pose[:3, 3]    # same height, in the block
+    c = manipulator.embed(on_the_body, taught)[0].ravel()
     assert a @ c / np.linalg.norm(a) / max(np.linalg.norm(c), 1e-9) < 0.5
 
 

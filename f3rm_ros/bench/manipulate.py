@@ -9,7 +9,7 @@ language mask, candidates, collisions, optimisation, ranking: every stage a plan
 scored against the task's true poses and their symmetric equivalents: ``within`` = within ``--tolerance-cm``
 (1.5) and ``--tolerance-deg`` (15). ``collision_free`` = the returned gripper (its finger and palm boxes at the
 answer's opening) holds no point of the true object meshes and table (ray-cast inside test, independent of the
-field). One line per task::
+field; a 3 mm grid of the meshes, made where open3d exists and carried with ``--scenes``). One line per task::
 
     RESULT task=NAME trials=N within=F collision_free=F median_cm=X median_deg=Y worst_cm=X worst_deg=Y median_s=T
 
@@ -71,68 +71,100 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def layout(seed: int, args):
-    """(frames, labels, objects, workspace) of a manipulation layout, from --scenes when it holds it."""
+@dataclass
+class Layout:
+    """A rendered manipulation layout and its truth: the tasks' true poses (with equivalents) and the objects."""
+
+    frames: list
+    labels: Dict[int, str]
+    workspace: object
+    truth: object                     # `TruthOccupancy`
+    tasks: Dict[str, dict]            # name -> {'description', 'kind', 'width', 'poses': [E, 4, 4]}
+
+
+def layout(seed: int, args) -> Layout:
+    """Return the layout `seed`: rendered here (open3d), or read from --scenes (a machine without open3d)."""
+    import json
+
     from .semantic import load_scene, save_scene
+    from ..core.scenes.truth import TruthOccupancy
     path = None if args.scenes is None else args.scenes / f'manip_{seed}_{args.views}_{args.width}x{args.height}.npz'
-    if path is not None and path.exists():
-        return load_scene(path)[1:]
+    truth_path = None if path is None else path.with_name(path.stem + '_truth.npz')
+    if path is not None and path.exists() and truth_path.exists():
+        with np.load(truth_path) as data:
+            shape = tuple(int(v) for v in data['shape'])
+            truth = TruthOccupancy(np.unpackbits(data['bits'])[:int(np.prod(shape))].reshape(shape).astype(bool),
+                                   data['origin'], float(data['voxel']))
+            tasks = json.loads(str(data['tasks']))
+            for name, task in tasks.items():
+                task['poses'] = data[f'poses_{name}']
+        _, frames, labels, _, workspace = load_scene(path)
+        return Layout(frames, labels, workspace, truth, tasks)
     from ..core.scenes.table import make_scene
-    from ..core.scenes.tasks import TASK_OBJECTS
+    from ..core.scenes.tasks import TASK_OBJECTS, TRUE_TASKS, true_occupancy
     scene = make_scene(seed=seed, object_names=list(TASK_OBJECTS), num_views=args.views, width=args.width,
                        height=args.height, part_labels=True)
-    out = (scene.frames, scene.labels, scene.objects, scene.workspace)
+    truth = true_occupancy(scene.objects, np.array(scene.workspace.min_xyz), np.array(scene.workspace.max_xyz))
+    tasks = {t.name: {'description': t.description, 'kind': t.kind, 'width': t.width,
+                      'poses': np.stack(t.true_poses(scene.objects))} for t in TRUE_TASKS.values()}
     if path is not None:
-        save_scene(path, f'manip {seed}', *out)
-    return out
+        save_scene(path, f'manip {seed}', scene.frames, scene.labels, scene.objects, scene.workspace)
+        np.savez_compressed(truth_path, bits=np.packbits(truth.grid.ravel()), shape=truth.grid.shape,
+                            origin=truth.origin, voxel=truth.voxel,
+                            tasks=json.dumps({n: {k: v for k, v in t.items() if k != 'poses'}
+                                              for n, t in tasks.items()}),
+                            **{f'poses_{n}': t['poses'] for n, t in tasks.items()})
+    return Layout(scene.frames, scene.labels, scene.workspace, truth, tasks)
 
 
 def trained(seed: int, args, config):
-    """(objects, Manipulator, train seconds) of a layout trained with the labels teacher."""
+    """(layout, Manipulator, train seconds) of a layout trained with the labels teacher."""
     from .semantic import train_scene
     from ..core.manipulation.optimise import Manipulator
-    frames, labels, objects, workspace = layout(seed, args)
-    trainer, teacher, config, train_s, _ = train_scene(f'layout {seed}', frames, labels, workspace, config, args.steps)
-    return objects, Manipulator(trainer.model, teacher, config), train_s
+    scene = layout(seed, args)
+    trainer, teacher, config, train_s, _ = train_scene(f'layout {seed}', scene.frames, scene.labels, scene.workspace,
+                                                       config, args.steps)
+    return scene, Manipulator(trainer.model, teacher, config), train_s
 
 
-def teach(args, config, directory: Path) -> Dict[str, float]:
+def teach(args, config, directory: Path) -> Dict[int, float]:
     """Record every task's demonstrations in the `DEMO_SEEDS` layouts into `directory`; {seed: train seconds}."""
     from ..core.manipulation.task import Demonstration, Task, TaskLibrary, now_iso
-    from ..core.scenes.tasks import TRUE_TASKS
     library = TaskLibrary(directory)
     seconds = {}
     for seed in DEMO_SEEDS:
-        objects, manipulator, seconds[seed] = trained(seed, args, config)
+        scene, manipulator, seconds[seed] = trained(seed, args, config)
         m = manipulator.config.manipulation
-        for truth in TRUE_TASKS.values():
-            pose = truth.true_poses(objects)[0]
-            task = Task(name=truth.name, description=truth.description, kind=truth.kind,
-                        gripper=manipulator.gripper.geometry, width=truth.width, num_points=m.num_query_points,
+        for name, truth in scene.tasks.items():
+            pose = truth['poses'][0]
+            task = Task(name=name, description=truth['description'], kind=truth['kind'],
+                        gripper=manipulator.gripper.geometry, width=truth['width'], num_points=m.num_query_points,
                         sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name)
-            library.record(task, Demonstration(pose=pose, embedding=manipulator.embed(pose, task), source='pose',
+            embedding, touched = manipulator.embed(pose, task)
+            library.record(task, Demonstration(pose=pose, embedding=embedding, touched=touched, source='pose',
                                                checkpoint=f'layout {seed}', recorded=now_iso()))
     return seconds
 
 
 def ask(seed: int, args, config, library) -> List[Trial]:
     """Ask every task in the layout `seed`; one `Trial` each."""
-    from ..core.scenes.tasks import TRUE_TASKS, gripper_hits_objects, pose_error
-    objects, manipulator, _ = trained(seed, args, config)
+    from ..core.scenes.truth import pose_error
+    scene, manipulator, _ = trained(seed, args, config)
     tasks = library.load_all()
     trials = []
-    for truth in TRUE_TASKS.values():
+    for name, truth in scene.tasks.items():
         started = time.perf_counter()
-        result = manipulator.answer(tasks, text=truth.description)
+        result = manipulator.answer(tasks, text=truth['description'])
         seconds = time.perf_counter() - started
         if not result.candidates:
-            trials.append(Trial(truth.name, seed, result.status, float('inf'), float('inf'), False, True, seconds,
+            trials.append(Trial(name, seed, result.status, float('inf'), float('inf'), False, True, seconds,
                                 float('nan'), result.reason))
             continue
         best = result.candidates[0]
-        error_m, error_deg = pose_error(best.pose, truth.true_poses(objects))
-        hits = gripper_hits_objects(manipulator.gripper.points(best.width), best.pose, objects)
-        trials.append(Trial(truth.name, seed, result.status, error_m * 100, error_deg,
+        error_m, error_deg = pose_error(best.pose, list(truth['poses']))
+        points = manipulator.gripper.points(best.width)
+        hits = scene.truth.hits(points @ best.pose[:3, :3].T + best.pose[:3, 3])
+        trials.append(Trial(name, seed, result.status, error_m * 100, error_deg,
                             error_m * 100 <= args.tolerance_cm and error_deg <= args.tolerance_deg, hits == 0,
                             seconds, best.score, result.reason))
     return trials

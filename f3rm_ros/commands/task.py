@@ -75,7 +75,8 @@ def run_record(args) -> int:
         name=args.task, description=args.description or args.task, kind=args.kind, gripper=geometry, width=width,
         num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name,
         base_frame=manipulator.config.workspace.base_frame)
-    demo = Demonstration(pose=pose, embedding=manipulator.embed(pose, task), source='pose',
+    embedding, touched = manipulator.embed(pose, task)
+    demo = Demonstration(pose=pose, embedding=embedding, touched=touched, source='pose',
                          checkpoint=str(args.checkpoint), recorded=now_iso())
     task = tasks.record(task, demo)
     print(f'recorded demonstration {len(task.demos)} of {task.name!r} in {tasks.paths(task.name)[0]}')

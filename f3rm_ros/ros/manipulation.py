@@ -157,9 +157,9 @@ class ManipulationServer:
                                       or request.task.strip(), kind=kind, gripper=geometry, width=width,
                                       num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed,
                                       teacher=manipulator.teacher.name, base_frame=self.base_frame())
-                embedding = manipulator.embed(pose, task)
+                embedding, touched = manipulator.embed(pose, task)
                 info = self.node.model_info()
-                demo = Demonstration(pose=pose, embedding=embedding, source=source,
+                demo = Demonstration(pose=pose, embedding=embedding, touched=touched, source=source,
                                      checkpoint=str(info.get('path', '')), step=int(info.get('step', -1)),
                                      recorded=now_iso())
                 task = library.record(task, demo)
@@ -237,8 +237,12 @@ class ManipulationServer:
             try:
                 manipulator = self.manipulator()
                 library = self.library
+                if task_name.strip() and library.exists(task_name):
+                    library.load(task_name)          # a named task whose file does not load: the reason, not NO_TASK
                 result = manipulator.answer(library.load_all(), text=text, task_name=task_name, top_k=top_k,
                                             budget_s=budget_s, progress=progress)
+            except TaskFileError as error:
+                result = ManipulationResult('error', str(error))
             except self.no_model as error:
                 result = ManipulationResult('no_model', str(error))
                 manipulator = None

@@ -5,8 +5,8 @@ into the object), y = closing direction of the fingers, x = y × z; the origin i
 fingertips' ends. Each finger reaches from the origin's plane back to ``-finger_length`` along z, its inner
 face at ±opening/2; the palm sits behind the fingers.
 
-Collisions are counted on points sampled inside those solids (a lattice no coarser than half the
-occupancy's voxel), transformed by every candidate pose at once (torch, on the field's device), looked up
+Collisions are counted on points sampled inside those solids (a lattice no coarser than the occupancy's
+voxel), transformed by every candidate pose at once (torch, on the field's device), looked up
 in the occupancy grid: one batched gather instead of a box test per voxel.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ class GripperModel:
 
     Args:
         geometry: the sizes.
-        spacing: lattice step of the sampled points (m); use at most half the occupancy's voxel.
+        spacing: lattice step of the sampled points (m); at most the occupancy's voxel.
         mesh_path: optional mesh (metres, gripper frame) whose voxelised surface replaces the boxes (the opening
             then has no effect: a mesh is one fixed shape).
     """

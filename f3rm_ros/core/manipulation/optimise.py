@@ -10,8 +10,9 @@ Stages of `Manipulator.answer` (each reported to `progress` and timed):
 4. ``candidates``: occupied voxels of the region (at most ``max_seed_voxels``, evenly chosen) times
    ``rotations_per_voxel`` random rotations; each pose's embedding (the task's query points carried into the
    scene) is compared with the task's (cosine of the flattened [N, D] arrays).
-5. ``collisions``: poses whose gripper (at the task's opening) touches occupied voxels are dropped.
-6. ``optimise``: the ``start_candidates`` best are refined by Adam on translation and an axis-angle rotation
+5. ``collisions``: poses whose gripper (at the task's opening) touches occupied voxels are dropped (checked in
+   order of similarity until ``start_candidates`` are clear).
+6. ``optimise``: those are refined by Adam on translation and an axis-angle rotation
    increment (nerfstudio's SO3xR3 exponential map) for ``steps`` steps, loss = minus the cosine, the worst
    pruned after each step (``keep_fraction``, never below ``min_candidates``).
 7. ``rank``: a final collision check (the opening widens up to the gripper's maximum when the task's own
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,7 +126,8 @@ class Manipulator:
         self.lock = lock
         self.querier = querier or FieldQuerier(model, teacher, config, lock=lock)
         m = config.manipulation
-        self.gripper = GripperModel(geometry_from_config(config.grasp, m), m.voxel_size / 2, m.gripper_mesh)
+        # points one voxel apart: every voxel a box covers holds one (finer only costs time)
+        self.gripper = GripperModel(geometry_from_config(config.grasp, m), m.voxel_size, m.gripper_mesh)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = 'auto', overlay=None) -> 'Manipulator':
@@ -150,18 +152,22 @@ class Manipulator:
 
     # ---- demonstrations
 
-    def embed(self, pose: np.ndarray, task: Task) -> np.ndarray:
-        """Return the [N, D] embedding of one gripper pose (base_frame) with the task's query points."""
-        region = region_around(pose[None, :3, 3], 4 * task.sigma + 2 * self.config.manipulation.voxel_size)
-        volume = sample_field(self.model, self.config, region, self.lock)
+    def embed(self, pose: np.ndarray, task: Task) -> Tuple[np.ndarray, int]:
+        """Return (embedding [N, D], occupied voxels touched) of one gripper pose (base_frame) for the task.
+
+        The embedding uses the task's query points; the touched voxels are the gripper's at the task's opening (what
+        its answers may touch too).
+        """
+        volume = sample_field(self.model, self.config, region_around(pose[None, :3, 3], self._reach(task)), self.lock)
         poses = torch.as_tensor(pose[None], dtype=torch.float32, device=volume.device)
         points = torch.as_tensor(task.points, device=volume.device)
         with torch.no_grad():
             embedding = embed_poses(volume, poses, points)[0]
+            touched = int(self.gripper.collisions(poses, volume.occupancy, task.width)[0])
         if float(embedding.abs().sum()) == 0.0:
             raise ValueError(f'the field is empty around {np.round(pose[:3, 3], 3).tolist()}: no demonstration '
                              'can be read there (is the pose in base_frame, inside the scanned workspace?)')
-        return embedding.cpu().numpy()
+        return embedding.cpu().numpy(), touched
 
     # ---- answers
 
@@ -218,9 +224,8 @@ class Manipulator:
         poses, scores = self._initial_candidates(volume, seeds, task, seed, counts)
         mark = lap('candidates', mark)
         report('collisions', counts)
-        free = self.gripper.collisions(poses, volume.occupancy, task.width) <= m.max_collisions
-        poses, scores = poses[free], scores[free]
-        counts['collision_free'] = int(len(poses))
+        allowed = m.max_collisions + task.touched
+        poses = self._best_free(volume, poses, scores, task, allowed, counts)
         mark = lap('collisions', mark)
         if not len(poses):
             result.status = NOT_PRESENT
@@ -229,22 +234,21 @@ class Manipulator:
             return result
 
         report('optimise', counts)
-        order = torch.argsort(scores, descending=True)[:m.start_candidates]
-        poses, steps_done = self._optimise(volume, poses[order], task, budget_s, started, report, counts)
+        poses, steps_done = self._optimise(volume, poses, task, budget_s, started, report, counts)
         counts['optimised'] = int(len(poses))
         counts['steps'] = steps_done
         mark = lap('optimise', mark)
 
         report('rank', counts)
-        result.candidates = self._rank(volume, poses, task, top_k)
+        result.candidates = self._rank(volume, poses, task, top_k, allowed)
         counts['returned'] = len(result.candidates)
         lap('rank', mark)
         timings['total'] = time.perf_counter() - started
         if not result.candidates:
             result.status = NOT_PRESENT
-            result.reason = (f'no optimised pose of {task.name!r} is free of collisions with the '
-                             f'{self.gripper.name} gripper, even opened to '
-                             f'{self.gripper.geometry.max_opening * 100:.1f} cm')
+            result.reason = (f'no optimised pose of {task.name!r} is both free of collisions with the '
+                             f'{self.gripper.name} gripper (opened up to {self.gripper.geometry.max_opening * 100:.1f} '
+                             f'cm) and at least manipulation.min_score {m.min_score} like the demonstrations')
             return result
         best = result.candidates[0]
         stopped = (f'; stopped after {steps_done} of {m.steps} steps (time budget {budget_s:.1f} s)'
@@ -270,15 +274,17 @@ class Manipulator:
                 return None
             return points
         try:
-            answer = self.querier.query(mask_text)
+            # the thresholded heatmap, not the clustered answer: a part (a handle, a peg) is smaller than the
+            # objects query.present_relevancy is calibrated on; the similarity to the task judges the poses instead
+            answer = self.querier.query(mask_text, cluster=False)
         except ValueError as error:
             result.status, result.reason = ERROR, f'the text cannot be asked: {error}'
             return None
-        if answer.status != FOUND or not answer.clusters:
+        selected = answer.heatmap.points[answer.heatmap.selected]
+        if answer.status != FOUND or not len(selected):
             result.status, result.reason = NOT_PRESENT, f'{mask_text!r} is not in the field: {answer.reason}'
             return None
-        indices = np.concatenate([cluster.indices for cluster in answer.clusters])
-        return answer.heatmap.points[indices]
+        return selected
 
     def _initial_candidates(self, volume: FieldVolume, seeds: np.ndarray, task: Task, seed: int,
                             counts: Dict[str, int]):
@@ -305,6 +311,27 @@ class Manipulator:
             scores = torch.cat([similarity(embed_poses(volume, poses[i:i + chunk], points), target)
                                 for i in range(0, len(poses), chunk)]) if len(poses) else torch.zeros(0)
         return poses, scores
+
+    def _best_free(self, volume: FieldVolume, poses: torch.Tensor, scores: torch.Tensor, task: Task, allowed: int,
+                   counts: Dict[str, int]) -> torch.Tensor:
+        """Return the ``start_candidates`` most similar poses [K, 4, 4] whose gripper is clear, checked best first.
+
+        Checking in order of similarity and stopping once enough are clear costs a fraction of checking all.
+        """
+        m = self.config.manipulation
+        order = torch.argsort(scores, descending=True)
+        chunk = max(m.start_candidates, 256)
+        free, checked = [], 0
+        for start in range(0, len(order), chunk):
+            index = order[start:start + chunk]
+            hits = self.gripper.collisions(poses[index], volume.occupancy, task.width)
+            free.append(index[hits <= allowed])
+            checked += len(index)
+            if sum(len(f) for f in free) >= m.start_candidates:
+                break
+        chosen = torch.cat(free)[:m.start_candidates]
+        counts['collision_checked'], counts['collision_free'] = checked, int(len(chosen))
+        return poses[chosen]
 
     def _optimise(self, volume: FieldVolume, poses: torch.Tensor, task: Task, budget_s: float, started: float,
                   report, counts: Dict[str, int]):
@@ -342,8 +369,12 @@ class Manipulator:
         increment = exp_map_SO3xR3(tangent)[:, :3, :3]
         return pose_matrices(base_rotation @ increment, translation)
 
-    def _rank(self, volume: FieldVolume, poses: torch.Tensor, task: Task, top_k: int) -> List[PoseCandidate]:
-        """Collision-free poses (opening widened when needed), best first, near-duplicates dropped."""
+    def _rank(self, volume: FieldVolume, poses: torch.Tensor, task: Task, top_k: int,
+              allowed: int) -> List[PoseCandidate]:
+        """Return the collision-free poses (opening widened when needed) of at least ``min_score``, best first.
+
+        Near-duplicates of a better pose are dropped.
+        """
         m = self.config.manipulation
         g = self.gripper.geometry
         target = torch.as_tensor(task.embedding, device=volume.device)
@@ -355,13 +386,15 @@ class Manipulator:
                                    None, g.max_opening))
         chosen: List[PoseCandidate] = []
         for index in order.tolist():
+            if float(scores[index]) < m.min_score:
+                break
             pose = poses[index:index + 1]
             pose_np = pose[0].cpu().numpy().astype(np.float64)
             if any(is_duplicate(pose_np, other.pose, volume.voxel_size) for other in chosen):
                 continue
             for width in widths:
                 hits = int(self.gripper.collisions(pose, volume.occupancy, float(width))[0])
-                if hits <= m.max_collisions:
+                if hits <= allowed:
                     chosen.append(PoseCandidate(pose_np, float(width), float(scores[index]), hits))
                     break
             if len(chosen) >= top_k:

@@ -65,6 +65,7 @@ class Demonstration:
 
     pose: np.ndarray                 # 4 x 4, base_frame <- gripper
     embedding: np.ndarray            # [N, D] float32
+    touched: int = 0                 # occupied voxels the gripper touched there (a grasp close to the table does)
     source: str = 'pose'             # 'tf' (base_frame <- grasp_frame at the request time) | 'pose' (given)
     checkpoint: str = ''             # the field it was read from
     step: int = -1                   # that field's training step
@@ -98,6 +99,11 @@ class Task:
         if not self.demos:
             raise ValueError(f'task {self.name!r} has no demonstrations yet')
         return np.mean([demo.embedding for demo in self.demos], axis=0).astype(np.float32)
+
+    @property
+    def touched(self) -> int:
+        """Occupied voxels the gripper touched at the demonstrations (the most): answers may touch as many."""
+        return max((demo.touched for demo in self.demos), default=0)
 
     @property
     def feature_dim(self) -> Optional[int]:
@@ -239,8 +245,8 @@ def write_task(task: Task, directory: Path) -> Path:
         'gripper': {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(task.gripper).items()},
         'query_points': {'count': task.num_points, 'sigma': task.sigma, 'seed': task.seed},
         'embedding_file': npz.name, 'embedding_sha256': hashlib.sha256(blob).hexdigest(),
-        'demos': [{'pose': pose_to_dict(d.pose), 'source': d.source, 'checkpoint': d.checkpoint, 'step': int(d.step),
-                   'recorded': d.recorded} for d in task.demos],
+        'demos': [{'pose': pose_to_dict(d.pose), 'touched': int(d.touched), 'source': d.source,
+                   'checkpoint': d.checkpoint, 'step': int(d.step), 'recorded': d.recorded} for d in task.demos],
     }
     _atomic_write(text, yaml.safe_dump(data, sort_keys=False).encode())
     return text
@@ -277,7 +283,8 @@ def read_task(path: Path) -> Task:
             raise TaskFileError(f'{npz}: the stored query points differ from the ones count/sigma/seed give')
         if task.kind not in TASK_KINDS:
             raise TaskFileError(f'{path}: kind must be one of {TASK_KINDS}, got {task.kind!r}')
-        task.demos = [Demonstration(pose=pose_from_dict(d['pose']), embedding=embeddings[i], source=str(d['source']),
+        task.demos = [Demonstration(pose=pose_from_dict(d['pose']), embedding=embeddings[i], touched=int(d['touched']),
+                                    source=str(d['source']),
                                     checkpoint=str(d['checkpoint']), step=int(d['step']), recorded=str(d['recorded']))
                       for i, d in enumerate(demos)]
     except TaskFileError:

@@ -127,7 +127,8 @@ def _banana() -> List[Part]:
     return parts
 
 
-RACK_POST_RADIUS, RACK_PEG_RADIUS, RACK_PEG_LENGTH, RACK_PEG_HEIGHT = 0.008, 0.005, 0.07, 0.14
+# A peg as thick as a real mug rack's (a 5 mm peg is 1-2 pixels of a 160 x 120 scan: no field resolves it).
+RACK_POST_RADIUS, RACK_PEG_RADIUS, RACK_PEG_LENGTH, RACK_PEG_HEIGHT = 0.012, 0.008, 0.09, 0.14
 
 
 def _rack() -> List[Part]:

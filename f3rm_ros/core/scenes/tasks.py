@@ -7,7 +7,7 @@ z = approach, y = closing direction, origin between the fingertips' ends.
 
 - ``mug handle``: from above, across the handle's top arc, fingertips just below the tube's centre line.
 - ``screwdriver handle``: from above, across the handle's middle, fingertips 6 mm above the table.
-- ``rack peg`` (a placement): the release pose that hangs a mug: gripper over the peg two thirds along it,
+- ``rack peg`` (a placement): the release pose that hangs a mug: gripper over the peg 2.5 cm from its tip,
   closing across the peg, at the peg's height (the handle's hook sits there).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Tuple
 import numpy as np
 
 from . import table
+from .truth import TruthOccupancy
 
 DOWN, ACROSS = np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])
 MUG_HANDLE_TOP = np.array([0.05, 0.0, 0.07])        # builder frame: torus centre (0.05, 0, 0.045) + radius 0.025
@@ -58,7 +59,7 @@ def _in_object(name: str, builder_point: np.ndarray, approach=DOWN, closing=ACRO
 
 
 def _tasks() -> Dict[str, TrueTask]:
-    peg_point = np.array([table.RACK_PEG_LENGTH * 2 / 3, 0.0, table.RACK_PEG_HEIGHT])
+    peg_point = np.array([table.RACK_PEG_LENGTH - 0.025, 0.0, table.RACK_PEG_HEIGHT])   # where the hook sits
     tasks = [
         TrueTask('mug handle', 'mug', 'grasp', 'mug handle', 0.03,
                  _in_object('mug', MUG_HANDLE_TOP - [0.0, 0.0, 0.006])),
@@ -74,35 +75,30 @@ TRUE_TASKS: Dict[str, TrueTask] = _tasks()
 TASK_OBJECTS: Tuple[str, ...] = ('mug', 'screwdriver', 'rack')
 
 
-def pose_error(pose: np.ndarray, truths: List[np.ndarray]) -> Tuple[float, float]:
-    """(metres, degrees) from `pose` to the nearest true pose (nearest by the larger of cm/1.5 and deg/15)."""
-    best = None
-    for truth in truths:
-        distance = float(np.linalg.norm(pose[:3, 3] - truth[:3, 3]))
-        cos = (np.trace(pose[:3, :3].T @ truth[:3, :3]) - 1) / 2
-        angle = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-        key = max(distance / 0.015, angle / 15.0)
-        if best is None or key < best[0]:
-            best = (key, distance, angle)
-    return best[1], best[2]
+TRUTH_VOXEL = 0.003   # metres: the truth grid resolves the 10 mm peg and the 14 mm handle tube
 
 
-def gripper_hits_objects(points: np.ndarray, pose: np.ndarray, objects: Mapping[str, Mapping]) -> int:
-    """How many gripper points [P, 3] (gripper frame) at `pose` lie inside the true objects or the table.
+def true_occupancy(objects: Mapping[str, Mapping], lo: np.ndarray, hi: np.ndarray,
+                   voxel: float = TRUTH_VOXEL) -> TruthOccupancy:
+    """Voxelise the objects' own meshes (placed by their truth) and the table's top slab over [lo, hi].
 
-    Independent of any field: the objects' own meshes, placed by their truth, and the table's box, tested with
-    open3d's ray-cast inside test.
+    A cell is occupied when its centre is inside a mesh (open3d's ray-cast inside test): independent of any field.
     """
-    import open3d as o3d   # heavy, and absent on the GPU machine: only this check needs it
+    import open3d as o3d   # heavy, and absent on the GPU machine: only making the truth needs it
     raycaster = o3d.t.geometry.RaycastingScene()
     for name, truth in objects.items():
-        placed = np.asarray(truth['pose'])
-        for part in table.OBJECTS[name]():
-            mesh = part.mesh.translate(table.rest_shift(table.OBJECTS[name]())).transform(placed)
+        parts = table.OBJECTS[name]()
+        shift = table.rest_shift(parts)
+        for part in parts:
+            mesh = part.mesh.translate(shift).transform(np.asarray(truth['pose']))
             raycaster.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
     width, depth, thickness = table.TABLE_SIZE
     slab = o3d.geometry.TriangleMesh.create_box(width, depth, thickness)
     slab.translate((table.TABLE_CENTER[0] - width / 2, table.TABLE_CENTER[1] - depth / 2, -thickness))
     raycaster.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(slab))
-    world = (np.asarray(points) @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
-    return int(raycaster.compute_occupancy(o3d.core.Tensor(world)).numpy().sum())
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    counts = np.maximum(1, np.round((hi - lo) / voxel).astype(int))
+    axes = [lo[i] + (np.arange(counts[i]) + 0.5) * voxel for i in range(3)]
+    centres = np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1).reshape(-1, 3).astype(np.float32)
+    inside = raycaster.compute_occupancy(o3d.core.Tensor(centres)).numpy().astype(bool)
+    return TruthOccupancy(inside.reshape(tuple(counts)), lo, voxel)
