@@ -70,8 +70,9 @@ CONFIG_SECTIONS = tuple(name for name in F3RMConfig.__dataclass_fields__)
 def config_field_docs() -> Dict[str, str]:
     """{'query.present_relevancy': its comment in core/config.py, ...}: what ``ros2 param describe`` shows.
 
-    A field's comment is the comment lines right above it plus the one after it on its line (how config.py
-    documents range, unit and meaning); sections are `F3RMConfig`'s fields and their dataclasses.
+    A field's docstring (the string right after it), else its comment: the comment lines right above it plus the
+    one after it on its line (how config.py documents range, unit and meaning); sections are `F3RMConfig`'s fields
+    and their dataclasses.
     """
     from ..core import config as module
     lines = inspect.getsource(module).splitlines()
@@ -82,8 +83,13 @@ def config_field_docs() -> Dict[str, str]:
         node = classes.get(kind.split('[')[-1].strip(']'))
         if node is None:
             continue
-        for statement in node.body:
+        for position, statement in enumerate(node.body):
             if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+                continue
+            after = node.body[position + 1] if position + 1 < len(node.body) else None
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(
+                    after.value.value, str):        # an attribute docstring (nerfstudio's way) wins over comments
+                docs[f'{section}.{statement.target.id}'] = ' '.join(after.value.value.split())
                 continue
             above, row = [], statement.lineno - 2
             while row >= 0 and lines[row].strip().startswith('#'):
