@@ -159,9 +159,19 @@ def wait_done(session, timeout=900):
     assert session.state == 'done', session.status()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine a second thread spins against other processes."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', ['moved', 'removed'])
-def test_a_live_session_follows_a_changed_object_after_a_short_rescan(kind):
+def test_a_live_session_follows_a_changed_object_after_a_short_rescan(kind, one_thread):
     from f3rm_ros.core.query.answer import FieldQuerier
     case = make_change(3, kind, num_views=24, rescan_views=10)
     session, config, events = live_session(case)

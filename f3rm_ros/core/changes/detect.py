@@ -141,10 +141,12 @@ def confirm(points: np.ndarray, colours: Optional[np.ndarray], appeared: bool, f
         seen[inside] = np.nan_to_num(frame.depth[v[inside], u[inside]])
         if frame.mask is not None:
             seen[inside] *= frame.mask[v[inside], u[inside]]
-        tolerance = config.depth_tolerance + config.depth_relative * seen
-        known = inside & (seen > 0) & (z <= seen + tolerance)          # not hidden behind what it saw
-        empty = known & (z < seen - tolerance)
-        surface = known & ~empty
+        seen_any = inside & (seen > 0)
+        # clearly in front of what it saw (empty then), or on it within half a voxel (a surface then); points in
+        # between say nothing: a blurry field's surface lies a little off the real one
+        empty = seen_any & (z < seen - (config.depth_tolerance + config.depth_relative * seen))
+        surface = seen_any & (np.abs(z - seen) <= config.voxel_size / 2)
+        known = empty | surface
         if appeared:
             change = empty.copy()
             if colours is not None:
@@ -178,12 +180,18 @@ class ChangeMap:
         """Mark the voxels of `points` (grown by the margin) as changed; returns the flat indices newly marked.
 
         Points in voxels already changed add nothing (the field is expected to disagree there until it has
-        relearned); fewer than `min_voxels` new voxels before growing are taken as noise and mark nothing.
+        relearned); connected groups of fewer than `min_voxels` new voxels are noise (stray pixels along the
+        silhouettes of a blurry field), a changed object forms a solid group.
         """
         seeds = np.zeros(self.shape, bool)
         seeds.flat[self.index(points)] = True
         seeds &= ~self.changed
-        if int(seeds.sum()) < min_voxels:
+        if min_voxels > 1 and seeds.any():
+            labels, _ = ndimage.label(seeds, structure=np.ones((3, 3, 3), bool))
+            small = np.bincount(labels.ravel()) < min_voxels
+            small[0] = False
+            seeds[small[labels]] = False
+        if not seeds.any():
             return np.zeros(0, np.int64)
         if self.grow:
             seeds = ndimage.binary_dilation(seeds, iterations=self.grow, structure=np.ones((3, 3, 3), bool))

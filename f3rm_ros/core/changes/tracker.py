@@ -3,8 +3,8 @@
 A change is seen over several keyframes of a rescan: the first detection opens an *episode*, and detections
 within ``changes.episode_frames`` keyframes of the last one belong to it. Keyframes taken before the episode began
 saw the old scene: their pixels whose rays meet the newly changed voxels are masked (never trained on again).
-Keyframes of the episode saw the new scene: they are never masked for it, and for ``changes.focus_steps`` steps
-``changes.focus_fraction`` of each batch comes from them.
+Keyframes of the episode saw the new scene: they are never masked for it, and for ``changes.repair_steps`` steps
+``changes.focus_fraction`` of each batch comes from their rays through the changed voxels.
 """
 from __future__ import annotations
 
@@ -97,8 +97,7 @@ class ChangeTracker:
                                                               earlier, self.config)]
             comparison.vanished = comparison.vanished[confirm(comparison.vanished, None, False, earlier, self.config)]
         points = np.concatenate([comparison.appeared, comparison.vanished])
-        # two voxels at least: a lone voxel is a stray pixel group lifted onto a depth edge
-        new = self.map.mark(points, min_voxels=2) if len(points) else np.zeros(0, np.int64)
+        new = self.map.mark(points, min_voxels=self.config.min_voxels) if len(points) else np.zeros(0, np.int64)
         if not len(new):
             return None, new, comparison
         if self.episode_start is None:
@@ -169,6 +168,21 @@ class ChangeTracker:
                 event.pixels_masked += int(hidden.sum())
         event.frames_masked = len(masks)
         return masks
+
+    def focus_pixels(self, frames: Sequence[PosedFrame], indices: Sequence[int]) -> np.ndarray:
+        """Flat pixel ids (index * H * W + y * W + x) of frames `indices` whose rays meet a changed voxel.
+
+        What the views of a change teach about it: the rays a repair should draw most from.
+        """
+        centres = self.map.centres(np.flatnonzero(self.map.changed))
+        ids = []
+        for index in indices:
+            frame = frames[index]
+            hit = pixels_through(centres, self.map.voxel_size, frame, tolerance=self.map.voxel_size)
+            if frame.mask is not None:
+                hit &= frame.mask
+            ids.append(index * frame.height * frame.width + np.flatnonzero(hit))
+        return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 
     def after_change(self, frames: Sequence[PosedFrame]) -> List[int]:
         """Return the indices of `frames` of the current change (taken since it began), or [] outside one."""

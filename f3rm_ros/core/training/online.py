@@ -801,9 +801,11 @@ class OnlineSession:
                 event, new, _ = self.changes.observe(frame, rendered, K, frames)
                 if event is not None:
                     self._repair(event, new)
-        slots = self.changes.after_change(frames)
+        train = set(trainer.train_indices)
+        slots = [i for i in self.changes.after_change(frames) if i in train]
         if slots and c.focus_fraction > 0 and self.changes.events:  # the change's own views teach the region
-            trainer.set_focus(slots, c.focus_fraction, self._change_step + c.repair_steps)
+            trainer.set_focus(self.changes.focus_pixels(frames, slots), c.focus_fraction,
+                              self._change_step + c.repair_steps)
 
     def declare_change(self, min_xyz: Sequence[float], max_xyz: Sequence[float], reason: str = '',
                        stamp: Optional[float] = None) -> SceneChange:

@@ -279,9 +279,8 @@ class OnlineTrainer:
         self.train_indices: List[int] = []
         self.eval_indices: List[int] = []
         self.last_checkpoint: Optional[Path] = None
-        # (slots, fraction, until step): a share of each batch from the keyframes taken after a scene change
-        self._focus: Optional[Tuple[List[int], float, int]] = None
-        self._focus_pool: Optional[Tuple[tuple, torch.Tensor]] = None
+        # (pixel ids, fraction, until step): a share of each batch from the views of a scene change
+        self._focus: Optional[Tuple[torch.Tensor, float, int]] = None
 
     def _optimizer_config(self) -> Dict:
         t = self.config.trainer
@@ -400,7 +399,7 @@ class OnlineTrainer:
             for slot in slots:
                 mask = self.frames[slot].mask
                 self.masks[slot] = True if mask is None else torch.from_numpy(mask).to(self.device)
-            self._pixels = self._focus_pool = None
+            self._pixels = None
 
     def rewind_schedule(self, step: int) -> None:
         """Set the learning rates to the schedule's value at `step` (if that is earlier) and decay from there.
@@ -416,36 +415,27 @@ class OnlineTrainer:
                                              scheduler.lr_lambdas):
                     group['lr'] = base * rate(scheduler.last_epoch)
 
-    def set_focus(self, slots: Sequence[int], fraction: float, until_step: int) -> None:
-        """Draw `fraction` of each batch's rays from frames `slots` until `until_step` (after a scene change)."""
+    def set_focus(self, pixels: Optional[np.ndarray], fraction: float, until_step: int) -> None:
+        """Draw `fraction` of each batch's rays from `pixels` until `until_step` (the views of a scene change).
+
+        `pixels`: flat ids (frame * H * W + y * W + x) of training frames' pixels; None or empty: no focus.
+        """
         with self.lock:
-            self._focus = (sorted(int(s) for s in slots), float(fraction), int(until_step)) if slots else None
-            self._focus_pool = None
+            if pixels is None or not len(pixels) or fraction <= 0:
+                self._focus = None
+                return
+            ids = torch.as_tensor(np.asarray(pixels, dtype=np.int64), device=self.device)
+            self._focus = (ids, float(fraction), int(until_step))
 
     def _focus_rays(self, num_rays: int):
-        """(count, flat pixel ids) of the batch's rays that come from the focus frames, or None."""
+        """(count, flat pixel ids) of the batch's rays that come from the focus pixels, or None."""
         if self._focus is None or self.step_count >= self._focus[2]:
             return None
-        slots, fraction, _ = self._focus
-        train = set(self.train_indices)
-        slots = [s for s in slots if s in train]     # held-out views are never trained on
+        ids, fraction, _ = self._focus
         count = int(num_rays * fraction)
-        if not slots or count < 1:
+        if count < 1:
             return None
-        height, width = self.images.shape[1:3]
-        key = (tuple(slots), len(self.train_indices))
-        if self._focus_pool is None or self._focus_pool[0] != key:
-            pixels = self._trainable_pixels()
-            chosen = torch.as_tensor(slots, device=self.device)
-            if pixels is None:
-                pool = (chosen[:, None] * (height * width) + torch.arange(height * width, device=self.device)).ravel()
-            else:
-                pool = pixels[torch.isin(pixels // (height * width), chosen)]
-            self._focus_pool = (key, pool)
-        pool = self._focus_pool[1]
-        if len(pool) == 0:
-            return None
-        return count, pool[torch.randint(len(pool), (count,), device=self.device, generator=self.generator)]
+        return count, ids[torch.randint(len(ids), (count,), device=self.device, generator=self.generator)]
 
     def _sample_batch(self, num_rays: int):
         height, width = self.images.shape[1:3]
