@@ -72,8 +72,8 @@ def field_change(before, after) -> float:
     if not occupied.any():
         return float('nan')
     opacity = float(np.abs(alpha_a - alpha_b)[occupied].mean())
-    features = float((1.0 - np.sum(feat_a[occupied] * feat_b[occupied], axis=-1)).mean())
-    return opacity + features
+    features = float(np.clip(1.0 - np.sum(feat_a[occupied] * feat_b[occupied], axis=-1), 0.0, 2.0).mean())
+    return opacity + features   # cosines of equal unit vectors exceed 1 by rounding: clipped
 
 
 class MaturityTracker:
