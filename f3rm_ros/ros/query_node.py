@@ -554,7 +554,9 @@ class QueryNode(Node):
                   'heads': ', '.join(f'{n} {d}' for n, d in source[1].heads) if source is not None else '',
                   'model_problem': self.model_problem, 'scene_changes': self.scene_changes,
                   'last_scene_change': self.last_scene_change,
-                  'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
+                  'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem,
+                  # the bound answers cite: query.present_relevancy, or the teacher's own while that is negative
+                  'present_relevancy_used': round(self.querier.present_relevancy, 3) if self.querier else ''}
         values.update({f'last_{k}': v for k, v in self.last.items()})
         level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)
         teacher = source[1] if source is not None else getattr(self.live, 'teacher', None)
