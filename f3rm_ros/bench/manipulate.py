@@ -68,6 +68,8 @@ def register(sub) -> None:
                    'to a machine without open3d)')
     p.add_argument('--render-only', action='store_true', help='render every layout into --scenes and stop')
     p.add_argument('--json', default='', help='write every trial here')
+    p.add_argument('--pictures', type=Path, help='draw each answer (green: the top pose, yellow: the true pose) into '
+                   'a render of its field, one PNG per trial here (needs open3d)')
     p.set_defaults(func=run)
 
 
@@ -164,10 +166,23 @@ def ask(seed: int, args, config, library) -> List[Trial]:
         error_m, error_deg = pose_error(best.pose, list(truth['poses']))
         points = manipulator.gripper.points(best.width)
         hits = scene.truth.hits(points @ best.pose[:3, :3].T + best.pose[:3, 3])
+        if args.pictures is not None:
+            draw_trial(args.pictures / f'layout_{seed}_{name.replace(" ", "_")}.png', manipulator, best,
+                       truth['poses'][0], truth['width'])
         trials.append(Trial(name, seed, result.status, error_m * 100, error_deg,
                             error_m * 100 <= args.tolerance_cm and error_deg <= args.tolerance_deg, hits == 0,
                             seconds, best.score, result.reason))
     return trials
+
+
+def draw_trial(path: Path, manipulator, best, truth: np.ndarray, truth_width: float) -> Path:
+    """Save the field rendered from the overview with the top pose (green) and the true pose (yellow) drawn in."""
+    from ..core.geometry import WorkspaceBox
+    from ..core.manipulation.picture import gripper_picture
+    from ..core.training.render import save_png
+    picture = gripper_picture(manipulator.model, WorkspaceBox.from_config(manipulator.config.workspace),
+                              manipulator.gripper, [best.pose, truth], [best.width, truth_width])
+    return save_png(path, picture)
 
 
 def summary_lines(trials: List[Trial]) -> List[str]:
