@@ -106,6 +106,7 @@ def test_the_demonstrations_agree_and_a_pose_on_another_part_differs(taught):
     assert a @ c / np.linalg.norm(a) / max(np.linalg.norm(c), 1e-9) < 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('yaw', [180.0, -125.0])
 def test_the_top_pose_grasps_the_bar_of_a_moved_and_turned_tool(taught, yaw):
     config, teacher, model, pose = tool_scene(0.42, 0.08, yaw)
@@ -129,6 +130,7 @@ def test_the_top_pose_grasps_the_bar_of_a_moved_and_turned_tool(taught, yaw):
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_answers_are_deterministic(taught):
     config, teacher, model, _ = tool_scene(0.42, 0.08, 180.0, {'steps': 5})
     manipulator = Manipulator(model, teacher, config)
@@ -136,6 +138,7 @@ def test_answers_are_deterministic(taught):
     assert [c.pose.tolist() for c in first.candidates] == [c.pose.tolist() for c in second.candidates]
 
 
+@pytest.mark.slow
 def test_unknown_task_text_and_absent_object_are_answers_not_crashes(taught):
     config, teacher, model, _ = tool_scene(0.42, 0.08, 0.0, {'steps': 2})
     manipulator = Manipulator(model, teacher, config)
@@ -148,6 +151,7 @@ def test_unknown_task_text_and_absent_object_are_answers_not_crashes(taught):
     assert absent.status == 'not_present' and 'bar' in absent.reason
 
 
+@pytest.mark.slow
 def test_a_cancel_stops_the_optimisation(taught):
     config, teacher, model, _ = tool_scene(0.42, 0.08, 0.0, {'steps': 50})
     manipulator = Manipulator(model, teacher, config)
