@@ -8,8 +8,12 @@ a query flood and a long stream, is the benchmark: its table is in docs/faults.m
 """
 import os
 
+import pytest
+
 from f3rm_ros.harness import bad_inputs
 from f3rm_ros.harness.fault_campaign import Campaign
+
+pytestmark = pytest.mark.ros
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 

@@ -33,6 +33,8 @@ from f3rm_ros.ros.dds import localhost_dds_env
 from f3rm_ros.harness.testing import pick_domain_id
 from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
 
+pytestmark = pytest.mark.ros
+
 # What the launch files do: the trainer's relative keyframe/* inputs and the query's checkpoint input remapped to
 # the capture and trainer outputs.
 REMAPS = {'trainer': remap_arguments(trainer_remaps()), 'query': remap_arguments(query_remaps())}

@@ -28,6 +28,7 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_eval_writes_a_row_per_checkpoint_and_prints_the_table(study, capsys):
     root, data, first, second = study
     out = root / 'out'
@@ -49,6 +50,7 @@ def test_eval_writes_a_row_per_checkpoint_and_prints_the_table(study, capsys):
     assert float(rows[0]['feature_cosine']) > float(rows[1]['feature_cosine'])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_partly_fits_is_loaded_with_what_did_not_named(study, tmp_path):
     _, _, first, _ = study
     raw = torch.load(first, weights_only=True)
@@ -63,6 +65,7 @@ def test_a_checkpoint_that_partly_fits_is_loaded_with_what_did_not_named(study, 
     assert any('stale.weight' in n for n in notes)
 
 
+@pytest.mark.slow
 def test_splits_from_a_file_or_a_list(study, tmp_path):
     _, data, _, _ = study
     frames = read_dataset(data)
@@ -81,6 +84,7 @@ def test_splits_from_a_file_or_a_list(study, tmp_path):
         read_split_file(split, frames)
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_without_a_partial_csv(study, capsys):
     root, data, first, _ = study
     out = root / 'bad'

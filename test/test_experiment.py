@@ -43,6 +43,7 @@ def test_subsets_are_spread_and_keep_the_first_and_last_frames():
         fraction_count(0.0, 9)
 
 
+@pytest.mark.slow
 def test_frames_study_writes_runs_summary_and_plot(datasets, capsys):
     root, plain, _ = datasets
     out = root / 'frames'
@@ -60,6 +61,7 @@ def test_frames_study_writes_runs_summary_and_plot(datasets, capsys):
     assert f'plot: {out / "plot.png"}' in printed and 'fraction 0.5' in printed
 
 
+@pytest.mark.slow
 def test_seeds_study_with_masks_dropped_and_corrupted(datasets):
     root, _, masked = datasets
     out = root / 'seeds'
@@ -77,6 +79,7 @@ def test_seeds_study_with_masks_dropped_and_corrupted(datasets):
     assert rows[0]['psnr'] != rows[1]['psnr']
 
 
+@pytest.mark.slow
 def test_grid_checkpoints_every_n_steps_and_scores_each(datasets):
     root, plain, _ = datasets
     out = root / 'grid'

@@ -45,6 +45,7 @@ def test_marching_cubes_finds_the_spheres_of_a_known_field(tmp_path):
     assert auto_voxel_size(WorkspaceBox(np.zeros(3), np.full(3, 5.12)), 0.01) == pytest.approx(0.02)
 
 
+@pytest.mark.slow
 def test_export_mesh_of_a_checkpoint(tmp_path, capsys):
     scene = tiny_scene()
     checkpoint, _ = tiny_checkpoint(tmp_path / 'a.ckpt', scene, steps=10, rays_per_batch=128)

@@ -122,7 +122,7 @@ def _assert_small(errors):
         assert error < 1e-6, (name, error)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device (the interpreter test covers the CPU)')
+@pytest.mark.cuda(why='the interpreter test covers the CPU')
 def test_lazy_adam_on_cuda():
     _assert_small(check('cuda'))
 

@@ -7,8 +7,6 @@ pytest.importorskip('nerfstudio')
 from f3rm_ros.core.config import make_config  # noqa: E402
 from f3rm_ros.core.training.field import FeatureField  # noqa: E402
 
-HAS_CUDA = torch.cuda.is_available()
-
 
 def test_render_then_project_equals_projecting_every_sample():
     """W (sum w h) + b sum w == sum w (W h + b): the feature head's output layer applied per ray."""
@@ -65,7 +63,7 @@ def _rays(model, num):
     return cams.generate_rays(camera_indices=idx, coords=coords)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: the fast path only runs on CUDA')
+@pytest.mark.cuda(why='the fast path only runs on CUDA')
 @pytest.mark.parametrize('preset', ['cpu-tiny', 'gpu'])
 def test_fast_model_matches_reference_outputs_and_gradients(preset):
     config, fast, reference = _model_pair(preset)
@@ -205,7 +203,7 @@ def _copy_training_state(source, target):
     target.generator.set_state(source.generator.get_state())
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
+@pytest.mark.cuda(why='CUDA graphs only exist on CUDA')
 @pytest.mark.parametrize('mixed_precision,compile', [(False, False), (True, False), (True, True)])
 def test_cuda_graph_steps_train_like_eager_steps(mixed_precision, compile):
     """Graph replays give the eager step's losses, and leave the proposal networks alone when nerfstudio does.
@@ -243,7 +241,7 @@ def test_cuda_graph_steps_train_like_eager_steps(mixed_precision, compile):
     assert torch.allclose(graphed_losses, eager_losses, rtol=1e-2), losses
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='no CUDA device: CUDA graphs only exist on CUDA')
+@pytest.mark.cuda(why='CUDA graphs only exist on CUDA')
 def test_a_failed_compile_warns_and_trains_uncompiled(monkeypatch, caplog):
     """trainer.compile is an optimisation: when torch.compile fails, the step is captured uncompiled, with a warning."""
     import torch._dynamo

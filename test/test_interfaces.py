@@ -10,6 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent('''

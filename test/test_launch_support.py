@@ -13,6 +13,8 @@ import time
 import pytest
 from launch_support import VENDOR, LaunchRun
 
+pytestmark = pytest.mark.ros
+
 LAUNCH = '''
 import sys
 try:  # a ROS install's launch, else the vendored sources (launch_support.import_launch)

@@ -11,6 +11,8 @@ from rclpy.parameter import Parameter
 from f3rm_ros.ros.params import NodeParameters, ParamSpec, positive
 from f3rm_ros.harness.testing import RosProbe
 
+pytestmark = pytest.mark.ros
+
 
 class HumbleNode(Node):
     """A node whose rclpy has no post-set parameter callback (rclpy before Jazzy)."""

@@ -16,6 +16,8 @@ from f3rm_ros.core.capture.frames import PosedFrame, read_dataset
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings, StampAssembler
 from f3rm_ros.ros import conversions, diagnostics, qos
 
+pytestmark = pytest.mark.ros
+
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
 W, H = 96, 72
 

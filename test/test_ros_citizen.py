@@ -25,10 +25,12 @@ from std_srvs.srv import Trigger
 from f3rm_ros.core.config import make_config
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.diagnostics import level_name, status_values
-from f3rm_ros.harness.fault_campaign import PicklePayload
+from f3rm_ros.harness.bad_inputs import PicklePayload
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
 from f3rm_ros.ros.topics import remap_arguments, trainer_remaps
+
+pytestmark = pytest.mark.ros
 
 W, H = 96, 72
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])

@@ -18,6 +18,8 @@ from f3rm_ros.harness.testing import RosProbe
 from analytic_field import TABLE_TOP, analytic_scene, yaw_matrix
 from test_ros_query import LiveSession
 
+pytestmark = pytest.mark.ros
+
 ROBOTIQ_2F140 = 0.14     # grasp.max_opening of the bench's gripper
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 NODE_NAMES = {'capture': 'capture_node', 'trainer': 'trainer_node', 'query': 'query_node', 'replay': 'replay_node'}

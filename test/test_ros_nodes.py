@@ -19,6 +19,8 @@ from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
 
+pytestmark = pytest.mark.ros
+
 W, H = 96, 72
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
 

@@ -26,6 +26,8 @@ from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
 
+pytestmark = pytest.mark.ros
+
 W, H = 160, 120
 K = np.array([[130.0, 0, 80], [0, 130.0, 60], [0, 0, 1]])
 LENS = Distortion('plumb_bob', (-0.2, 0.05, 0.0, 0.0, 0.0))

@@ -29,6 +29,8 @@ import pytest
 import yaml
 from launch_support import SIGTERM_TIMEOUT_S, LaunchRun, launch_command
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / '.venv' / 'bin' / 'python'
 COLCON = ROOT / 'scripts' / 'colcon_tools.sh'

@@ -11,12 +11,16 @@ A case is one of three kinds:
 * `ParameterCase`: a value set through ``<node>/set_parameters``; refused with a reason naming ``expect``.
 * `QueryCase`: text on ``query/query``; answered ERROR with a reason naming ``expect`` (or, for text DDS itself
   cuts short, anything but FOUND).
+
+Beside the messages, two faults of the host: a hostile checkpoint (`PicklePayload`) and a full disk (`fill_disk`).
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy as np
@@ -227,3 +231,22 @@ def query_cases() -> List[QueryCase]:
         QueryCase('an empty query', '', 'empty'),
         QueryCase('a query of separators only', ' , ,, ', 'empty'),
     ]
+
+
+class PicklePayload:
+    """A hostile checkpoint's object: unpickling it creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def fill_disk(folder: Path, leave_kb: int) -> Path:
+    """Write a ballast file that leaves about `leave_kb` KB free; returns it (delete it to free the space)."""
+    ballast = folder / 'ballast'
+    free = shutil.disk_usage(folder).free
+    with open(ballast, 'wb') as handle:
+        handle.write(b'\0' * max(0, free - leave_kb * 1024))
+    return ballast

@@ -34,6 +34,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import yaml
 
+from . import bad_inputs as cases
+from .bad_inputs import PicklePayload, fill_disk
 from .testing import NodeProcesses, RosProbe, rss_mib, subprocess_env
 
 OBJECTS = ['mug', 'ball', 'box']
@@ -92,7 +94,10 @@ def temporary_files(root: Path) -> List[str]:
 
 
 class Campaign:
-    """Runs the phases (see the module docstring) in `work`; results in `results`."""
+    """Runs the phases (see the module docstring) in `work`; results in `results`.
+
+    Why one class: every phase is a method over one private ROS domain, its node processes and one results table.
+    """
 
     def __init__(self, work: Path, seed: int = 0, report: Callable[[str], None] = print):
         self.work = Path(work)
@@ -327,8 +332,8 @@ class Campaign:
         served = self.start_query()
         good = (served / 'good.ckpt').read_bytes()
         marker = self.work / 'payload-ran'
-        cases = {'truncated to half its size': good[:len(good) // 2], 'empty (0 bytes)': b''}
-        for name, data in cases.items():
+        broken = {'truncated to half its size': good[:len(good) // 2], 'empty (0 bytes)': b''}
+        for name, data in broken.items():
             path = served / f'{name.split()[0]}.ckpt'
             path.write_bytes(data)
             self._refused_checkpoint(name, path, ('truncated or corrupt', 'not a readable'))
@@ -433,7 +438,6 @@ class Campaign:
         from rcl_interfaces.msg import Log
         from rclpy.qos import QoSProfile
 
-        from . import bad_inputs as cases
         from ..ros.qos import latched_qos
         work = self.work / 'bad'
         params = self.params('bad', work / 'scan', work / 'ckpt', resume=False,
@@ -530,7 +534,6 @@ class Campaign:
 
     def stream(self, minutes: float, width: int = 640, height: int = 480, rate: float = 30.0) -> None:
         """`minutes` of a 30 Hz camera into a fresh capture node; its RSS over time."""
-        from . import bad_inputs as cases
         from ..ros import conversions as conv
         from ..ros.qos import latched_qos
         work = self.work / 'stream'
@@ -582,25 +585,6 @@ class Campaign:
                          f'RSS {warm[0]:.0f} -> {warm[-1]:.0f} MiB after the first minute ({growth:+.1%}), '
                          f'{slope:+.2f} MiB/min over the second half',
                          growth < 0.05)
-
-
-class PicklePayload:
-    """A hostile checkpoint's object: unpickling it creates a file."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, 'w'))
-
-
-def fill_disk(folder: Path, leave_kb: int) -> Path:
-    """Write a ballast file that leaves about `leave_kb` KB free; returns it (delete it to free the space)."""
-    ballast = folder / 'ballast'
-    free = shutil.disk_usage(folder).free
-    with open(ballast, 'wb') as handle:
-        handle.write(b'\0' * max(0, free - leave_kb * 1024))
-    return ballast
 
 
 def _median(values) -> float:
