@@ -180,6 +180,7 @@ def test_grasp_clear_checks_the_fingers_against_the_field_and_the_truth():
     assert not grasp_clear(planner, grasp, support, [], table_top=grasp.pose[2, 3] + 0.001)
 
 
+@pytest.mark.slow
 def test_bench_semantic_scores_a_dataset_and_its_absent_objects(scene_dataset, tmp_path, capsys):
     """`f3rm-ros bench semantic --data` trains, asks for every object and every absent catalogue object.
 
@@ -235,6 +236,7 @@ def test_latency_rows_include_grasps_and_packing():
     assert len(pack_heatmap(heatmap)) == CLOUD_POINT_STEP * len(heatmap)
 
 
+@pytest.mark.slow
 def test_bench_query_times_a_trained_field(tmp_path, capsys):
     """`f3rm-ros bench query` trains a tiny layout itself and prints the table and the RESULT line."""
     code = main(['bench', 'query', '--steps', '5', '--views', '8', '--width', '48', '--height', '36', '--queries', '2',

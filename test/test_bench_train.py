@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from f3rm_ros.bench import parse_eval_lines, parse_result_line
-from f3rm_ros.bench.train import compare
+from f3rm_ros.bench.train_tables import compare
 from f3rm_ros.cli import main
 from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.capture.frames import write_dataset
@@ -62,6 +62,7 @@ def test_time_to_psnr_is_read_from_both_curves_with_a_ratio_only_where_both_reac
     assert rows['f3rm_ros best']['speedup'] is None
 
 
+@pytest.mark.slow
 def test_bench_train_runs_several_datasets_and_modes_like_for_like(two_datasets, tmp_path, capsys):
     """Two datasets x both feature-weight modes: the baseline runs in the matching mode on our schedule.
 
@@ -104,6 +105,7 @@ def test_bench_train_runs_several_datasets_and_modes_like_for_like(two_datasets,
     assert 'peak GPU memory, rendering (GiB)' in printed and '| overall' in printed
 
 
+@pytest.mark.slow
 def test_a_saved_baseline_output_is_read_with_its_curve(two_datasets, tmp_path, capsys):
     """--baseline-result takes a saved baseline log (RESULT and EVAL lines); a mode mismatch is warned about."""
     paths, fake = two_datasets
