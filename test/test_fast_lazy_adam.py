@@ -127,6 +127,7 @@ def test_lazy_adam_on_cuda():
     _assert_small(check('cuda'))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason='CUDA present: the native test covers the kernel')
 def test_lazy_adam_under_triton_interpreter():
     _assert_small(interpreted('test_fast_lazy_adam', "check('cpu')"))

@@ -10,6 +10,7 @@ from f3rm_ros.core.teachers import make_teacher
 from f3rm_ros.core.training.trainer import OnlineTrainer
 
 
+@pytest.mark.slow
 def test_a_replaced_slot_gets_new_pixels_features_and_a_fresh_camera():
     scene = scenes.make_scene(seed=0, object_names=['mug', 'ball'], num_views=6, width=48, height=36)
     config = make_config('cpu-tiny')

@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 
+import pytest
 from f3rm_ros_interfaces.msg import ModelMaturity, QueryAnswer
 from f3rm_ros_interfaces.srv import Query
 from geometry_msgs.msg import PoseStamped
@@ -23,6 +24,8 @@ from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.ros.topics import remap_arguments
 
 from study_support import tiny_scene
+
+pytestmark = pytest.mark.ros
 
 STEPS = 60             # the trainer's budget: done (and so settled) soon even on two busy cores
 WINDOW = 10            # settle window (steps)

@@ -46,6 +46,7 @@ def test_dino_gives_aligned_patch_tokens(dino):
         dino.encode_text(['mug'])
 
 
+@pytest.mark.slow
 def test_dino_weights_file_and_refusals(dino, tmp_path):
     """A local weights file is what runs; missing files, the hub offline and random weights are refused."""
     path = tmp_path / 'dinov2_vits14.pth'

@@ -43,6 +43,7 @@ def small_clip(clip_teacher):
     return small
 
 
+@pytest.mark.slow
 def test_clip_640x480_gives_24x32_patches_of_768(clip_teacher):
     """A 640x480 image → 448x336 pixels → 24x32 patches of 768-d (ViT-L/14)."""
     assert isinstance(clip_teacher, Teacher)
@@ -54,6 +55,7 @@ def test_clip_640x480_gives_24x32_patches_of_768(clip_teacher):
     assert features.std(dim=(0, 1, 2)).mean() > 0  # patches differ
 
 
+@pytest.mark.slow
 def test_clip_grid_follows_aspect_ratio(clip_teacher, small_clip):
     """Shorter side → image_size, longer side rounded to whole patches; no centre crop."""
     assert clip_teacher.grid_shape(480, 640) == (24, 32)
@@ -65,6 +67,7 @@ def test_clip_grid_follows_aspect_ratio(clip_teacher, small_clip):
     assert small_clip.extract([frame(noise(120, 40))]).shape == (1, 6, 2, 768)
 
 
+@pytest.mark.slow
 def test_clip_batch_equals_single_images(small_clip):
     """Batching (including a partial last batch) does not change any frame's features."""
     images = [noise(60, 80, seed=1), noise(60, 80, seed=2), noise(60, 80, seed=3)]
@@ -75,12 +78,14 @@ def test_clip_batch_equals_single_images(small_clip):
     assert not torch.allclose(batched[0], batched[1], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_clip_rejects_mixed_grids(small_clip):
     """Frames of one call must share a patch grid."""
     with pytest.raises(ValueError, match='patch grid'):
         small_clip.extract([frame(noise(60, 80)), frame(noise(80, 60))])
 
 
+@pytest.mark.slow
 def test_clip_text_features_are_unit_vectors(clip_teacher):
     """Text embeddings are [N, 768], unit norm, distinct and deterministic."""
     text = clip_teacher.encode_text(['a red mug', 'a bowl', 'object'])
