@@ -450,7 +450,7 @@ def test_nodes_leave_dds_alone_by_default(monkeypatch):
 def test_cli_localhost_only_flag(monkeypatch, caplog, argv, confined):
     """`f3rm-ros <command> --localhost-only` sets both variables before the command runs; without it, nothing.
 
-    The user's own Fast DDS profile it replaces is named in a warning (issue 26: it was replaced silently).
+    The user's own Fast DDS profile it replaces is named in a warning (it was once replaced silently).
     """
     import importlib
 

@@ -1,4 +1,4 @@
-"""The query node as a planner meets it during an online scan, decoded from the wire (issue 26 items 1, 4, 7).
+"""The query node as a planner meets it during an online scan, decoded from the wire.
 
 A trainer node learns a small synthetic table from keyframes published on its topics; a query node answers from
 its live model and hears its ``~/maturity``. What crosses the boundary is checked: an early answer is not settled,

@@ -247,7 +247,7 @@ def bottom(cluster):
 
 
 def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
-    """Answer only what rests on the 2 cm table: nothing inside it, nothing hanging in the air (issue 26 item 2).
+    """Answer only what rests on the 2 cm table: nothing inside it, nothing hanging in the air.
 
     A 'bar' exists only inside the table slab (relevant voxels below its top face, like the second "bowl" cluster
     1.5 cm under the table): NOT_PRESENT. A 'block' reaches 1.5 cm into the table: its box reaches no further than
@@ -280,7 +280,7 @@ def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
 
 
 def test_grasps_follow_the_clusters_order_and_never_cede_the_first_grasp(rig):
-    """grasps[0] belongs to cluster 0 whenever cluster 0 has a grasp; without one the list is empty (issue 26 item 3).
+    """grasps[0] belongs to cluster 0 whenever cluster 0 has a grasp; without one the list is empty.
 
     'ball, bar' answers two clusters, the 10 cm ball first (more evidence). With a 14 cm gripper both have grasps:
     every grasp of cluster 0 comes before any of cluster 1. With a 6 cm gripper the ball has none (10 cm across in

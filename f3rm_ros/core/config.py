@@ -606,7 +606,7 @@ def apply_yaml_files(config: F3RMConfig, yaml_files: Sequence[Path] = ()) -> F3R
 
 
 # The preset that picks one for the machine (`resolve_preset`), and what it picks without CUDA: F3RM's `gpu`
-# sizes on two CPU cores took 12 s a step and could not stop within launch's 5 s (issue 22).
+# sizes on two CPU cores took 12 s a step and could not stop within launch's 5 s.
 AUTO_PRESET = 'auto'
 CPU_PRESET = 'cpu'
 PRESET_NAMES = (AUTO_PRESET, *PRESETS)

@@ -92,7 +92,7 @@ PROGRESS_EVERY_S = 10.0
 
 
 class TrainingProgress:
-    """Prints the trainer's progress to the pipeline's user (issue 26: it printed none).
+    """Prints the trainer's progress to the pipeline's user (without it a user saw nothing until the end).
 
     State changes, a line every `PROGRESS_EVERY_S` while training, and "training done" each time training finishes.
     """

@@ -91,7 +91,7 @@ PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s
 STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
 LOG_TEXT_CHARS = 120      # a question's text in the log is cut to this many characters (the answer keeps it whole)
 # A picture starts once no question arrived for this long (s): on a CPU its render competes with the next answer for
-# the cores (160x120 took 1.7-2 s on 2 idle cores, issue 26), so a client asking back to back never waits for one.
+# the cores (160x120 took 1.7-2 s on 2 idle cores), so a client asking back to back never waits for one.
 PICTURE_QUIET_S = 0.5
 PICTURE_BAND_ROWS = 8     # rows per band: a newer question waits for at most one band of a picture already started
 

@@ -155,8 +155,8 @@ class QueryResult:
 
 
 # The support under a cluster is read below its top plus this (m): a group of voxels inside a thin table lies
-# below the table's top face, which its ring of columns must still see (issue 26: "bowl" answered a second
-# cluster 1.5 cm under the table top, and the mug's box reached 2 cm into it).
+# below the table's top face, which its ring of columns must still see (without the margin "bowl" answered a
+# second cluster 1.5 cm under the table top, and the mug's box reached 2 cm into it).
 SUPPORT_CEILING_MARGIN = 0.02
 # A cluster whose lowest voxel is more than this above its support (m), with nothing occupied under most of its
 # footprint, floats: a NeRF floater, not an object (objects rest on the table or on another object).
