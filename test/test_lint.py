@@ -33,3 +33,14 @@ def test_core_imports_without_rclpy_in_a_fresh_interpreter():
             'assert "rclpy" not in sys.modules, "rclpy was imported"\n')
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_project_cites_nothing_outside_itself():
+    """Docstrings, comments and docs state their reason or point into docs/, never at a tracker or a missing file."""
+    import re
+    pattern = re.compile(r'DESIGN\.md|issue [0-9]')
+    paths = [ROOT / 'README.md', *(ROOT / 'docs').rglob('*.md'), *(ROOT / 'f3rm_ros').rglob('*.py'),
+             *(ROOT / 'test').rglob('*.py')]
+    hits = [f'{path.relative_to(ROOT)}:{number}: {line.strip()}' for path in paths
+            for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, '\n'.join(hits)
