@@ -151,12 +151,13 @@ def live_session(case, steps=300):
     return session, config, events
 
 
-def wait_done(session, timeout=900):
+def wait_done(session, frames, timeout=900):
+    """Wait until the session has taken `frames` keyframes and trained all it means to."""
     deadline = time.monotonic() + timeout
-    while session.state != 'done' and time.monotonic() < deadline:
+    while not (session.state == 'done' and session.status()['trained_frames'] == frames):
         assert not session.status()['error'], session.status()
+        assert time.monotonic() < deadline, session.status()
         time.sleep(0.2)
-    assert session.state == 'done', session.status()
 
 
 @pytest.fixture
@@ -177,14 +178,14 @@ def test_a_live_session_follows_a_changed_object_after_a_short_rescan(kind, one_
     session, config, events = live_session(case)
     session.start()
     try:
-        wait_done(session)
+        wait_done(session, len(case.scan))
         querier = FieldQuerier(session.trainer.model, session.teacher, copy.deepcopy(config),
                                lock=session.trainer.lock)
         first = querier.query(case.name)
         assert first.found and np.linalg.norm(first.best.centroid - case.old_center) < 0.02   # learnt where it was
         for frame in case.rescan:
             assert session.add_frame(dataclasses.replace(frame))[0]
-        wait_done(session)        # the rescan, and the repair steps a change adds
+        wait_done(session, len(case.scan) + len(case.rescan))   # the rescan, and the repair steps a change adds
         assert events and session.status()['scene_changes'] == len(events)
         lo = np.min([e.min_xyz for e in events], axis=0)
         hi = np.max([e.max_xyz for e in events], axis=0)
