@@ -45,7 +45,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -109,18 +109,6 @@ class SceneRun:
     field_s: float            # density over the grid + features of the occupied voxels, once per scene
     occupied_voxels: int
     grid_voxels: int
-
-
-@dataclass
-class Scene:
-    """A scan with ground truth: what a bench run scores."""
-
-    name: str
-    frames: list
-    labels: Dict[int, str]
-    objects: Dict[str, Dict]
-    workspace: object
-    absent: List[str] = field(default_factory=list)
 
 
 def register(sub) -> None:
