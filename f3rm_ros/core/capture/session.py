@@ -2,8 +2,8 @@
 
 A `CaptureSession` receives images (lazily: a loader it calls only when it needs the pixels), intrinsics
 with their lens distortion, poses by stamp (or a pose-lookup function, e.g. tf2) and optional aligned depth,
-label and mask images paired with their colour image by stamp (nearest within `depth_slop_s`: drivers stamp
-depth a few milliseconds after colour). For each image it decides, cheapest test first:
+label and mask images paired with their colour image by stamp (`pairing`: nearest within `depth_slop_s`; drivers
+stamp depth a few milliseconds after colour). For each image it decides, cheapest test first:
 
 1. stamp sanity (non-zero, finite, within `max_stamp_skew_s` of the node's clock, newer than the previous
    good image: duplicates and out-of-order are refused, but a run of `STAMP_RECOVERY_FRAMES` consistent
@@ -51,18 +51,14 @@ from .distortion import Distortion, Undistorter
 from .frames import DatasetWriter, PosedFrame
 from ..geometry import check_rigid, opengl_to_optical, resized_intrinsics
 from .keyframes import KeyframeGate, PoseBuffer, sharpness
+from .pairing import AlignedImages, Loader
 
 PoseLookup = Callable[[float], Tuple[Optional[np.ndarray], str]]
-Loader = Callable[[], np.ndarray]
-AUX_KINDS = ('depth', 'labels', 'mask')
 # until the image stamps tell the frame period, aligned images pair with colour within this (half of 30 Hz)
 DEFAULT_SLOP_S = 1.0 / 60.0
 # `capacity` 0 (the node's default): the scan on disk keeps up to this many keyframes; the trainer keeps the
 # best-spread `trainer.capacity` of them (a full trainer replaces its most redundant view)
 DISK_CAPACITY = 1000
-ALIGNED_DEPTH_HINT = ("depth must be registered to the colour camera: realsense2_camera's align_depth.enable:=true "
-                      "and remap depth to /camera/camera/aligned_depth_to_color/image_raw (other drivers: their "
-                      "'aligned depth to color' / registered depth output)")
 # Frames stamped before an outlier in a row, each newer than the last, after which the outlier is forgotten.
 STAMP_RECOVERY_FRAMES = 5
 
@@ -187,12 +183,6 @@ class _Camera:
 
 
 @dataclass
-class _Aux:
-    load: Loader
-    frame_id: str = ''
-
-
-@dataclass
 class CaptureStats:
     """Counters for the status topic."""
 
@@ -242,8 +232,7 @@ class CaptureSession:
                                  settings.min_sharpness)
         self.camera: Optional[_Camera] = None
         self.pending: List[_Pending] = []
-        self.aux: Dict[str, Dict[float, _Aux]] = {kind: {} for kind in AUX_KINDS}
-        self.aux_seen = {kind: False for kind in AUX_KINDS}
+        self.aligned = AlignedImages()                     # depth, labels and masks waiting for their colour image
         self.last_image_stamp: Optional[float] = None
         self.scanning = True
         self.stats = CaptureStats()
@@ -433,38 +422,10 @@ class CaptureSession:
         It pairs with the colour image whose stamp is nearest, within `slop_s`. One in another frame than the
         colour images is refused (queued problem naming the fix); the colour images do not wait for it.
         """
-        if kind not in self.aux:
-            raise ValueError(f'unknown aligned image kind {kind!r}; expected one of {AUX_KINDS}')
-        problem = self._frame_problem(kind, frame_id, self.colour_frame)
+        problem = self.aligned.add(kind, stamp, load, frame_id, self.colour_frame, 4 * self.settings.max_pending)
         if problem:
             self._problem(f'{kind}_frame', problem)
-            return self.poll()
-        self.aux_seen[kind] = True
-        store = self.aux[kind]
-        store[float(stamp)] = _Aux(load, frame_id)
-        while len(store) > 4 * self.settings.max_pending:
-            del store[min(store)]
         return self.poll()
-
-    @staticmethod
-    def _frame_problem(kind: str, frame_id: str, colour_frame: str) -> str:
-        if not frame_id or not colour_frame or frame_id == colour_frame:
-            return ''
-        if kind == 'depth':
-            return (f'depth image (topic depth) is in frame {frame_id!r} but the colour images are in '
-                    f'{colour_frame!r}: ignored, keyframes are kept without depth. {ALIGNED_DEPTH_HINT}')
-        return (f'{kind} image (topic {kind}) is in frame {frame_id!r} but the colour images are in {colour_frame!r}: '
-                f'ignored; publish {kind} aligned to the colour camera, with its frame_id')
-
-    def _match(self, kind: str, stamp: float) -> Optional[float]:
-        """Return the stamp of the `kind` image nearest to `stamp` within `slop_s`, or None."""
-        store = self.aux[kind]
-        if not store:
-            return None
-        if stamp in store:
-            return stamp
-        nearest = min(store, key=lambda s: abs(s - stamp))
-        return nearest if abs(nearest - stamp) <= self.slop_s + 1e-9 else None
 
     def add_image(self, stamp: float, width: int, height: int, load_rgb: Loader,
                   frame_id: str = '') -> List[Outcome]:
@@ -560,7 +521,7 @@ class CaptureSession:
         now = self.clock()
         for item in self.pending:
             T, why = self._pose(item.stamp)
-            missing = [kind for kind in AUX_KINDS if self.aux_seen[kind] and self._match(kind, item.stamp) is None]
+            missing = self.aligned.missing(item.stamp, self.slop_s)
             timed_out = now - item.arrived >= self.settings.pose_wait_s
             if T is None or missing:
                 if not timed_out:
@@ -585,11 +546,8 @@ class CaptureSession:
 
     def _forget_old_aux(self) -> None:
         horizon = min([p.stamp for p in self.pending], default=self.last_image_stamp)
-        if horizon is None:
-            return
-        for store in self.aux.values():
-            for stamp in [s for s in store if s < horizon - 5.0]:
-                del store[stamp]
+        if horizon is not None:
+            self.aligned.forget_before(horizon)
 
     def _settle(self, item: _Pending, T: np.ndarray, missing: List[str]) -> Outcome:
         full = self.full_reason()
@@ -623,42 +581,13 @@ class CaptureSession:
             if value < self.settings.min_sharpness:
                 return Outcome(item.stamp, 'blurred', f'blurred (sharpness {value:.1f} < '
                                                       f'{self.settings.min_sharpness:.1f})')
-        extras, notes = {}, [f'no aligned {kind} image' for kind in missing]
-        for kind in AUX_KINDS:
-            key = self._match(kind, item.stamp)
-            aux = self.aux[kind].pop(key, None) if key is not None else None
-            if aux is None:
-                continue
-            problem = self._frame_problem(kind, aux.frame_id, item.frame_id)
-            if problem:
-                self._problem(f'{kind}_frame', problem)
-                notes.append(f'{kind} in another frame ignored')
-                continue
-            try:
-                value = np.asarray(aux.load())
-            except (ValueError, TypeError) as error:
-                if kind == 'mask':
-                    return Outcome(item.stamp, 'mask', f'bad mask image (topic mask): {error}; frame skipped')
-                self._problem(f'{kind}_decode', f'{kind} image at {key:.3f} s (topic {kind}) ignored: {error}')
-                notes.append(f'bad {kind} image ignored')
-                continue
-            if value.shape[:2] != (camera.height, camera.width):
-                text = (f'{kind} image (topic {kind}) is {value.shape[1] if value.ndim > 1 else "?"} x '
-                        f'{value.shape[0]} but the colour images are {camera.width} x {camera.height}')
-                if kind == 'mask':
-                    return Outcome(item.stamp, 'mask', f'{text}: publish the mask at the colour resolution (mono8, '
-                                                       'aligned); frame skipped')
-                hint = f'. {ALIGNED_DEPTH_HINT}' if kind == 'depth' else '; publish it aligned to the colour image'
-                self._problem(f'{kind}_size', f'{text}: ignored, keyframes are kept without {kind}{hint}')
-                notes.append(f'{kind} of another size ignored')
-                continue
-            if kind == 'mask':
-                value = (value > 0).astype(np.uint8)
-            if undistorter is not None:
-                value = undistorter.nearest(value)
-            if resized:
-                value = cv2.resize(value, (width, height), interpolation=cv2.INTER_NEAREST)
-            extras[kind] = value
+        taken = self.aligned.take(item.stamp, self.slop_s, item.frame_id, (camera.width, camera.height), undistorter,
+                                  (width, height) if resized else None)
+        for kind, problem in taken.problems:
+            self._problem(kind, problem)
+        if taken.refusal:
+            return Outcome(item.stamp, 'mask', taken.refusal)
+        extras, notes = taken.extras, [f'no aligned {kind} image' for kind in missing] + taken.notes
         mask = self._mask(extras.pop('mask', None), valid, (width, height), resized)
         name = f'frame_{self.num_keyframes:05d}'
         try:
