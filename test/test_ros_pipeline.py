@@ -33,6 +33,10 @@ pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
 DEMO_STEPS = 500  # the demo's; at 300 the 7 cm ball is not yet dense enough to pass the alpha threshold
+# The demo stops training at its time budget whatever the step; what this test checks is the answer after all
+# DEMO_STEPS steps, so the budget must cover them on a loaded machine too: 300 s stopped two of four runs at step
+# 418 and 477 with two cores shared by four other training jobs (load 7-10; the answers were within 1.6 cm).
+DEMO_BUDGET_S = 900
 OBJECTS = ['mug', 'ball', 'box']
 
 
@@ -165,8 +169,8 @@ def test_shortened_demo_reports_each_object_where_it_is(tmp_path):
     started = time.monotonic()
     done = subprocess.run([sys.executable, '-m', 'f3rm_ros.cli', 'demo', '--output', str(out), '--objects',
                            'mug,ball', '--seed', '3', '--views', '48', '--size', '160x120', '--steps',
-                           str(DEMO_STEPS), '--budget', '300'], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           str(DEMO_STEPS), '--budget', str(DEMO_BUDGET_S)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=DEMO_BUDGET_S + 300)
     print(f'shortened demo: {time.monotonic() - started:.0f} s')
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert 'step 0/' in done.stdout or 'keyframes' in done.stdout        # progress was shown
