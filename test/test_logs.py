@@ -1,7 +1,8 @@
 """What the nodes' logs and status say about problems: once per period, summaries on time, gone when gone.
 
-Issue 26: a rate-limit note arrived 31 s after the burst it summarised, a 10,000-character query was logged whole,
-core records were logged twice (ROS-formatted and plain), and /capture kept an old last_problem while scanning.
+Seen from a client before: a rate-limit note arrived 31 s after the burst it summarised, a 10,000-character query
+was logged whole, core records were logged twice (ROS-formatted and plain), and /capture kept an old last_problem
+while scanning.
 """
 import logging
 from types import SimpleNamespace

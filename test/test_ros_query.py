@@ -361,7 +361,7 @@ def test_a_bad_action_goal_is_aborted_with_the_reason_the_service_gives(rig, fie
 def test_parameter_descriptions_say_range_and_meaning(rig):
     """``ros2 param describe`` (DescribeParameters, decoded) gives each query parameter's meaning, not a pointer.
 
-    Issue 26: every config parameter read "see core/config.py", and query.present_relevancy's -1 was undocumented.
+    Every config parameter used to read "see core/config.py", and query.present_relevancy's -1 was undocumented.
     """
     from rcl_interfaces.srv import DescribeParameters
     probe, live, node, inboxes = rig
