@@ -206,6 +206,10 @@ class CaptureSession:
     or ``T_base_ee`` when `settings.hand_eye` is set (both paths compose the hand-eye transform here).
     `stamp_clock` says the time now in the stamps' time base (the node's ROS clock; 0 or None = unknown):
     image stamps further than `max_stamp_skew_s` from it are refused.
+
+    Why one class: its checks run in order on one scan's state that every input updates (camera and undistorter,
+    gate reference, pending images, dataset writer, counters); what stands alone lives beside it (`keyframes`,
+    `pairing`, `distortion`, `frames`).
     """
 
     def __init__(self, settings: CaptureSettings, pose_lookup: Optional[PoseLookup] = None,
