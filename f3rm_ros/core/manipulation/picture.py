@@ -7,12 +7,15 @@ import cv2
 import numpy as np
 
 from .gripper import GripperModel
+from ..capture.frames import PosedFrame
 from ..geometry import WorkspaceBox
 from ..study.views import default_view, render_view
 
 # Box edges as pairs of corner indices (corners ordered as `box_corners`: x slowest, z fastest).
 EDGES = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7))
-# BGR-free RGB colours: best pose first.
+# Where the close-up camera sits relative to the pose it looks at (m): behind (the robot's side) and above.
+CLOSE_UP_OFFSET = np.array([-0.18, 0.0, 0.22])
+# RGB colours: best pose first.
 POSE_COLOURS = ((40, 220, 90), (250, 200, 40), (60, 160, 250), (230, 80, 200), (200, 200, 200))
 
 
@@ -48,8 +51,18 @@ def draw_grippers(image: np.ndarray, K: np.ndarray, T_base_optical: np.ndarray, 
 
 def gripper_picture(model, box: WorkspaceBox, gripper: GripperModel, poses: Sequence[np.ndarray],
                     widths: Sequence[float], width: int = 480, height: int = 360) -> np.ndarray:
-    """Render the field from the default overview (behind and above the workspace) and draw the grippers in."""
-    view = default_view(box, width, height)
+    """Render the field around the first pose (from the robot's side, above) and draw the grippers in.
+
+    Without poses the whole workspace is shown from the default overview.
+    """
+    from ..scenes.table import look_at, pinhole_intrinsics   # open3d-backed module: only pictures need it
+    if len(poses):
+        centre = np.asarray(poses[0])[:3, 3]
+        eye = centre + CLOSE_UP_OFFSET
+        view = PosedFrame(np.zeros((height, width, 3), np.uint8), pinhole_intrinsics(width, height, 50.0),
+                          look_at(eye, centre))
+    else:
+        view = default_view(box, width, height)
     rendered = render_view(model, view, box=box)
     rgb = (np.clip(rendered['rgb'], 0, 1) * 255).astype(np.uint8) if rendered['rgb'].dtype != np.uint8 \
         else rendered['rgb']
