@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -141,10 +141,3 @@ class OccupancyGrid:
         inside = ((index >= 0) & (index < self.shape)).all(dim=-1)
         index = torch.where(inside[..., None], index, torch.zeros_like(index))
         return self.occupied[index[..., 0], index[..., 1], index[..., 2]] & inside
-
-
-def describe(gripper: GripperModel, opening: Optional[float] = None) -> str:
-    """One line a person reads: which gripper, how wide it opens."""
-    g = gripper.geometry
-    width = g.max_opening if opening is None else opening
-    return f'{gripper.name} (opens {g.max_opening * 100:.1f} cm; checked at {width * 100:.1f} cm)'

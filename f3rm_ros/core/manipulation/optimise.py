@@ -43,8 +43,6 @@ from ..query.answer import FOUND, FieldQuerier
 log = logging.getLogger(__name__)
 
 NO_TASK, NOT_PRESENT, NO_MODEL, ERROR = 'no_task', 'not_present', 'no_model', 'error'
-STATUSES = (FOUND, NO_TASK, NOT_PRESENT, NO_MODEL, ERROR)
-STAGES = ('retrieval', 'mask', 'field', 'candidates', 'collisions', 'optimise', 'rank')
 DUPLICATE_ANGLE_DEG = 10.0
 # Candidates per embedding batch: bounds [batch, N, D] (CLIP's 768-d features included).
 EMBED_CHUNK_VALUES = 1 << 25
