@@ -275,6 +275,13 @@ def test_no_cluster_forms_inside_a_thin_table_or_floats_above_it(rig):
         assert ball.status == QueryAnswer.FOUND and len(ball.clusters) == 1, ball.reason
         centre = ball.clusters[0].pose.position
         assert np.linalg.norm([centre.x - 0.62, centre.y - 0.12, centre.z - 0.05]) < 0.01
+        # alone, a floating group is still answered (an object's underside may not have formed yet), and says so
+        model.spheres.clear()
+        live.show(model, config, teacher)
+        alone = ask(probe, ['ball'])
+        assert alone.status == QueryAnswer.FOUND and len(alone.clusters) == 1, alone.reason
+        assert alone.clusters[0].note.startswith('floating: 1'), alone.clusters[0].note          # 12 cm up
+        assert 'is floating' in alone.reason
     finally:
         assert probe.set_parameters('/query', surface_only=True)[0].successful
 

@@ -263,6 +263,8 @@ class FieldQuerier:
         self._text_queries: 'OrderedDict[tuple, TextQuery]' = OrderedDict()   # whole queries, as `embeddings`
         self.grasp_planner = GraspPlanner(config.grasp)
         self.present_relevancy = present_relevancy(config.query, getattr(teacher, 'name', ''))
+        self.buried = 0                      # groups of the last query that lay inside the table
+        self.floating: Dict[int, float] = {}  # id of a reported floating cluster of the last query -> its gap (m)
 
     def invalidate(self) -> None:
         """Forget the cached voxels: call after the model changed (training steps, a new checkpoint)."""
@@ -364,6 +366,12 @@ class FieldQuerier:
         grasps, grasp_reasons = self.grasp_planner.plan_all(clusters)
         grasps, withheld = grasps_in_cluster_order(grasps, grasp_reasons)
         notes = cluster_notes(clusters, self.voxels.points)
+        for index, cluster in enumerate(clusters):
+            gap = self.floating.get(id(cluster))
+            if gap is not None:
+                notes[index] = '; '.join(part for part in (
+                    f'floating: {100 * gap:.0f} cm above the support with nothing under most of it (a floater, or '
+                    'an object whose underside the field has not formed yet)', notes[index]) if part)
         timings['grasps'] = time.perf_counter() - mark
         timings['total'] = time.perf_counter() - started
 
@@ -388,40 +396,47 @@ class FieldQuerier:
         else:
             labels = components(self.voxels.coords[chosen], link)
         groups = group_indices(labels, q.cluster_min_points)
-        clusters = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
-                                    values, threshold) for group in groups]
-        return rank_clusters([cluster for cluster in clusters if cluster is not None], limit)
+        kept = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
+                                values, threshold) for group in groups]
+        self.buried = sum(cluster is None for cluster, _ in kept)
+        grounded = [cluster for cluster, gap in kept if cluster is not None and gap is None]
+        floating = [(cluster, gap) for cluster, gap in kept if cluster is not None and gap is not None]
+        # floaters are not reported beside a grounded answer; alone, they are (an object whose underside the field
+        # has not formed yet looks the same), noted as floating
+        self.floating = {} if grounded else {id(cluster): gap for cluster, gap in floating}
+        return rank_clusters(grounded or [cluster for cluster, _ in floating], limit)
 
-    def on_support(self, cluster: Cluster, values: np.ndarray, threshold: float) -> Optional[Cluster]:
-        """Return the cluster without its voxels below the support surface, or None when nothing real is left.
+    def on_support(self, cluster: Cluster, values: np.ndarray,
+                   threshold: float) -> Tuple[Optional[Cluster], Optional[float]]:
+        """Return (the cluster without its voxels below the support, or None; its gap above the support if it floats).
 
         The support under the cluster's footprint (`support.support_under_box`, the same estimate the grasp
         planner uses) is the table's top face, or the workspace floor. A cluster with fewer than
         ``query.cluster_min_points`` voxels above it lies inside the table and never forms; voxels more than
         `SUPPORT_FUZZ_VOXELS` below an occupancy-read support (the field's surfaces read high) are cut and the box
-        refitted to the rest. A cluster left with fewer than ``query.cluster_min_points`` voxels is dropped, and so
-        is one that floats: its lowest voxel more than `FLOAT_GAP` above an occupancy-read support with nothing
-        occupied under most of its footprint.
+        refitted to the rest. A cluster left with fewer than ``query.cluster_min_points`` voxels is dropped. One
+        floats when its lowest voxel is more than `FLOAT_GAP` above an occupancy-read support with nothing occupied
+        under most of its footprint (the gap is returned; `_clusters` decides).
         """
         occupancy, q = self.voxels.occupancy, self.config.query
         if occupancy is None:
-            return cluster
+            return cluster, None
         support = support_under_box(occupancy, cluster.centroid, cluster.extent, cluster.rotation,
                                     cluster.top + SUPPORT_CEILING_MARGIN)
         members = cluster.indices
         heights = self.voxels.points[members, 2]
         if np.count_nonzero(heights > support.height) < q.cluster_min_points:
-            return None              # nothing of it comes out of the support: it lies inside the table
+            return None, None        # nothing of it comes out of the support: it lies inside the table
         floor = support.height - SUPPORT_FUZZ_VOXELS * q.voxel_size if support.source == 'occupancy' else support.height
         above = heights > floor
         if not above.all():
             members = members[above]
             if len(members) < q.cluster_min_points:
-                return None
+                return None, None
             cluster = make_cluster(self.voxels.points, values, members, threshold, q.voxel_size)
         if support.source == 'occupancy' and self._floats(members, support.height):
-            return None
-        return cluster
+            return cluster, float(self.voxels.points[members, 2].min() - q.voxel_size / 2 - support.height)
+        return cluster, None
 
     def _floats(self, members: np.ndarray, support: float) -> bool:
         """Tell whether voxels `members` hang above `support` (m) with free space under most of their footprint."""
@@ -450,8 +465,10 @@ class FieldQuerier:
         if not clustered:
             return FOUND, f'heatmap only (no clustering); best relevancy {best_value:.3f}'
         if not clusters:
+            buried = self.buried
             return NOT_PRESENT, (f'no group of at least {self.config.query.cluster_min_points} relevant voxels '
-                                 f'for {name!r} (best relevancy {best_value:.3f})')
+                                 f'for {name!r} (best relevancy {best_value:.3f})'
+                                 + (f'; {buried} group(s) lay inside the table (below the support)' if buried else ''))
         bound = self.present_relevancy
         if peak < bound:
             return NOT_PRESENT, (f'the best match for {name!r} has peak relevancy {peak:.3f}, below '
