@@ -77,7 +77,7 @@ def run_record(args) -> int:
         base_frame=manipulator.config.workspace.base_frame)
     embedding, touched = manipulator.embed(pose, task)
     demo = Demonstration(pose=pose, embedding=embedding, touched=touched, source='pose',
-                         checkpoint=str(args.checkpoint), recorded=now_iso())
+                         checkpoint=str(args.checkpoint), step=int(manipulator.origin['step']), recorded=now_iso())
     task = tasks.record(task, demo)
     print(f'recorded demonstration {len(task.demos)} of {task.name!r} in {tasks.paths(task.name)[0]}')
     return 0

@@ -123,6 +123,7 @@ class Manipulator:
         self.config = config
         self.lock = lock
         self.querier = querier or FieldQuerier(model, teacher, config, lock=lock)
+        self.origin: Dict[str, object] = {}    # the checkpoint it was loaded from: {'path', 'step'}
         m = config.manipulation
         # points one voxel apart: every voxel a box covers holds one (finer only costs time)
         self.gripper = GripperModel(geometry_from_config(config.grasp, m), m.voxel_size, m.gripper_mesh)
@@ -135,7 +136,9 @@ class Manipulator:
         model, config, state = load_model(path, device)
         if overlay is not None:
             config = overlay(config)
-        return cls(model, make_teacher(config.teacher, state=state['teacher']['state']), config)
+        manipulator = cls(model, make_teacher(config.teacher, state=state['teacher']['state']), config)
+        manipulator.origin = {'path': str(path), 'step': int(state['step'])}
+        return manipulator
 
     @property
     def device(self) -> torch.device:

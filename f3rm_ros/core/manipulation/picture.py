@@ -14,7 +14,7 @@ from ..study.views import default_view, render_view
 # Box edges as pairs of corner indices (corners ordered as `box_corners`: x slowest, z fastest).
 EDGES = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7))
 # Where the close-up camera sits relative to the pose it looks at (m): behind (the robot's side) and above.
-CLOSE_UP_OFFSET = np.array([-0.18, 0.0, 0.22])
+CLOSE_UP_OFFSET = np.array([-0.30, 0.0, 0.36])
 # RGB colours: best pose first.
 POSE_COLOURS = ((40, 220, 90), (250, 200, 40), (60, 160, 250), (230, 80, 200), (200, 200, 200))
 
