@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from f3rm_ros.core.changes.detect import ChangeMap, compare_view, comparison_size, pixels_through, ray_z
-from f3rm_ros.core.changes.tracker import DECLARED, DETECTED, ChangeTracker
+from f3rm_ros.core.changes.tracker import DECLARED, DETECTED, ChangeTracker, SceneChange
 from f3rm_ros.core.config import ChangesConfig, make_config
 from f3rm_ros.core.geometry import WorkspaceBox
 from f3rm_ros.core.scenes.changes import make_change
@@ -72,6 +72,21 @@ def test_change_map_grows_new_voxels_and_ignores_known_ones():
     assert len(changes.mark_box([0.0, 0.0, 0.16], [0.2, 0.2, 0.2])) == 10 * 10 * 2   # centres 0.17, 0.19
 
 
+def test_a_change_at_two_separate_places_is_two_events_with_their_own_boxes():
+    box = WorkspaceBox(np.zeros(3), np.array([0.6, 0.6, 0.2]))
+    tracker = ChangeTracker(ChangesConfig(voxel_size=0.02, margin=0.02), box)
+    old_place = np.array([[0.1, 0.1, 0.05], [0.12, 0.1, 0.05], [0.1, 0.12, 0.05]])
+    new_place = old_place + [0.3, 0.3, 0.0]
+    new = tracker.map.mark(np.concatenate([old_place, new_place]), min_voxels=3)
+    event = SceneChange(1.0, DETECTED, *tracker.map.bounds(new), len(new), 'moved')
+    parts = tracker.split(event, new)
+    assert len(parts) == 2 and sum(len(v) for _, v in parts) == len(new)
+    for (part, voxels), place in zip(sorted(parts, key=lambda p: p[0].min_xyz[0]), (old_place, new_place)):
+        assert part.voxels == len(voxels) and part.reason == 'moved'
+        assert np.all(part.min_xyz <= place.min(0)) and np.all(place.max(0) <= part.max_xyz)
+        assert np.all(part.max_xyz - part.min_xyz <= 0.12)          # the place and its margin, not the span
+
+
 def test_a_moved_object_is_lifted_at_its_old_and_new_places_and_nowhere_else(moved):
     config = ChangesConfig()
     old, new = moved.objects_before[moved.name], moved.objects[moved.name]
@@ -103,17 +118,18 @@ def test_tracker_masks_older_keyframes_where_they_saw_the_change_and_never_the_n
     for frame in moved.rescan:
         width, height, K = tracker.comparison_size(frame)
         event, new, _ = tracker.observe(frame, old_scene_render(moved, frame, width, height, K), K)
-        if event is not None:
-            masks = tracker.masks_for(event, new, scan + list(moved.rescan))
+        for part, voxels in ([] if event is None else tracker.split(event, new)):
+            masks = tracker.masks_for(part, voxels, scan + list(moved.rescan))
             assert all(index < len(scan) for index in masks)   # rescan keyframes saw the new scene
             for index, mask in masks.items():
                 scan[index].mask = mask
-            events.append(event)
+            events.append(part)
     assert events and all(e.kind == DETECTED and e.voxels > 0 for e in events)
     lo = np.min([e.min_xyz for e in events], axis=0)
     hi = np.max([e.max_xyz for e in events], axis=0)
     for truth in (moved.objects_before[moved.name], moved.objects[moved.name]):   # the box covers both places
         assert np.all(lo <= truth['center']) and np.all(truth['center'] <= hi), (lo, hi, truth['center'])
+
     label = {v: k for k, v in moved.labels.items()}[moved.name]
     seen = np.concatenate([(f.labels == label).ravel() for f in scan])
     kept = np.concatenate([(f.mask if f.mask is not None else np.ones(f.labels.shape, bool)).ravel() for f in scan])

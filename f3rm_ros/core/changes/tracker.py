@@ -8,11 +8,13 @@ Keyframes of the episode saw the new scene: they are never masked for it, and fo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import ndimage
 
 from ..capture.frames import PosedFrame
 from ..config import ChangesConfig
@@ -115,6 +117,23 @@ class ChangeTracker:
                             f'keyframe {frame.stamp:.3f} s disagrees with the field: ' + ', '.join(what),
                             pixels=dict(comparison.pixels))
         return event, new, comparison
+
+    def split(self, event: SceneChange, new: np.ndarray) -> List[Tuple[SceneChange, np.ndarray]]:
+        """One event per connected group of the voxels `new` (an object moved: its old and its new place).
+
+        A planner's box then bounds one region, not the span between two places and whatever lies between.
+        """
+        grid = np.zeros(self.map.shape, bool)
+        grid.flat[new] = True
+        labels, count = ndimage.label(grid, structure=np.ones((3, 3, 3), bool))
+        if count <= 1:
+            return [(event, new)]
+        parts = []
+        for label in range(1, count + 1):
+            voxels = np.flatnonzero(labels.ravel() == label)
+            lo, hi = self.map.bounds(voxels)
+            parts.append((dataclasses.replace(event, min_xyz=lo, max_xyz=hi, voxels=len(voxels)), voxels))
+        return parts
 
     def _count_frame(self) -> None:
         if self.episode_start is not None:

@@ -799,8 +799,8 @@ class OnlineSession:
             rendered = trainer.render(frame.T_base_optical, K, width, height, names=('rgb', 'depth', 'accumulation'))
             with self._changes_lock:
                 event, new, _ = self.changes.observe(frame, rendered, K, frames)
-                if event is not None:
-                    self._repair(event, new)
+                for part, voxels in ([] if event is None else self.changes.split(event, new)):
+                    self._repair(part, voxels)
         train = set(trainer.train_indices)
         slots = [i for i in self.changes.after_change(frames) if i in train]
         if slots and c.focus_fraction > 0 and self.changes.events:  # the change's own views teach the region
