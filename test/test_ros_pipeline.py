@@ -7,6 +7,7 @@
 
 Semantics come from the labels teacher (ground truth, docs/teachers.md); the model is the cpu-tiny preset.
 """
+import re
 import subprocess
 import sys
 import time
@@ -226,4 +227,7 @@ def test_pipeline_replays_the_scan_only_after_the_trainer_warmed_up(tmp_path):
     entries = json.loads((scan / 'transforms.json').read_text())['frames']
     assert len(entries) >= 5 and all('label_file_path' in e for e in entries)
     assert "pipeline: last query" in log and 'mug' in log.split('pipeline: last query')[1]
-    assert 'pipeline: training done (step 5/5' in log, log[-3000:]        # progress is shown, and the end
+    # progress is shown, and the end: the 5-step budget, plus trainer's steps_per_new_frame for each keyframe that
+    # arrived after the budget was spent (how many depends on the machine's pace)
+    done_line = re.search(r'pipeline: training done \(step (\d+)/(\d+)', log)
+    assert done_line and done_line.group(1) == done_line.group(2) and int(done_line.group(1)) >= 5, log[-3000:]
