@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import GraspConfig, ManipulationConfig
+from ..query.grasps import finger_boxes
 
 Box = Tuple[np.ndarray, np.ndarray]   # (lo, hi) corners in the gripper frame
 
@@ -76,11 +77,7 @@ class GripperModel:
     def boxes(self, opening: float) -> List[Box]:
         """Return the two fingers and the palm as (lo, hi) boxes in the gripper frame for an `opening` (m)."""
         g = self.geometry
-        boxes = []
-        for sign in (-1.0, 1.0):
-            inner, outer = sign * opening / 2, sign * (opening / 2 + g.finger_depth)
-            boxes.append((np.array([-g.finger_width / 2, min(inner, outer), -g.finger_length]),
-                          np.array([g.finger_width / 2, max(inner, outer), 0.0])))
+        boxes = finger_boxes(opening, g.finger_width, g.finger_depth, g.finger_length)
         px, py, pz = g.palm_size
         boxes.append((np.array([-px / 2, -py / 2, -g.finger_length - pz]),
                       np.array([px / 2, py / 2, -g.finger_length])))

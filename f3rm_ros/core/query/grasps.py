@@ -194,6 +194,20 @@ class ClusterGrasps:
     support: Optional[Support] = None      # the support under the cluster that the fingers kept clear of
 
 
+def finger_boxes(opening: float, width: float, depth: float, length: float) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Return two fingers as (lo, hi) corners in the gripper frame.
+
+    Each is `width` along x, `depth` along y outward from its inner face at +-opening/2, and `length` back from the
+    fingertips (z = 0) towards the palm.
+    """
+    boxes = []
+    for sign in (-1.0, 1.0):
+        inner, outer = sign * opening / 2, sign * (opening / 2 + depth)
+        boxes.append((np.array([-width / 2, min(inner, outer), -length]),
+                      np.array([width / 2, max(inner, outer), 0.0])))
+    return boxes
+
+
 def gripper_pose(approach: np.ndarray, closing: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """4 x 4 pose with z = `approach`, y = `closing` (both unit, orthogonal), x = y × z, at `origin`."""
     (cx, cy, cz), (ax, ay, az) = (float(v) for v in closing), (float(v) for v in approach)
@@ -213,12 +227,7 @@ class GraspPlanner:
     def finger_boxes(self, opening: float) -> List[Tuple[np.ndarray, np.ndarray]]:
         """Return the two fingers as (lo, hi) corners in the gripper frame for an `opening` (m)."""
         g = self.config
-        boxes = []
-        for sign in (-1.0, 1.0):
-            inner, outer = sign * opening / 2, sign * (opening / 2 + g.finger_depth)
-            boxes.append((np.array([-g.finger_width / 2, min(inner, outer), -g.finger_length]),
-                          np.array([g.finger_width / 2, max(inner, outer), 0.0])))
-        return boxes
+        return finger_boxes(opening, g.finger_width, g.finger_depth, g.finger_length)
 
     def collisions(self, pose: np.ndarray, opening: float, above: Optional[float] = None,
                    ignore: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> int:
