@@ -238,3 +238,9 @@ def test_localhost_only_finds_no_peer_on_the_other_computer(two_computers, tmp_p
     assert result['answers'] and result['answers'][-1][0] == QueryAnswer.NO_MODEL, detail
     print(f'two namespaces, localhost_only: B sees {result["nodes"]}, 0 keyframes, "mug" -> '
           f'{result["answers"][-1]}; {received} bytes on the veth')
+
+
+def test_probes_of_one_process_never_share_a_domain():
+    """A module's fixture and a test's own probe, alive together, must not hear each other's servers."""
+    domains = [pick_domain_id() for _ in range(100)]
+    assert sorted(domains) == list(range(100, 200))

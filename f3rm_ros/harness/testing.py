@@ -1,13 +1,14 @@
 """Helpers for tests and scripts that talk to f3rm_ros nodes: a private ROS context on its own domain.
 
 `RosProbe` confines DDS to this machine (the tests' own choice, set explicitly: the product leaves DDS
-alone unless asked), picks a ROS_DOMAIN_ID (random in 100..199 unless given) so parallel runs do not hear
+alone unless asked), picks a ROS_DOMAIN_ID (in 100..199, distinct within the process, unless given) so parallel runs do not hear
 each other, spins a helper node on a background thread, and offers condition waits with timeouts (never
 sleeps as synchronisation). `subprocess_env` gives child processes the same domain and both localhost DDS
 variables.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -21,9 +22,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ..ros.dds import localhost_dds_env
 
 
+_DOMAIN_IDS = itertools.count(random.randrange(100))
+
+
 def pick_domain_id() -> int:
-    """Pick a ROS_DOMAIN_ID for one test run: random in 100..199."""
-    return random.randint(100, 199)
+    """Pick a ROS_DOMAIN_ID in 100..199 that no earlier call in this process returned (until all 100 are used).
+
+    The first is random (parallel test runs rarely meet); later ones step on from it, so two probes alive in one
+    process (a module's fixture and a test's own node) never share a domain and hear each other's servers.
+    """
+    return 100 + next(_DOMAIN_IDS) % 100
 
 
 def subprocess_env(domain_id: int, localhost_only: bool = True, **extra: str) -> Dict[str, str]:
