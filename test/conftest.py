@@ -1,6 +1,7 @@
 """The suite's markers: ``ros``, ``slow`` and ``cuda``.
 
 ``make test-fast`` runs ``-m "not ros and not slow"`` (the edit-test loop); ``make test`` runs everything.
+``workspace`` builds both packages with colcon once for the session (every launch test shares it).
 A test marked ``cuda`` is skipped without a CUDA device, saying why (``@pytest.mark.cuda(why='...')``).
 """
 import pytest
@@ -26,3 +27,10 @@ def pytest_collection_modifyitems(config, items):
         if marker is not None:
             why = marker.kwargs.get('why')
             item.add_marker(pytest.mark.skip(reason='no CUDA device' + (f': {why}' if why else '')))
+
+
+@pytest.fixture(scope='session')
+def workspace(tmp_path_factory):
+    """Build a colcon workspace with this repository in src/, both packages: (ws, colcon result, seconds)."""
+    from test_workspace_build import build_workspace
+    return build_workspace(tmp_path_factory.mktemp('colcon') / 'ws')

@@ -187,8 +187,13 @@ def one_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kind', ['moved', 'removed'])
+@pytest.mark.parametrize('kind', ['removed'])
 def test_a_live_session_follows_a_changed_object_after_a_short_rescan(kind, one_thread):
+    """A live session learns the scan, then a rescan: the change is detected and the answer follows it.
+
+    'moved' runs the same scene end to end through the ROS nodes (test_ros_changes: the service answers the
+    new place, never the old); running it here too cost 100 s of suite time for no case of its own.
+    """
     from f3rm_ros.core.query.answer import FieldQuerier
     case = make_change(3, kind, num_views=24, rescan_views=10)
     session, config, events = live_session(case)

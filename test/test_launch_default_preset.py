@@ -17,13 +17,12 @@ import pytest
 import torch
 import yaml
 
-from test_workspace_build import (SCAN_PARAMS, check_shutdown, launch_env, start_launch,  # noqa: F401
-                                  workspace)
+from test_workspace_build import SCAN_PARAMS, check_shutdown, launch_env, start_launch
 
 pytestmark = pytest.mark.ros
 
 
-def test_default_preset_is_the_machines_and_ctrl_c_ends_every_node_cleanly(workspace, tmp_path):  # noqa: F811
+def test_default_preset_is_the_machines_and_ctrl_c_ends_every_node_cleanly(workspace, tmp_path):
     from f3rm_ros.core.training.trainer import load_model
     from f3rm_ros.harness.testing import RosProbe
     from f3rm_ros.ros.diagnostics import status_values

@@ -84,10 +84,11 @@ print('ok')
 '''
 
 
-@pytest.fixture(scope='module')
-def workspace(tmp_path_factory):
-    """ws/ with this repo in src/ and both packages built by colcon: (ws, colcon result, seconds)."""
-    ws = tmp_path_factory.mktemp('colcon') / 'ws'
+def build_workspace(ws):
+    """ws/ with this repo in src/ and both packages built by colcon: (ws, colcon result, seconds).
+
+    conftest.py's session-scoped `workspace` fixture calls it once for every module that launches from it.
+    """
     repo = ws / 'src' / 'f3rm_ros'
     repo.mkdir(parents=True)
     copy_repo(repo)

@@ -1,10 +1,10 @@
 """Helpers for tests and scripts that talk to f3rm_ros nodes: a private ROS context on its own domain.
 
 `RosProbe` confines DDS to this machine (the tests' own choice, set explicitly: the product leaves DDS
-alone unless asked), picks a ROS_DOMAIN_ID (in 100..199, distinct within the process, unless given) so parallel runs do not hear
-each other, spins a helper node on a background thread, and offers condition waits with timeouts (never
-sleeps as synchronisation). `subprocess_env` gives child processes the same domain and both localhost DDS
-variables.
+alone unless asked), picks a ROS_DOMAIN_ID (in 100..199, distinct within the process, unless given) so
+parallel runs do not hear each other, spins a helper node on a background thread, and offers condition
+waits with timeouts (never sleeps as synchronisation). `subprocess_env` gives child processes the same
+domain and both localhost DDS variables.
 """
 from __future__ import annotations
 
