@@ -375,6 +375,14 @@ class ManipulationConfig:
     """Adam step (rad) for the rotation (axis-angle increment)."""
     top_k: int = 5
     """Poses returned, best first."""
+    max_tilt_deg: float = 60.0
+    """Largest angle between an answer's approach axis and the demonstrations' (base frame, z up): an object turned
+    about the vertical keeps its demo's approach, a gripper from below the table never does. 180 lifts the limit
+    (tipped-over objects taught upright)."""
+    tilt_weight: float = 0.5
+    """Cost of tilting away from the demonstrations' approach, subtracted from the cosine as weight x (1 - cos
+    tilt): a round part (a handle, a peg) looks alike turned about its own axis, so the similarity alone leaves
+    that turn free and a finger corner ends in the table; 0 ranks by the similarity alone."""
     max_collisions: int = 0
     """Occupied voxels a returned gripper may touch beyond what it touched at the demonstrations (a grasp shown with
     the fingertips just above the table touches the table's fuzzy surface, and so may its answers)."""
@@ -400,6 +408,10 @@ class ManipulationConfig:
                 problems.append(f'manipulation.{name} must be a positive number, got {value!r}')
         if not (_finite(self.mask_margin) and self.mask_margin >= 0):
             problems.append(f'manipulation.mask_margin must be a number >= 0, got {self.mask_margin!r}')
+        if not (_finite(self.max_tilt_deg) and 0 < self.max_tilt_deg <= 180):
+            problems.append(f'manipulation.max_tilt_deg must be in (0, 180], got {self.max_tilt_deg!r}')
+        if not (_finite(self.tilt_weight) and self.tilt_weight >= 0):
+            problems.append(f'manipulation.tilt_weight must be a number >= 0, got {self.tilt_weight!r}')
         for name in ('num_query_points', 'max_seed_voxels', 'rotations_per_voxel', 'min_candidates',
                      'start_candidates', 'top_k'):
             value = getattr(self, name)
