@@ -3,7 +3,7 @@
 The sync-free replacements (rays, PSNR, camera-optimiser metrics, SpacedSampler bins) are checked against
 nerfstudio's own code in test_fast_model.py; here the version check and the patches the model and the CUDA
 graphs rely on: LPIPS deferred, final samples recorded, the hash-grid class swap, the proposal sampler's schedule,
-the anneal exponent routed into a tensor, and the cached autograd history released.
+the anneal exponent routed into a tensor, the cached autograd history released, and the MLP's skip connections.
 """
 import logging
 
@@ -151,6 +151,15 @@ def test_release_autograd_history_drops_the_cached_samples():
     assert not [m for m in model.modules()
                 if getattr(m, '_sample_locations', None) is not None
                 or getattr(m, '_density_before_activation', None) is not None]
+
+
+def test_mlp_skip_connections_read_from_nerfstudios_mlp():
+    """The feature field's render shortcut asks whether an MLP has skips: nerfstudio's MLP answers both ways."""
+    from nerfstudio.field_components.mlp import MLP
+    plain = MLP(in_dim=4, num_layers=3, layer_width=8, out_dim=2, implementation='torch')
+    skipping = MLP(in_dim=4, num_layers=3, layer_width=8, out_dim=2, skip_connections=(1,), implementation='torch')
+    assert patches.mlp_has_skip_connections(plain) is False
+    assert patches.mlp_has_skip_connections(skipping) is True
 
 
 def test_median_depth_without_searchsorted_equals_nerfstudios():

@@ -20,7 +20,9 @@ This module is also the one place where f3rm_ros touches nerfstudio's internals 
   ``_sample_locations`` / ``_density_before_activation``);
 * the sync-free replacements below (`generate_rays`, `PSNR`, camera-optimiser metrics, `SpacedSampler` bins);
 * `DepthRenderer`'s median depth without ``searchsorted`` (inductor's Triton code for a search of a constant
-  fails to compile with torch 2.11 / Triton 3.6, which stopped ``trainer.compile`` on the gpu preset).
+  fails to compile with torch 2.11 / Triton 3.6, which stopped ``trainer.compile`` on the gpu preset);
+* `mlp_has_skip_connections`: the feature field renders its last hidden layer only through an MLP without
+  skips, which nerfstudio's `MLP` keeps in the private ``_skip_connections``.
 
 `test/test_ns_patches.py` and `test/test_fast_model.py` hold a test per patch against the installed nerfstudio.
 """
@@ -43,7 +45,8 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_NERFSTUDIO = ('1.1.5',)
 PATCHES = ('no_lpips', 'record_final_samples', 'swap_class', 'proposal sampler schedule (graphs.py)',
-           'generate_rays', 'PSNR', 'camera-optimiser metrics', 'SpacedSampler bins', 'median depth')
+           'generate_rays', 'PSNR', 'camera-optimiser metrics', 'SpacedSampler bins', 'median depth',
+           'mlp_has_skip_connections')
 _VERSION_CHECKED = [False]
 
 
@@ -149,6 +152,11 @@ def release_autograd_history(model: torch.nn.Module) -> None:
         for name in ('_sample_locations', '_density_before_activation'):
             if getattr(module, name, None) is not None:
                 setattr(module, name, None)
+
+
+def mlp_has_skip_connections(mlp: torch.nn.Module) -> bool:
+    """Whether nerfstudio's `MLP` feeds its input to later layers (its ``skip_connections``, kept privately)."""
+    return bool(mlp._skip_connections)
 
 
 _EPS = np.finfo(float).eps * 4.0  # nerfstudio.cameras.camera_utils._EPS

@@ -17,6 +17,7 @@ from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from torch import nn
 
 from ..config import FeatureFieldConfig
+from ..fast.patches import mlp_has_skip_connections
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class FeatureField(nn.Module):
         """
         mlp = self.mlp
         if not (self.fast_render and positions.is_cuda and mlp.tcnn_encoding is None
-                and mlp.out_activation is None and not mlp._skip_connections):
+                and mlp.out_activation is None and not mlp_has_skip_connections(mlp)):
             return torch.sum(weights * self(positions), dim=-2)
         return self.render_projected(positions, weights)
 
