@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from analytic_field import analytic_scene
 from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, geometry_from_config
-from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
+from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator, sample_rotations
 from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
                                              query_points)
 from f3rm_ros.core.manipulation.volume import region_around, sample_field
@@ -81,6 +81,38 @@ def test_query_points_are_a_seeded_gaussian():
     assert np.allclose(points.std(axis=0), 0.0075, rtol=0.05) and np.allclose(points.mean(axis=0), 0.0, atol=5e-4)
 
 
+@pytest.mark.parametrize('approach', [[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [0.6, 0.0, -0.8]])
+def test_candidate_rotations_fill_the_cone_around_the_demos_approach(approach):
+    """Fill the cone around straight down (the half-turn case), straight up and a slanted approach.
+
+    Every rotation is proper, its z axis within the cone and the cone filled out to its rim; the turn about the
+    approach is free.
+    """
+    approach = np.array(approach)
+    rotations = sample_rotations(4000, approach, 60.0, np.random.default_rng(0))
+    assert np.allclose(np.linalg.det(rotations), 1.0)
+    assert np.allclose(rotations @ rotations.transpose(0, 2, 1), np.eye(3), atol=1e-9)
+    tilt = np.degrees(np.arccos(np.clip(rotations[:, :, 2] @ approach, -1, 1)))
+    assert tilt.max() <= 60.0 + 1e-6 and np.quantile(tilt, 0.99) > 55.0
+    assert np.mean(tilt < 41.4) == pytest.approx(0.5, abs=0.03)        # uniform on the cap: half below cos = 0.75
+    closing = rotations[:, :, 1] - (rotations[:, :, 1] @ approach)[:, None] * approach
+    assert np.linalg.norm(closing.mean(axis=0)) < 0.05 * np.linalg.norm(closing, axis=1).mean()    # any turn
+    assert np.array_equal(rotations, sample_rotations(4000, approach, 60.0, np.random.default_rng(0)))
+    anywhere = sample_rotations(4000, None, 60.0, np.random.default_rng(1))[:, :, 2]
+    assert np.abs(anywhere.mean(axis=0)).max() < 0.05                  # no demos' approach: every direction
+
+
+def test_the_demos_approach_is_their_mean_and_none_when_they_disagree(taught):
+    assert np.allclose(taught.approach, [0.0, 0.0, -1.0])
+    task = Task(name='t', description='t', kind='grasp', gripper=PRESETS['franka_hand'], width=0.04, num_points=4,
+                sigma=0.01, seed=0, teacher='labels')
+    assert task.approach is None                                      # no demonstrations yet
+    up, down = np.eye(4), np.diag([1.0, -1.0, -1.0, 1.0])
+    task.demos = [Demonstration(pose=up, embedding=np.zeros((4, 2), np.float32)),
+                  Demonstration(pose=down, embedding=np.zeros((4, 2), np.float32))]
+    assert task.approach is None                                      # opposite approaches: no prior
+
+
 def test_the_volume_reads_the_field_trilinearly_and_zero_outside():
     config, teacher, model, _ = tool_scene(0.5, 0.0, 0.0)
     volume = sample_field(model, config, region_around(np.array([[0.5, 0.0, 0.04]]), 0.08))
@@ -126,8 +158,12 @@ def test_the_top_pose_grasps_the_bar_of_a_moved_and_turned_tool(taught, yaw):
     for candidate in result.candidates:    # every returned gripper is clear of the field's occupancy
         poses = torch.as_tensor(candidate.pose[None], dtype=torch.float32)
         assert int(manipulator.gripper.collisions(poses, volume.occupancy, candidate.width)[0]) == 0
-    scores = [c.score for c in result.candidates]
-    assert scores == sorted(scores, reverse=True)
+    # ranked by the similarity less the tilt cost, every pose within the tilt limit of the demos' approach (down)
+    m = config.manipulation
+    tilts = [1.0 - c.pose[:3, 2] @ taught.approach for c in result.candidates]
+    assert all(t <= 1.0 - np.cos(np.radians(m.max_tilt_deg)) + 1e-6 for t in tilts)
+    objective = [c.score - m.tilt_weight * t for c, t in zip(result.candidates, tilts)]
+    assert all(a >= b - 1e-5 for a, b in zip(objective, objective[1:])), objective     # float32 ranking
 
 
 @pytest.mark.slow

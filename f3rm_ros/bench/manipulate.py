@@ -67,6 +67,8 @@ def register(sub) -> None:
     p.add_argument('--scenes', type=Path, help='folder of rendered scans (render here with --render-only and carry it '
                    'to a machine without open3d)')
     p.add_argument('--render-only', action='store_true', help='render every layout into --scenes and stop')
+    p.add_argument('--checkpoints', type=Path, help='keep each trained layout here and load it on later runs (compare '
+                   'manipulation settings on the same fields)')
     p.add_argument('--json', default='', help='write every trial here')
     p.add_argument('--pictures', type=Path, help='draw each answer (green: the top pose, yellow: the true pose) into '
                    'a render of its field, one PNG per trial here (needs open3d)')
@@ -120,12 +122,29 @@ def layout(seed: int, args) -> Layout:
 
 
 def trained(seed: int, args, config):
-    """(layout, Manipulator, train seconds) of a layout trained with the labels teacher."""
+    """(layout, Manipulator, train seconds) of a layout trained with the labels teacher.
+
+    With ``--checkpoints`` a layout trained before (same preset, steps and scan) is loaded instead, its
+    manipulation, query and grasp settings replaced by this run's: several settings compare on the same fields.
+    """
+    import copy
+
     from .semantic import train_scene
     from ..core.manipulation.optimise import Manipulator
     scene = layout(seed, args)
+    saved = None if args.checkpoints is None else (
+        args.checkpoints / f'manip_{seed}_{args.preset}_{args.steps}_{args.views}_{args.width}x{args.height}.ckpt')
+    if saved is not None and saved.exists():
+        def settings(loaded):
+            for section in ('manipulation', 'query', 'grasp'):
+                setattr(loaded, section, copy.deepcopy(getattr(config, section)))
+            return loaded
+        return scene, Manipulator.from_checkpoint(saved, args.device, settings), 0.0
     trainer, teacher, config, train_s, _ = train_scene(f'layout {seed}', scene.frames, scene.labels, scene.workspace,
                                                        config, args.steps)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(saved, scan_id=f'manip {seed}')
     return scene, Manipulator(trainer.model, teacher, config), train_s
 
 

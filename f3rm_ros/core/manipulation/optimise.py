@@ -8,18 +8,23 @@ Stages of `Manipulator.answer` (each reported to `progress` and timed):
    Without ``language_mask`` every occupied voxel of the workspace seeds.
 3. ``field``: the field sampled around the region (`sample_field`): opacity-weighted features and occupancy.
 4. ``candidates``: occupied voxels of the region (at most ``max_seed_voxels``, evenly chosen) times
-   ``rotations_per_voxel`` random rotations; each pose's embedding (the task's query points carried into the
-   scene) is compared with the task's (cosine of the flattened [N, D] arrays).
+   ``rotations_per_voxel`` random rotations whose approach axis lies within ``max_tilt_deg`` of the
+   demonstrations' (uniform over that cone and over the turn about the approach); each pose's embedding (the
+   task's query points carried into the scene) is compared with the task's (cosine of the flattened [N, D]
+   arrays). Poses are ordered by the objective: that cosine less ``tilt_weight`` x (1 - cos of the tilt away
+   from the demonstrations' approach). Round parts look alike turned about their own axis; the tilt cost
+   settles that turn the way the demonstrations held it (z is up in base_frame: objects turn about it).
 5. ``collisions``: poses whose gripper (at the task's opening) touches occupied voxels are dropped (checked in
    order of similarity until ``start_candidates`` are clear).
 6. ``optimise``: those are refined by Adam on translation and an axis-angle rotation
-   increment (nerfstudio's SO3xR3 exponential map) for ``steps`` steps, loss = minus the cosine, the worst
+   increment (nerfstudio's SO3xR3 exponential map) for ``steps`` steps, loss = minus the objective, the worst
    pruned after each step (``keep_fraction``, never below ``min_candidates``).
-7. ``rank``: a final collision check (the opening widens up to the gripper's maximum when the task's own
-   opening collides), near-duplicates (within a voxel and 10 degrees of a better pose) dropped, best first.
+7. ``rank``: poses tilted beyond ``max_tilt_deg`` or less similar than ``min_score`` dropped, a final collision
+   check (the opening widens up to the gripper's maximum when the task's own opening collides), near-duplicates
+   (within a voxel and 10 degrees of a better pose) dropped, best objective first.
 
-Deterministic for a seed: the rotations come from scipy's seeded `Rotation.random`, the seed voxels from a
-seeded choice, and the optimisation has no randomness.
+Deterministic for a seed: the rotations and the seed voxels come from one seeded numpy generator, and the
+optimisation has no randomness.
 """
 from __future__ import annotations
 
@@ -97,6 +102,31 @@ def similarity(embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cosine [B] between each flattened [N, D] embedding and the flattened target."""
     flat = embeddings.reshape(len(embeddings), -1)
     return torch.nn.functional.cosine_similarity(flat, target.reshape(1, -1).to(flat.dtype), dim=1, eps=1e-8)
+
+
+def sample_rotations(count: int, approach: Optional[np.ndarray], max_tilt_deg: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Return `count` rotations [count, 3, 3] whose z (approach) axis lies within `max_tilt_deg` of `approach`.
+
+    Uniform over that cone and over the turn about the approach (ZYZ Euler angles with the tilt's cosine uniform:
+    the Haar measure restricted to the cone); uniform over all rotations when `approach` is None.
+    """
+    cos_max = np.cos(np.radians(max_tilt_deg)) if approach is not None else -1.0
+    turn, roll = rng.uniform(0.0, 2 * np.pi, (2, count))
+    tilt = np.arccos(rng.uniform(cos_max, 1.0, count))
+    local = Rotation.from_euler('ZYZ', np.stack([turn, tilt, roll], axis=1))
+    if approach is None:
+        return local.as_matrix()
+    return (z_onto(approach) * local).as_matrix()
+
+
+def z_onto(direction: np.ndarray) -> Rotation:
+    """Return the shortest rotation taking the z axis onto the unit vector `direction` (a half turn if opposite)."""
+    axis = np.cross([0.0, 0.0, 1.0], direction)
+    sine, cosine = float(np.linalg.norm(axis)), float(direction[2])
+    if sine < 1e-9:
+        return Rotation.identity() if cosine > 0 else Rotation.from_rotvec([np.pi, 0.0, 0.0])
+    return Rotation.from_rotvec(axis / sine * np.arctan2(sine, cosine))
 
 
 def pose_matrices(rotations: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
@@ -222,11 +252,11 @@ class Manipulator:
         mark = lap('field', mark)
 
         report('candidates', counts)
-        poses, scores = self._initial_candidates(volume, seeds, task, seed, counts)
+        poses, objective = self._initial_candidates(volume, seeds, task, seed, counts)
         mark = lap('candidates', mark)
         report('collisions', counts)
         allowed = m.max_collisions + task.touched
-        poses = self._best_free(volume, poses, scores, task, allowed, counts)
+        poses = self._best_free(volume, poses, objective, task, allowed, counts)
         mark = lap('collisions', mark)
         if not len(poses):
             result.status = NOT_PRESENT
@@ -249,7 +279,8 @@ class Manipulator:
             result.status = NOT_PRESENT
             result.reason = (f'no optimised pose of {task.name!r} is both free of collisions with the '
                              f'{self.gripper.name} gripper (opened up to {self.gripper.geometry.max_opening * 100:.1f} '
-                             f'cm) and at least manipulation.min_score {m.min_score} like the demonstrations')
+                             f'cm) and at least manipulation.min_score {m.min_score} like the demonstrations, '
+                             f'approaching within manipulation.max_tilt_deg {m.max_tilt_deg:g} of their approach')
             return result
         best = result.candidates[0]
         stopped = (f'; stopped after {steps_done} of {m.steps} steps (time budget {budget_s:.1f} s)'
@@ -289,7 +320,7 @@ class Manipulator:
 
     def _initial_candidates(self, volume: FieldVolume, seeds: np.ndarray, task: Task, seed: int,
                             counts: Dict[str, int]):
-        """(poses [B, 4, 4], cosine [B]) of occupied voxels near the seeds times random rotations."""
+        """(poses [B, 4, 4], objective [B]) of occupied voxels near the seeds times random rotations."""
         m = self.config.manipulation
         occupied = torch.nonzero(volume.occupancy.occupied).cpu().numpy()
         centres = volume.region.min_xyz + (occupied + 0.5) * volume.voxel_size
@@ -299,7 +330,7 @@ class Manipulator:
         rng = np.random.default_rng(seed)
         if len(centres) > m.max_seed_voxels:
             centres = centres[np.sort(rng.choice(len(centres), m.max_seed_voxels, replace=False))]
-        rotations = Rotation.random(len(centres) * m.rotations_per_voxel, random_state=seed).as_matrix()
+        rotations = sample_rotations(len(centres) * m.rotations_per_voxel, task.approach, m.max_tilt_deg, rng)
         translations = np.repeat(centres, m.rotations_per_voxel, axis=0)
         device = volume.device
         poses = pose_matrices(torch.as_tensor(rotations, dtype=torch.float32, device=device),
@@ -311,16 +342,24 @@ class Manipulator:
         with torch.no_grad():
             scores = torch.cat([similarity(embed_poses(volume, poses[i:i + chunk], points), target)
                                 for i in range(0, len(poses), chunk)]) if len(poses) else torch.zeros(0)
-        return poses, scores
+        return poses, self._objective(scores, poses, task)
 
-    def _best_free(self, volume: FieldVolume, poses: torch.Tensor, scores: torch.Tensor, task: Task, allowed: int,
-                   counts: Dict[str, int]) -> torch.Tensor:
-        """Return the ``start_candidates`` most similar poses [K, 4, 4] whose gripper is clear, checked best first.
+    def _objective(self, scores: torch.Tensor, poses: torch.Tensor, task: Task) -> torch.Tensor:
+        """Return the cosine `scores` [B] less the tilt cost of `poses` [B, 4, 4] (the module docstring's objective)."""
+        weight = self.config.manipulation.tilt_weight
+        if task.approach is None or weight == 0:
+            return scores
+        approach = torch.as_tensor(task.approach, dtype=poses.dtype, device=poses.device)
+        return scores - weight * (1.0 - poses[:, :3, 2] @ approach)
 
-        Checking in order of similarity and stopping once enough are clear costs a fraction of checking all.
+    def _best_free(self, volume: FieldVolume, poses: torch.Tensor, objective: torch.Tensor, task: Task,
+                   allowed: int, counts: Dict[str, int]) -> torch.Tensor:
+        """Return the ``start_candidates`` best poses [K, 4, 4] whose gripper is clear, checked best first.
+
+        Checking in order of the objective and stopping once enough are clear costs a fraction of checking all.
         """
         m = self.config.manipulation
-        order = torch.argsort(scores, descending=True)
+        order = torch.argsort(objective, descending=True)
         chunk = max(m.start_candidates, 256)
         free, checked = [], 0
         for start in range(0, len(order), chunk):
@@ -351,7 +390,7 @@ class Manipulator:
                 break
             report('optimise', counts)
             current = self._compose(base_rotation, rotation, translation)
-            scores = similarity(embed_poses(volume, current, points), target)
+            scores = self._objective(similarity(embed_poses(volume, current, points), target), current, task)
             optimiser.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
             optimiser.step()
@@ -372,9 +411,9 @@ class Manipulator:
 
     def _rank(self, volume: FieldVolume, poses: torch.Tensor, task: Task, top_k: int,
               allowed: int) -> List[PoseCandidate]:
-        """Return the collision-free poses (opening widened when needed) of at least ``min_score``, best first.
+        """Return the collision-free poses (opening widened when needed), best objective first.
 
-        Near-duplicates of a better pose are dropped.
+        Dropped: a similarity below ``min_score``, a tilt beyond ``max_tilt_deg``, a near-duplicate of a better pose.
         """
         m = self.config.manipulation
         g = self.gripper.geometry
@@ -382,13 +421,18 @@ class Manipulator:
         points = torch.as_tensor(task.points, device=volume.device)
         with torch.no_grad():
             scores = similarity(embed_poses(volume, poses, points), target)
-        order = torch.argsort(scores, descending=True)
+            objective = self._objective(scores, poses, task)
+        upright = np.ones(len(poses), dtype=bool)
+        if task.approach is not None:
+            cosines = poses[:, :3, 2].cpu().numpy().astype(np.float64) @ task.approach
+            upright = cosines >= np.cos(np.radians(m.max_tilt_deg)) - 1e-6
+        order = torch.argsort(objective, descending=True)
         widths = np.unique(np.clip(np.append(np.arange(task.width, g.max_opening, volume.voxel_size), g.max_opening),
                                    None, g.max_opening))
         chosen: List[PoseCandidate] = []
         for index in order.tolist():
-            if float(scores[index]) < m.min_score:
-                break
+            if float(scores[index]) < m.min_score or not upright[index]:
+                continue
             pose = poses[index:index + 1]
             pose_np = pose[0].cpu().numpy().astype(np.float64)
             if any(is_duplicate(pose_np, other.pose, volume.voxel_size) for other in chosen):

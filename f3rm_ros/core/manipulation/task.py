@@ -106,6 +106,19 @@ class Task:
         return max((demo.touched for demo in self.demos), default=0)
 
     @property
+    def approach(self) -> Optional[np.ndarray]:
+        """Unit mean approach axis (gripper z) of the demonstrations in base_frame, or None.
+
+        None without demonstrations or when they disagree (approaches more than 120 degrees apart average to less
+        than half a unit).
+        """
+        if not self.demos:
+            return None
+        mean = np.mean([np.asarray(demo.pose)[:3, 2] for demo in self.demos], axis=0)
+        norm = float(np.linalg.norm(mean))
+        return mean / norm if norm >= 0.5 else None
+
+    @property
     def feature_dim(self) -> Optional[int]:
         """D of its embeddings (None before the first demonstration)."""
         return int(self.demos[0].embedding.shape[1]) if self.demos else None
