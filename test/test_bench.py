@@ -250,3 +250,21 @@ def test_bench_query_times_a_trained_field(tmp_path, capsys):
     assert fields['consistent'] == '1'                          # every cold evaluation kept the same voxels
     data = json.loads((tmp_path / 'query.json').read_text())
     assert len(data['timings']['cold']) == 2 and set(STAGES) <= set(data['timings']['warm'][0])
+
+
+def test_manipulate_result_lines_count_misses_collisions_and_answers_without_a_pose():
+    """One RESULT line per task: fractions over its trials, medians, and a trial with no pose as the worst (inf)."""
+    from f3rm_ros.bench.manipulate import Trial, summary_lines
+    trials = [Trial('mug handle', 301, 'found', 0.5, 4.0, True, True, 0.8, 0.9, ''),
+              Trial('mug handle', 302, 'found', 2.5, 30.0, False, False, 1.2, 0.7, ''),
+              Trial('mug handle', 303, 'found', 1.0, 10.0, True, True, 1.0, 0.8, ''),
+              Trial('rack peg', 301, 'not_present', float('inf'), float('inf'), False, True, 0.5, float('nan'),
+                    'every candidate collides')]
+    lines = summary_lines(trials)
+    assert [line.split()[1] for line in lines] == ['task=mug_handle', 'task=rack_peg']
+    mug = parse_result_line(lines[0])
+    assert mug['trials'] == '3' and mug['within'] == '0.67' and mug['collision_free'] == '0.67'
+    assert (mug['median_cm'], mug['median_deg'], mug['worst_cm'], mug['worst_deg'], mug['median_s']) == (
+        '1.00', '10.0', '2.50', '30.0', '1.00')
+    rack = parse_result_line(lines[1])
+    assert rack['within'] == '0.00' and rack['worst_cm'] == 'inf' and rack['trials'] == '1'
