@@ -23,12 +23,12 @@ import copy
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from . import device_name, format_table, write_json
+from ..commands import add_config_arguments, config_from_args
 
 KINDS = ('moved', 'removed', 'added')
 
@@ -40,9 +40,7 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--seeds', type=int, nargs='+', default=[0], help='synthetic layouts (default 0)')
     p.add_argument('--kinds', nargs='+', default=list(KINDS), choices=KINDS, help='changes to make (default all)')
-    p.add_argument('--preset', default='cpu-tiny', help='config preset (default cpu-tiny)')
-    p.add_argument('--config', action='append', default=[], type=Path, help='YAML overlay (repeatable)')
-    p.add_argument('--device', default='auto', help='auto | cpu | cuda (default auto)')
+    add_config_arguments(p, preset='cpu-tiny')
     p.add_argument('--objects', type=int, default=5, help='objects on the table (default 5)')
     p.add_argument('--views', type=int, default=24, help='keyframes of the scan (default 24)')
     p.add_argument('--rescan', type=int, default=10, help='keyframes of the rescan arc, at most 12 (default 10)')
@@ -153,12 +151,11 @@ def trial(case, config, args, limit: float) -> Dict:
 
 def run(args) -> int:
     """Run every seed and kind; print a row per trial and a RESULT line per kind."""
-    from ..core.config import make_config
     from ..core.scenes.changes import make_change
     from ..core.training.trainer import pick_device
-    device = pick_device(args.device)
+    device = pick_device(args.device or 'auto')
     limit = args.limit or (2.0 if device.type == 'cuda' else 120.0)
-    config = make_config(args.preset, args.config)
+    config = config_from_args(args)
     config.trainer.device = str(device)
     if args.steps:
         config.trainer.steps = args.steps

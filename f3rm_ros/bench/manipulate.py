@@ -28,6 +28,7 @@ from typing import Dict, List
 import numpy as np
 
 from . import device_name, format_table, write_json
+from ..commands import add_config_arguments, config_from_args
 
 DEMO_SEEDS = (101, 102)
 DEFAULT_SEEDS = (201, 202, 203)
@@ -55,9 +56,7 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--seeds', type=int, nargs='+', default=list(DEFAULT_SEEDS),
                    help=f'test layouts (default {" ".join(map(str, DEFAULT_SEEDS))}); the demos use {DEMO_SEEDS}')
-    p.add_argument('--preset', default='cpu-tiny', help='config preset (default cpu-tiny)')
-    p.add_argument('--config', action='append', default=[], type=Path, help='YAML overlay (repeatable)')
-    p.add_argument('--device', default='auto', help='auto | cpu | cuda')
+    add_config_arguments(p, preset='cpu-tiny')
     p.add_argument('--steps', type=int, default=500, help='training steps per layout (default 500)')
     p.add_argument('--views', type=int, default=48, help='views per scan (default 48)')
     p.add_argument('--width', type=int, default=160, help='image width (default 160)')
@@ -139,7 +138,7 @@ def trained(seed: int, args, config):
             for section in ('manipulation', 'query', 'grasp'):
                 setattr(loaded, section, copy.deepcopy(getattr(config, section)))
             return loaded
-        return scene, Manipulator.from_checkpoint(saved, args.device, settings), 0.0
+        return scene, Manipulator.from_checkpoint(saved, args.device or 'auto', settings), 0.0
     trainer, teacher, config, train_s, _ = train_scene(f'layout {seed}', scene.frames, scene.labels, scene.workspace,
                                                        config, args.steps)
     if saved is not None:
@@ -222,9 +221,8 @@ def summary_lines(trials: List[Trial]) -> List[str]:
 
 def run(args) -> int:
     """Teach in the demo layouts, ask in every --seeds layout, print the table and the RESULT lines."""
-    from ..core.config import make_config
     from ..core.manipulation.task import TaskLibrary
-    config = make_config(args.preset, args.config or [], overrides={'trainer': {'device': args.device}})
+    config = config_from_args(args)
     if args.render_only:
         if args.scenes is None:
             raise SystemExit('--render-only needs --scenes DIR')

@@ -237,10 +237,11 @@ class ManipulationServer:
             try:
                 manipulator = self.manipulator()
                 library = self.library
-                if task_name.strip() and library.exists(task_name):
-                    library.load(task_name)          # a named task whose file does not load: the reason, not NO_TASK
-                result = manipulator.answer(library.load_all(), text=text, task_name=task_name, top_k=top_k,
-                                            budget_s=budget_s, progress=progress)
+                # a named task is read alone: a file that does not load answers its reason, not NO_TASK
+                named = task_name.strip() and library.exists(task_name)
+                tasks = [library.load(task_name)] if named else library.load_all()
+                result = manipulator.answer(tasks, text=text, task_name=task_name, top_k=top_k, budget_s=budget_s,
+                                            progress=progress)
             except TaskFileError as error:
                 result = ManipulationResult('error', str(error))
             except self.no_model as error:
