@@ -8,10 +8,11 @@ file, the one-process pipeline and the CLI all read the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
 
@@ -223,6 +224,19 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rule(problems: List[str], section: str, values: Any, names: Sequence[str], what: str,
+          ok: Callable[[Any], bool]) -> None:
+    """Append '<section>.<name> must be <what>, got <value>' for each of `names` whose value fails `ok`."""
+    for name in names:
+        value = getattr(values, name)
+        if not ok(value):
+            problems.append(f'{section}.{name} must be {what}, got {value!r}')
+
+
 @dataclass
 class QueryConfig:
     """Text query → relevancy → heatmap, clusters and an answer (found / not present)."""
@@ -402,37 +416,20 @@ class ManipulationConfig:
 
     def __post_init__(self):
         problems = []
-        for name in ('query_sigma', 'voxel_size', 'lr_translation', 'lr_rotation', 'volume_memory_mb'):
-            value = getattr(self, name)
-            if not (_finite(value) and value > 0):
-                problems.append(f'manipulation.{name} must be a positive number, got {value!r}')
-        if not (_finite(self.mask_margin) and self.mask_margin >= 0):
-            problems.append(f'manipulation.mask_margin must be a number >= 0, got {self.mask_margin!r}')
-        if not (_finite(self.max_tilt_deg) and 0 < self.max_tilt_deg <= 180):
-            problems.append(f'manipulation.max_tilt_deg must be in (0, 180], got {self.max_tilt_deg!r}')
-        if not (_finite(self.tilt_weight) and self.tilt_weight >= 0):
-            problems.append(f'manipulation.tilt_weight must be a number >= 0, got {self.tilt_weight!r}')
-        for name in ('num_query_points', 'max_seed_voxels', 'rotations_per_voxel', 'min_candidates',
-                     'start_candidates', 'top_k'):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                problems.append(f'manipulation.{name} must be an integer >= 1, got {value!r}')
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            problems.append(f'manipulation.steps must be an integer >= 0, got {self.steps!r}')
-        if not (_finite(self.keep_fraction) and 0 < self.keep_fraction <= 1):
-            problems.append(f'manipulation.keep_fraction must be in (0, 1], got {self.keep_fraction!r}')
-        if not (_finite(self.alpha_threshold) and 0 < self.alpha_threshold < 1):
-            problems.append(f'manipulation.alpha_threshold must be in (0, 1), got {self.alpha_threshold!r}')
-        if not (_finite(self.min_score) and -1 <= self.min_score <= 1):
-            problems.append(f'manipulation.min_score must be in [-1, 1], got {self.min_score!r}')
-        if not (_finite(self.task_min_similarity) and -1 <= self.task_min_similarity <= 1):
-            problems.append(f'manipulation.task_min_similarity must be in [-1, 1], got {self.task_min_similarity!r}')
-        if self.gripper not in GRIPPER_NAMES:
-            problems.append(f'manipulation.gripper must be one of {list(GRIPPER_NAMES)}, got {self.gripper!r}')
-        if len(tuple(self.palm_size)) != 3 or not all(_finite(v) and v > 0 for v in self.palm_size):
-            problems.append(f'manipulation.palm_size must be three positive numbers, got {self.palm_size!r}')
-        if not (isinstance(self.max_collisions, int) and self.max_collisions >= 0):
-            problems.append(f'manipulation.max_collisions must be an integer >= 0, got {self.max_collisions!r}')
+        rule = functools.partial(_rule, problems, 'manipulation', self)
+        rule(('query_sigma', 'voxel_size', 'lr_translation', 'lr_rotation', 'volume_memory_mb'), 'a positive number',
+             lambda v: _finite(v) and v > 0)
+        rule(('mask_margin', 'tilt_weight'), 'a number >= 0', lambda v: _finite(v) and v >= 0)
+        rule(('max_tilt_deg',), 'in (0, 180]', lambda v: _finite(v) and 0 < v <= 180)
+        rule(('num_query_points', 'max_seed_voxels', 'rotations_per_voxel', 'min_candidates', 'start_candidates',
+              'top_k'), 'an integer >= 1', lambda v: _integer(v) and v >= 1)
+        rule(('steps', 'max_collisions'), 'an integer >= 0', lambda v: _integer(v) and v >= 0)
+        rule(('keep_fraction',), 'in (0, 1]', lambda v: _finite(v) and 0 < v <= 1)
+        rule(('alpha_threshold',), 'in (0, 1)', lambda v: _finite(v) and 0 < v < 1)
+        rule(('min_score', 'task_min_similarity'), 'in [-1, 1]', lambda v: _finite(v) and -1 <= v <= 1)
+        rule(('gripper',), f'one of {list(GRIPPER_NAMES)}', lambda v: v in GRIPPER_NAMES)
+        rule(('palm_size',), 'three positive numbers',
+             lambda v: len(tuple(v)) == 3 and all(_finite(x) and x > 0 for x in v))
         _check(problems)
 
 
@@ -473,17 +470,13 @@ class ChangesConfig:
 
     def __post_init__(self):
         problems = []
-        for name in ('min_steps', 'max_pixels', 'min_pixels', 'min_voxels', 'episode_frames', 'repair_steps'):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                problems.append(f'changes.{name} must be an integer >= 0, got {getattr(self, name)!r}')
-        for name in ('depth_tolerance', 'depth_relative', 'color_tolerance', 'margin'):
-            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
-                problems.append(f'changes.{name} must be >= 0, got {getattr(self, name)!r}')
-        if not (_finite(self.voxel_size) and 1e-3 <= self.voxel_size <= 0.5):
-            problems.append(f'changes.voxel_size must be 0.001..0.5 m, got {self.voxel_size!r}')
-        for name in ('min_accumulation', 'focus_fraction', 'rewind'):
-            if not (_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
-                problems.append(f'changes.{name} must be 0..1, got {getattr(self, name)!r}')
+        rule = functools.partial(_rule, problems, 'changes', self)
+        rule(('min_steps', 'max_pixels', 'min_pixels', 'min_voxels', 'episode_frames', 'repair_steps'),
+             'an integer >= 0', lambda v: _integer(v) and v >= 0)
+        rule(('depth_tolerance', 'depth_relative', 'color_tolerance', 'margin'), '>= 0',
+             lambda v: _finite(v) and v >= 0)
+        rule(('voxel_size',), '0.001..0.5 m', lambda v: _finite(v) and 1e-3 <= v <= 0.5)
+        rule(('min_accumulation', 'focus_fraction', 'rewind'), '0..1', lambda v: _finite(v) and 0 <= v <= 1)
         _check(problems)
 
 
