@@ -257,6 +257,11 @@ class QueryConfig:
     cluster_eps: float = 0.02  # selected voxels this close (m, Chebyshev on the grid) join one cluster
     cluster_min_points: int = 10  # smaller groups of selected voxels are noise (voxels, >= 1)
     max_clusters: int = 10  # 0 = all
+    # Keyframes that must have seen a cluster's surface where it is (core/query/views.py) where the querier has them
+    # (a live session, bench semantic); a cluster seen by fewer, or seen through by more keyframes' depth than saw
+    # it, is a ghost and not reported (0 = no keyframe check)
+    min_support_views: int = 2
+    support_tolerance: float = 0.015  # m between a voxel centre and a keyframe's observed depth: "on its surface"
     text_cache_size: int = 256  # phrases whose embeddings are kept: a repeated query skips the text tower
     chunk_size: int = 65536  # points per field evaluation (memory bound; at least 262144 on a GPU)
     colormap: str = 'turbo'  # matplotlib colormap of the relevancy colours and pictures
@@ -301,7 +306,9 @@ class QueryConfig:
         for name in ('cluster_min_points', 'chunk_size'):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f'query.{name} must be an integer >= 1, got {getattr(self, name)!r}')
-        for name in ('max_clusters', 'text_cache_size'):
+        if not (_finite(self.support_tolerance) and self.support_tolerance > 0):
+            problems.append(f'query.support_tolerance must be > 0 m, got {self.support_tolerance!r}')
+        for name in ('max_clusters', 'text_cache_size', 'min_support_views'):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 problems.append(f'query.{name} must be an integer >= 0, got {getattr(self, name)!r}')
         if any(not isinstance(n, str) for n in self.negatives):

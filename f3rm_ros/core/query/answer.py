@@ -8,7 +8,8 @@ What a grasp planner gets for "mug"; each stage lives in its own module:
    (`PhraseEmbeddings`); relevancy per voxel is the pairwise softmax against the closest negative; a threshold
    (Otsu above the 0.5 floor, a percentile, or a value) selects the relevant voxels.
 3. `clusters`: connected groups of selected voxels (on the GPU when the features are there), a
-   gravity-aligned box each, ranked by evidence.
+   gravity-aligned box each, ranked by evidence; a group inside the table, floating above a grounded answer
+   (`support`), or that the keyframes do not bear out (`views`, where the querier has keyframes) is dropped.
 4. The answer: *not present* when no voxel is more like the query than like the negatives or the best
    cluster's peak relevancy stays below ``query.present_relevancy``; otherwise *found*.
 5. `grasps.GraspPlanner`: parallel-jaw candidates per cluster against the solid occupancy (``grasp.*``).
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .clusters import Cluster, components, group_indices, link_voxels, make_cluster, rank_clusters
+from ..capture.frames import PosedFrame
 from ..config import F3RMConfig
 from ..geometry import WorkspaceBox
 from .grasps import Grasp, GraspPlanner
@@ -34,6 +36,7 @@ from .support import support_under_box
 from .relevancy import (FLOOR_MARGIN, SOFTMAX_FLOOR, PhraseEmbeddings, TextQuery, check_phrases, embed_query,
                         positive_phrases, relevancy, select_threshold)
 from ..training.render import colorize
+from .views import view_support
 from .voxels import MIN_COMPONENT_VOLUME, VoxelField, model_device
 
 FOUND, NOT_PRESENT = 'found', 'not_present'
@@ -249,10 +252,13 @@ class FieldQuerier:
             trainer: training goes on between chunks, so a heatmap of a live model may mix a few steps).
         surface_only: publish only occupied voxels with a free 6-neighbour (a shell); see `VoxelField`.
         min_component_volume: occupied groups smaller than this (m³) are dropped as floaters (0 keeps them).
+        keyframes: returns the keyframes the field was trained on (a live session's store); with them, clusters
+            fewer than ``query.min_support_views`` saw are ghosts and not reported (`views.view_support`).
     """
 
     def __init__(self, model, teacher, config: F3RMConfig, lock=None, surface_only: bool = False,
-                 min_component_volume: float = MIN_COMPONENT_VOLUME):
+                 min_component_volume: float = MIN_COMPONENT_VOLUME,
+                 keyframes: Optional[Callable[[], Sequence[PosedFrame]]] = None):
         self.model = model
         self.teacher = teacher
         self.config = config
@@ -263,7 +269,9 @@ class FieldQuerier:
         self._text_queries: 'OrderedDict[tuple, TextQuery]' = OrderedDict()   # whole queries, as `embeddings`
         self.grasp_planner = GraspPlanner(config.grasp)
         self.present_relevancy = present_relevancy(config.query, getattr(teacher, 'name', ''))
+        self.keyframes = keyframes
         self.buried = 0                      # groups of the last query that lay inside the table
+        self.ghosts: List[str] = []          # why each group of the last query no keyframe bore out was dropped
         self.floating: Dict[int, float] = {}  # id of a reported floating cluster of the last query -> its gap (m)
 
     def invalidate(self) -> None:
@@ -399,6 +407,7 @@ class FieldQuerier:
         kept = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
                                 values, threshold) for group in groups]
         self.buried = sum(cluster is None for cluster, _ in kept)
+        kept = self._seen(kept)
         grounded = [cluster for cluster, gap in kept if cluster is not None and gap is None]
         floating = [(cluster, gap) for cluster, gap in kept if cluster is not None and gap is not None]
         # floaters are not reported beside a grounded answer; alone, they are (an object whose underside the field
@@ -438,6 +447,24 @@ class FieldQuerier:
             return cluster, float(self.voxels.points[members, 2].min() - q.voxel_size / 2 - support.height)
         return cluster, None
 
+    def _seen(self, kept: List[Tuple[Optional[Cluster], Optional[float]]]):
+        """Drop the clusters of `kept` the keyframes do not bear out (``query.min_support_views``; ghosts noted)."""
+        q = self.config.query
+        self.ghosts = []
+        frames = list(self.keyframes()) if self.keyframes is not None and q.min_support_views > 0 else []
+        if not frames:
+            return kept
+        seen = []
+        for cluster, gap in kept:
+            if cluster is not None:
+                support = view_support(self.voxels.points[cluster.indices], frames, q.support_tolerance)
+                if support.ghost(q.min_support_views):
+                    self.ghosts.append(f'the group at {np.round(cluster.centroid, 3).tolist()}: '
+                                       f'{support.describe()}')
+                    continue
+            seen.append((cluster, gap))
+        return seen
+
     def _floats(self, members: np.ndarray, support: float) -> bool:
         """Tell whether voxels `members` hang above `support` (m) with free space under most of their footprint."""
         q, occupancy = self.config.query, self.voxels.occupancy
@@ -468,7 +495,9 @@ class FieldQuerier:
             buried = self.buried
             return NOT_PRESENT, (f'no group of at least {self.config.query.cluster_min_points} relevant voxels '
                                  f'for {name!r} (best relevancy {best_value:.3f})'
-                                 + (f'; {buried} group(s) lay inside the table (below the support)' if buried else ''))
+                                 + (f'; {buried} group(s) lay inside the table (below the support)' if buried else '')
+                                 + (f'; {len(self.ghosts)} group(s) no keyframe bore out ({"; ".join(self.ghosts)})'
+                                    if self.ghosts else ''))
         bound = self.present_relevancy
         if peak < bound:
             return NOT_PRESENT, (f'the best match for {name!r} has peak relevancy {peak:.3f}, below '
