@@ -101,7 +101,7 @@ def trial(case, config, args, limit: float) -> Dict:
             time.sleep(0.1)
         scan_train_s = time.perf_counter() - started
         querier = FieldQuerier(session.trainer.model, session.teacher, copy.deepcopy(config),
-                               lock=session.trainer.lock)
+                               lock=session.trainer.lock, keyframes=session.trainer.store.snapshot)
         others = [n for n in case.objects if n != case.name]
         names = [case.name] + others
         before = ask(querier, names, case, case.objects_before)

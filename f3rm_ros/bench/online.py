@@ -72,7 +72,8 @@ class LiveQuestions:
         session = self.session
         if self.querier is None:
             config = copy.deepcopy(session.config)
-            self.querier = FieldQuerier(session.trainer.model, session.teacher, config, lock=session.trainer.lock)
+            self.querier = FieldQuerier(session.trainer.model, session.teacher, config, lock=session.trainer.lock,
+                                        keyframes=session.trainer.store.snapshot)
         if session.model_version != self._version:
             self.querier.invalidate()
             self._version = session.model_version

@@ -386,7 +386,7 @@ def score_scene(name: str, frames, labels: Mapping[int, str], objects: Mapping[s
 
     trainer, teacher, config, train_s, heldout = train_scene(name, frames, labels, workspace, config, steps,
                                                              progress)
-    querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock)
+    querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock, keyframes=trainer.store.snapshot)
     field_s = querier.prepare()
     scores = score_queries(querier, name, objects, absent, table_top)
     run = SceneRun(scene=name, objects=list(objects), absent=list(absent), frames=len(frames), steps=steps,
