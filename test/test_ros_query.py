@@ -17,6 +17,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from f3rm_ros.core.capture.frames import FrameStore
 from f3rm_ros.ros import conversions as conv
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
@@ -46,6 +47,7 @@ class LiveSession:
     def show(self, model, config, teacher):
         """Replace the model, as a trainer reset would."""
         self.trainer = type('Trainer', (), {'model': model, 'config': config, 'lock': threading.Lock(),
+                                            'store': FrameStore(4),   # no keyframes: no ghost check
                                             'step_count': 100, 'num_frames': 12})()
         self.teacher = teacher
         self.model_version += 1

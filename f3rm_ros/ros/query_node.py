@@ -331,7 +331,10 @@ class QueryNode(Node):
         version = self.live.model_version if key[0] == 'live' else 0
         config = dataclasses.replace(config, query=self.params.config.query, grasp=self.params.config.grasp)
         if self.querier is None or self._querier_key is None or self._querier_key[0] != key:
-            self.querier = FieldQuerier(model, teacher, config, lock=lock, surface_only=self.params['surface_only'])
+            # a live session's keyframes bear clusters out (ghosts dropped); a checkpoint carries none
+            keyframes = self.live.trainer.store.snapshot if key[0] == 'live' else None
+            self.querier = FieldQuerier(model, teacher, config, lock=lock, surface_only=self.params['surface_only'],
+                                        keyframes=keyframes)
         elif self._querier_key[1] != version or self._scene_changed:
             self.querier.invalidate()
         self._scene_changed = False
