@@ -75,7 +75,7 @@ def test_bench_teachers_times_batches_against_the_bare_encoder_on_a_carried_scan
 
 @pytest.mark.slow
 def test_session_warms_up_before_keyframes_and_still_stops_promptly(caplog):
-    caplog.set_level(logging.INFO, logger='f3rm_ros.core.training.online')
+    caplog.set_level(logging.INFO, logger='f3rm_ros.core.training.loop')
     session = OnlineSession(make_config('cpu-tiny'), SessionSettings())
     session.start()
     deadline = time.monotonic() + 60

@@ -422,12 +422,12 @@ def test_a_long_scan_keeps_covering_new_ground_in_a_full_trainer(tmp_path):
                 results.append(trainer.add_frame(outcome.frame))
     assert rig.session.num_keyframes == len(poses)             # the scan on disk has everything
     xs = sorted(T[0, 3] for T in trainer.store.poses())
-    print('trainer holds x:', np.round(xs, 2), 'replaced', trainer.replaced)
+    print('trainer holds x:', np.round(xs, 2), 'replaced', trainer.scan.replaced)
     sweep = [x for x in xs if x > 0.15]
     assert len(trainer.store) == 8 and len(sweep) >= 6 and min(sweep) <= 0.3 and max(sweep) >= 0.95
     assert any(x < 0.05 for x in xs)                           # the dwell spot is still covered
-    assert trainer.status()['replaced_frames'] == trainer.replaced >= 6
+    assert trainer.status()['replaced_frames'] == trainer.scan.replaced >= 6
     assert any('replaced slot' in why for added, why in results if added)
-    assert sorted(trainer._stamps) == sorted(f.stamp for f in trainer.store.snapshot())
+    assert list(trainer.scan.stamps) == sorted(f.stamp for f in trainer.store.snapshot())
     refused = trainer.add_frame(PosedFrame(textured(99), K, trainer.store.snapshot()[3].T_base_optical, stamp=99.0))
     assert refused[0] is False and 'adds no coverage' in refused[1]

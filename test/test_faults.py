@@ -166,18 +166,19 @@ class FakeTrainer:
 def test_trainer_on_a_full_disk_says_disk_full_leaves_no_temporary_and_recovers(tmp_path):
     with small_disk(tmp_path, 2048) as disk:
         session = OnlineSession(make_config('cpu-tiny'), SessionSettings(checkpoint_dir=str(disk / 'ckpt')))
-        session.trainer = FakeTrainer()
+        session.loop.trainer = FakeTrainer()
         (disk / 'ckpt').mkdir()
         ballast = fill_disk(disk, 600)
-        assert not session._try_save(session.checkpoint_path)          # the training loop: reported, not fatal
+        assert not session.checkpoints.try_save(session.trainer, '')   # the training loop: reported, not fatal
         level, why = session.health()
         assert level == 'error' and 'disk full' in why and 'no space left' in why
-        assert not (disk / 'ckpt' / '.tmp-latest.ckpt').exists() and not session.checkpoint_path.exists()
+        assert not (disk / 'ckpt' / '.tmp-latest.ckpt').exists() and not session.checkpoints.path.exists()
         with pytest.raises(CheckpointWriteError, match='disk full'):
             session.save()                                               # the ~/save service says so too
         ballast.unlink()
         session.save()
-        assert session.checkpoint_path.exists() and session.health() == ('ok', '') and not session.write_error
+        assert session.checkpoints.path.exists() and not session.checkpoints.write_error
+        assert session.health() == ('ok', '')
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -208,8 +209,7 @@ def test_a_resuming_session_sets_aside_truncated_unsafe_and_foreign_checkpoints(
                                                  'config': {}, 'teacher': {}, 'scan_id': 'yesterday'}),
                         'model': {}}, path)
         session = OnlineSession(make_config('cpu-tiny'), SessionSettings(checkpoint_dir=str(ckpt), resume=True))
-        session.scan_id = 'today'
-        assert session._resume_checkpoint() is None
+        assert session.checkpoints.read_for_resume('today') is None
         level, why = session.health()
         expected = {'truncated': 'truncated or corrupt', 'empty': '0 bytes; truncated or corrupt',
                     'unsafe': 'Python objects', 'foreign': 'scan yesterday'}
@@ -233,18 +233,18 @@ def test_a_new_scan_keeps_the_old_checkpoint_as_previous(tmp_path):
 def test_trainer_health_levels():
     session = OnlineSession(make_config('cpu-tiny'), SessionSettings(stall_timeout_s=5.0))
     assert session.health() == ('ok', '')
-    session.trainer = FakeTrainer()
-    session.target_steps = 100
-    session._progress = time.monotonic() - 6.0
-    session._state = 'training'
+    session.loop.trainer = FakeTrainer()
+    session.loop.target_steps = 100
+    session.progress.last = time.monotonic() - 6.0
+    session.progress.state = 'training'
     level, why = session.health()
     assert level == 'error' and 'stalled: no step for 6 s' in why
-    session._state = 'extracting teacher features'
+    session.progress.state = 'extracting teacher features'
     assert session.health()[0] == 'warn'
     session.pause()                                          # paused: not expected to step
     assert session.health() == ('ok', '')
-    session.teacher_warning = 'labels teacher instead of clip: CLIP weights could not be loaded'
-    assert session.health() == ('warn', session.teacher_warning)
+    session.choice.warning = 'labels teacher instead of clip: CLIP weights could not be loaded'
+    assert session.health() == ('warn', session.choice.warning)
 
 
 def test_a_new_scan_id_resets_the_session_but_the_first_one_is_adopted():
@@ -255,7 +255,7 @@ def test_a_new_scan_id_resets_the_session_but_the_first_one_is_adopted():
     assert not session.set_scan('scan-a') and len(session.store) == 1      # adopted: the frame is of scan-a
     assert session.set_scan('scan-b') and session.status()['scan_id'] == 'scan-b'
     assert session.add_frame(frames[1])[0]                  # arrives while the reset is pending: kept for after
-    session._do_reset()                                     # what the training thread does next
+    session.loop.apply_reset()                              # what the training thread does next
     assert [f.stamp for f in session.store.snapshot()] == [frames[1].stamp]
 
 

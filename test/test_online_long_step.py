@@ -12,7 +12,7 @@ import torch
 
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.scenes.table import make_scene
-from f3rm_ros.core.training import online
+from f3rm_ros.core.training import checkpoints
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 from f3rm_ros.core.training.trainer import OnlineTrainer, load_model
 
@@ -20,7 +20,7 @@ LONG_S = 2.0
 
 
 def test_stop_in_a_long_step_writes_the_state_after_the_previous_step(tmp_path, monkeypatch):
-    assert LONG_S >= online.LONG_STEP_S            # the session copies the state after such a step
+    assert LONG_S >= checkpoints.LONG_STEP_S            # the session copies the state after such a step
     scene = make_scene(seed=3, object_names=['mug', 'box'], num_views=8, width=48, height=36)
     config = make_config('cpu-tiny', overrides={'trainer': {'steps': 1000, 'checkpoint_every': 0, 'eval_every': 0,
                                                             'rays_per_batch': 64}})
@@ -49,11 +49,11 @@ def test_stop_in_a_long_step_writes_the_state_after_the_previous_step(tmp_path, 
     finally:
         session.stop(timeout=30.0)
     assert not ended                              # the long step was still running
-    _, _, state = load_model(session.checkpoint_path, device='cpu')       # loads
+    _, _, state = load_model(session.checkpoints.path, device='cpu')       # loads
     written = state['step']
-    assert written == session.saved_step and written < reached, (written, reached)
+    assert written == session.checkpoints.saved_step and written < reached, (written, reached)
     assert written in after
-    saved = read_model_state(session.checkpoint_path)
+    saved = read_model_state(session.checkpoints.path)
     live_then = after[reached]
     changed = [k for k in saved if not torch.equal(after[written][k], live_then[k])]
     assert changed, 'the step in progress changed no parameter: the test would not tell a copy from the live state'

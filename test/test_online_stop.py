@@ -58,6 +58,6 @@ def test_stop_during_teacher_extraction_returns_within_a_chunk_and_saves(tmp_pat
         session.stop(timeout=10.0)
     assert ended and slow['chunks'] == 1, slow  # the interrupted chunk ended the extraction
     assert session.trainer.num_frames == 4  # the interrupted chunk was not taken (a later sync would take it)
-    model, _, state = load_model(session.checkpoint_path, device='cpu')
+    model, _, state = load_model(session.checkpoints.path, device='cpu')
     assert state['step'] == session.step >= 3
     print(f'stop during teacher extraction: {took:.2f} s (chunk {CHUNK_S} s), checkpoint at step {state["step"]}')

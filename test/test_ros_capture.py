@@ -13,7 +13,8 @@ import pytest
 from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.frames import PosedFrame, read_dataset
-from f3rm_ros.core.training.online import OnlineSession, SessionSettings, StampAssembler
+from f3rm_ros.core.training.assembly import StampAssembler
+from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 from f3rm_ros.ros import conversions, diagnostics, qos
 
 pytestmark = pytest.mark.ros
@@ -266,7 +267,7 @@ def test_keyframes_taken_before_auto_fell_back_to_labels_are_dropped_without_lab
     import logging
     import time
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    caplog.set_level(logging.WARNING, logger='f3rm_ros.core.training.online')
+    caplog.set_level(logging.WARNING, logger='f3rm_ros.core.training.scan')
     config = make_config('cpu-tiny', overrides={'teacher': {'name': 'clip', 'model_name': 'ViT-B-16',
                                                             'pretrained': 'openai'},
                                                 'trainer': {'steps': 2}})
@@ -301,7 +302,7 @@ def test_session_resumes_every_keyframe_of_the_dataset(tmp_path):
                                                                checkpoint_dir=str(tmp_path / 'ckpt')))
     summary = s.resume_from_disk()
     assert summary == {'frames': 4, 'checkpoint': '', 'scan_id': c.scan_id, 'previous': ''}
-    assert s.labels == {1: 'mug'} and s.scan_id == c.scan_id
+    assert s.scan.labels == {1: 'mug'} and s.scan.scan_id == c.scan_id
     assert not s.add_frame(read_dataset(tmp_path / 'scan')[2])[0]  # the topic's copy of a resumed frame
 
 

@@ -189,10 +189,10 @@ def test_ros_parameter_and_status_name_the_heads(three_heads):
     with pytest.raises(ValueError, match='unknown teacher'):
         SessionSettings(teacher_choice='clip+sam').validate()
     session = OnlineSession(copy.deepcopy(trainer.config), SessionSettings(teacher_choice='labels+dino'))
-    assert session._needs_labels()  # the labels head waits for label images like the labels teacher
-    session.teacher = teacher
+    assert session.choice.needs_labels()  # the labels head waits for label images like the labels teacher
+    session.choice.teacher = teacher
     assert session.status()['heads'] == 'labels 16, dino 384, custom 5'
-    assert session._teacher_warning().startswith('RANDOM-WEIGHT teacher (labels+dino+custom)')  # WARN on /diagnostics
+    assert session.choice.judge().startswith('RANDOM-WEIGHT teacher (labels+dino+custom)')  # WARN on /diagnostics
 
 
 @pytest.mark.slow

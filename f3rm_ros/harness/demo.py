@@ -238,7 +238,7 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
             node.destroy_node()
         rclpy.try_shutdown()
     timings['total'] = time.monotonic() - started
-    run = RunReport(title='f3rm_ros demo', teacher=session.teacher.name, teacher_reason=session.teacher_reason,
+    run = RunReport(title='f3rm_ros demo', teacher=session.teacher.name, teacher_reason=session.choice.reason,
                     source=source_text, keyframes=len(frames), steps=session.step, heldout_psnr=heldout,
                     curve=curve, timings=timings, queries=outcomes, pictures=pictures, notes=notes)
     path = write_report(run, settings.output)

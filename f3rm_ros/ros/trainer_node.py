@@ -32,7 +32,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..core.capture.frames import PosedFrame
-from ..core.training.online import OnlineSession, SessionSettings, StampAssembler
+from ..core.training.assembly import StampAssembler
+from ..core.training.online import OnlineSession, SessionSettings
 from . import conversions as conv
 from .common import expand_path, node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name, worse
@@ -291,9 +292,10 @@ class TrainerNode(Node):
         name, level, message = self.get_name(), 'info', ''
         try:
             self.session.stop(timeout=STOP_WAIT_S, save=True)
-            if self.session.trainer is not None and self.session.checkpoint_path is not None:
+            if self.session.trainer is not None and self.session.checkpoints.path is not None:
                 # the step written, not the step reached: a long step still in progress is not in the file
-                message = f'final checkpoint {self.session.checkpoint_path} (step {self.session.saved_step})'
+                checkpoints = self.session.checkpoints
+                message = f'final checkpoint {checkpoints.path} (step {checkpoints.saved_step})'
         except Exception as error:  # e.g. disk full: say so, and still release the node
             level, message = 'error', f'last checkpoint not written: {type(error).__name__}: {error}'
         result = super().destroy_node()

@@ -8,6 +8,6 @@
   before a change saw the changed voxels (`pixels_through`): those stop supervising (their masks), so the field
   relearns the region from the new views. A declared change ("I picked from this box") does the same from a box.
 
-`training.online.OnlineSession` calls the tracker after every sync of new keyframes and applies its masks to the
-trainer; the nodes only translate (``~/scene_changes``, ``~/declare_change``).
+`training.repair.SceneRepair` (the online session's) calls the tracker after every sync of new keyframes and applies
+its masks to the trainer; the nodes only translate (``~/scene_changes``, ``~/declare_change``).
 """
