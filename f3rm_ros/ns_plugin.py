@@ -320,7 +320,7 @@ class F3RMNSModel(F3RMModel):
 
     def export_checkpoint(self, path: Path, step: int) -> Path:
         """Write the model in f3rm_ros's checkpoint format (tensors + JSON metadata, atomically)."""
-        from .core.training.trainer import CHECKPOINT_VERSION, atomic_torch_save
+        from .core.training.checkpoints import CHECKPOINT_VERSION, atomic_torch_save
         config = f3rm_config_of(self.config, self.config.preset, self.f3rm['workspace'], self.f3rm['teacher_config'])
         meta = {'format': 'f3rm_ros', 'version': CHECKPOINT_VERSION, 'step': int(step),
                 'num_frames': int(self.f3rm['num_frames']), 'capacity': int(self.num_train_data),

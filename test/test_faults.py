@@ -24,7 +24,7 @@ from f3rm_ros.core.capture.session import STAMP_RECOVERY_FRAMES, CaptureSession,
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.frames import read_dataset
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings
-from f3rm_ros.core.training.trainer import CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint
+from f3rm_ros.core.training.checkpoints import CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint
 from f3rm_ros.harness.bad_inputs import fill_disk, PicklePayload
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests

@@ -18,7 +18,7 @@ import torch
 from f3rm_ros.cli import main
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.study.evaluation import load_for_study
-from f3rm_ros.core.training.trainer import read_checkpoint
+from f3rm_ros.core.training.checkpoints import read_checkpoint
 
 from study_support import tiny_dataset, tiny_scene
 

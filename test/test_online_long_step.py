@@ -63,5 +63,5 @@ def test_stop_in_a_long_step_writes_the_state_after_the_previous_step(tmp_path, 
 
 def read_model_state(path):
     """Return the model tensors of a checkpoint."""
-    from f3rm_ros.core.training.trainer import read_checkpoint
+    from f3rm_ros.core.training.checkpoints import read_checkpoint
     return read_checkpoint(path)['model']

@@ -113,7 +113,7 @@ def test_separate_processes_with_a_trainer_killed_mid_scan(scene_dataset, tmp_pa
         status(trainer_status, lambda v: int(v['step']) >= 21, 120, 'a checkpoint after step 20')
         procs.procs['trainer'].kill()
         procs.procs['trainer'].wait(10)
-        from f3rm_ros.core.training.trainer import read_checkpoint
+        from f3rm_ros.core.training.checkpoints import read_checkpoint
         killed_at = read_checkpoint(tmp_path / 'ckpt' / 'latest.ckpt')['step']
         assert killed_at >= 20
 

@@ -12,7 +12,8 @@ from f3rm_ros.core.capture.frames import FrameStore, read_dataset, write_dataset
 from f3rm_ros.core.query.relevancy import embed_query
 from f3rm_ros.core.scenes.table import make_scene
 from f3rm_ros.core.teachers import RandomTeacherRefused, choose_teacher, is_random, make_teacher, teacher_parts
-from f3rm_ros.core.training.trainer import OnlineTrainer, load_model, read_checkpoint
+from f3rm_ros.core.training.checkpoints import read_checkpoint
+from f3rm_ros.core.training.trainer import OnlineTrainer, load_model
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
 

@@ -48,7 +48,7 @@ def run(args) -> int:
     from ..core.study.evaluation import EVAL_COLUMNS, evaluate_checkpoint, format_table, pick, write_csv_atomic
     from ..core.capture.frames import read_dataset, read_metadata
     from ..core.training.offline import dataset_labels
-    from ..core.training.trainer import read_checkpoint
+    from ..core.training.checkpoints import read_checkpoint
     checkpoints = [Path(p) for p in args.checkpoint]
     missing = [str(p) for p in checkpoints if not p.is_file()]
     if missing:

@@ -156,7 +156,7 @@ class Campaign:
         """Kill -9 the trainer and the capture node in turn, `count` times, and restart them with resume."""
         from sensor_msgs.msg import Image
 
-        from ..core.training.trainer import read_checkpoint
+        from ..core.training.checkpoints import read_checkpoint
         from ..ros.qos import latched_qos
         work = self.work / 'kills'
         scan, ckpt = work / 'scan', work / 'ckpt'
@@ -234,7 +234,7 @@ class Campaign:
     def disk_full(self, size_mb: int = 64) -> None:
         """Scan and train onto a small tmpfs, fill it, empty it again."""
         from ..core.capture.frames import read_dataset
-        from ..core.training.trainer import read_checkpoint
+        from ..core.training.checkpoints import read_checkpoint
         disk = self.work / 'small_disk'
         disk.mkdir(exist_ok=True)
         if os.geteuid() != 0:

@@ -284,7 +284,8 @@ class QueryNode(Node):
     def _current_source(self):
         """(model, teacher, config, lock, key) to query, or raise RuntimeError saying why there is none."""
         from ..core.teachers import RANDOM_HINT, make_teacher
-        from ..core.training.trainer import CheckpointError, load_model
+        from ..core.training.checkpoints import CheckpointError
+        from ..core.training.trainer import load_model
         if self.live is not None and not self.params['checkpoint']:
             trainer = self.live.trainer
             if trainer is None:

@@ -25,7 +25,8 @@ from ..config import F3RMConfig, from_dict, to_dict
 from ..capture.frames import PosedFrame
 from ..geometry import WorkspaceBox
 from ..training.model import PER_CAMERA_PARAMETERS, build_model, restore_sampler_schedule
-from ..training.trainer import holdout_split, pick_device, psnr, read_checkpoint, render_model
+from ..training.checkpoints import read_checkpoint
+from ..training.trainer import holdout_split, pick_device, psnr, render_model
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,34 @@
-"""The online session's checkpoint on disk: one write at a time, retries after a failed write, a stop's last write.
+"""Checkpoints on disk: the file format (written atomically, read safely) and the online session's newest one.
 
-`CheckpointKeeper` owns ``checkpoint_dir/latest.ckpt``: it writes the trainer's state (atomically, through
+`atomic_torch_save` and `read_checkpoint` write and read the format (tensors through torch, everything else as one
+JSON string; loading runs no code); `CheckpointError` / `CheckpointWriteError` say why one was refused or not
+written. `CheckpointKeeper` owns ``checkpoint_dir/latest.ckpt``: it writes the trainer's state (atomically, through
 `OnlineTrainer.save_checkpoint`), remembers a failed write and tries again `WRITE_RETRY_S` later, keeps a copy of the
 state after a long step for a stop that cannot wait, reads the checkpoint to resume (setting aside one it refuses)
 and moves an old one to ``previous.ckpt`` for a new scan.
-
-`.trainer` (torch, nerfstudio) is imported inside the methods that need it: the trainer node builds a session before
-its training thread pays those imports (`OnlineSession._warm_up`).
 """
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
+import pickle
+import shutil
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import numpy as np
+import torch
+
 log = logging.getLogger(__name__)
 
+# 2: metadata (config, teacher, step ...) as JSON beside the tensors, loaded with weights_only=True
+CHECKPOINT_VERSION = 2
+CHECKPOINT_TENSORS = ('model', 'optimizers', 'schedulers', 'grad_scaler')
 CHECKPOINT_NAME = 'latest.ckpt'
 # After a failed checkpoint write (e.g. disk full) the training loop tries again after this long.
 WRITE_RETRY_S = 10.0
@@ -27,6 +38,121 @@ WRITE_RETRY_S = 10.0
 LONG_STEP_S = 1.0
 # How long a stop waits for the checkpoint's locks once the training thread has not ended (s).
 STOP_LOCK_WAIT_S = 0.5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint refused: unreadable (truncated, corrupt), unsafe (Python objects) or of another format."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); no partial file is left behind."""
+
+
+def _no_space(error: BaseException) -> bool:
+    """Tell whether `error` (or what caused it) is 'no space left on device' / over quota."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_mb(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 1e6
+    except OSError:
+        return float('nan')
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write `obj` to `path` through a temporary file: a failed write leaves the old file and no temporary."""
+    tmp = path.with_name('.tmp-' + path.name)
+    try:
+        with open(tmp, 'wb') as handle:  # a file object: torch re-raises the OSError (errno) of a failed write
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        free = _free_mb(path.parent)
+        tmp.unlink(missing_ok=True)
+        if _no_space(error):
+            raise CheckpointWriteError(f'disk full: no space left on the device of {path.parent} for the checkpoint '
+                                       f'({free:.1f} MB free); nothing was written, the previous checkpoint is '
+                                       'kept; free some space and the next save succeeds') from error
+        raise CheckpointWriteError(f'could not write checkpoint {path}: {error} ({free:.1f} MB free there); the '
+                                   'previous checkpoint is kept') from error
+
+
+def plain_state(value):
+    """Optimiser / scheduler state with numpy scalars made Python numbers (weights_only loads only plain types)."""
+    if isinstance(value, dict):
+        return type(value)((k, plain_state(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_state(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def cloned_state(value):
+    """Return a nested state with every tensor cloned (containers rebuilt, everything else shared)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((k, cloned_state(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(cloned_state(v) for v in value)
+    return value
+
+
+def read_checkpoint(path: Path) -> Dict:
+    """Load a checkpoint safely: tensors only (``torch.load(weights_only=True)``), metadata from JSON.
+
+    Returns ``{'version', 'step', 'num_frames', 'capacity', 'config' (dict), 'teacher': {'name', 'state'},
+    'scan_id', 'saved_at', 'model', 'optimizers', 'schedulers', 'grad_scaler'}``. Raises `CheckpointError`
+    with the reason for a file that holds anything but tensors and plain data (no code ever runs while
+    loading), a truncated or corrupt file, or another format.
+    """
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if 'Unsupported' in line or 'GLOBAL' in line), lines[0] if lines else '')
+        detail = detail.split(' was not an allowed global')[0].replace('WeightsUnpickler error: ', '')
+        raise CheckpointError(f'{path} refused: it holds Python objects other than tensors and plain data, which '
+                              f'f3rm_ros never writes (loaded with weights_only=True, nothing in it was run): '
+                              f'{detail[:200]}') from error
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(f'{path} is not a readable checkpoint ({size} bytes; truncated or corrupt?): '
+                              f'{(str(error).splitlines() or [type(error).__name__])[0][:200]}') from error
+    if not isinstance(raw, dict):
+        raise CheckpointError(f'{path} is not an f3rm_ros checkpoint (it holds a {type(raw).__name__})')
+    if 'meta_json' in raw:
+        try:
+            meta = json.loads(raw['meta_json'])
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f'{path}: its metadata is not JSON: {error}') from error
+    else:
+        meta = {k: v for k, v in raw.items() if k not in CHECKPOINT_TENSORS}   # version 1: plain data
+    if meta.get('version') not in (1, CHECKPOINT_VERSION):
+        raise CheckpointError(f'{path}: checkpoint version {meta.get("version")!r} is not one this f3rm_ros reads '
+                              f'(1..{CHECKPOINT_VERSION})')
+    missing = [key for key in ('step', 'num_frames', 'capacity', 'config', 'teacher') if key not in meta] + [
+        key for key in ('model',) if key not in raw]
+    if missing:
+        raise CheckpointError(f'{path}: not an f3rm_ros checkpoint (no {", ".join(missing)})')
+    state = dict(meta)
+    state.setdefault('scan_id', '')
+    for key in CHECKPOINT_TENSORS:
+        state[key] = raw.get(key, {})
+    return state
 
 
 class CheckpointKeeper:
@@ -53,7 +179,6 @@ class CheckpointKeeper:
 
     def save(self, trainer, scan_id: str) -> Path:
         """Write the checkpoint; `CheckpointWriteError` (disk full ...) is remembered in `write_error` and raised."""
-        from .trainer import CheckpointWriteError
         path = self.path
         with self._lock:
             if trainer.step_count == self.saved_step and trainer.last_checkpoint == path and path.exists():
@@ -76,7 +201,6 @@ class CheckpointKeeper:
 
         After a failure the next attempt waits `WRITE_RETRY_S` (a full disk is not asked every step).
         """
-        from .trainer import CheckpointWriteError
         if self.write_error and time.monotonic() - self._write_failed_at < WRITE_RETRY_S:
             return False
         try:
@@ -97,7 +221,6 @@ class CheckpointKeeper:
         Between steps the state now is written; during a step, the copy kept after the last long step
         (`LONG_STEP_S`), if it is newer than the checkpoint on disk; otherwise nothing (None).
         """
-        from .trainer import CheckpointWriteError
         path = self.path
         if trainer is None or path is None:
             return None
@@ -145,7 +268,6 @@ class CheckpointKeeper:
         and no later start-up trips over it), `problem` says why, and training starts from scratch on the scan's
         keyframes.
         """
-        from .trainer import CheckpointError, read_checkpoint
         path = self.path
         if path is None or not path.exists():
             return None

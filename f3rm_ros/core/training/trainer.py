@@ -6,16 +6,11 @@ Every step samples random pixels of the training frames with their teacher featu
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
-import os
-import pickle
-import shutil
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,15 +28,13 @@ from ..fast import adam_config, sample_rays
 from ..fast.graphs import CAPTURE_FROM_STEP, GraphedTrainStep, model_losses, step_stats
 from ..capture.frames import FrameStore, PosedFrame
 from ..geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
+from .checkpoints import CHECKPOINT_VERSION, atomic_torch_save, cloned_state, plain_state, read_checkpoint
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
+from .pixels import PixelSampler
 from .render import render_camera
 from ..teachers import Teacher
 
 log = logging.getLogger(__name__)
-
-# 2: metadata (config, teacher, step ...) as JSON beside the tensors, loaded with weights_only=True
-CHECKPOINT_VERSION = 2
-CHECKPOINT_TENSORS = ('model', 'optimizers', 'schedulers', 'grad_scaler')
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -116,121 +109,6 @@ def holdout_split(num_frames: int, holdout_every: int) -> Tuple[List[int], List[
     return [i for i in range(num_frames) if i not in held], held
 
 
-class CheckpointError(ValueError):
-    """A checkpoint refused: unreadable (truncated, corrupt), unsafe (Python objects) or of another format."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (e.g. the disk is full); no partial file is left behind."""
-
-
-def _no_space(error: BaseException) -> bool:
-    """Tell whether `error` (or what caused it) is 'no space left on device' / over quota."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _free_mb(folder: Path) -> float:
-    try:
-        return shutil.disk_usage(folder).free / 1e6
-    except OSError:
-        return float('nan')
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write `obj` to `path` through a temporary file: a failed write leaves the old file and no temporary."""
-    tmp = path.with_name('.tmp-' + path.name)
-    try:
-        with open(tmp, 'wb') as handle:  # a file object: torch re-raises the OSError (errno) of a failed write
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        free = _free_mb(path.parent)
-        tmp.unlink(missing_ok=True)
-        if _no_space(error):
-            raise CheckpointWriteError(f'disk full: no space left on the device of {path.parent} for the checkpoint '
-                                       f'({free:.1f} MB free); nothing was written, the previous checkpoint is '
-                                       'kept; free some space and the next save succeeds') from error
-        raise CheckpointWriteError(f'could not write checkpoint {path}: {error} ({free:.1f} MB free there); the '
-                                   'previous checkpoint is kept') from error
-
-
-def _plain_state(value):
-    """Optimiser / scheduler state with numpy scalars made Python numbers (weights_only loads only plain types)."""
-    if isinstance(value, dict):
-        return type(value)((k, _plain_state(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain_state(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _cloned(value):
-    """Return a nested state with every tensor cloned (containers rebuilt, everything else shared)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((k, _cloned(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cloned(v) for v in value)
-    return value
-
-
-def read_checkpoint(path: Path) -> Dict:
-    """Load a checkpoint safely: tensors only (``torch.load(weights_only=True)``), metadata from JSON.
-
-    Returns ``{'version', 'step', 'num_frames', 'capacity', 'config' (dict), 'teacher': {'name', 'state'},
-    'scan_id', 'saved_at', 'model', 'optimizers', 'schedulers', 'grad_scaler'}``. Raises `CheckpointError`
-    with the reason for a file that holds anything but tensors and plain data (no code ever runs while
-    loading), a truncated or corrupt file, or another format.
-    """
-    path = Path(path)
-    try:
-        raw = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        detail = next((line for line in lines if 'Unsupported' in line or 'GLOBAL' in line), lines[0] if lines else '')
-        detail = detail.split(' was not an allowed global')[0].replace('WeightsUnpickler error: ', '')
-        raise CheckpointError(f'{path} refused: it holds Python objects other than tensors and plain data, which '
-                              f'f3rm_ros never writes (loaded with weights_only=True, nothing in it was run): '
-                              f'{detail[:200]}') from error
-    except FileNotFoundError:
-        raise
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        size = path.stat().st_size if path.exists() else 0
-        raise CheckpointError(f'{path} is not a readable checkpoint ({size} bytes; truncated or corrupt?): '
-                              f'{(str(error).splitlines() or [type(error).__name__])[0][:200]}') from error
-    if not isinstance(raw, dict):
-        raise CheckpointError(f'{path} is not an f3rm_ros checkpoint (it holds a {type(raw).__name__})')
-    if 'meta_json' in raw:
-        try:
-            meta = json.loads(raw['meta_json'])
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f'{path}: its metadata is not JSON: {error}') from error
-    else:
-        meta = {k: v for k, v in raw.items() if k not in CHECKPOINT_TENSORS}   # version 1: plain data
-    if meta.get('version') not in (1, CHECKPOINT_VERSION):
-        raise CheckpointError(f'{path}: checkpoint version {meta.get("version")!r} is not one this f3rm_ros reads '
-                              f'(1..{CHECKPOINT_VERSION})')
-    missing = [key for key in ('step', 'num_frames', 'capacity', 'config', 'teacher') if key not in meta] + [
-        key for key in ('model',) if key not in raw]
-    if missing:
-        raise CheckpointError(f'{path}: not an f3rm_ros checkpoint (no {", ".join(missing)})')
-    state = dict(meta)
-    state.setdefault('scan_id', '')
-    for key in CHECKPOINT_TENSORS:
-        state[key] = raw.get(key, {})
-    return state
-
-
 def _resize_per_camera(state_dict: Dict[str, torch.Tensor], model: F3RMModel) -> bool:
     """Fit per-camera rows of a checkpoint to this model's capacity; True if anything was resized."""
     resized = False
@@ -246,7 +124,13 @@ def _resize_per_camera(state_dict: Dict[str, torch.Tensor], model: F3RMModel) ->
 
 
 class OnlineTrainer:
-    """Trains an `F3RMModel` on the frames of a `FrameStore`; `lock` guards the model for readers."""
+    """Trains an `F3RMModel` on the frames of a `FrameStore`; `lock` guards the model for readers.
+
+    Why one class: every method reads or changes the one model, its optimisers and the frames' device arrays under
+    the one `lock` (sync, step, render and held-out scores, the checkpoint's state, a scene change's masks and
+    schedule rewind). What stands alone lives beside it: which pixels a batch draws (`pixels`), the checkpoint file
+    (`checkpoints`), rendering in chunks (`render`), the CUDA-graph step (`fast.graphs`).
+    """
 
     def __init__(self, config: F3RMConfig, store: FrameStore, teacher: Teacher):
         self.config = config
@@ -272,15 +156,12 @@ class OnlineTrainer:
         self.images: Optional[torch.Tensor] = None     # [capacity, H, W, 3] uint8 on device
         self.features: Optional[torch.Tensor] = None   # [capacity, h, w, D] fp16 on device
         self.depths: Optional[torch.Tensor] = None     # [capacity, H, W] z-depth in field units, 0 = none
-        self.masks: Optional[torch.Tensor] = None      # [capacity, H, W] bool, once any frame has a mask
-        self._pixels: Optional[Tuple[List[int], torch.Tensor]] = None  # (train indices, trainable pixel ids)
+        self.pixels = PixelSampler(self.device, self.generator)   # masks, a scene change's focus
         self._revisions: List[int] = []                # the store's slot revisions the arrays hold
         self.frames: List[PosedFrame] = []
         self.train_indices: List[int] = []
         self.eval_indices: List[int] = []
         self.last_checkpoint: Optional[Path] = None
-        # (pixel ids, fraction, until step): a share of each batch from the views of a scene change
-        self._focus: Optional[Tuple[torch.Tensor, float, int]] = None
 
     def _optimizer_config(self) -> Dict:
         t = self.config.trainer
@@ -334,14 +215,10 @@ class OnlineTrainer:
                 depth = frame.depth if frame.depth is not None else np.zeros(frame.image.shape[:2], np.float32)
                 self.depths[slot] = torch.from_numpy(np.nan_to_num(depth).astype(np.float32)).to(
                     self.device) * self.box.scale
-            if self.masks is None and any(f.mask is not None for f in changed):
-                self.masks = torch.ones(self.images.shape[:3], dtype=torch.bool, device=self.device)
-            if self.masks is not None:
-                for slot, frame in zip(slots, changed):
-                    self.masks[slot] = True if frame.mask is None else torch.from_numpy(frame.mask).to(self.device)
+            self.pixels.take_masks(slots, [frame.mask for frame in changed], self.images.shape[:3])
             if replaced:
                 self._forget_cameras(replaced)
-            self._pixels = None
+            self.pixels.frames_changed()
             self.frames, self._revisions = frames, revisions
             self.cameras = make_cameras(frames, self.box, self.device)
             self.train_indices, self.eval_indices = holdout_split(len(frames), self.config.trainer.holdout_every)
@@ -361,45 +238,13 @@ class OnlineTrainer:
         if adjustment is not None:
             adjustment[index] = 0.0
 
-    def _trainable_pixels(self) -> Optional[torch.Tensor]:
-        """Flat ids (frame * H * W + y * W + x) of the pixels rays may come from, when some frame has a mask.
-
-        A pixel qualifies when its mask keeps it and its teacher patch is at least half unmasked: the patch's
-        feature is the pixel's target, and a patch mostly covering a gripper would teach the gripper.
-        """
-        if self.masks is None:
-            return None
-        if self._pixels is not None and self._pixels[0] == self.train_indices:
-            return self._pixels[1]
-        train = torch.as_tensor(self.train_indices, device=self.device)
-        masks = self.masks[train]                                              # [T, H, W]
-        count, height, width = masks.shape
-        patches_h, patches_w = self.features.shape[1:3]
-        rows = torch.arange(height, device=self.device) * patches_h // height
-        cols = torch.arange(width, device=self.device) * patches_w // width
-        patch = (rows[:, None] * patches_w + cols[None, :]).reshape(1, -1).expand(count, -1)
-        kept = torch.zeros((count, patches_h * patches_w), device=self.device).scatter_add_(
-            1, patch, masks.reshape(count, -1).float())
-        total = torch.zeros_like(kept).scatter_add_(1, patch, torch.ones_like(kept[:, :1]).expand(-1, patch.shape[1]))
-        usable = masks.reshape(count, -1) & (kept / total.clamp(min=1) >= 0.5).gather(1, patch)
-        t, pixel = usable.nonzero(as_tuple=True)
-        if len(t) == 0:
-            raise RuntimeError('every training pixel is masked: check the mask (white = keep, black = ignore)')
-        ids = train[t] * (height * width) + pixel
-        self._pixels = (list(self.train_indices), ids)
-        return ids
-
     def refresh_masks(self, slots: Sequence[int]) -> None:
         """Take the masks of held frames again (a scene change masked what they saw of the old scene)."""
         with self.lock:
             if self.images is None or not slots:
                 return
-            if self.masks is None:
-                self.masks = torch.ones(self.images.shape[:3], dtype=torch.bool, device=self.device)
-            for slot in slots:
-                mask = self.frames[slot].mask
-                self.masks[slot] = True if mask is None else torch.from_numpy(mask).to(self.device)
-            self._pixels = None
+            self.pixels.take_masks(slots, [self.frames[slot].mask for slot in slots], self.images.shape[:3],
+                                   always=True)
 
     def rewind_schedule(self, step: int) -> None:
         """Set the learning rates to the schedule's value at `step` (if that is earlier) and decay from there.
@@ -421,46 +266,15 @@ class OnlineTrainer:
         `pixels`: flat ids (frame * H * W + y * W + x) of training frames' pixels; None or empty: no focus.
         """
         with self.lock:
-            if pixels is None or not len(pixels) or fraction <= 0:
-                self._focus = None
-                return
-            ids = torch.as_tensor(np.asarray(pixels, dtype=np.int64), device=self.device)
-            self._focus = (ids, float(fraction), int(until_step))
-
-    def _focus_rays(self, num_rays: int):
-        """(count, flat pixel ids) of the batch's rays that come from the focus pixels, or None."""
-        if self._focus is None or self.step_count >= self._focus[2]:
-            return None
-        ids, fraction, _ = self._focus
-        count = int(num_rays * fraction)
-        if count < 1:
-            return None
-        return count, ids[torch.randint(len(ids), (count,), device=self.device, generator=self.generator)]
+            self.pixels.set_focus(pixels, fraction, until_step)
 
     def _sample_batch(self, num_rays: int):
         height, width = self.images.shape[1:3]
-        pixels = self._trainable_pixels()
-        if pixels is not None:
-            flat = pixels[torch.randint(len(pixels), (num_rays,), device=self.device, generator=self.generator)]
-            frame, rest = flat // (height * width), flat % (height * width)
-            y, x = rest // width, rest % width
-        else:
-            if getattr(self, '_train_key', None) != self.train_indices:  # a host->device copy waits for the GPU
-                self._train_key, self._train_tensor = list(self.train_indices), torch.as_tensor(
-                    self.train_indices, device=self.device)
-            train = self._train_tensor
-            pick = torch.randint(len(train), (num_rays,), device=self.device, generator=self.generator)
-            frame = train[pick]
-            y = torch.randint(height, (num_rays,), device=self.device, generator=self.generator)
-            x = torch.randint(width, (num_rays,), device=self.device, generator=self.generator)
-        focus = self._focus_rays(num_rays)
-        if focus is not None:  # the first rays come from the keyframes of a scene change
-            count, flat = focus
-            frame, y, x = frame.clone(), y.clone(), x.clone()
-            frame[:count], y[:count], x[:count] = flat // (height * width), (flat // width) % height, flat % width
+        patches_h, patches_w = self.features.shape[1:3]
+        frame, y, x = self.pixels.draw(num_rays, self.train_indices, height, width, (patches_h, patches_w),
+                                       self.step_count)
         coords = torch.stack([y, x], dim=-1).float() + 0.5
         ray_bundle = sample_rays(self.cameras, frame[:, None], coords)
-        patches_h, patches_w = self.features.shape[1:3]
         batch = {
             'image': self.images[frame, y, x].float() / 255.0,
             # nearest teacher patch of each pixel
@@ -613,11 +427,11 @@ class OnlineTrainer:
             state = {
                 'meta_json': json.dumps(meta),
                 'model': {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                'optimizers': {k: _plain_state(o.state_dict()) for k, o in self.optimizers.optimizers.items()},
-                'schedulers': {k: _plain_state(s.state_dict()) for k, s in self.optimizers.schedulers.items()},
-                'grad_scaler': _plain_state(self.grad_scaler.state_dict()),
+                'optimizers': {k: plain_state(o.state_dict()) for k, o in self.optimizers.optimizers.items()},
+                'schedulers': {k: plain_state(s.state_dict()) for k, s in self.optimizers.schedulers.items()},
+                'grad_scaler': plain_state(self.grad_scaler.state_dict()),
             }
-            return _cloned(state) if copy else state
+            return cloned_state(state) if copy else state
 
     def load_checkpoint(self, path: Path, state: Optional[Dict] = None) -> Dict:
         """Restore a checkpoint; per-camera parameters are fitted when the capacity differs.
