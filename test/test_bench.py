@@ -13,9 +13,10 @@ import pytest
 
 from f3rm_ros.bench import parse_result_line
 from f3rm_ros.bench.query import STAGES, pack_heatmap, timed_queries
-from f3rm_ros.bench.semantic import (CATALOGUE_NAMES, QueryScore, absent_names, dataset_scene, load_scene,
-                                     grasp_clear, on_object, peak_distribution, result_line, save_scene,
-                                     separating_bound, summary_rows)
+from f3rm_ros.bench.semantic import (CATALOGUE_NAMES, absent_names, dataset_scene, grasp_clear, load_scene,
+                                     on_object, save_scene)
+from f3rm_ros.bench.semantic_scores import (QueryScore, peak_distribution, result_line, separating_bound,
+                                            summary_rows)
 from f3rm_ros.cli import main
 from f3rm_ros.core.query.answer import FieldQuerier
 from f3rm_ros.core.query.support import support_under

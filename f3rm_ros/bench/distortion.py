@@ -107,7 +107,8 @@ def run(args) -> int:
     from ..core.config import make_config
     from ..core.capture.distortion import Distortion
     from ..core.query.answer import FieldQuerier
-    from .semantic import score_queries, summary_rows, train_scene
+    from .semantic import score_queries, train_scene
+    from .semantic_scores import summary_rows
     started = time.perf_counter()
     config = make_config(args.preset, overrides={'trainer': {'device': args.device},
                                                  'grasp': {'max_opening': 0.14}})
