@@ -258,10 +258,9 @@ class QueryConfig:
     cluster_min_points: int = 10  # smaller groups of selected voxels are noise (voxels, >= 1)
     max_clusters: int = 10  # 0 = all
     # Keyframes that must have seen a cluster's surface where it is (core/query/views.py) where the querier has them
-    # (a live session, bench semantic); a cluster seen by fewer, or seen through by more keyframes' depth than saw
-    # it, is a ghost and not reported (0 = no keyframe check)
+    # (a live session, the benches); a cluster fewer keyframes saw is a ghost and not reported (0 = no check)
     min_support_views: int = 2
-    support_tolerance: float = 0.015  # m between a voxel centre and a keyframe's observed depth: "on its surface"
+    support_tolerance: float = 0.02  # m between a voxel centre and a keyframe's observed depth: "on its surface"
     text_cache_size: int = 256  # phrases whose embeddings are kept: a repeated query skips the text tower
     chunk_size: int = 65536  # points per field evaluation (memory bound; at least 262144 on a GPU)
     colormap: str = 'turbo'  # matplotlib colormap of the relevancy colours and pictures
