@@ -13,7 +13,8 @@ from scipy.spatial.transform import Rotation
 
 from analytic_field import analytic_scene
 from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, geometry_from_config
-from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator, sample_rotations
+from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
+from f3rm_ros.core.manipulation.search import sample_rotations
 from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
                                              query_points)
 from f3rm_ros.core.manipulation.volume import region_around, sample_field
