@@ -17,7 +17,8 @@ from sensor_msgs.msg import CompressedImage
 from f3rm_ros.core.capture import compressed
 
 from f3rm_ros.core.scenes import table as scenes
-from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings, read_mask_file
+from f3rm_ros.core.capture.camera import read_mask_file
+from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.distortion import Distortion, distort_image
 from f3rm_ros.core.capture.frames import PosedFrame, read_dataset
@@ -115,7 +116,7 @@ def test_a_distorted_camera_is_undistorted_once_and_republished_as_a_pinhole(tmp
     rig.info(Kd, width, height, 'plumb_bob', lens.coefficients)
     rig.info(Kd, width, height, 'plumb_bob', lens.coefficients)        # the same camera: one note, maps kept
     assert len(rig.notes) == 1 and 'undistorted once' in rig.notes[0] and 'zero distortion' in rig.notes[0]
-    undistorter = rig.session.undistorter
+    undistorter = rig.session.camera.undistorter
     rig.pose(1.0, T)
     out = rig.image(1.0, distorted)
     frame = out[0].frame

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from f3rm_ros.core.capture.session import STAMP_RECOVERY_FRAMES, CaptureSession, CaptureSettings
+from f3rm_ros.core.capture.session import CaptureSession, CaptureSettings
+from f3rm_ros.core.capture.stamps import STAMP_RECOVERY_FRAMES
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.capture.frames import read_dataset
 from f3rm_ros.core.training.online import OnlineSession, SessionSettings

@@ -99,7 +99,8 @@ def live_frames(args):
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-    from ..core.capture.session import CaptureSession, CaptureSettings, read_mask_file
+    from ..core.capture.camera import read_mask_file
+    from ..core.capture.session import CaptureSession, CaptureSettings
     from ..core.capture.handeye import load_hand_eye
     from ..ros.capture_inputs import CaptureInputs, TfPoseLookup
     if (args.tf is None) == (not args.pose):

@@ -27,7 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.capture.session import CaptureSession, CaptureSettings, read_mask_file
+from ..core.capture.camera import read_mask_file
+from ..core.capture.session import CaptureSession, CaptureSettings
 from ..core.capture.handeye import load_hand_eye
 from ..core.capture.transforms import TransformTree
 from . import conversions as conv

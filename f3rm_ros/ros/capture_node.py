@@ -35,7 +35,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from ..core.capture.session import DISK_CAPACITY, ROUTINE, CaptureSession, CaptureSettings, Outcome, read_mask_file
+from ..core.capture.camera import read_mask_file
+from ..core.capture.session import DISK_CAPACITY, ROUTINE, CaptureSession, CaptureSettings, Outcome
 from ..core.capture.handeye import hand_eye_from_parameters
 from . import conversions as conv
 from .capture_inputs import CaptureInputs, TfPoseLookup

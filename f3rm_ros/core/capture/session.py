@@ -5,11 +5,10 @@ with their lens distortion, poses by stamp (or a pose-lookup function, e.g. tf2)
 label and mask images paired with their colour image by stamp (`pairing`: nearest within `depth_slop_s`; drivers
 stamp depth a few milliseconds after colour). For each image it decides, cheapest test first:
 
-1. stamp sanity (non-zero, finite, within `max_stamp_skew_s` of the node's clock, newer than the previous
-   good image: duplicates and out-of-order are refused, but a run of `STAMP_RECOVERY_FRAMES` consistent
-   frames older than one outlier is followed), scan running, camera_info known and of the same size, the
-   scan's resolution (a camera that changes resolution mid-scan is refused: call ``new_scan``), capacity
-   and RAM budget left;
+1. stamp sanity (`stamps`: non-zero, finite, within `max_stamp_skew_s` of the node's clock, newer than the
+   previous good image; a run of frames older than one outlier is followed), scan running, camera_info known
+   and of the same size, the scan's resolution (a camera that changes resolution mid-scan is refused: call
+   ``new_scan``), capacity and RAM budget left;
 2. the minimum interval since the last keyframe (no pose needed: most frames of a 30 Hz stream stop here);
 3. the pose at the image stamp (interpolated between the samples around it, never extrapolated beyond
    `pose_tolerance_s`, never "the latest"; with a hand-eye calibration the pose is the end effector's and
@@ -18,21 +17,16 @@ stamp depth a few milliseconds after colour). For each image it decides, cheapes
 4. camera motion since the last keyframe (`KeyframeGate`), then blur (variance of the Laplacian) on the
    converted image.
 
-A kept frame is undistorted once (`distortion.Undistorter`, maps made once per camera: colour bilinear;
-depth, labels and masks nearest) and carries the pinhole ``K_new`` from then on; its mask is the static mask
-(a wrist camera's gripper) AND the frame's own mask AND the pixels the lens saw. Problems with an aligned
-input (a depth image in another frame than the colour one, of another size, undecodable) are queued for
-the caller (`take_problems`) with what to change; the keyframe goes on without that input.
+A kept frame is undistorted once and stored at most `max_image_side` large, with the pinhole ``K_new`` and
+its mask: the static mask AND the frame's own mask AND the pixels the lens saw (`camera`; depth, labels and masks
+nearest). Problems with an aligned input (a depth image in another frame than the colour one, of another size,
+undecodable) are queued for the caller (`take_problems`) with what to change; the keyframe goes on without that
+input.
 
-Images larger than `max_image_side` are stored downscaled (area filter; depth and labels nearest; K
-scaled): a 12 MP camera gains nothing in the field (CLIP sees 224-336 px, nerfacto samples rays) and
-would cost 36 MB PNGs and the trainer's RAM.
-
-A kept frame is appended to a nerfstudio dataset on disk (``transforms.json`` replaced atomically, images
-first) before it is reported, so a crash never loses a keyframe that any reader saw; a failed write (disk
-full) leaves no partial entry, is reported (`health` ERROR) and the next keyframe tries again. A session
-started on a folder that already holds a scan continues it (`resume`); every scan has an id (`scan_id`,
-stored in ``transforms.json``) that a trainer compares with its own.
+A kept frame is appended to the scan's nerfstudio dataset on disk before it is reported (`scan_folder`); a
+failed write (disk full) is reported (`health` ERROR) and the next keyframe tries again. A session started on a
+folder that already holds a scan continues it (`resume`); every scan has an id (`scan_id`, stored in
+``transforms.json``) that a trainer compares with its own.
 """
 from __future__ import annotations
 
@@ -44,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-import cv2
 import numpy as np
 
-from .distortion import Distortion, Undistorter
-from .frames import DatasetWriter, PosedFrame
-from ..geometry import check_rigid, opengl_to_optical, resized_intrinsics
+from .camera import Camera, stored_size
+from .distortion import Distortion
+from .frames import PosedFrame
+from ..geometry import check_rigid, opengl_to_optical
 from .keyframes import KeyframeGate, PoseBuffer, sharpness
 from .pairing import AlignedImages, Loader
+from .scan_folder import ScanFolder
+from .stamps import StampCheck
 
 PoseLookup = Callable[[float], Tuple[Optional[np.ndarray], str]]
 # until the image stamps tell the frame period, aligned images pair with colour within this (half of 30 Hz)
@@ -59,41 +55,11 @@ DEFAULT_SLOP_S = 1.0 / 60.0
 # `capacity` 0 (the node's default): the scan on disk keeps up to this many keyframes; the trainer keeps the
 # best-spread `trainer.capacity` of them (a full trainer replaces its most redundant view)
 DISK_CAPACITY = 1000
-# Frames stamped before an outlier in a row, each newer than the last, after which the outlier is forgotten.
-STAMP_RECOVERY_FRAMES = 5
 
 
 def new_scan_id() -> str:
     """Return a fresh scan id: date, time of day and a random suffix (``20261130-142501-3fa2c1``)."""
     return time.strftime('%Y%m%d-%H%M%S') + '-' + uuid.uuid4().hex[:6]
-
-
-def read_mask_file(path: str) -> np.ndarray:
-    """Read a static mask image (white = keep, black = ignore: the gripper in a wrist camera) as H x W bool.
-
-    Any 8- or 16-bit grey or colour image; a pixel is kept when its grey value is above half the range.
-    ValueError with the path when it cannot be read.
-    """
-    image = cv2.imread(str(Path(path).expanduser()), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f'mask_file {path} cannot be read as an image (a PNG at the camera\'s resolution: white = '
-                         'keep, black = ignore)')
-    if image.ndim == 3:
-        image = image[..., :3].max(axis=2)
-    half = 32767 if image.dtype == np.uint16 else 127
-    mask = image > half
-    if not mask.any():
-        raise ValueError(f'mask_file {path} masks every pixel (all black): white = keep, black = ignore')
-    return mask
-
-
-def stored_size(width: int, height: int, max_side: int) -> Tuple[int, int]:
-    """Return the (width, height) an image is stored at: the longer side at most `max_side` (0 = any)."""
-    longest = max(width, height)
-    if max_side <= 0 or longest <= max_side:
-        return int(width), int(height)
-    scale = max_side / longest
-    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
 @dataclass
@@ -175,14 +141,6 @@ class _Pending:
 
 
 @dataclass
-class _Camera:
-    K: np.ndarray
-    width: int
-    height: int
-    distortion: Optional[Distortion] = None
-
-
-@dataclass
 class CaptureStats:
     """Counters for the status topic."""
 
@@ -207,9 +165,10 @@ class CaptureSession:
     `stamp_clock` says the time now in the stamps' time base (the node's ROS clock; 0 or None = unknown):
     image stamps further than `max_stamp_skew_s` from it are refused.
 
-    Why one class: its checks run in order on one scan's state that every input updates (camera and undistorter,
-    gate reference, pending images, dataset writer, counters); what stands alone lives beside it (`keyframes`,
-    `pairing`, `distortion`, `frames`).
+    Why one class: its checks run in order on one scan's state that every input updates (camera, gate reference,
+    pending images, keyframe count and RAM budget, counters); what stands alone lives beside it: stamp sanity
+    (`stamps`), the camera and a kept image's undistortion, size and mask (`camera`), aligned images (`pairing`),
+    the gate and poses (`keyframes`), the dataset on disk (`scan_folder`).
     """
 
     def __init__(self, settings: CaptureSettings, pose_lookup: Optional[PoseLookup] = None,
@@ -221,28 +180,24 @@ class CaptureSession:
         self.stamp_clock = stamp_clock
         self.scan_id = new_scan_id()
         self.scan_size: Optional[Tuple[int, int]] = None   # stored (w, h) of this scan's keyframes
-        self.write_error = ''                              # the last keyframe write failed (until one succeeds)
-        self._behind: List[float] = []                     # stamps refused as older than an outlier, in a row
+        self.stamps = StampCheck()
         self.stamp_note = ''                               # set when an outlier stamp was left behind
         self.poses = PoseBuffer(settings.pose_tolerance_s, maxlen=2000, max_gap_s=settings.pose_max_gap_s)
         self.pose_lookup: PoseLookup = pose_lookup or self.poses.lookup
-        self.undistorter: Optional[Undistorter] = None
         self.camera_problem = ''                           # why the last camera_info was refused ('' = fine)
         self.camera_note = ''                              # a new camera model to log once (undistortion ...)
         self.problems: List[Tuple[str, str]] = []          # (kind, message) for the caller: `take_problems`
-        self._periods: List[float] = []                    # recent image stamp differences (the frame period)
         self.colour_frame = ''                             # header.frame_id of the colour images
         self.gate = KeyframeGate(settings.min_translation, settings.min_rotation_deg, settings.min_interval_s,
                                  settings.min_sharpness)
-        self.camera: Optional[_Camera] = None
+        self.camera: Optional[Camera] = None
         self.pending: List[_Pending] = []
         self.aligned = AlignedImages()                     # depth, labels and masks waiting for their colour image
-        self.last_image_stamp: Optional[float] = None
         self.scanning = True
         self.stats = CaptureStats()
         self.label_names: Dict[int, str] = {}
         self.frame_bytes: Optional[int] = None
-        self.writer: Optional[DatasetWriter] = None
+        self.folder: Optional[ScanFolder] = None
         self.resumed = 0
         if settings.dataset_dir:
             self._open_dataset(Path(settings.dataset_dir).expanduser())
@@ -250,14 +205,8 @@ class CaptureSession:
     # ------------------------------------------------------------------------------------------ setup
 
     def _open_dataset(self, root: Path) -> None:
-        metadata = {'base_frame': self.settings.base_frame}
-        if self.settings.workspace:
-            metadata['workspace'] = self.settings.workspace
-        existing = (root / 'transforms.json').exists()
-        self.writer = DatasetWriter(root, base_frame=self.settings.base_frame, metadata=metadata)
-        if existing and not self.settings.resume:
-            self.writer.clear()
-        frames = self.writer.meta['frames']
+        self.folder = ScanFolder(root, self.settings.base_frame, self.settings.workspace, self.settings.resume)
+        frames = self.folder.frames
         if frames:  # continue the scan: the gate measures motion from its last keyframe
             last = frames[-1]
             self.gate.accept(opengl_to_optical(np.array(last['transform_matrix'], dtype=np.float64)),
@@ -267,13 +216,8 @@ class CaptureSession:
             self.frame_bytes = self._bytes_per_frame(int(last['w']), int(last['h']), 'depth_file_path' in last,
                                                      'label_file_path' in last)
             self.scan_size = (int(last['w']), int(last['h']))
-            self.scan_id = str(self.writer.meta.get('scan_id') or self.scan_id)
-        if self.writer.meta.get('scan_id') != self.scan_id:
-            self.writer.meta['scan_id'] = self.scan_id
-            self.writer.flush()
-        labels = self.writer.meta.get('labels')
-        if isinstance(labels, dict):
-            self.label_names = {int(k): str(v) for k, v in labels.items()}
+        self.scan_id = self.folder.adopt_scan_id(self.scan_id)
+        self.label_names = self.folder.label_names()
 
     def update_settings(self, **changes) -> None:
         """Change thresholds at run time (gate, tolerance, wait, capacity, budget); ValueError if invalid."""
@@ -288,6 +232,11 @@ class CaptureSession:
         self.poses.max_gap_s = float(candidate.pose_max_gap_s)
 
     # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def write_error(self) -> str:
+        """Why the last keyframe write failed ('' = it worked, or nothing is kept on disk)."""
+        return self.folder.write_error if self.folder is not None else ''
 
     @property
     def num_keyframes(self) -> int:
@@ -335,20 +284,12 @@ class CaptureSession:
         dropped = self.num_keyframes
         self.gate.reset()
         self.pending.clear()
-        self.last_image_stamp = None
-        self._behind.clear()
+        self.stamps.restart()
         self.frame_bytes = None
         self.scan_size = None
         self.resumed = 0
         self.scan_id = new_scan_id()
-        note = ''
-        if self.writer is not None:
-            self.writer.meta['scan_id'] = self.scan_id
-            try:
-                self.writer.clear()
-            except OSError as error:  # e.g. disk full: the scan on disk is stale until a keyframe is written
-                self.write_error = str(error)
-                note = f' (the dataset on disk could not be updated: {error})'
+        note = self.folder.clear(self.scan_id) if self.folder is not None else ''
         return f'new scan {self.scan_id}: cleared {dropped} keyframes{note}'
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -357,32 +298,17 @@ class CaptureSession:
                         distortion: Optional[Distortion] = None) -> None:
         """Intrinsics (and lens distortion) of the images that follow (validated by the caller's conversion).
 
-        A distorted camera gets an `Undistorter` (maps computed once, reused while K, distortion and size stay
-        the same); `camera_note` then says so once, with the pinhole K the keyframes will carry.
+        A distorted camera gets an undistorter (`Camera.from_info`); `camera_note` then says so once, with the
+        pinhole K the keyframes will carry.
         """
-        K = np.asarray(K, dtype=np.float64)
-        if distortion is not None and distortion.is_zero:
-            distortion = None
         self.camera_problem = ''
-        self.camera = _Camera(K, int(width), int(height), distortion)
-        if distortion is None:
-            if self.undistorter is not None:
-                self.camera_note = 'camera_info has no lens distortion now: keyframes are no longer undistorted'
-            self.undistorter = None
-            return
-        if self.undistorter is not None and self.undistorter.matches(K, distortion, width, height):
-            return
-        self.undistorter = Undistorter(K, distortion, int(width), int(height))
-        Kn = self.undistorter.K_new
-        self.camera_note = (f'camera_info: {distortion.model} distortion {list(np.round(distortion.coefficients, 5))}: '
-                            f'keyframes are undistorted once at capture and published with the pinhole K_new '
-                            f'(fx {Kn[0, 0]:.1f}, fy {Kn[1, 1]:.1f}, cx {Kn[0, 2]:.1f}, cy {Kn[1, 2]:.1f}) and zero '
-                            'distortion on ~/keyframe/camera_info')
+        self.camera, note = Camera.from_info(K, width, height, distortion, self.camera)
+        if note:
+            self.camera_note = note
 
     def refuse_camera_info(self, reason: str) -> None:
         """Forget the camera: images are refused with `reason` until a usable camera_info arrives."""
         self.camera = None
-        self.undistorter = None
         self.camera_problem = reason
 
     def take_problems(self) -> List[Tuple[str, str]]:
@@ -400,9 +326,8 @@ class CaptureSession:
         """How far an aligned image's stamp may be from its colour image's: `depth_slop_s`, or half a frame."""
         if self.settings.depth_slop_s > 0:
             return float(self.settings.depth_slop_s)
-        if len(self._periods) >= 3:
-            return 0.5 * float(np.median(self._periods))
-        return DEFAULT_SLOP_S
+        period = self.stamps.frame_period()
+        return 0.5 * period if period is not None else DEFAULT_SLOP_S
 
     def set_label_names(self, names: Mapping[int, str]) -> bool:
         """Object id → name for label images; stored in transforms.json. True when it changed."""
@@ -410,9 +335,8 @@ class CaptureSession:
         if names == self.label_names:
             return False
         self.label_names = names
-        if self.writer is not None:
-            self.writer.meta['labels'] = {str(k): v for k, v in sorted(names.items())}
-            self.writer.flush()
+        if self.folder is not None:
+            self.folder.store_label_names(names)
         return True
 
     def add_pose(self, stamp: float, T_base_optical: np.ndarray) -> List[Outcome]:
@@ -449,40 +373,15 @@ class CaptureSession:
         return outcomes + self.poll()
 
     def _check_stamp(self, stamp: float) -> Optional[Outcome]:
-        """Refuse a bad stamp with the reason; otherwise make it the reference of the next one."""
-        if not math.isfinite(stamp) or stamp <= 0:
-            return Outcome(stamp, 'stamp', f'image stamp {stamp} is zero or invalid: the driver must stamp '
-                                           'images with their capture time')
+        """Refuse a bad stamp with the reason (`StampCheck`); after an outlier, restart the interval test."""
         now = self.stamp_clock() if self.stamp_clock is not None else 0.0
-        skew = self.settings.max_stamp_skew_s
-        if now > 0 and skew > 0 and abs(stamp - now) > skew:
-            if stamp > now:
-                why = ('a camera clock ahead of this computer (synchronise the clocks, e.g. chrony/PTP)')
-            else:
-                why = ('a recorded stream? play it with --clock and set use_sim_time: true (or raise '
-                       'max_stamp_skew_s)')
-            return Outcome(stamp, 'stamp', f'image stamp {stamp:.3f} s is {abs(stamp - now):.0f} s '
-                                           f'{"ahead of" if stamp > now else "behind"} this node\'s clock '
-                                           f'({now:.3f} s; max_stamp_skew_s {skew:g}): {why}')
-        previous = self.last_image_stamp
-        if previous is not None and 0 < stamp - previous < 5.0:
-            self._periods = (self._periods + [stamp - previous])[-30:]
-        if previous is not None and stamp <= previous:
-            if stamp < previous and (not self._behind or stamp > self._behind[-1]):
-                self._behind.append(stamp)
-            else:
-                self._behind = [stamp] if stamp < previous else []
-            if len(self._behind) < STAMP_RECOVERY_FRAMES:
-                word = 'duplicate' if stamp == previous else 'out-of-order'
-                return Outcome(stamp, 'stamp', f'{word} image stamp {stamp:.6f} s (previous {previous:.6f} s)')
-            # frames keep coming, in order among themselves, older than one earlier frame: that frame was the
-            # outlier (a glitch of the driver's clock); follow the stream again
-            self.stamp_note = (f'image stamps went back from {previous:.3f} s to {stamp:.3f} s for '
-                               f'{len(self._behind)} frames in a row: {previous:.3f} s was an outlier, followed them')
+        refusal, note = self.stamps.check(stamp, now, self.settings.max_stamp_skew_s)
+        if refusal:
+            return Outcome(stamp, 'stamp', refusal)
+        if note:
+            self.stamp_note = note
             if self.gate.last_stamp is not None and self.gate.last_stamp > stamp:
                 self.gate.last_stamp = stamp - self.gate.min_interval_s  # the interval test restarts from here
-        self._behind = []
-        self.last_image_stamp = stamp
         return None
 
     def _precheck(self, stamp: float, width: int, height: int) -> Optional[Outcome]:
@@ -549,7 +448,7 @@ class CaptureSession:
         return T, why
 
     def _forget_old_aux(self) -> None:
-        horizon = min([p.stamp for p in self.pending], default=self.last_image_stamp)
+        horizon = min([p.stamp for p in self.pending], default=self.stamps.last)
         if horizon is not None:
             self.aligned.forget_before(horizon)
 
@@ -570,32 +469,23 @@ class CaptureSession:
         if rgb.shape[:2] != (camera.height, camera.width):
             return Outcome(item.stamp, 'size', f'image is {rgb.shape[1]} x {rgb.shape[0]} but camera_info says '
                                                f'{camera.width} x {camera.height}')
-        K, valid = camera.K, None
-        undistorter = self.undistorter
-        if undistorter is not None:
-            rgb, K = undistorter.image(rgb), undistorter.K_new.copy()
-            valid = undistorter.nearest(np.full(rgb.shape[:2], 255, np.uint8)) > 0   # pixels the lens saw
-        width, height = stored_size(rgb.shape[1], rgb.shape[0], self.settings.max_image_side)
-        resized = (width, height) != (rgb.shape[1], rgb.shape[0])
-        if resized:
-            K = resized_intrinsics(K, rgb.shape[1], rgb.shape[0], width, height)
-            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        image = camera.store(rgb, self.settings.max_image_side)
         if self.settings.min_sharpness > 0:
-            value = sharpness(rgb)
+            value = sharpness(image.rgb)
             if value < self.settings.min_sharpness:
                 return Outcome(item.stamp, 'blurred', f'blurred (sharpness {value:.1f} < '
                                                       f'{self.settings.min_sharpness:.1f})')
-        taken = self.aligned.take(item.stamp, self.slop_s, item.frame_id, (camera.width, camera.height), undistorter,
-                                  (width, height) if resized else None)
+        taken = self.aligned.take(item.stamp, self.slop_s, item.frame_id, (camera.width, camera.height),
+                                  camera.undistorter, image.size if image.resized else None)
         for kind, problem in taken.problems:
             self._problem(kind, problem)
         if taken.refusal:
             return Outcome(item.stamp, 'mask', taken.refusal)
         extras, notes = taken.extras, [f'no aligned {kind} image' for kind in missing] + taken.notes
-        mask = self._mask(extras.pop('mask', None), valid, (width, height), resized)
+        mask = camera.mask(extras.pop('mask', None), self.settings.static_mask, image)
         name = f'frame_{self.num_keyframes:05d}'
         try:
-            frame = PosedFrame(rgb, K, T, stamp=item.stamp, name=name, mask=mask, **extras)
+            frame = PosedFrame(image.rgb, image.K, T, stamp=item.stamp, name=name, mask=mask, **extras)
         except ValueError as error:
             return Outcome(item.stamp, 'image', f'cannot build a keyframe: {error}')
         if self.frame_bytes is None:
@@ -605,40 +495,19 @@ class CaptureSession:
             if full:
                 self.frame_bytes = None
                 return Outcome(item.stamp, 'full', full)
-        if self.writer is not None:
+        if self.folder is not None:
             try:
-                self.writer.append(frame)
-            except OSError as error:
-                self.write_error = f'could not write the keyframe: {error}'
+                works_again = self.folder.append(frame)
+            except OSError:
                 return Outcome(item.stamp, 'disk', f'{self.write_error}; not kept, the next keyframe tries again')
-            if self.write_error:
-                notes.append('writing keyframes works again')
-                self.write_error = ''
+            if works_again:
+                notes.append(works_again)
         self.gate.accept(T, item.stamp)
         self.scan_size = (frame.width, frame.height)
-        if resized:
+        if image.resized:
             notes.append(f'stored at {frame.width} x {frame.height} (max_image_side {self.settings.max_image_side})')
         text = reason + ('; ' + '; '.join(notes) if notes else '')
         return Outcome(item.stamp, 'keyframe', text, frame=frame, index=self.num_keyframes - 1)
-
-    def _mask(self, frame_mask: Optional[np.ndarray], valid: Optional[np.ndarray], size: Tuple[int, int],
-              resized: bool) -> Optional[np.ndarray]:
-        """Combine the static mask, the frame's mask and the pixels the lens saw, at the stored size (None = all)."""
-        width, height = size
-        mask = None if frame_mask is None else frame_mask > 0
-        parts = []                                   # at the camera's resolution, undistorted
-        if self.settings.static_mask is not None:
-            static = (np.asarray(self.settings.static_mask) > 0).astype(np.uint8)
-            parts.append(static if self.undistorter is None else self.undistorter.nearest(static))
-        if valid is not None:
-            parts.append(valid.astype(np.uint8))
-        for part in parts:
-            if resized:
-                part = cv2.resize(part, (width, height), interpolation=cv2.INTER_NEAREST)
-            mask = part > 0 if mask is None else mask & (part > 0)
-        if mask is None or mask.all():
-            return None
-        return mask
 
     def refuse(self, stamp: float, kind: str, reason: str) -> Outcome:
         """Count an image the caller refused before offering it (e.g. a depth encoding on the colour input)."""
@@ -659,7 +528,7 @@ class CaptureSession:
         out = {'scanning': self.scanning, 'keyframes': self.num_keyframes, 'capacity': self.settings.capacity,
                'resumed_keyframes': self.resumed, 'pending': len(self.pending),
                'camera_info': f'{self.camera.width}x{self.camera.height}' if self.camera else 'none',
-               'dataset_dir': str(self.writer.root) if self.writer is not None else '',
+               'dataset_dir': str(self.folder.root) if self.folder is not None else '',
                'full': self.full_reason(), 'scan_id': self.scan_id,
                'scan_size': f'{self.scan_size[0]}x{self.scan_size[1]}' if self.scan_size else '',
                'write_error': self.write_error,
