@@ -100,6 +100,9 @@ class PoseSearch:
         self.task = task
         self.gripper = gripper
         self.settings = settings
+        self.target = torch.as_tensor(task.embedding, device=volume.device)     # [N, D], the demonstrations' mean
+        self.points = torch.as_tensor(task.points, device=volume.device)        # [N, 3], gripper frame
+        self.approach = task.approach                                           # [3] or None
 
     def candidates(self, seeds: np.ndarray, seed: int, counts: Dict[str, int]):
         """(poses [B, 4, 4], objective [B]) of occupied voxels near the seeds times random rotations."""
@@ -112,26 +115,24 @@ class PoseSearch:
         rng = np.random.default_rng(seed)
         if len(centres) > m.max_seed_voxels:
             centres = centres[np.sort(rng.choice(len(centres), m.max_seed_voxels, replace=False))]
-        rotations = sample_rotations(len(centres) * m.rotations_per_voxel, self.task.approach, m.max_tilt_deg, rng)
+        rotations = sample_rotations(len(centres) * m.rotations_per_voxel, self.approach, m.max_tilt_deg, rng)
         translations = np.repeat(centres, m.rotations_per_voxel, axis=0)
         device = self.volume.device
         poses = pose_matrices(torch.as_tensor(rotations, dtype=torch.float32, device=device),
                               torch.as_tensor(translations, dtype=torch.float32, device=device))
         counts['candidates'] = int(len(poses))
-        target = torch.as_tensor(self.task.embedding, device=device)
-        points = torch.as_tensor(self.task.points, device=device)
-        chunk = max(1, EMBED_CHUNK_VALUES // (len(points) * self.volume.dim))
+        chunk = max(1, EMBED_CHUNK_VALUES // (len(self.points) * self.volume.dim))
         with torch.no_grad():
-            scores = torch.cat([similarity(embed_poses(self.volume, poses[i:i + chunk], points), target)
+            scores = torch.cat([similarity(embed_poses(self.volume, poses[i:i + chunk], self.points), self.target)
                                 for i in range(0, len(poses), chunk)]) if len(poses) else torch.zeros(0)
         return poses, self.objective(scores, poses)
 
     def objective(self, scores: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Return the cosine `scores` [B] less the tilt cost of `poses` [B, 4, 4] (the module docstring's objective)."""
         weight = self.settings.tilt_weight
-        if self.task.approach is None or weight == 0:
+        if self.approach is None or weight == 0:
             return scores
-        approach = torch.as_tensor(self.task.approach, dtype=poses.dtype, device=poses.device)
+        approach = torch.as_tensor(self.approach, dtype=poses.dtype, device=poses.device)
         return scores - weight * (1.0 - poses[:, :3, 2] @ approach)
 
     def best_free(self, poses: torch.Tensor, objective: torch.Tensor, allowed: int,
@@ -158,8 +159,6 @@ class PoseSearch:
     def optimise(self, poses: torch.Tensor, budget_s: float, started: float, report, counts: Dict[str, int]):
         """Adam on (translation, axis-angle increment) of every pose, pruning the worst; (poses, steps done)."""
         m = self.settings
-        target = torch.as_tensor(self.task.embedding, device=self.volume.device)
-        points = torch.as_tensor(self.task.points, device=self.volume.device)
         base_rotation = poses[:, :3, :3].detach()
         translation = poses[:, :3, 3].detach().clone().requires_grad_(True)
         rotation = torch.zeros_like(translation, requires_grad=True)
@@ -171,7 +170,7 @@ class PoseSearch:
                 break
             report('optimise', counts)
             current = self.compose(base_rotation, rotation, translation)
-            scores = self.objective(similarity(embed_poses(self.volume, current, points), target), current)
+            scores = self.objective(similarity(embed_poses(self.volume, current, self.points), self.target), current)
             optimiser.zero_grad(set_to_none=True)
             (-scores.sum()).backward()
             optimiser.step()
@@ -207,14 +206,12 @@ class PoseSearch:
         """
         m = self.settings
         g = self.gripper.geometry
-        target = torch.as_tensor(self.task.embedding, device=self.volume.device)
-        points = torch.as_tensor(self.task.points, device=self.volume.device)
         with torch.no_grad():
-            scores = similarity(embed_poses(self.volume, poses, points), target)
+            scores = similarity(embed_poses(self.volume, poses, self.points), self.target)
             objective = self.objective(scores, poses)
         upright = np.ones(len(poses), dtype=bool)
-        if self.task.approach is not None:
-            cosines = poses[:, :3, 2].cpu().numpy().astype(np.float64) @ self.task.approach
+        if self.approach is not None:
+            cosines = poses[:, :3, 2].cpu().numpy().astype(np.float64) @ self.approach
             upright = cosines >= np.cos(np.radians(m.max_tilt_deg)) - 1e-6
         order = torch.argsort(objective, descending=True)
         steps = np.arange(self.task.width, g.max_opening, self.volume.voxel_size)
