@@ -222,7 +222,7 @@ def test_query_node_refuses_a_payload_announced_on_the_checkpoint_topic(probe, t
         announce.publish(String(data=str(inside)))
         # judged when announced, before anyone asks
         values, msg = wait_values(status, lambda v, m: 'Python objects' in v['model_problem'], 'the refusal')
-        assert level_name(msg) == 'error' and node.latest_path == str(inside) and node.answered == 0
+        assert level_name(msg) == 'error' and node.models.latest_path == str(inside) and node.answered == 0
         query.publish(String(data='mug'))
         answer = answers.wait(lambda m: m.text == 'mug', 30, 'the answer')
         assert answer.status == QueryAnswer.NO_MODEL and 'holds Python objects' in answer.reason

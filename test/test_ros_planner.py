@@ -124,7 +124,7 @@ def test_an_online_scan_answers_unsettled_then_settled_and_pictures_never_hold_a
         stamps = {(msg.header.stamp.sec, msg.header.stamp.nanosec) for msg in pictures.messages[shown:]}
         earlier = {(a.header.stamp.sec, a.header.stamp.nanosec) for a in answers[:-1]}
         assert not stamps & earlier, 'a picture of an answer that a newer question replaced was drawn'
-        assert query.pictures_dropped >= len(answers) - 1
+        assert query.pictures.dropped >= len(answers) - 1
         # loose on purpose (bench query --node has the numbers): drawing one 32x24 picture took seconds here, so a
         # picture in an answer's path would show far beyond this
         assert statistics.median(w - t for w, t in zip(waits, totals)) < 0.5, (waits, totals)

@@ -200,8 +200,8 @@ def node_times(checkpoint: Path, phrases: Sequence[str], count: int, pictures: b
             if index >= warmup:
                 rows.append({'client_s': waited, 'node_total_s': total, 'status': int(answer.status)})
         if pictures:   # the last answer's picture is drawn once the questions stop
-            RosProbe.wait_until(lambda: not node.pictures_pending, 300, 'the last picture')
-        drawn, dropped = node.pictures_drawn, node.pictures_dropped
+            RosProbe.wait_until(lambda: not node.pictures.pending, 300, 'the last picture')
+        drawn, dropped = node.pictures.drawn, node.pictures.dropped
     finally:
         probe.node.destroy_client(client)
         executor.shutdown()

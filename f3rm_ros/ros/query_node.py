@@ -9,10 +9,10 @@ answer). Every
 question gets a request id; topic questions are answered newest first, and one replaced while it waited is
 answered ERROR "superseded". The model is, in this order: the live model of a trainer in the same process
 (`f3rm-ros pipeline`), the ``checkpoint`` parameter, or the newest path latched on ``checkpoint`` (relative:
-remap it to a trainer's ``~/checkpoint``, as the launch files do). A path announced on that topic is accepted
-only inside ``checkpoint_dir`` or ``checkpoint_dirs_allowed``; every checkpoint is loaded tensors-only
-(``weights_only=True``, nothing in it ever runs), and one distilled from random-weight CLIP only with
-``allow_random_teacher: true``. A refused checkpoint is an ERROR on ``/diagnostics`` and in the answers.
+remap it to a trainer's ``~/checkpoint``, as the launch files do); which one and what is accepted is
+`model_source.ModelSource`'s. Every checkpoint is loaded tensors-only (``weights_only=True``, nothing in it ever
+runs), and one distilled from random-weight CLIP only with ``allow_random_teacher: true``. A refused checkpoint is
+an ERROR on ``/diagnostics`` and in the answers.
 
 Outputs of every answer, one header (``workspace.base_frame``, one stamp), reliable + transient local (a late
 RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's response too), ``~/heatmap``
@@ -20,8 +20,8 @@ RViz still gets the last answer): ``~/answer`` (QueryAnswer, the service's respo
 ``f3rm/<request id>``), ``~/grasp_candidates`` (PoseArray, in the clusters' order; empty unless found); the
 status on ``/diagnostics``.
 Pictures never delay an answer: ``~/similarity_image`` (Image of a rendered overview) is drawn after the answer
-went out, by a worker of its own from a snapshot of the answer (`core.query.picture`), once questions pause for
-`PICTURE_QUIET_S`, and dropped when a newer question arrives before it is done. Every answer carries the
+went out, by a worker of its own from a snapshot of the answer (`query_pictures.PictureWorker`), once questions
+pause, and dropped when a newer question arrives before it is done. Every answer carries the
 maturity of its model (``QueryAnswer.maturity``: step, keyframes, the last keyframe's age, checkpoint,
 ``settled``), learnt from the trainer's ``~/maturity`` (remap ``maturity`` to it, as the launch files do) and from
 the checkpoint loaded. The field work is
@@ -31,15 +31,11 @@ demonstration (``~/record_demo``, ``~/list_tasks``, ``~/forget_demo``, the actio
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from f3rm_ros_interfaces.action import Locate
 from f3rm_ros_interfaces.msg import ModelMaturity, QueryAnswer, SceneChange
 from f3rm_ros_interfaces.srv import Query
@@ -52,15 +48,18 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from ..core.query.answer import check_request
+from ..core.query.picture import PictureJob
 from ..core.teachers import text_is_random
 from . import answers
 from . import conversions as conv
 from . import manipulation
-from .common import expand_path, node_main, set_torch_threads
+from .common import node_main, set_torch_threads
 from .diagnostics import NodeDiagnostics, ProblemLog, host_name
 from .logs import route_core_logging, shorten, unroute_core_logging
+from .model_source import ModelSource, NoModel
 from .params import NodeParameters, non_negative, one_of, ParamSpec, positive
 from .qos import latched_qos
+from .query_pictures import PictureWorker
 
 PARAMETERS = [
     ParamSpec('checkpoint', '', "checkpoint to query ('' = follow the checkpoint topic, or the live trainer)",
@@ -90,14 +89,6 @@ RUNTIME_SECTIONS = ('query', 'grasp', 'manipulation')
 PROBLEM_WINDOW_S = 10.0   # how long a failed answer keeps the status at WARN (s)
 STOP_WAIT_S = 2.0         # how long a shutting-down node waits for a query in progress (s)
 LOG_TEXT_CHARS = 120      # a question's text in the log is cut to this many characters (the answer keeps it whole)
-# A picture starts once no question arrived for this long (s): on a CPU its render competes with the next answer for
-# the cores (160x120 took 1.7-2 s on 2 idle cores), so a client asking back to back never waits for one.
-PICTURE_QUIET_S = 0.5
-PICTURE_BAND_ROWS = 8     # rows per band: a newer question waits for at most one band of a picture already started
-
-
-class NoModel(RuntimeError):
-    """There is no model to query yet (no checkpoint, no live trainer)."""
 
 
 class Cancelled(Exception):
@@ -114,14 +105,8 @@ class QueryNode(Node):
         route_core_logging(self, ('f3rm_ros.core.query', 'f3rm_ros.core.study.views',
                                   'f3rm_ros.core.training.render'))
         set_torch_threads(self.params['torch_threads'])
-        self.live = live
         self.problems = ProblemLog(self.get_logger())
-        self.latest_path = ''
-        self.model_problem = ''      # why the model to query was refused or could not be loaded ('' = fine)
-        self._refused_key = None     # the checkpoint file (path, mtime) that failed to load: not retried
-        self._source = None          # (model, teacher, config, lock, key) of the current model
-        self.querier = None
-        self._querier_key = None
+        self.models = ModelSource(self.params, live, self.problems, self.get_logger())
         self._ids = itertools.count(1)
         self._id_lock = threading.Lock()
         self._query_lock = threading.Lock()   # one question at a time on the querier and the publishers
@@ -129,13 +114,6 @@ class QueryNode(Node):
         self._request: Optional[tuple] = None    # (request id, text) of the newest waiting topic question
         self._preload = False                     # a checkpoint was announced: load (and judge) it now
         self._stop = False
-        self._pictures = threading.Condition()
-        self._picture = None                      # the newest answer's `PictureJob`, waiting to be drawn
-        self._newest_id = 0                       # the newest question's id: an older answer's picture is dropped
-        self._asked_at = time.monotonic()         # when the newest question arrived (pictures wait for quiet)
-        self.pictures_drawn = self.pictures_dropped = 0
-        self._painting = False
-        self._source_info: dict = {}              # step, keyframes, path, mtime, budget of a loaded checkpoint
         self._trainer_maturity: Optional[tuple] = None   # (ModelMaturity from the trainer, monotonic time heard)
         self.answered = 0
         self.last = {'id': 0, 'query': '', 'status': '', 'reason': '', 'points': 0, 'clusters': 0, 'grasps': 0,
@@ -145,7 +123,7 @@ class QueryNode(Node):
         self.pub_cloud = self.create_publisher(PointCloud2, '~/heatmap', out)
         self.pub_markers = self.create_publisher(MarkerArray, '~/markers', out)
         self.pub_grasps = self.create_publisher(PoseArray, '~/grasp_candidates', out)
-        self.pub_image = self.create_publisher(Image, '~/similarity_image', out)
+        self.pictures = PictureWorker(self.create_publisher(Image, '~/similarity_image', out), self.problems)
         self.create_subscription(String, '~/query', self.on_query, 10)
         # its own group: a service call in progress does not hold up the topic, status or checkpoint callbacks
         self.create_service(Query, '~/locate', self._on_locate, callback_group=MutuallyExclusiveCallbackGroup())
@@ -154,28 +132,26 @@ class QueryNode(Node):
                                           cancel_callback=lambda _: CancelResponse.ACCEPT,
                                           callback_group=ReentrantCallbackGroup())
         # teaching and asking by demonstration share this node's model and its one-question lock
-        self.manipulation = manipulation.ManipulationServer(self, self._querier, NoModel, self._query_lock,
-                                                            self._frame, tf_buffer)
+        self.manipulation = manipulation.ManipulationServer(self, self.models.querier_for_question, NoModel,
+                                                            self._query_lock, self.models.base_frame, tf_buffer)
         if live is None:
             self.create_subscription(String, 'checkpoint', self._on_checkpoint, latched_qos())
         self.create_subscription(ModelMaturity, 'maturity', self._on_maturity, latched_qos())
         # the trainer's ~/scene_changes: cached voxels of the region are stale (the whole cache is evaluated anew)
-        self.scene_changes, self.last_scene_change, self._scene_changed = 0, '', False
+        self.scene_changes, self.last_scene_change = 0, ''
         self.create_subscription(SceneChange, 'scene_changes', self._on_scene_change, latched_qos(depth=10))
         self.diagnostics = NodeDiagnostics(self, self.params['status_rate_hz'], self._health, self._hardware_id,
                                            problems=self.problems)
         self.worker = threading.Thread(target=self._work, name='f3rm-query', daemon=True)
         self.worker.start()
-        self.painter = threading.Thread(target=self._paint, name='f3rm-query-pictures', daemon=True)
-        self.painter.start()
 
     # ------------------------------------------------------------------------------------------ inputs
 
     def _next_id(self) -> int:
         with self._id_lock:
-            self._newest_id = next(self._ids)   # a picture still being drawn for an older answer steps aside
-            self._asked_at = time.monotonic()
-            return self._newest_id
+            request_id = next(self._ids)
+            self.pictures.asked(request_id)
+            return request_id
 
     def on_query(self, msg: String) -> None:
         """Queue a text query (the ~/query topic's callback; `pipeline` calls it directly)."""
@@ -223,124 +199,22 @@ class QueryNode(Node):
         self.last_scene_change = (f'{conv.stamp_to_seconds(msg.header.stamp):.3f} s: '
                                   f'[{msg.min.x:.3f}, {msg.min.y:.3f}, {msg.min.z:.3f}]..'
                                   f'[{msg.max.x:.3f}, {msg.max.y:.3f}, {msg.max.z:.3f}] m: {msg.reason}')
-        self._scene_changed = True   # taken by the next question (a question in progress keeps its cache)
+        self.models.scene_changed()
 
     def _on_maturity(self, msg: ModelMaturity) -> None:
         self._trainer_maturity = (msg, time.monotonic())
 
     def _on_checkpoint(self, msg: String) -> None:
-        problem = self._unallowed(msg.data)
-        if problem:
-            self.model_problem = f'checkpoint {msg.data!r} announced on the checkpoint topic refused: {problem}'
-            self.problems.report('checkpoint', self.model_problem, level='error')
-            return
-        self.latest_path = msg.data
-        self.model_problem, self._refused_key = '', None  # a new announcement: judged by the load below
-        with self._wake:   # loaded now, not at the next question: a bad file is reported before anyone asks
-            self._preload = True
-            self._wake.notify()
-
-    def _unallowed(self, path: str) -> str:
-        """Why a path announced on the checkpoint topic is not accepted ('' = it is)."""
-        folders = [self.params['checkpoint_dir']] + [str(f) for f in self.params['checkpoint_dirs_allowed']]
-        folders = [os.path.realpath(expand_path(folder)) for folder in folders if folder]
-        if not folders:
-            return ('no checkpoint_dir is set, so no announced path is accepted (set checkpoint_dir to the '
-                    "trainer's, or list folders in checkpoint_dirs_allowed)")
-        real = os.path.realpath(expand_path(path)) if path else ''
-        if real and any(os.path.commonpath([real, folder]) == folder for folder in folders):
-            return ''
-        return f'it is not inside checkpoint_dir or checkpoint_dirs_allowed ({", ".join(folders)})'
+        if self.models.announce(msg.data):
+            with self._wake:   # loaded now, not at the next question: a bad file is reported before anyone asks
+                self._preload = True
+                self._wake.notify()
 
     def _check_parameters(self, values, config) -> str:
-        """Refuse a query.voxel_size that would make too many voxels over the loaded model's workspace."""
-        from ..core.geometry import WorkspaceBox
-        from ..core.query.voxels import MAX_VOXELS
-        if config is None:
-            return ''
-        if self.live is not None and not values.get('checkpoint'):
-            trainer = getattr(self.live, 'trainer', None)
-            model_config = trainer.config if trainer is not None else getattr(self.live, 'config', None)
-            if model_config is None:
-                return ''
-            workspace = model_config.workspace
-        elif self._source is not None:
-            workspace = self._source[2].workspace
-        else:
-            return ''  # no model yet: the first query checks it against the model's workspace
-        box = WorkspaceBox.from_config(workspace)
-        size = config.query.voxel_size
-        count = float(np.prod(np.maximum(1, np.round((box.max_xyz - box.min_xyz) / size))))
-        if count > MAX_VOXELS:
-            return (f'query.voxel_size {size} m makes {int(count):,} voxels over the model\'s '
-                    f'{np.round(box.max_xyz - box.min_xyz, 3).tolist()} m workspace (at most {MAX_VOXELS:,})')
-        return ''
+        return self.models.voxel_size_problem(values, config)
 
     def _on_parameter(self, name: str, value) -> None:
-        self._querier_key = None  # rebuild with the new query settings before the next query
-
-    # ------------------------------------------------------------------------------------------ model
-
-    def _current_source(self):
-        """(model, teacher, config, lock, key) to query, or raise RuntimeError saying why there is none."""
-        from ..core.teachers import RANDOM_HINT, make_teacher
-        from ..core.training.checkpoints import CheckpointError
-        from ..core.training.trainer import load_model
-        if self.live is not None and not self.params['checkpoint']:
-            trainer = self.live.trainer
-            if trainer is None:
-                raise NoModel(f'no model yet: the trainer is {self.live.state}')
-            return trainer.model, self.live.teacher, trainer.config, trainer.lock, ('live', id(trainer))
-        path = expand_path(self.params['checkpoint'] or self.latest_path)
-        if not path:
-            raise NoModel('no model yet: no checkpoint parameter and nothing on trainer/checkpoint')
-        if not Path(path).is_file():
-            raise NoModel(f'checkpoint {path} does not exist')
-        key = ('file', path, Path(path).stat().st_mtime_ns)
-        if self._source is not None and key == self._refused_key:
-            return self._source  # a refused checkpoint does not take the last good model away
-        if self._source is None or self._source[4] != key:
-            started = time.perf_counter()
-            try:
-                model, config, state = load_model(Path(path), self.params['device'])
-                teacher = make_teacher(config.teacher, state=state['teacher']['state'])
-            except (CheckpointError, RuntimeError, FileNotFoundError, ValueError) as error:
-                self._refused_key = key
-                self.model_problem = f'checkpoint {path} not loaded: {error}'
-                if self._source is not None:
-                    self.model_problem += f'; answering from the last good one ({self._source[4][1]})'
-                self.problems.report('checkpoint', self.model_problem, level='error')
-                if self._source is not None:
-                    return self._source
-                raise NoModel(self.model_problem) from error
-            if text_is_random(teacher) and not self.params['allow_random_teacher']:  # only the text head answers
-                self.model_problem = (f'checkpoint {path} was distilled from RANDOM-WEIGHT CLIP: its answers mean '
-                                      f'nothing; refused. To fix: {RANDOM_HINT}')
-                self.problems.report('checkpoint', self.model_problem, level='error')
-                raise NoModel(self.model_problem)
-            self.model_problem = ''
-            self._source = (model, teacher, config, None, key)
-            self._source_info = {'step': int(state['step']), 'keyframes': int(state['num_frames']), 'path': path,
-                                 'time': Path(path).stat().st_mtime, 'budget': int(config.trainer.steps)}
-            self.get_logger().info(f'loaded {path} (step {state["step"]}, {state["num_frames"]} keyframes) in '
-                                   f'{time.perf_counter() - started:.1f} s')
-        return self._source
-
-    def _querier(self):
-        from ..core.query.answer import FieldQuerier
-        model, teacher, config, lock, key = self._current_source()
-        version = self.live.model_version if key[0] == 'live' else 0
-        config = dataclasses.replace(config, query=self.params.config.query, grasp=self.params.config.grasp)
-        if self.querier is None or self._querier_key is None or self._querier_key[0] != key:
-            # a live session's keyframes bear clusters out (ghosts dropped); a checkpoint carries none
-            keyframes = self.live.trainer.store.snapshot if key[0] == 'live' else None
-            self.querier = FieldQuerier(model, teacher, config, lock=lock, surface_only=self.params['surface_only'],
-                                        keyframes=keyframes)
-        elif self._querier_key[1] != version or self._scene_changed:
-            self.querier.invalidate()
-        self._scene_changed = False
-        self._querier_key = (key, version)
-        return self.querier, model, lock
+        self.models.settings_changed()  # rebuild with the new query settings before the next query
 
     # ------------------------------------------------------------------------------------------ answers
 
@@ -361,8 +235,8 @@ class QueryNode(Node):
                 value = threshold_value if threshold_mode else None
                 # a bad request is an error whether or not a model exists, with the same reason on every path
                 check_request(positives, negatives, threshold_mode or None, value, self.params.config.query)
-                querier, model, lock = self._querier()
-                maturity = self._maturity()
+                querier, model, lock = self.models.querier_for_question()
+                maturity = self.models.maturity(self._trainer_maturity)
                 result = querier.query(positives, negatives, threshold_mode or None, value, max_clusters,
                                        progress=progress)
                 status, reason = result.status, result.reason
@@ -379,7 +253,7 @@ class QueryNode(Node):
             except Exception as error:  # never let one question stop the node
                 reason = f'{type(error).__name__}: {error}'
                 self.problems.report('query', f'query #{request_id} {logged!r} failed: {reason}', level='error')
-            header = conv.make_header(self._frame(), self.get_clock().now())
+            header = conv.make_header(self.models.base_frame(), self.get_clock().now())
             mark = time.perf_counter()
             colors = None
             if result is not None:
@@ -396,64 +270,24 @@ class QueryNode(Node):
             self._remember(answer, timings['total'])
         if picture is not None:   # drawn after the answer went out, by the picture worker
             picture.stamp = header.stamp
-            with self._pictures:
-                if self._picture is not None:
-                    self.pictures_dropped += 1       # replaced before it was started
-                self._picture = picture
-                self._pictures.notify()
+            self.pictures.offer(picture)
         return answer
 
     def _picture_job(self, querier, model, lock, result, request_id: int):
         """Return the snapshot the picture worker draws an answer's overview from (`picture.PictureJob`)."""
-        from ..core.query.picture import PictureJob
         text_query, _, _ = querier.embed(result.positives, result.negatives)   # cached by the query just made
         return PictureJob(stamp=None, query=text_query, model=model, box=querier.box, lock=lock,
                           width=self.params['image_width'], height=self.params['image_height'],
                           colormap=self.params.config.query.colormap, generation=request_id)
 
-    def _maturity(self) -> ModelMaturity:
-        """Return the maturity of the model about to answer (the live trainer's or the loaded checkpoint's).
-
-        What the trainer last said on ``maturity`` decides `settled` (see ``ModelMaturity.msg`` for the rules).
-        """
-        heard, heard_at = self._trainer_maturity or (None, 0.0)
-        out = ModelMaturity(since_last_keyframe_s=-1.0, field_change=-1.0)
-        if heard is not None:
-            out.target_steps, out.field_change, out.trainer_state = heard.target_steps, heard.field_change, \
-                heard.trainer_state
-            if heard.since_last_keyframe_s >= 0:
-                out.since_last_keyframe_s = heard.since_last_keyframe_s + (time.monotonic() - heard_at)
-        source = self._source if not (self.live is not None and not self.params['checkpoint']) else None
-        if source is None:   # the live model of a trainer in this process
-            trainer = self.live.trainer
-            out.step, out.keyframes = int(trainer.step_count), int(trainer.num_frames)
-            out.target_steps = int(self.live.target_steps)
-            out.trainer_state = self.live.state
-            out.settled = bool(heard is not None and heard.settled and heard.settled_since_step <= out.step)
-        else:
-            info = self._source_info
-            out.step, out.keyframes = info['step'], info['keyframes']
-            out.checkpoint, out.checkpoint_time = str(info['path']), float(info['time'])
-            if heard is not None:
-                out.settled = bool(heard.settled and heard.settled_since_step <= out.step)
-            else:          # no trainer heard: a checkpoint trained to its whole step budget is final
-                out.target_steps = info['budget']
-                out.settled = out.step >= info['budget']
-        out.settled_since_step = heard.settled_since_step if heard is not None and out.settled else (
-            out.step if out.settled else 0)
-        return out
-
     def model_info(self) -> dict:
         """{'path', 'step'} of the model answering now (path 'live' for a trainer in this process)."""
-        maturity = self._maturity()
+        maturity = self.models.maturity(self._trainer_maturity)
         return {'path': maturity.checkpoint or 'live', 'step': int(maturity.step)}
 
     def _answer_without_query(self, request_id: int, text: str, status: str, reason: str) -> QueryAnswer:
-        header = conv.make_header(self._frame(), self.get_clock().now())
+        header = conv.make_header(self.models.base_frame(), self.get_clock().now())
         return answers.answer_message(request_id, header, text, status, reason)
-
-    def _frame(self) -> str:
-        return self.params.config.workspace.base_frame if self._source is None else self._source[2].workspace.base_frame
 
     def _publish(self, answer: QueryAnswer, clusters=()) -> None:
         """Publish the answer and its heatmap, markers and grasp poses (all one header)."""
@@ -499,71 +333,25 @@ class QueryNode(Node):
         """Load the newest announced checkpoint (a refusal is reported on /diagnostics by the load)."""
         with self._query_lock:
             try:
-                self._current_source()
+                self.models.current()
             except NoModel:
                 pass   # reported by the load; the next question says it too
             except Exception as error:  # the worker must outlive any file
                 self.problems.report('checkpoint', f'announced checkpoint not loaded: {type(error).__name__}: '
                                      f'{error}', level='error')
 
-    def _paint(self) -> None:
-        """Draw the newest answer's overview (the picture worker's loop), never holding the query lock.
-
-        A picture starts once no question arrived for `PICTURE_QUIET_S` and stops between bands of
-        `PICTURE_BAND_ROWS` rows when a newer question arrives (dropped: the newer answer's picture follows).
-        """
-        from ..core.query.picture import PictureCancelled, draw_overview, picture_pixels
-        while True:
-            with self._pictures:
-                while self._picture is None and not self._stop:
-                    self._pictures.wait()
-                if self._stop:
-                    return
-                quiet = time.monotonic() - self._asked_at
-                if quiet < PICTURE_QUIET_S:          # questions are still coming: wait (a newer answer replaces it)
-                    self._pictures.wait(PICTURE_QUIET_S - quiet)
-                    continue
-                job, self._picture = self._picture, None
-                self._painting = True
-            try:
-                picture = draw_overview(job, lambda: self._stop or self._newest_id != job.generation,
-                                        PICTURE_BAND_ROWS)
-                self.pub_image.publish(conv.rgb_to_image(picture_pixels(picture), job.stamp,
-                                                         'f3rm_overview_optical_frame'))
-                self.pictures_drawn += 1
-            except PictureCancelled:
-                self.pictures_dropped += 1
-            except Exception as error:  # a picture is a nicety: report, keep serving
-                if self._stop:  # shutting down: the publisher is gone, nobody is waiting for the picture
-                    return
-                self.problems.report('picture', f'similarity image not drawn: {type(error).__name__}: {error}')
-            finally:
-                self._painting = False
-
-    @property
-    def pictures_pending(self) -> bool:
-        """Tell whether an answer's picture waits or is being drawn."""
-        return self._picture is not None or self._painting
-
     def _health(self):
         """(level, message, values) of the status on /diagnostics (`NodeDiagnostics`)."""
-        source = self._source
         values = {'answered': self.answered, 'busy': self._query_lock.locked(),
-                  'waiting': int(self._request is not None), 'pictures_waiting': int(self.pictures_pending),
-                  'pictures_drawn': self.pictures_drawn, 'pictures_dropped': self.pictures_dropped,
-                  'model': 'live' if self.live is not None and not self.params['checkpoint'] else
-                  (self.params['checkpoint'] or self.latest_path or 'none'),
-                  'teacher': source[1].name if source is not None else '',
-                  # every feature head of the model; text is answered from the first
-                  'heads': ', '.join(f'{n} {d}' for n, d in source[1].heads) if source is not None else '',
-                  'model_problem': self.model_problem, 'scene_changes': self.scene_changes,
+                  'waiting': int(self._request is not None), 'pictures_waiting': int(self.pictures.pending),
+                  'pictures_drawn': self.pictures.drawn, 'pictures_dropped': self.pictures.dropped,
+                  **self.models.status_values(), 'scene_changes': self.scene_changes,
                   'last_scene_change': self.last_scene_change,
-                  'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem,
-                  # the bound answers cite: query.present_relevancy, or the teacher's own while that is negative
-                  'present_relevancy_used': round(self.querier.present_relevancy, 3) if self.querier else ''}
+                  'problems': sum(self.problems.counts.values()), 'last_problem': self.problems.last_problem}
         values.update({f'last_{k}': v for k, v in self.last.items()})
-        level, why = ('error', self.model_problem) if self.model_problem else self.problems.recent(PROBLEM_WINDOW_S)
-        teacher = source[1] if source is not None else getattr(self.live, 'teacher', None)
+        problem = self.models.problem
+        level, why = ('error', problem) if problem else self.problems.recent(PROBLEM_WINDOW_S)
+        teacher = self.models.teacher
         if level == 'ok' and teacher is not None and text_is_random(teacher):
             level, why = 'warn', 'the model was distilled from RANDOM-WEIGHT CLIP: its answers are not semantic'
         return level, f'{self.answered} queries answered' + (f'; {why}' if why else ''), values
@@ -576,12 +364,11 @@ class QueryNode(Node):
         with self._wake:
             self._stop = True
             self._wake.notify()
-        with self._pictures:
-            self._pictures.notify()
+        self.pictures.close()
         # A query in progress may finish within STOP_WAIT_S (a picture stops at its next band); after that the
         # workers (daemons) are left behind: ros2 launch sends SIGTERM 5 s after SIGINT, and no answer could go out.
         self.worker.join(STOP_WAIT_S)
-        self.painter.join(STOP_WAIT_S)
+        self.pictures.thread.join(STOP_WAIT_S)
         unroute_core_logging(self)
         return super().destroy_node()
 
