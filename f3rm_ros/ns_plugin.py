@@ -8,7 +8,7 @@ and viewer. Three pieces differ from nerfacto:
   same workspace box as ``f3rm-ros train`` (the dataset's ``workspace`` entry, its depth maps or its cameras);
 * `F3RMDataManager` computes the teacher's dense features of every training image once and adds each ray's
   nearest-patch feature to the batch (and its depth where the dataset has depth maps: the same DS-NeRF depth loss
-  as ``f3rm-ros train``, weighted by the preset's ``model.depth_loss_weight``);
+  as ``f3rm-ros train``, weighted by the preset's ``model.depth_loss_mult``);
 * `F3RMNSModel` is sized by the data manager's preset as ``f3rm-ros train --preset`` sizes it (nerfacto, proposal
   networks and feature field; every size given on the command line wins), its feature head by the teacher, and at
   every ``steps_per_save`` and at the end also writes ``f3rm_ros/latest.ckpt`` in the run folder (beside
@@ -188,7 +188,7 @@ PRESET_FIELDS = {
     'proposal_net_max_res': 'model.proposal_net_max_res',
     'proposal_net_log2_hashmap_size': 'model.proposal_net_log2_hashmap_size',
     'appearance_embed_dim': 'model.appearance_embed_dim', 'feature_loss_mult': 'model.feature_loss_weight',
-    'depth_loss_mult': 'model.depth_loss_weight', 'depth_sigma': 'model.depth_sigma'}
+    'depth_loss_mult': 'model.depth_loss_mult', 'depth_sigma': 'model.depth_sigma'}
 
 
 @dataclass
@@ -281,7 +281,7 @@ def f3rm_config_of(model_config: F3RMModelConfig, preset: str, workspace, teache
         proposal_net_log2_hashmap_size=c.proposal_net_args_list[0]['log2_hashmap_size'],
         appearance_embed_dim=c.appearance_embed_dim, camera_optimizer=c.camera_optimizer.mode,
         near_plane=c.near_plane, far_plane=c.far_plane, background_color=c.background_color,
-        feature_loss_weight=c.feature_loss_mult, depth_loss_weight=c.depth_loss_mult,
+        feature_loss_weight=c.feature_loss_mult, depth_loss_mult=c.depth_loss_mult,
         depth_sigma=c.depth_sigma / field_units_per_metre, predict_normals=c.predict_normals,
         feature_weights=c.feature_weights, head_loss_weights=c.head_loss_weights)
     config.feature_field = c.feature_field

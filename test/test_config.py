@@ -41,6 +41,12 @@ def test_dict_and_flat_round_trips():
     assert from_dict(unflatten(flat)) == config
 
 
+def test_a_checkpoint_config_with_a_field_under_its_old_name_loads():
+    old = to_dict(make_config('cpu-tiny'))
+    old['model']['depth_loss_weight'] = old['model'].pop('depth_loss_mult')   # written before the rename
+    assert from_dict(old) == make_config('cpu-tiny')
+
+
 @pytest.mark.parametrize('path', sorted(CONFIG_DIR.glob('*.yaml')), ids=lambda p: p.name)
 def test_shipped_yaml_files_load(path):
     assert isinstance(make_config('gpu', [path]), F3RMConfig)

@@ -139,4 +139,4 @@ def test_the_preset_sizes_the_model_and_a_value_given_on_the_command_line_wins()
     assert given.feature_field.hidden_dim == 40 and given.feature_field.num_levels == tiny.feature_field.num_levels
     assert given.proposal_net_max_res == tiny.model.proposal_net_max_res
     assert [a['max_res'] for a in given.proposal_net_args_list] == list(tiny.model.proposal_net_max_res)
-    assert given.depth_sigma == pytest.approx(0.05) and given.depth_loss_mult == tiny.model.depth_loss_weight
+    assert given.depth_sigma == pytest.approx(0.05) and given.depth_loss_mult == tiny.model.depth_loss_mult

@@ -168,8 +168,8 @@ def _build(args, frames, mode: str):
     }
     if args.rays:
         overrides['trainer']['rays_per_batch'] = args.rays
-    if not args.depth and 'depth_loss_weight' in {f.name for f in dataclasses.fields(ModelConfig)}:
-        overrides['model']['depth_loss_weight'] = 0.0
+    if not args.depth and 'depth_loss_mult' in {f.name for f in dataclasses.fields(ModelConfig)}:
+        overrides['model']['depth_loss_mult'] = 0.0
     if args.recipe == 'baseline':
         overrides['trainer']['lr_final_ratio'] = 1.0
         overrides['model']['camera_optimizer'] = 'off'

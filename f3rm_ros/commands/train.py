@@ -48,7 +48,7 @@ def run(args) -> int:
     if args.steps:
         overrides['trainer'] = {'steps': args.steps}
     if args.no_depth:
-        overrides['model'] = {'depth_loss_weight': 0.0}
+        overrides['model'] = {'depth_loss_mult': 0.0}
     if args.clip_weights:
         if not Path(args.clip_weights).is_file():
             raise FileNotFoundError(f'--clip-weights: {args.clip_weights} is not a file')

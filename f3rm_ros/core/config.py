@@ -105,7 +105,7 @@ class ModelConfig:
     feature_loss_weight: float = 1e-3
     # Depth supervision (DS-NeRF loss, as nerfstudio's depth-nerfacto) when keyframes carry depth, e.g. from
     # an RGB-D wrist camera: geometry converges in far fewer rays. 0 turns it off (pure F3RM).
-    depth_loss_weight: float = 1e-3
+    depth_loss_mult: float = 1e-3
     depth_sigma: float = 0.01  # metres
     predict_normals: bool = False
     # How the feature loss sees nerfacto's density weights: 'live' = F3RM's gradient (the feature loss also
@@ -514,7 +514,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   'num_nerf_samples_per_ray': 24, 'proposal_net_max_res': (64, 128),
                   'proposal_net_log2_hashmap_size': 13, 'appearance_embed_dim': 8,
                   # a few hundred CPU steps: lean on depth harder so geometry (and so features) forms
-                  'depth_loss_weight': 1e-2},
+                  'depth_loss_mult': 1e-2},
         'trainer': {'steps': 400, 'rays_per_batch': 512, 'capacity': 64, 'eval_every': 200,
                     'checkpoint_every': 200, 'mixed_precision': False, 'eval_chunk_rays': 4096,
                     'lr_fields': 2e-2, 'lr_proposal': 2e-2, 'lr_feature': 2e-2},
@@ -531,7 +531,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         'model': {'hidden_dim': 48, 'hidden_dim_color': 48, 'num_levels': 12, 'max_resolution': 1024,
                   'log2_hashmap_size': 17, 'num_proposal_samples_per_ray': (48, 24),
                   'num_nerf_samples_per_ray': 24, 'proposal_net_max_res': (64, 128),
-                  'proposal_net_log2_hashmap_size': 14, 'appearance_embed_dim': 16, 'depth_loss_weight': 1e-2},
+                  'proposal_net_log2_hashmap_size': 14, 'appearance_embed_dim': 16, 'depth_loss_mult': 1e-2},
         'trainer': {'steps': 500, 'rays_per_batch': 1024, 'capacity': 128, 'eval_every': 250,
                     'checkpoint_every': 250, 'mixed_precision': False, 'eval_chunk_rays': 4096},
     },
@@ -662,8 +662,17 @@ def to_dict(config: Any) -> Dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+# Fields renamed to nerfstudio's names: (section, old name) -> new name. Checkpoints written before keep loading.
+RENAMED_FIELDS = {('model', 'depth_loss_weight'): 'depth_loss_mult'}
+
+
 def from_dict(data: Dict[str, Any]) -> F3RMConfig:
-    """Inverse of `to_dict`."""
+    """Inverse of `to_dict` (a checkpoint's configuration; fields of `RENAMED_FIELDS` under their old name too)."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for (section, old), new in RENAMED_FIELDS.items():
+        values = data.get(section)
+        if isinstance(values, dict) and old in values and new not in values:
+            values[new] = values.pop(old)
     return merge_into(F3RMConfig(), data)
 
 

@@ -219,7 +219,7 @@ def model_config(config: F3RMConfig) -> F3RMModelConfig:
         camera_optimizer=CameraOptimizerConfig(mode=m.camera_optimizer),
         implementation=implementation, eval_num_rays_per_chunk=config.trainer.eval_chunk_rays,
         feature_field=config.feature_field, feature_loss_mult=m.feature_loss_weight,
-        depth_loss_mult=m.depth_loss_weight, depth_sigma=m.depth_sigma * field_units_per_metre,
+        depth_loss_mult=m.depth_loss_mult, depth_sigma=m.depth_sigma * field_units_per_metre,
         feature_weights=m.feature_weights, head_loss_weights=m.head_loss_weights,
     )
 
