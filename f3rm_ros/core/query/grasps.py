@@ -218,7 +218,15 @@ def gripper_pose(approach: np.ndarray, closing: np.ndarray, origin: np.ndarray) 
 
 
 class GraspPlanner:
-    """Candidates for clusters (see the module docstring), against an `Occupancy` of the field."""
+    """Candidates for clusters (see the module docstring), against an `Occupancy` of the field.
+
+    Why one class: every family's candidates go through the same steps on the same state (the config, the one
+    occupancy, the cluster's support and object voxels): lifted clear of the support, measured across the closing
+    axis, widened until the fingers are free of occupied and foreign voxels, scored and explained per family. A
+    family alone is some 20-40 lines of poses (`_candidates`, `_rim_candidates`); split out, each would need all of
+    that state passed back in. What stands alone lives beside it: the support (`support`), the finger boxes and
+    the gripper pose (functions above), the clusters (`clusters`).
+    """
 
     def __init__(self, config: GraspConfig, occupancy: Optional[Occupancy] = None):
         self.config = config
