@@ -68,21 +68,17 @@ CONFIG_SECTIONS = tuple(name for name in F3RMConfig.__dataclass_fields__)
 
 @functools.lru_cache(maxsize=1)
 def config_field_docs() -> Dict[str, str]:
-    """{'query.present_relevancy': its comment in core/config.py, ...}: what ``ros2 param describe`` shows.
+    """{'query.present_relevancy': its comment in core/config/, ...}: what ``ros2 param describe`` shows.
 
     A field's docstring (the string right after it), else its comment: the comment lines right above it plus the
-    one after it on its line (how config.py documents range, unit and meaning); sections are `F3RMConfig`'s fields
-    and their dataclasses.
+    one after it on its line (how the config documents range, unit and meaning); sections are `F3RMConfig`'s
+    fields and their dataclasses, read from the source of each.
     """
-    from ..core import config as module
-    lines = inspect.getsource(module).splitlines()
-    classes = {node.name: node for node in ast.parse('\n'.join(lines)).body if isinstance(node, ast.ClassDef)}
     docs: Dict[str, str] = {}
-    for section, field in F3RMConfig.__dataclass_fields__.items():
-        kind = field.type if isinstance(field.type, str) else getattr(field.type, '__name__', '')
-        node = classes.get(kind.split('[')[-1].strip(']'))
-        if node is None:
-            continue
+    defaults = F3RMConfig()
+    for section in F3RMConfig.__dataclass_fields__:
+        lines = inspect.getsource(type(getattr(defaults, section))).splitlines()
+        node = ast.parse('\n'.join(lines)).body[0]
         for position, statement in enumerate(node.body):
             if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
                 continue
@@ -114,7 +110,7 @@ def config_specs(preset: str = 'gpu', sections: Iterable[str] = CONFIG_SECTIONS,
             default = list(value) if isinstance(value, tuple) else value
             doc = config_field_docs().get(name, '')
             specs.append(ParamSpec(name, default, f'{doc} (config {name}, default {value!r})' if doc else
-                                   f'F3RM config {name}, default {value!r} (core/config.py)',
+                                   f'F3RM config {name}, default {value!r} (core/config/)',
                                    runtime=section in runtime_sections))
     return specs
 
