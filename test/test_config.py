@@ -47,6 +47,14 @@ def test_a_checkpoint_config_with_a_field_under_its_old_name_loads():
     assert from_dict(old) == make_config('cpu-tiny')
 
 
+def test_a_yaml_file_with_a_field_under_its_old_name_is_read_as_the_new(tmp_path, caplog):
+    (tmp_path / 'old.yaml').write_text('model:\n  depth_loss_weight: 0.25\n')
+    with caplog.at_level('WARNING'):
+        config = make_config('cpu-tiny', [tmp_path / 'old.yaml'])
+    assert config.model.depth_loss_mult == 0.25
+    assert 'model.depth_loss_weight is now model.depth_loss_mult' in caplog.text
+
+
 @pytest.mark.parametrize('path', sorted(CONFIG_DIR.glob('*.yaml')), ids=lambda p: p.name)
 def test_shipped_yaml_files_load(path):
     assert isinstance(make_config('gpu', [path]), F3RMConfig)

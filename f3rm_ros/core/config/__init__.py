@@ -12,6 +12,7 @@ re-exported here, so ``from ..config import QueryConfig`` works wherever it did.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -22,6 +23,8 @@ from .answering import (GRIPPER_NAMES, QUERY_THRESHOLDS, ChangesConfig, GraspCon
                         ManipulationConfig, QueryConfig)
 from .training import (EVAL_POSES, FEATURE_WEIGHTS, HEAD_LAYOUTS, FeatureFieldConfig, ModelConfig,  # noqa: F401
                        TeacherConfig, TrainerConfig, WorkspaceConfig, head_loss_weight, parse_heads)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+# Fields renamed to nerfstudio's names: (section, old name) -> new name. Checkpoints and YAML files written before
+# keep working (the old name is read as the new one, with a warning).
+RENAMED_FIELDS = {('model', 'depth_loss_weight'): 'depth_loss_mult'}
+
+
 def merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
     """Return a copy of dataclass `obj` with nested `overrides` applied; unknown keys are errors."""
     if not dataclasses.is_dataclass(obj):
@@ -83,6 +91,10 @@ def merge_into(obj: Any, overrides: Dict[str, Any], path: str = '') -> Any:
     names = {f.name: f for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in overrides.items():
+        renamed = RENAMED_FIELDS.get((path.rstrip('.'), key))
+        if renamed is not None and renamed not in overrides:
+            log.warning('config key %s%s is now %s%s (nerfstudio\'s name); read as that', path, key, path, renamed)
+            key = renamed
         if key not in names:
             raise KeyError(f'unknown config key {path + key!r}; known: {sorted(names)}')
         current = getattr(obj, key)
@@ -200,17 +212,8 @@ def to_dict(config: Any) -> Dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-# Fields renamed to nerfstudio's names: (section, old name) -> new name. Checkpoints written before keep loading.
-RENAMED_FIELDS = {('model', 'depth_loss_weight'): 'depth_loss_mult'}
-
-
 def from_dict(data: Dict[str, Any]) -> F3RMConfig:
     """Inverse of `to_dict` (a checkpoint's configuration; fields of `RENAMED_FIELDS` under their old name too)."""
-    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
-    for (section, old), new in RENAMED_FIELDS.items():
-        values = data.get(section)
-        if isinstance(values, dict) and old in values and new not in values:
-            values[new] = values.pop(old)
     return merge_into(F3RMConfig(), data)
 
 
