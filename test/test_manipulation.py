@@ -12,7 +12,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from analytic_field import analytic_scene
-from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, geometry_from_config
+from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, OccupancyGrid, geometry_from_config
 from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
 from f3rm_ros.core.manipulation.search import sample_rotations
 from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
@@ -269,3 +269,19 @@ def test_gripper_presets_and_collisions_count_what_the_boxes_hold():
     counts = gripper.collisions(torch.as_tensor(np.stack([above, into]), dtype=torch.float32), volume.occupancy,
                                 0.04)
     assert int(counts[0]) == 0 and int(counts[1]) > 0
+
+
+def test_fingertips_resting_in_a_surfaces_fuzz_do_not_count_deeper_ones_do():
+    """The fingertips' last sampling step may lie in a one-voxel-thick surface; a centimetre deeper, the fingers hit."""
+    voxel = 0.005
+    occupied = torch.zeros((40, 40, 20), dtype=torch.bool)
+    occupied[:, :, 10] = True                                        # a table top: z in [0, 5 mm)
+    grid = OccupancyGrid(occupied, np.array([-0.1, -0.1, -0.05]), voxel)
+    gripper = GripperModel(PRESETS['franka_hand'], voxel)
+    down = np.eye(4)
+    down[:3, :3] = np.diag([-1.0, 1.0, -1.0])                        # approach straight down
+    poses = np.stack([down, down])
+    poses[0, 2, 3], poses[1, 2, 3] = 0.004, -0.006                   # tips 1 mm into the top voxel; 11 mm deep
+    counts = gripper.collisions(torch.as_tensor(poses, dtype=torch.float32), grid, 0.04)
+    assert int(counts[0]) == 0 and int(counts[1]) > 0
+    assert len(gripper.contact_points(0.04)) < len(gripper.points(0.04))   # the band is what is left out
