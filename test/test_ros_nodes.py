@@ -211,3 +211,25 @@ def test_query_node_refuses_empty_queries_and_queries_before_a_model(probe):
     finally:
         probe.executor.remove_node(node)
         node.destroy_node()
+
+
+def test_a_second_sigint_right_after_the_first_is_ignored_not_raised():
+    """Ctrl-C in a terminal plus launch's forwarded SIGINT: two in a row; the second must not kill the clean-up."""
+    import subprocess
+    import sys
+    code = '\n'.join([
+        'import os, signal, time',
+        'from f3rm_ros.ros.common import first_interrupt_stops',
+        'try:',
+        '    with first_interrupt_stops():',
+        '        os.kill(os.getpid(), signal.SIGINT)',
+        '        time.sleep(5)',
+        'except KeyboardInterrupt:',
+        '    os.kill(os.getpid(), signal.SIGINT)      # the second, before any clean-up handler is installed',
+        '    time.sleep(0.2)',
+        '    print("stopped once, cleaned up")',
+    ])
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'stopped once, cleaned up'
+    assert 'interrupt ignored: already stopping' in done.stderr
