@@ -13,23 +13,12 @@ from analytic_field import SPHERES, TABLE_BOTTOM, TABLE_TOP, analytic_scene
 from f3rm_ros.core.capture.frames import PosedFrame
 from f3rm_ros.core.query.answer import FieldQuerier
 from f3rm_ros.core.query.views import view_support
+from f3rm_ros.core.scenes.table import look_at
 
 GHOST = np.array([0.36, 0.16, 0.10])
 APPLE = SPHERES['apple']
 K = np.array([[80.0, 0.0, 40.0], [0.0, 80.0, 30.0], [0.0, 0.0, 1.0]])
 WIDTH, HEIGHT = 80, 60
-
-
-def look_at(eye, target):
-    """T_base_optical of a camera at `eye` looking at `target` (optical: z forward, y down)."""
-    forward = (target - eye) / np.linalg.norm(target - eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    pose = np.eye(4)
-    pose[:3, :3] = np.column_stack([right, down, forward])
-    pose[:3, 3] = eye
-    return pose
 
 
 def true_scene():
