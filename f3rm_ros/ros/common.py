@@ -64,8 +64,7 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
             if rclpy.ok(context=context):
                 _quietly(lambda: rclpy.try_shutdown(context=context), 'shutting ROS down')
         if main and not exiting:
-            # rclpy installs its handler in C (getsignal then says None): Python's default comes back
-            signal.signal(signal.SIGINT, before if before is not None else signal.default_int_handler)
+            restore_interrupt_handler(before)
 
 
 def _quietly(action: Callable[[], Any], what: str) -> None:
@@ -93,8 +92,7 @@ def first_interrupt_stops():
 
     def on_interrupt(signum, frame):
         if stopping.is_set():
-            print('[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)',
-                  file=sys.stderr)
+            say_interrupt_ignored(signum, frame)
             return
         stopping.set()
         raise KeyboardInterrupt
@@ -114,15 +112,26 @@ def interrupts_ignored(restore: bool = True):
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: print(
-        '[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)', file=sys.stderr))
+    signal.signal(signal.SIGINT, say_interrupt_ignored)
     try:
         yield
     finally:
         if restore:
-            # rclpy installs its handler in C (getsignal then says None): Python's default comes back, and the
-            # next rclpy.init installs rclpy's again.
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            restore_interrupt_handler(previous)
+
+
+def say_interrupt_ignored(signum, frame) -> None:
+    """SIGINT handler of a process that is already stopping: say so, do nothing else."""
+    print('[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)', file=sys.stderr)
+
+
+def restore_interrupt_handler(previous) -> None:
+    """Put back the SIGINT handler `signal.getsignal` returned earlier.
+
+    rclpy installs its handler in C (getsignal then says None): Python's default comes back, and the next
+    rclpy.init installs rclpy's again.
+    """
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None,
