@@ -6,11 +6,9 @@ logging to ROS loggers) and `conversions` (messages <-> numpy, incl. depth / lab
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -30,16 +28,13 @@ def init_ros(args: Optional[Sequence[str]] = None, context=None) -> None:
     rclpy.init(args=list(args) if args is not None else None, context=context)
 
 
-def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None, exiting: bool = False) -> None:
+def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None) -> None:
     """Spin `nodes` until shutdown (Ctrl-C, SIGINT/SIGTERM from ``ros2 launch``); then destroy them.
 
     One node spins on a single-threaded executor (its heavy work has threads of its own, and rclpy's
-    multi-threaded executor costs more per callback); several share a multi-threaded one.
-
-    While the nodes are destroyed (the trainer writes its last checkpoint) a further SIGINT is ignored: a
-    terminal's Ctrl-C reaches ``ros2 launch`` and every node, and launch forwards one more SIGINT, so a node
-    sees two; the second must not cut the clean-up short. SIGTERM and SIGKILL still end the process.
-    `exiting`: the process ends right after (an entry point): SIGINT stays ignored until then.
+    multi-threaded executor costs more per callback); several share a multi-threaded one. rclpy's signal
+    handler shuts the context down and wakes the executor, so the spin ends by itself; a KeyboardInterrupt
+    (a process without `InterruptGate`) ends it as well.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
@@ -49,22 +44,21 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
         executor = MultiThreadedExecutor(num_threads=threads, context=context)
     for node in nodes:
         executor.add_node(node)
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGINT) if main else None
     try:
-        with first_interrupt_stops():
-            executor.spin()
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok(context=context):
+            raise  # a callback's own error
+        # the context went down under a spinning executor ("failed to initialize wait set: the given context is
+        # not valid"): rclpy's handler shut it down between the executor's check and its wait, a normal stop
     finally:
-        with interrupts_ignored(restore=False):
-            for node in nodes:
-                _quietly(node.destroy_node, f'stopping {node.get_name()}')
-            _quietly(executor.shutdown, 'shutting the executor down')
-            if rclpy.ok(context=context):
-                _quietly(lambda: rclpy.try_shutdown(context=context), 'shutting ROS down')
-        if main and not exiting:
-            restore_interrupt_handler(before)
+        for node in nodes:
+            _quietly(node.destroy_node, f'stopping {node.get_name()}')
+        _quietly(executor.shutdown, 'shutting the executor down')
+        if rclpy.ok(context=context):
+            _quietly(lambda: rclpy.try_shutdown(context=context), 'shutting ROS down')
 
 
 def _quietly(action: Callable[[], Any], what: str) -> None:
@@ -75,63 +69,40 @@ def _quietly(action: Callable[[], Any], what: str) -> None:
         print(f'[f3rm_ros] error while {what}: {type(error).__name__}: {error}', file=sys.stderr)
 
 
-@contextlib.contextmanager
-def first_interrupt_stops():
-    """Let the first SIGINT in the block raise KeyboardInterrupt (the spin ends) and ignore any later one.
+class InterruptGate:
+    """SIGINT handler of a node process, installed before ``rclpy.init`` so that rclpy's handler runs first.
 
-    A terminal's Ctrl-C reaches every node and ``ros2 launch`` forwards one more SIGINT: the second can land in the
-    instant between the first KeyboardInterrupt and `interrupts_ignored`'s handler, and a KeyboardInterrupt raised
-    there killed the query node with exit code -2 (seen once in a loaded test run). From the first SIGINT on, this
-    handler ignores the rest, so there is no such instant. It stays installed after the block (`spin_nodes` puts
-    the earlier handler back once the clean-up is done). Main thread only (elsewhere Python cannot handle signals).
+    rclpy's handler (C) shuts the ROS context down, wakes the executors, then calls this one. While the process
+    is starting, the first SIGINT raises KeyboardInterrupt (nothing to save: stop at once). Once it spins
+    (`spinning`), the first SIGINT raises nothing: the spin ends because the context is down. Raising there
+    killed the trainer in CI: a KeyboardInterrupt landing while rclpy converted a message for a callback became
+    pybind11's "Unable to convert call argument" RuntimeError, and the node died with a traceback (exit 1)
+    after writing its checkpoint. Every later SIGINT is ignored: a terminal's Ctrl-C reaches every node and
+    ``ros2 launch`` forwards one more, and the second must not cut the clean-up (the last checkpoint) short.
+    SIGTERM and SIGKILL still end the process. Main thread only (elsewhere Python cannot handle signals).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stopping = threading.Event()
 
-    def on_interrupt(signum, frame):
-        if stopping.is_set():
-            say_interrupt_ignored(signum, frame)
-            return
-        stopping.set()
-        raise KeyboardInterrupt
+    def __init__(self) -> None:
+        self.interrupts = 0
+        self.spinning = False
+        self.previous = None
 
-    signal.signal(signal.SIGINT, on_interrupt)
-    yield
+    def install(self) -> 'InterruptGate':
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self)
+        return self
 
+    def remove(self) -> None:
+        """Put the earlier handler back (a process that goes on after its nodes stopped)."""
+        signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
 
-@contextlib.contextmanager
-def interrupts_ignored(restore: bool = True):
-    """SIGINT does nothing inside the block (main thread only: elsewhere Python cannot handle signals).
-
-    With `restore` false it stays ignored after the block (a process that is about to exit: a KeyboardInterrupt
-    left uncaught would make it die of SIGINT, which launch reports as a failure).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, say_interrupt_ignored)
-    try:
-        yield
-    finally:
-        if restore:
-            restore_interrupt_handler(previous)
-
-
-def say_interrupt_ignored(signum, frame) -> None:
-    """SIGINT handler of a process that is already stopping: say so, do nothing else."""
-    print('[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)', file=sys.stderr)
-
-
-def restore_interrupt_handler(previous) -> None:
-    """Put back the SIGINT handler `signal.getsignal` returned earlier.
-
-    rclpy installs its handler in C (getsignal then says None): Python's default comes back, and the next
-    rclpy.init installs rclpy's again.
-    """
-    signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    def __call__(self, signum, frame) -> None:
+        self.interrupts += 1
+        if self.interrupts > 1:
+            print('[f3rm_ros] interrupt ignored: already stopping (SIGTERM or SIGKILL ends the process now)',
+                  file=sys.stderr)
+        elif not self.spinning:
+            raise KeyboardInterrupt
 
 
 def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, threads: Optional[int] = None,
@@ -143,22 +114,27 @@ def node_main(factory: Callable[[], Any], args: Optional[Sequence[str]] = None, 
     """
     import rclpy
     silence_known_warnings()
+    gate = InterruptGate().install()
     init_ros(args if args is not None else sys.argv)
     try:
         node = factory()
+        gate.spinning = True   # from here on a SIGINT only stops (rclpy's handler ends the spin)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
         print(f'[f3rm_ros] cannot start: {error}', file=sys.stderr)
         rclpy.try_shutdown()
+        gate.remove()
         return 2
     except KeyboardInterrupt:  # stopped while starting (launch's SIGINT): nothing to save yet
-        with interrupts_ignored(restore=False):
-            rclpy.try_shutdown()
+        gate.spinning = True
+        rclpy.try_shutdown()
         if exit_when_done:
             exit_now(0)
+        gate.remove()
         return 0
-    spin_nodes([node], threads, exiting=exit_when_done)
+    spin_nodes([node], threads)
     if exit_when_done:
         exit_now(0)
+    gate.remove()
     return 0
 
 

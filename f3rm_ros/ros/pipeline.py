@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .common import init_ros, interrupts_ignored
+from .common import InterruptGate, init_ros
 from .topics import query_remaps, remap_arguments, trainer_remaps
 
 
@@ -132,8 +132,10 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     if replay:  # as the launch file's replay:=true: a dataset without labels on a machine without CLIP weights
         parameters = ['allow_random_teacher:=true', *parameters]
     overrides = parameter_overrides(parameters)  # bad items refused before ROS starts
+    gate = InterruptGate().install()  # a SIGINT stops the loop through rclpy; a second one is ignored
     init_ros(ros_arguments(params_files))
     nodes = create_nodes(replay, overrides=overrides)
+    gate.spinning = True
     trainer = next(n for n in nodes if n.get_name() == 'trainer')
     querier = next(n for n in nodes if n.get_name() == 'query')
     executor = MultiThreadedExecutor(num_threads=threads)
@@ -161,11 +163,11 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        with interrupts_ignored():  # a second Ctrl-C must not cut the trainer's last checkpoint short
-            for node in nodes:
-                node.destroy_node()
-            executor.shutdown()
-            rclpy.try_shutdown()
+        for node in nodes:  # a second Ctrl-C is ignored: it must not cut the trainer's last checkpoint short
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+        gate.remove()
     if query and asked:
         report(f'pipeline: last query {querier.last}')
     return 1 if exit_after_query and not querier.answered else 0

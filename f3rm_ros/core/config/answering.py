@@ -174,6 +174,10 @@ class ManipulationConfig:
     """Cost of tilting away from the demonstrations' approach, subtracted from the cosine as weight x (1 - cos
     tilt): a round part (a handle, a peg) looks alike turned about its own axis, so the similarity alone leaves
     that turn free and a finger corner ends in the table; 0 ranks by the similarity alone."""
+    clearance_weight: float = 1.0
+    """Cost of the fingers overlapping the field at the demonstrations' opening, subtracted from the cosine as weight x
+    the mean opacity inside the fingers (a soft, differentiable collision): a pose turned off a handle's axis needs
+    a wider opening to be clear, and its wider fingers end in the table; 0 leaves clearance to the final check."""
     max_collisions: int = 0
     """Occupied voxels a returned gripper may touch beyond what it touched at the demonstrations (a grasp shown with
     the fingertips just above the table touches the table's fuzzy surface, and so may its answers)."""
@@ -196,7 +200,7 @@ class ManipulationConfig:
         rule = functools.partial(field_rule, problems, 'manipulation', self)
         rule(('query_sigma', 'voxel_size', 'lr_translation', 'lr_rotation', 'volume_memory_mb'), 'a positive number',
              lambda v: is_finite(v) and v > 0)
-        rule(('mask_margin', 'tilt_weight'), 'a number >= 0', lambda v: is_finite(v) and v >= 0)
+        rule(('mask_margin', 'tilt_weight', 'clearance_weight'), 'a number >= 0', lambda v: is_finite(v) and v >= 0)
         rule(('max_tilt_deg',), 'in (0, 180]', lambda v: is_finite(v) and 0 < v <= 180)
         rule(('num_query_points', 'max_seed_voxels', 'rotations_per_voxel', 'min_candidates', 'start_candidates',
               'top_k'), 'an integer >= 1', lambda v: is_integer(v) and v >= 1)

@@ -104,6 +104,17 @@ class GripperModel:
         points = self.points(opening)
         return points[points[:, 2] < -self.spacing]
 
+    def finger_points(self, opening: float) -> np.ndarray:
+        """Return the `contact_points` of the fingers alone [F, 3], the palm behind them excluded.
+
+        The fingers are where a pose turned off its part meets the part first. A mesh gripper has no fingers of
+        its own: all its points.
+        """
+        points = self.contact_points(opening)
+        if self._mesh_points is not None:
+            return points
+        return points[points[:, 2] >= -self.geometry.finger_length - 1e-9]
+
     def collisions(self, poses: torch.Tensor, occupancy: 'OccupancyGrid', opening: float) -> torch.Tensor:
         """Occupied voxels each pose's gripper touches [B] (long), poses [B, 4, 4] in base_frame (`contact_points`)."""
         local = torch.as_tensor(self.contact_points(opening), dtype=poses.dtype, device=poses.device)

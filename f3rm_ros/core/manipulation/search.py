@@ -28,17 +28,21 @@ EMBED_CHUNK_VALUES = 1 << 25
 
 @dataclass
 class PoseCandidate:
-    """One answer pose: gripper pose [4, 4] in base_frame, opening width (m), score (cosine to the task)."""
+    """One answer pose: gripper pose [4, 4] in base_frame, opening width (m), score (cosine to the task).
+
+    `objective` is what it was ranked by: the score less the tilt and clearance costs.
+    """
 
     pose: np.ndarray
     width: float
     score: float
     collisions: int = 0
+    objective: float = 0.0
 
     def as_dict(self) -> dict:
         """Plain JSON-able summary."""
         return {'pose': np.round(self.pose, 6).tolist(), 'width': self.width, 'score': self.score,
-                'collisions': self.collisions}
+                'collisions': self.collisions, 'objective': self.objective}
 
 
 def embed_poses(volume: FieldVolume, poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -103,6 +107,8 @@ class PoseSearch:
         self.target = torch.as_tensor(task.embedding, device=volume.device)     # [N, D], the demonstrations' mean
         self.points = torch.as_tensor(task.points, device=volume.device)        # [N, 3], gripper frame
         self.approach = task.approach                                           # [3] or None
+        self.fingers = torch.as_tensor(gripper.finger_points(task.width), dtype=torch.float32,
+                                       device=volume.device)                    # [F, 3], gripper frame
 
     def candidates(self, seeds: np.ndarray, seed: int, counts: Dict[str, int]):
         """(poses [B, 4, 4], objective [B]) of occupied voxels near the seeds times random rotations."""
@@ -128,12 +134,25 @@ class PoseSearch:
         return poses, self.objective(scores, poses)
 
     def objective(self, scores: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        """Return the cosine `scores` [B] less the tilt cost of `poses` [B, 4, 4] (the module docstring's objective)."""
-        weight = self.settings.tilt_weight
-        if self.approach is None or weight == 0:
-            return scores
-        approach = torch.as_tensor(self.approach, dtype=poses.dtype, device=poses.device)
-        return scores - weight * (1.0 - poses[:, :3, 2] @ approach)
+        """Return the cosine `scores` [B] less the tilt and clearance costs of `poses` [B, 4, 4] (module docstring)."""
+        m = self.settings
+        objective = scores
+        if self.approach is not None and m.tilt_weight > 0:
+            approach = torch.as_tensor(self.approach, dtype=poses.dtype, device=poses.device)
+            objective = objective - m.tilt_weight * (1.0 - poses[:, :3, 2] @ approach)
+        if m.clearance_weight > 0 and len(poses):
+            objective = objective - m.clearance_weight * self.finger_opacity(poses)
+        return objective
+
+    def finger_opacity(self, poses: torch.Tensor) -> torch.Tensor:
+        """Mean opacity [B] inside the fingers of `poses` [B, 4, 4] at the task's opening (0: clear of the field)."""
+        chunk = max(1, EMBED_CHUNK_VALUES // (4 * len(self.fingers)))
+        means = []
+        for start in range(0, len(poses), chunk):
+            part = poses[start:start + chunk]
+            world = torch.einsum('bij,pj->bpi', part[:, :3, :3], self.fingers.to(part.dtype)) + part[:, None, :3, 3]
+            means.append(self.volume.sample_alpha(world).mean(dim=1))
+        return torch.cat(means)
 
     def best_free(self, poses: torch.Tensor, objective: torch.Tensor, allowed: int,
                   counts: Dict[str, int]) -> torch.Tensor:
@@ -227,7 +246,8 @@ class PoseSearch:
             for width in widths:
                 hits = int(self.gripper.collisions(pose, self.volume.occupancy, float(width))[0])
                 if hits <= allowed and self.room_inside(pose, float(width), allowed):
-                    chosen.append(PoseCandidate(pose_np, float(width), float(scores[index]), hits))
+                    chosen.append(PoseCandidate(pose_np, float(width), float(scores[index]), hits,
+                                                float(objective[index])))
                     break
             if len(chosen) >= top_k:
                 break

@@ -37,13 +37,17 @@ class FieldVolume:
         features: [1, D, Nz, Ny, Nx] alpha * unit feature per voxel (0 where the field is empty): the layout
             grid_sample reads (its x, y, z index the last three axes in reverse).
         occupancy: the occupied voxels, for gripper collisions.
+        alpha: [1, 1, Nz, Ny, Nx] the opacity per voxel (0 below the occupancy threshold), same layout: read by
+            the optimisation's clearance cost (a soft, differentiable collision).
     """
 
-    def __init__(self, region: WorkspaceBox, voxel_size: float, features: torch.Tensor, occupancy: OccupancyGrid):
+    def __init__(self, region: WorkspaceBox, voxel_size: float, features: torch.Tensor, occupancy: OccupancyGrid,
+                 alpha: Optional[torch.Tensor] = None):
         self.region = region
         self.voxel_size = float(voxel_size)
         self.features = features
         self.occupancy = occupancy
+        self.alpha = alpha if alpha is not None else torch.zeros_like(features[:, :1])
         counts = torch.tensor(features.shape[2:][::-1], dtype=torch.float32)   # Nx, Ny, Nz
         first = torch.as_tensor(region.min_xyz + voxel_size / 2, dtype=torch.float32)
         span = torch.clamp((counts - 1) * self.voxel_size, min=self.voxel_size)
@@ -65,17 +69,26 @@ class FieldVolume:
 
         Trilinear between voxel centres, differentiable with respect to `points`.
         """
+        return self._read(self.features, points)
+
+    def sample_alpha(self, points: torch.Tensor) -> torch.Tensor:
+        """Opacity [...] at points [..., 3] (base_frame), trilinear and differentiable; zero outside the region."""
+        return self._read(self.alpha, points)[..., 0]
+
+    def _read(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Trilinear values [..., C] of a [1, C, Nz, Ny, Nx] grid over the region at points [..., 3]."""
         shape = points.shape[:-1]
+        channels = int(grid.shape[1])
         flat = points.reshape(-1, 3)
         normalised = 2.0 * (flat - self._first.to(flat.dtype)) / self._span.to(flat.dtype) - 1.0
-        chunk = max(1, SAMPLE_CHUNK_VALUES // max(self.dim, 1))
+        chunk = max(1, SAMPLE_CHUNK_VALUES // max(channels, 1))
         out = []
         for start in range(0, len(normalised), chunk):
-            grid = normalised[start:start + chunk].view(1, -1, 1, 1, 3).to(self.features.dtype)
-            values = torch.nn.functional.grid_sample(self.features, grid, mode='bilinear', padding_mode='zeros',
-                                                     align_corners=True)          # [1, D, n, 1, 1]
+            where = normalised[start:start + chunk].view(1, -1, 1, 1, 3).to(grid.dtype)
+            values = torch.nn.functional.grid_sample(grid, where, mode='bilinear', padding_mode='zeros',
+                                                     align_corners=True)          # [1, C, n, 1, 1]
             out.append(values[0, :, :, 0, 0].transpose(0, 1))
-        return torch.cat(out).float().reshape(*shape, self.dim)
+        return torch.cat(out).float().reshape(*shape, channels)
 
 
 def sample_field(model, config: F3RMConfig, region: WorkspaceBox, lock=None) -> FieldVolume:
@@ -106,15 +119,18 @@ def sample_field(model, config: F3RMConfig, region: WorkspaceBox, lock=None) -> 
     device = voxels.features.device
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     dense = torch.zeros((dim, *shape), dtype=dtype, device=device)
+    opacity = torch.zeros((1, *shape), dtype=torch.float32, device=device)
     if voxels.num_occupied:
         alpha = torch.from_numpy(voxels.alpha).to(device)
         weighted = voxels.unit_features() * alpha[:, None]
         c = voxels.device_coords
         dense[:, c[:, 0], c[:, 1], c[:, 2]] = weighted.t().to(dtype)
+        opacity[0, c[:, 0], c[:, 1], c[:, 2]] = alpha.float()
     features = dense.permute(0, 3, 2, 1).unsqueeze(0).contiguous()       # [1, D, Nz, Ny, Nx]
+    opacity = opacity.permute(0, 3, 2, 1).unsqueeze(0).contiguous()      # [1, 1, Nz, Ny, Nx]
     occupied = torch.from_numpy(voxels.occupancy.grid).to(device)
     occupancy = OccupancyGrid(occupied, voxels.occupancy.origin, voxel)
-    return FieldVolume(voxels.region, voxel, features, occupancy)
+    return FieldVolume(voxels.region, voxel, features, occupancy, opacity)
 
 
 def region_around(points: np.ndarray, margin: float) -> Optional[WorkspaceBox]:
