@@ -18,6 +18,8 @@ where they did). One line per kind:
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): the query, online-training, scene
+# and trainer modules (torch, nerfstudio, open3d).
 import argparse
 import copy
 import dataclasses
@@ -28,6 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import device_name, format_table, write_json
+from .online import KeyframeFeeder
 from ..commands import add_config_arguments, config_from_args
 
 KINDS = ('moved', 'removed', 'added')
@@ -88,7 +91,6 @@ def trial(case, config, args, limit: float) -> Dict:
     """Scan, train, change, rescan at the rate and ask until met or `limit`: the trial's record."""
     from ..core.query.answer import FieldQuerier
     from ..core.training.online import OnlineSession, SessionSettings
-    from .online import KeyframeFeeder
     session = OnlineSession(config, SessionSettings(min_frames=5, teacher_choice='labels'), labels=case.labels)
     for frame in case.scan:   # copies: the session masks its keyframes in place
         session.add_frame(dataclasses.replace(frame))

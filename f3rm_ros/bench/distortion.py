@@ -18,6 +18,8 @@ CPU: about 2-4 minutes per scan with the defaults (``cpu-tiny``, 300 steps, 48 v
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): cv2, torch and the capture, scene,
+# config and query modules (scipy, open3d, yaml, nerfstudio).
 import argparse
 import time
 from typing import Dict, List
@@ -25,6 +27,8 @@ from typing import Dict, List
 import numpy as np
 
 from . import device_name, format_table, write_json
+from .semantic import score_queries, train_scene
+from .semantic_scores import summary_rows
 
 DEFAULT_LENS = (-0.28, 0.09, 0.001, -0.0005, 0.0)     # a strong RealSense-like colour lens (k1 k2 p1 p2 k3)
 
@@ -107,8 +111,6 @@ def run(args) -> int:
     from ..core.config import make_config
     from ..core.capture.distortion import Distortion
     from ..core.query.answer import FieldQuerier
-    from .semantic import score_queries, train_scene
-    from .semantic_scores import summary_rows
     started = time.perf_counter()
     config = make_config(args.preset, overrides={'trainer': {'device': args.device},
                                                  'grasp': {'max_opening': 0.14}})

@@ -9,6 +9,8 @@ misses its goal.
 """
 from __future__ import annotations
 
+# Imported where used (`f3rm-ros` imports every bench module at start-up): harness.fault_campaign (heavy: cv2, scipy,
+# yaml, ROS messages) and ros.dds.
 import argparse
 import tempfile
 import time

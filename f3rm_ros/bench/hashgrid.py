@@ -7,6 +7,8 @@ timed repeats after a warm-up).
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): torch, nerfstudio and the config,
+# fast-kernel and model modules (yaml, triton).
 import argparse
 import statistics
 from typing import Callable, List

@@ -16,13 +16,17 @@ imports, device) before the first keyframe, as a node launched before the scan d
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): the config, query and
+# online-training modules (yaml, torch, nerfstudio).
 import argparse
 import copy
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import device_name, format_table, write_json
+from .semantic import score_queries, synthetic_scene
 
 
 def register(sub) -> None:
@@ -68,7 +72,6 @@ class LiveQuestions:
     def ask(self) -> Dict[str, Dict]:
         """One round: {name: {'error_m', 'latency_s'}} (error inf when not found), scored as `bench semantic`."""
         from ..core.query.answer import FieldQuerier
-        from .semantic import score_queries
         session = self.session
         if self.querier is None:
             config = copy.deepcopy(session.config)
@@ -88,7 +91,6 @@ class KeyframeFeeder:
     """
 
     def __init__(self, session, frames, rate: float):
-        import threading
         if rate <= 0:
             raise SystemExit(f'--rate must be > 0, got {rate}')
         self.session, self.frames, self.rate = session, frames, rate
@@ -129,7 +131,6 @@ def run(args) -> int:
     """Replay, train and ask until every object is found (or --timeout); print the timeline and the result."""
     from ..core.config import make_config
     from ..core.training.online import OnlineSession, SessionSettings
-    from .semantic import synthetic_scene
     name, frames, labels, objects, workspace = synthetic_scene(args.seed, args.objects, args.views, args.width,
                                                                args.height, cache=args.scenes)
     if args.render_only:

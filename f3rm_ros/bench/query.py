@@ -29,8 +29,12 @@ back, such as a picture), and how many pictures were drawn or dropped for a newe
 """
 from __future__ import annotations
 
+# Imported where used (`f3rm-ros` imports every bench module at start-up, which must not load them): torch, rclpy,
+# f3rm_ros_interfaces, the config, teacher, trainer, query and query-node modules (yaml, nerfstudio), core.query.cloud
+# and harness.testing.
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -38,6 +42,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from . import device_name, format_table, sync, write_json
+from .semantic import synthetic_scene, train_scene
 
 STAGES = ('text', 'density', 'occupancy', 'features', 'relevancy', 'threshold', 'cluster', 'grasps', 'pack')
 DEFAULT_SEED = 11
@@ -93,7 +98,6 @@ def _trained_field(args):
         phrases = [name for name in getattr(teacher, 'vocabulary', []) if name not in ('background', 'table')]
         config.grasp.max_opening = args.max_opening
         return model, teacher, config, phrases or ['mug'], f'{args.checkpoint} (step {state.get("step")})'
-    from .semantic import synthetic_scene, train_scene
     config = make_config(args.preset, overrides={'trainer': {'device': args.device},
                                                  'grasp': {'max_opening': args.max_opening}})
     name, frames, labels, objects, workspace = synthetic_scene(args.seed, args.objects, args.views, args.width,
@@ -166,8 +170,6 @@ def node_times(checkpoint: Path, phrases: Sequence[str], count: int, pictures: b
     The node answers from `checkpoint` with ``similarity_image`` = `pictures`; `warmup` calls (the checkpoint's
     load, the first cold evaluation) are made first and not counted.
     """
-    import threading
-
     from f3rm_ros_interfaces.srv import Query
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter

@@ -41,7 +41,10 @@ aside for one final run (docs/performance.md).
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): torch, tqdm and the teacher, scene,
+# config, dataset, training and query modules (yaml, cv2, nerfstudio; open3d, which a machine may lack).
 import argparse
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -50,7 +53,7 @@ from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import device_name, write_json
+from . import device_name, sync, write_json
 from .semantic_scores import QueryScore, SceneRun, print_report, summary_rows
 
 DEFAULT_SEEDS = (11, 12, 13, 14, 15)
@@ -283,8 +286,6 @@ def score_queries(querier, scene_name: str, objects: Mapping[str, Mapping],
 def train_scene(name: str, frames, labels: Mapping[int, str], workspace, config, steps: int,
                 progress: bool = True):
     """Train on `frames` with the labels teacher: (trainer, teacher, config copy, train seconds, held-out PSNR)."""
-    import copy
-
     from tqdm import tqdm
 
     from ..core.capture.frames import FrameStore
@@ -303,7 +304,6 @@ def train_scene(name: str, frames, labels: Mapping[int, str], workspace, config,
     started = time.perf_counter()
     for _ in tqdm(range(steps), desc=f'{name}: training', disable=not progress, unit='step', leave=False):
         trainer.step()
-    from . import sync
     sync()
     train_s = time.perf_counter() - started
     heldout = trainer.evaluate()['psnr'] if trainer.eval_indices else float('nan')
@@ -381,8 +381,6 @@ def load_voxel_querier(path: Path, config):
 
     `config` gives the query and grasp settings (its workspace, voxel size and feature width come from the file).
     """
-    import copy
-
     import torch
 
     from ..core.config import WorkspaceConfig

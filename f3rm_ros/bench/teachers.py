@@ -20,13 +20,21 @@ A third table times the feature field alone for each head set, ``shared`` agains
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): torch, nerfstudio and the config,
+# teacher, trainer, field, evaluation and dataset modules.
 import argparse
+import copy
+import dataclasses
 import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
+
 from . import device_name, format_table, sync, write_json
+from .semantic import synthetic_scene
 
 SCENE_OBJECTS = 5  # make_scene's default draw
 
@@ -82,9 +90,6 @@ def _reset_memory(device) -> None:
 
 def teacher_rows(args, config) -> List[Dict]:
     """Time each teacher of `args.teachers` on random images, once per batch size of `args.batches`; one row each."""
-    import dataclasses
-
-    import numpy as np
     import torch
 
     from ..core.teachers import make_teacher
@@ -144,16 +149,12 @@ def _model_only_rate(teacher, batch: int, count: int) -> float:
 
 def head_rows(args, config) -> List[Dict]:
     """Train each head set with each layout on one synthetic table; one row per run."""
-    import copy
-
-    import numpy as np
     import torch
 
     from ..core.study.evaluation import teacher_cosine
     from ..core.capture.frames import FrameStore
     from ..core.teachers import choose_teacher
     from ..core.training.trainer import OnlineTrainer
-    from .semantic import synthetic_scene
     _, frames, labels, _, workspace = synthetic_scene(args.seed, SCENE_OBJECTS, args.views, args.width, args.height,
                                                       cache=args.scenes)
     rows = []
@@ -218,9 +219,6 @@ def layout_rows(args, config) -> List[Dict]:
     Per head set with more than one head: render + MSE + backward of the feature field at one training step's
     samples (rays_per_batch x nerfacto's final samples per ray), median of ``--layout-repeats`` alternations.
     """
-    import dataclasses
-    import statistics
-
     import torch
     from nerfstudio.field_components.spatial_distortions import SceneContraction
 
@@ -275,7 +273,6 @@ def run(args) -> int:
     if args.render_only:
         if args.scenes is None:
             raise SystemExit('--render-only needs --scenes DIR')
-        from .semantic import synthetic_scene
         synthetic_scene(args.seed, SCENE_OBJECTS, args.views, args.width, args.height, cache=args.scenes)
         print(f'table rendered into {args.scenes}')
         return 0

@@ -33,6 +33,8 @@ overall`` line; with ``--out``: ``results.csv`` (one row per run), and per run a
 """
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every bench module at start-up): cv2, torch and the config, teacher,
+# dataset, training, evaluation and fast-kernel modules (nerfstudio, triton).
 import argparse
 import csv
 import dataclasses
@@ -46,6 +48,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 from . import (Stopwatch, device_name, number, parse_eval_lines, parse_result_line, python, run_baseline, sync,
                write_json)
@@ -111,7 +115,6 @@ def _stand_in_teacher(kind: str, dim: int, patch_size: int, seed: int):
     looks like, not which frame it came from), so a held-out feature error means something.
     """
     import cv2
-    import numpy as np
     import torch
 
     from ..core.teachers import Teacher
@@ -154,8 +157,6 @@ def _stand_in_teacher(kind: str, dim: int, patch_size: int, seed: int):
 
 def _build(args, frames, mode: str):
     """Config (baseline-comparable), teacher, trainer with the baseline's split."""
-    import numpy as np
-
     from ..core.config import ModelConfig, make_config
     from ..core.capture.frames import FrameStore
     from ..core.training.trainer import OnlineTrainer
@@ -201,7 +202,6 @@ def heldout_scores(trainer, indices: Sequence[int], aligned: bool, depth: bool =
     depth_err_cm (median |z - z_true| over pixels with depth, aligned poses), feature_mse (rendered
     features at the teacher's patch centres against the teacher's held-out features).
     """
-    import numpy as np
     import torch
 
     from ..core.study.evaluation import ray_to_z_depth

@@ -1,4 +1,5 @@
 """Sub-commands of ``f3rm-ros``: each module exposes ``register(subparsers)``."""
+# core.config (it loads yaml) is imported where used: `f3rm-ros` imports this package at start-up.
 import argparse
 from pathlib import Path
 

@@ -6,7 +6,13 @@ through the capture node's own conversions, distortion, TF / pose topic and hand
 from ``--workspace``, else the ``workspace`` section of ``--config`` (your params file), else the dataset's
 ``workspace`` entry, else the configuration's default; the output says which.
 """
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): rclpy, tf2_ros, the ROS messages
+# and the capture, training and config modules (cv2, scipy, torch, yaml).
+import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 from . import add_dds_arguments
 from .import_bag import add_import_arguments, settings_from_args
@@ -31,8 +37,6 @@ def register(sub) -> None:
 
 
 def _workspace(args, meta):
-    import numpy as np
-
     from ..core.config import make_config
     if args.workspace:
         return args.workspace[:3], args.workspace[3:], '--workspace'
@@ -55,10 +59,6 @@ def _spread(frames, count):
 
 def run(args) -> int:
     """Draw and report."""
-    import tempfile
-
-    import numpy as np
-
     from ..core.capture.calibration import box_in_view, contact_sheet, depth_inside_box, draw_workspace
     from ..core.capture.frames import read_dataset, read_metadata
     from ..core.training.render import save_png
@@ -93,8 +93,6 @@ def run(args) -> int:
 
 def live_frames(args):
     """Keyframes from the live topics, through the capture node's conversions (first views, spread by the gate)."""
-    import time
-
     import rclpy
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image

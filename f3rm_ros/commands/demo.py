@@ -1,4 +1,6 @@
 """``f3rm-ros demo``: scan a table over ROS 2, train online, answer queries, write a report."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): harness.demo and ros.bag_import
+# (rclpy, open3d, cv2, ROS messages).
 from pathlib import Path
 
 from . import add_dds_arguments

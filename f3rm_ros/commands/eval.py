@@ -1,4 +1,6 @@
 """``f3rm-ros eval``: score checkpoints on a dataset's held-out views, one CSV row per checkpoint."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): tqdm and the evaluation, dataset
+# and checkpoint modules (torch, nerfstudio, cv2).
 import argparse
 import json
 from pathlib import Path

@@ -1,5 +1,8 @@
 """``f3rm-ros experiment frames | seeds | grid``: train many fields of one dataset unattended and compare them."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): core.config (yaml) and the
+# dataset, training, teacher and study modules (torch, nerfstudio).
 import argparse
+import dataclasses
 from pathlib import Path
 
 from . import add_config_arguments, config_from_args
@@ -78,8 +81,6 @@ def _prepare(args):
 
 def _runs(args, frames, config, train):
     """Return the study's runs (settings x seeds x mask variants) and the columns its summary groups by."""
-    import dataclasses
-
     from ..core.config import merge_into, unflatten
     from ..core.study.experiments import Run, fraction_count, grid_points, mask_variants, parse_set, spread
     if args.study == 'frames':

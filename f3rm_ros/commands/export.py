@@ -1,6 +1,11 @@
 """``f3rm-ros export mesh``: the field's surfaces as a coloured triangle mesh (PLY / OBJ)."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): the study and geometry modules
+# (torch, nerfstudio, open3d, scipy).
 import argparse
+import time
 from pathlib import Path
+
+import numpy as np
 
 
 def register(sub) -> None:
@@ -31,10 +36,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Extract the mesh, write it, print its size and where it is."""
-    import time
-
-    import numpy as np
-
     from ..core.study.evaluation import load_for_study
     from ..core.geometry import WorkspaceBox
     from ..core.study.mesh import auto_voxel_size, extract_mesh, surface_area, write_mesh

@@ -1,4 +1,6 @@
 """``f3rm-ros import-bag``: a recorded rosbag2 (mcap or sqlite3) → a nerfstudio dataset, as capture keeps it."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): ros.bag_import (cv2, scipy, ROS
+# messages).
 from pathlib import Path
 
 WORKSPACE_HELP = ('workspace box XMIN YMIN ZMIN XMAX YMAX ZMAX in the base frame (m), written into the dataset '

@@ -1,6 +1,8 @@
 """``f3rm-ros manipulate``: ranked gripper poses for a taught task in a trained field (the ~/manipulate action)."""
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): the manipulation, geometry and
+# render modules (torch, nerfstudio, scipy).
 import json
 from pathlib import Path
 

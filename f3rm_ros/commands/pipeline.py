@@ -1,5 +1,9 @@
 """``f3rm-ros pipeline``: capture, trainer and query nodes (and optionally a replayed arm) in one process."""
 
+# ros.common and ros.pipeline are imported where used: `f3rm-ros` imports every command module at start-up, and its
+# other commands do not need them.
+from pathlib import Path
+
 from . import add_dds_arguments
 
 
@@ -27,8 +31,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Start the pipeline."""
-    from pathlib import Path
-
     from ..ros.common import packaged_file
     from ..ros.pipeline import run_pipeline
     params = [Path(p) for p in args.params] if args.params else [packaged_file('config/f3rm.yaml')]

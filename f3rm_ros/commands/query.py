@@ -1,7 +1,11 @@
 """``f3rm-ros query``: ask a trained checkpoint where something is; write pictures, a PLY and the clusters."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): torch and the config, study,
+# query, teacher and training modules (yaml, torch, nerfstudio, open3d).
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def register(sub) -> None:
@@ -68,8 +72,6 @@ def query_config(config, args):
 
 def _view(args, box):
     """Return the PosedFrame to render: a keyframe of --data scaled to --width, or the default workspace view."""
-    import numpy as np
-
     from ..core.capture.frames import PosedFrame, read_dataset
     from ..core.study.views import default_view
     if not args.data:
@@ -95,7 +97,6 @@ def write_head_features(path: Path, model, box, heatmap, head: str, chunk: int =
     ``.npz``: points [N, 3] base_frame metres, features [N, D] float16, relevancy [N], and normals [N, 3] when the
     model predicts them.
     """
-    import numpy as np
     import torch
     device = next(model.parameters()).device
     field = torch.from_numpy(box.to_field(np.asarray(heatmap.points, np.float32)).astype(np.float32)).to(device)

@@ -1,6 +1,10 @@
 """``f3rm-ros render orbit | path``: novel views of a checkpoint along camera paths, with their novelty."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): the dataset, training, study,
+# geometry, query and teacher modules (torch, nerfstudio, open3d, scipy).
 import argparse
 from pathlib import Path
+
+import numpy as np
 
 
 def _floats(text):
@@ -79,8 +83,6 @@ def _training_poses(args, holdout_every: int):
 
 def run(args) -> int:
     """Build the views, render them, print where the files are."""
-    import numpy as np
-
     from ..core.study.evaluation import load_for_study
     from ..core.geometry import WorkspaceBox
     from ..core.study.orbit import (along_training, cameras_up, check_centre, default_intrinsics, novelty, orbit,

@@ -1,6 +1,8 @@
 """``f3rm-ros task record | show | list | forget``: demonstrations of a task, offline (the query node's services)."""
 from __future__ import annotations
 
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): the manipulation, geometry and
+# render modules (torch, nerfstudio, scipy).
 import argparse
 from pathlib import Path
 

@@ -1,4 +1,7 @@
 """``f3rm-ros train``: fit the model to a nerfstudio dataset, report held-out PSNR, write renders."""
+# Imported where used (heavy; `f3rm-ros` imports every command module at start-up): the teacher and training modules
+# (torch, nerfstudio).
+import argparse
 from pathlib import Path
 
 from . import add_config_arguments, config_from_args
@@ -6,8 +9,6 @@ from . import add_config_arguments, config_from_args
 
 def teacher_choice(value: str) -> str:
     """Return a --teacher value checked ('auto', or teacher names joined by +) for argparse."""
-    import argparse
-
     from ..core.teachers import teacher_parts
     if value == 'auto':
         return value

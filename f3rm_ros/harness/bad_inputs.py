@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy as np
+from std_msgs.msg import String
 
 from ..ros import conversions as conv
 
@@ -201,7 +202,6 @@ def capture_cases() -> List[CaptureCase]:
 
 
 def _string(text: str):
-    from std_msgs.msg import String
     return String(data=text)
 
 

@@ -12,6 +12,8 @@ domain. Reported per resolution:
 """
 from __future__ import annotations
 
+# The ROS messages, ros.conversions (cv2, scipy) and ros.diagnostics are imported where used: `--help` starts without
+# them.
 import argparse
 import os
 import subprocess
@@ -21,6 +23,8 @@ import time
 from typing import Dict, List
 
 import numpy as np
+
+from .testing import RosProbe, subprocess_env
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -35,7 +39,6 @@ def bench(width: int, height: int, rate: float = 30.0, seconds: float = 10.0, en
 
     from ..ros import conversions as conv
     from ..ros.diagnostics import status_values
-    from .testing import RosProbe, subprocess_env
 
     probe = RosProbe(name='bench_camera')
     work = tempfile.mkdtemp(prefix='f3rm-bench-capture-')

@@ -7,6 +7,8 @@ it gets back, scores them against ground truth when there is some, and writes pi
 """
 from __future__ import annotations
 
+# rclpy, open3d (a machine may lack it), f3rm_ros_interfaces and the modules that load torch or the ROS messages are
+# imported where used: DemoSettings and the workspace helpers load without them.
 import json
 import re
 import threading
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import cv2
 import numpy as np
 
-from ..core.capture.frames import read_metadata, write_dataset
+from ..core.capture.frames import PosedFrame, dataset_workspace, read_dataset, read_metadata, write_dataset
+from ..core.geometry import resized_intrinsics
 from ..core.study.report import QueryOutcome, RunReport, write_report
 from ..ros.common import init_ros
+from ..ros.pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
 
 PICTURE_WIDTH = 320                  # pixels per rendered panel in the report
 EVAL_MAX_PIXELS = 320 * 240          # the report's held-out PSNR renders views at most this big
@@ -100,7 +105,6 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
     from ..ros import answers
     from ..core.training.render import feature_pca, save_png
     from ..ros import conversions as conv
-    from ..ros.pipeline import create_nodes, held_back_replay, parameter_overrides, ros_arguments
 
     timings: Dict[str, float] = {}
     started = time.monotonic()
@@ -252,7 +256,6 @@ def demo_workspace(meta: Dict, source: Path, report: Callable[[str], None], over
     ``--workspace`` first; else the dataset's ``workspace`` entry; else its depth maps; else where the cameras'
     optical axes converge (`frames.dataset_workspace`).
     """
-    from ..core.capture.frames import dataset_workspace, read_dataset
     if override is not None:
         lo, hi = np.asarray(override[:3], float), np.asarray(override[3:], float)
         where = '--workspace'
@@ -315,8 +318,6 @@ def _view_at_width(frame, width: Optional[int] = None):
     adds no detail, and on a CPU each picture costs seconds per 10k pixels (a 160x120 scan's pictures at 320 wide
     took 15-19 s each on 2 cores).
     """
-    from ..core.capture.frames import PosedFrame
-    from ..core.geometry import resized_intrinsics
     width = min(PICTURE_WIDTH, frame.width) if width is None else width
     height = max(1, round(frame.height * width / frame.width))
     K = resized_intrinsics(frame.K, frame.width, frame.height, width, height)
@@ -325,8 +326,6 @@ def _view_at_width(frame, width: Optional[int] = None):
 
 def _query_picture(trainer, frame, query, caption: str) -> np.ndarray:
     """Draw the rendered view beside its similarity overlay (`_view_at_width` each), captioned (uint8 RGB)."""
-    import cv2
-
     from ..core.study.views import render_view, similarity_overlay
     from ..core.training.render import side_by_side, to_uint8
     view = render_view(trainer, _view_at_width(frame), query=query)

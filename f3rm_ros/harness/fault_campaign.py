@@ -19,6 +19,9 @@ machine, with the synthetic table (labels teacher, ``cpu-tiny``), and turns what
 """
 from __future__ import annotations
 
+# Imported where used (heavy; each phase loads what it needs): rclpy (ros.qos too), torch (training.checkpoints too)
+# and the ROS interfaces beyond the messages that ros.conversions loads anyway (f3rm_ros_interfaces, rcl_interfaces,
+# std_srvs, diagnostic_msgs through ros.diagnostics).
 import json
 import math
 import os
@@ -33,10 +36,15 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import yaml
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
 
 from . import bad_inputs as cases
 from .bad_inputs import PicklePayload, fill_disk
 from .testing import NodeProcesses, RosProbe, rss_mib, subprocess_env
+from ..core.capture.frames import read_dataset
+from ..ros import conversions as conv
 
 OBJECTS = ['mug', 'ball', 'box']
 BURST = 20           # messages per bad-input case
@@ -154,8 +162,6 @@ class Campaign:
 
     def kills(self, count: int) -> None:
         """Kill -9 the trainer and the capture node in turn, `count` times, and restart them with resume."""
-        from sensor_msgs.msg import Image
-
         from ..core.training.checkpoints import read_checkpoint
         from ..ros.qos import latched_qos
         work = self.work / 'kills'
@@ -204,7 +210,6 @@ class Campaign:
                          f'the trainer holding all {len(on_disk)} keyframes on disk', mark)
         trainer_frames = int(self.last_values('trainer')['frames'])
         lost = sorted(announced - set(on_disk))
-        from ..core.capture.frames import read_dataset
         readable = len(read_dataset(scan))
         leftovers = temporary_files(work)
         self.procs.stop('trainer')
@@ -233,7 +238,6 @@ class Campaign:
 
     def disk_full(self, size_mb: int = 64) -> None:
         """Scan and train onto a small tmpfs, fill it, empty it again."""
-        from ..core.capture.frames import read_dataset
         from ..core.training.checkpoints import read_checkpoint
         disk = self.work / 'small_disk'
         disk.mkdir(exist_ok=True)
@@ -298,8 +302,6 @@ class Campaign:
 
     def start_query(self) -> Path:
         """Start a query node serving a copy of the kills phase's checkpoint, announced on /bench/checkpoint."""
-        from std_msgs.msg import String
-
         from ..ros.qos import latched_qos
         served = self.work / 'served'
         served.mkdir(exist_ok=True)
@@ -326,7 +328,6 @@ class Campaign:
 
     def checkpoints(self) -> None:
         """Refused checkpoints: announced to the query node, and under a restarting trainer."""
-        from std_msgs.msg import String
         import torch
 
         served = self.start_query()
@@ -369,7 +370,6 @@ class Campaign:
         self.procs.stop('trainer')
 
     def _refused_checkpoint(self, name: str, path: Path, expect, extra_ok: bool = True, extra: str = '') -> None:
-        from std_msgs.msg import String
         mark = self.status['query'].mark()
         started = time.monotonic()
         self.announce.publish(String(data=str(path)))
@@ -391,7 +391,6 @@ class Campaign:
         """Send queries on query/query at `rate` for `seconds`; the last one must be answered, memory flat."""
         from f3rm_ros_interfaces.msg import QueryAnswer
         from rclpy.qos import QoSProfile
-        from std_msgs.msg import String
         pid = self.procs.procs['query'].pid
         self.ask('ball')
         rss_before = rss_mib(pid)
@@ -500,10 +499,7 @@ class Campaign:
         self.procs.stop('capture')
 
     def _capture_publishers(self, latched_qos) -> Dict[str, object]:
-        from geometry_msgs.msg import PoseStamped
         from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo, Image
-        from std_msgs.msg import String
         publishers = {topic: self.probe.publisher(kind, topic, qos_profile_sensor_data) for topic, kind in (
             ('image', Image), ('camera_info', CameraInfo), ('camera_pose', PoseStamped), ('depth', Image),
             ('labels', Image), ('mask', Image))}
@@ -515,7 +511,6 @@ class Campaign:
     def _bad_queries(self, query_cases) -> None:
         from f3rm_ros_interfaces.msg import QueryAnswer
         from rclpy.qos import QoSProfile
-        from std_msgs.msg import String
         answers = self.probe.subscribe(QueryAnswer, '/query/answer', QoSProfile(depth=100))
         topic = self.probe.publisher(String, '/query/query', QoSProfile(depth=100))
         self.probe.wait_for_subscribers(topic)
@@ -534,7 +529,6 @@ class Campaign:
 
     def stream(self, minutes: float, width: int = 640, height: int = 480, rate: float = 30.0) -> None:
         """`minutes` of a 30 Hz camera into a fresh capture node; its RSS over time."""
-        from ..ros import conversions as conv
         from ..ros.qos import latched_qos
         work = self.work / 'stream'
         params = self.params('stream', work / 'scan', work / 'ckpt', resume=False,

@@ -8,6 +8,7 @@ domain and both localhost DDS variables.
 """
 from __future__ import annotations
 
+# rclpy and the ROS messages are imported where used: the domain, environment and process helpers need no ROS.
 import itertools
 import os
 import random
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..ros.dds import localhost_dds_env
+from ..ros.dds import confine_dds_to_localhost, localhost_dds_env
+from ..ros.topics import query_remaps, remap_arguments, trainer_remaps
 
 
 _DOMAIN_IDS = itertools.count(random.randrange(100))
@@ -97,7 +99,6 @@ class RosProbe:
         from rclpy.executors import SingleThreadedExecutor
 
         if localhost_only:  # both variables, explicitly (and for the children this process starts)
-            from ..ros.dds import confine_dds_to_localhost
             confine_dds_to_localhost()
         self.domain_id = pick_domain_id() if domain_id is None else int(domain_id)
         os.environ['ROS_DOMAIN_ID'] = str(self.domain_id)
@@ -232,7 +233,6 @@ class NodeProcesses:
     def node(self, name: str, params: Optional[Path] = None, tag: str = '', remaps=None,
              parameters: Sequence[str] = ()) -> subprocess.Popen:
         """Start the node `name` (capture, trainer, query, replay) with a params file and ``-p`` values."""
-        from ..ros.topics import query_remaps, remap_arguments, trainer_remaps
         if remaps is None:
             remaps = {'trainer': trainer_remaps(), 'query': query_remaps()}.get(name, [])
         args = ['-m', f'f3rm_ros.ros.{name}_node', '--ros-args']
