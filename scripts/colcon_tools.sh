@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # colcon from pip, for building a ROS 2 workspace holding this repo without a ROS install (what
-# test/test_workspace_build.py and CI do; with /opt/ros/<distro> sourced, use its colcon instead).
+# test/ros_launch/test_workspace_build.py and CI do; with /opt/ros/<distro> sourced, use its colcon instead).
 #
 #   scripts/colcon_tools.sh            install colcon into .venv/colcon if needed (idempotent, ~10 s once)
 #   scripts/colcon_tools.sh ARGS...    the same, then run `colcon ARGS...` in the current directory

@@ -4,8 +4,27 @@
 ``workspace`` builds both packages with colcon once for the session (every launch test shares it).
 A test marked ``cuda`` is skipped without a CUDA device, saying why (``@pytest.mark.cuda(why='...')``).
 """
+import sys
+from collections import Counter
+from pathlib import Path
+
 import pytest
 import torch
+
+# Tests import by bare module name the helpers in this folder (analytic_field, launch_support, repo_root,
+# study_support, triton_interpreter) and, in a few places, each other (test_ros_manipulation takes
+# test_manipulation's tool scene, test_ros_grasps test_ros_query's live session, the `workspace` fixture below
+# test_workspace_build's build). So this folder and every sub-folder holding tests go on sys.path here, before
+# any test module is imported, whichever files or -k selection run: pytest's default import mode ("prepend")
+# adds a test's folder only when it imports that test file. Done here rather than with `pythonpath` in
+# setup.cfg: one list of folders to keep in step with the tree is one too many. It needs unique basenames.
+HERE = Path(__file__).resolve().parent
+TEST_FOLDERS = sorted({path.parent for path in HERE.rglob('test_*.py')} | {HERE})
+TWICE = [name for name, count in Counter(path.name for path in HERE.rglob('*.py')).items() if count > 1]
+assert not TWICE, f'module names under test/ must be unique (they are imported by bare name): {TWICE}'
+for folder in reversed(TEST_FOLDERS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 MARKERS = {
     'ros': 'starts ROS 2 processes, a launch or DDS traffic (a private domain on this machine)',

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_root import ROOT
+
 SHARED = Path(os.environ.get('F3RM_ROS_SHARED', ROOT.parent / 'shared'))
 VENDOR = SHARED / 'vendor' / 'ros2_launch'
 RUNNER = SHARED / 'tools' / 'ros2-launch'

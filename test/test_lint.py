@@ -2,9 +2,8 @@
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_root import ROOT
 
 
 def test_flake8_and_docstrings_are_clean():

@@ -15,7 +15,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_root import ROOT
+
 # ROS Python packages without pip wheels (shared/notes/ros-toolchain.md), by module name -> rosdep name.
 NOT_ON_PIP = {'tf2_ros': 'tf2_ros_py', 'launch': 'launch', 'launch_ros': 'launch_ros', 'tf2_msgs': 'tf2_msgs',
               'tf2_py': 'tf2_py', 'tf2_geometry_msgs': 'tf2_geometry_msgs', 'cv_bridge': 'cv_bridge',

@@ -15,12 +15,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def interpreted(module: str, expression: str, timeout: float = 120.0):
     """Return the JSON value of `expression` (e.g. ``"check('cpu')"``) evaluated in `module` under the interpreter."""
     code = textwrap.dedent('''
-        import importlib, json, sys
-        sys.path.insert(0, sys.argv[1])
+        import importlib, json, os, sys
+        sys.path[:0] = sys.argv[1].split(os.pathsep)
         print(json.dumps(eval(sys.argv[3], vars(importlib.import_module(sys.argv[2])))))
     ''')
     env = dict(os.environ, TRITON_INTERPRET='1', CUDA_VISIBLE_DEVICES='')
-    done = subprocess.run([sys.executable, '-c', code, HERE, module, expression], env=env, capture_output=True,
+    # the helpers' folder and the test module's own (a sub-folder of it): `module` is the caller, imported already
+    path = os.pathsep.join([HERE, os.path.dirname(os.path.abspath(sys.modules[module].__file__))])
+    done = subprocess.run([sys.executable, '-c', code, path, module, expression], env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -24,7 +24,7 @@ This module is also the one place where f3rm_ros touches nerfstudio's internals 
 * `mlp_has_skip_connections`: the feature field renders its last hidden layer only through an MLP without
   skips, which nerfstudio's `MLP` keeps in the private ``_skip_connections``.
 
-`test/test_ns_patches.py` and `test/test_fast_model.py` hold a test per patch against the installed nerfstudio.
+test/core/fast/: `test_ns_patches.py` and `test_fast_model.py` hold a test per patch against the installed nerfstudio.
 """
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ def check_nerfstudio_version(version: Optional[str] = None) -> bool:
     version = nerfstudio_version() if version is None else version
     supported = version in SUPPORTED_NERFSTUDIO
     if not supported and not _VERSION_CHECKED[0]:
-        log.warning('nerfstudio %s: f3rm_ros patches internals of nerfstudio %s (%s); run test/test_ns_patches.py '
-                    'and test/test_fast_model.py before trusting results', version or '(unknown)',
-                    ', '.join(SUPPORTED_NERFSTUDIO), ', '.join(PATCHES))
+        log.warning('nerfstudio %s: f3rm_ros patches internals of nerfstudio %s (%s); run '
+                    'test/core/fast/test_ns_patches.py and test/core/fast/test_fast_model.py before trusting results',
+                    version or '(unknown)', ', '.join(SUPPORTED_NERFSTUDIO), ', '.join(PATCHES))
     _VERSION_CHECKED[0] = True
     return supported
 

@@ -13,7 +13,6 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,8 +27,9 @@ from f3rm_ros.core.training.online import OnlineSession, SessionSettings
 from f3rm_ros.core.training.checkpoints import CheckpointError, CheckpointWriteError, atomic_torch_save, read_checkpoint
 from f3rm_ros.harness.bad_inputs import fill_disk, PicklePayload
 
+from repo_root import ROOT
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach the hub from tests
-ROOT = Path(__file__).resolve().parent.parent
 K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
 W, H = 96, 72
 

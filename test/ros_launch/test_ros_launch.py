@@ -9,14 +9,13 @@ launch_ros have no pip wheels). test_workspace_build.py runs both files for real
 import ast
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 import yaml
+from repo_root import ROOT
 
 pytestmark = pytest.mark.ros
 
-ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 NODE_NAMES = {'capture': 'capture_node', 'trainer': 'trainer_node', 'query': 'query_node', 'replay': 'replay_node'}
 

@@ -33,13 +33,14 @@ from f3rm_ros.ros.dds import localhost_dds_env
 from f3rm_ros.harness.testing import pick_domain_id
 from f3rm_ros.ros.topics import query_remaps, remap_arguments, trainer_remaps
 
+from repo_root import ROOT
+
 pytestmark = pytest.mark.ros
 
 # What the launch files do: the trainer's relative keyframe/* inputs and the query's checkpoint input remapped to
 # the capture and trainer outputs.
 REMAPS = {'trainer': remap_arguments(trainer_remaps()), 'query': remap_arguments(query_remaps())}
 
-ROOT = Path(__file__).resolve().parent.parent
 DDS_VARIABLES = ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE', 'ROS_LOCALHOST_ONLY',
                  'ROS_STATIC_PEERS', 'RMW_IMPLEMENTATION', 'ROS_DISCOVERY_SERVER')
 VIEWS, WIDTH, HEIGHT = 16, 96, 72

@@ -5,6 +5,8 @@ from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.capture.calibration import box_corners, box_in_view, depth_inside_box, draw_workspace, project
 from f3rm_ros.core.capture.frames import PosedFrame, write_dataset
 
+from repo_root import ROOT
+
 
 def test_the_box_lands_on_the_table_only_with_the_right_pose(tmp_path):
     from f3rm_ros import cli
@@ -64,8 +66,6 @@ def test_train_honours_workspace_and_says_where_the_box_came_from(tmp_path, monk
 
 def test_robot_configs_set_only_declared_parameters_and_load(tmp_path):
     """config/robots/*.yaml: every capture parameter is one the node declares; the rest is a valid config."""
-    from pathlib import Path
-
     import cv2
     import yaml
 
@@ -73,7 +73,7 @@ def test_robot_configs_set_only_declared_parameters_and_load(tmp_path):
     from f3rm_ros.core.capture.handeye import hand_eye_from_parameters, load_hand_eye
     from f3rm_ros.ros.capture_node import CONFIG_SECTIONS, PARAMETERS
     from f3rm_ros.ros.params import declared_names
-    root = Path(__file__).resolve().parent.parent / 'config' / 'robots'
+    root = ROOT / 'config' / 'robots'
     names = set(declared_names(PARAMETERS, CONFIG_SECTIONS))
     for name, base in (('ur5e_d435.yaml', 'base_link'), ('fr3_d405.yaml', 'fr3_link0')):
         data = yaml.safe_load((root / name).read_text())

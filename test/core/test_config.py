@@ -1,11 +1,11 @@
 """Configuration: presets, YAML overlays, clear errors, and the YAML files shipped in config/."""
-from pathlib import Path
-
 import pytest
 
 from f3rm_ros.core.config import F3RMConfig, flatten, from_dict, make_config, to_dict, unflatten
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / 'config'
+from repo_root import ROOT
+
+CONFIG_DIR = ROOT / 'config'
 
 
 def test_gpu_preset_is_f3rm_defaults():

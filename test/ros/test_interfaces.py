@@ -8,13 +8,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.ros
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = textwrap.dedent('''
     import sys

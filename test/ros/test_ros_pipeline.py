@@ -29,9 +29,10 @@ from f3rm_ros.ros.diagnostics import status_values
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import NodeProcesses, RosProbe, subprocess_env
 
+from repo_root import ROOT
+
 pytestmark = pytest.mark.ros
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = 150
 DEMO_STEPS = 500  # the demo's; at 300 the 7 cm ball is not yet dense enough to pass the alpha threshold
 # The demo stops training at its time budget whatever the step; what this test checks is the answer after all

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 import yaml
 from launch_support import SIGTERM_TIMEOUT_S, LaunchRun, launch_command
+from repo_root import ROOT
 
 pytestmark = pytest.mark.ros
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / '.venv' / 'bin' / 'python'
 COLCON = ROOT / 'scripts' / 'colcon_tools.sh'
 COPY_IGNORE = ('.git', '.venv', 'build', 'install', 'log', 'outputs', '__pycache__', '.pytest_cache', '*.egg-info',

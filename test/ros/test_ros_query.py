@@ -23,6 +23,7 @@ from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
 
 from analytic_field import analytic_scene, yaw_matrix
+from repo_root import ROOT
 
 pytestmark = pytest.mark.ros
 
@@ -449,13 +450,12 @@ def test_the_readme_planner_client_runs_against_the_node(rig):
     import re
     import subprocess
     import sys
-    from pathlib import Path
 
     from f3rm_ros.harness.testing import subprocess_env
     probe, live, node, inboxes = rig
     config, teacher, model = analytic_scene(spheres={}, boxes={'bar': (BAR_CENTRE, BAR_SIZE, 0.0)})
     live.show(model, config, teacher)
-    doc = (Path(__file__).resolve().parents[1] / 'docs' / 'query.md').read_text()
+    doc = (ROOT / 'docs' / 'query.md').read_text()
     section = doc[doc.index('## Asking from a planner'):]
     code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
     done = subprocess.run([sys.executable, '-c', code], env=subprocess_env(probe.domain_id), capture_output=True,
