@@ -12,8 +12,10 @@ Stages of `Manipulator.answer` (each reported to `progress` and timed):
    demonstrations' (uniform over that cone and over the turn about the approach); each pose's embedding (the
    task's query points carried into the scene) is compared with the task's (cosine of the flattened [N, D]
    arrays). Poses are ordered by the objective: that cosine less ``tilt_weight`` x (1 - cos of the tilt away
-   from the demonstrations' approach). Round parts look alike turned about their own axis; the tilt cost
-   settles that turn the way the demonstrations held it (z is up in base_frame: objects turn about it).
+   from the demonstrations' approach) and less ``clearance_weight`` x the mean opacity inside the fingers at the
+   demonstrations' opening. Round parts look alike turned about their own axis; the tilt cost settles that turn
+   the way the demonstrations held it (z is up in base_frame: objects turn about it). The clearance cost is a
+   soft collision the optimisation can follow (the final check is a hard one, on occupied voxels).
 5. ``collisions``: poses whose gripper (at the task's opening) touches occupied voxels are dropped (checked in
    order of similarity until ``start_candidates`` are clear).
 6. ``optimise``: those are refined by Adam on translation and an axis-angle rotation
