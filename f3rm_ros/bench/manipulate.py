@@ -160,8 +160,9 @@ def teach(args, config, directory: Path) -> Dict[int, float]:
             task = Task(name=name, description=truth['description'], kind=truth['kind'],
                         gripper=manipulator.gripper.geometry, width=truth['width'], num_points=m.num_query_points,
                         sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name)
-            embedding, touched = manipulator.embed(pose, task)
-            library.record(task, Demonstration(pose=pose, embedding=embedding, touched=touched, source='pose',
+            reading = manipulator.embed(pose, task)
+            library.record(task, Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
+                                               tip_clearance=reading.tip_clearance, source='pose',
                                                checkpoint=f'layout {seed}', recorded=now_iso()))
     return seconds
 

@@ -77,8 +77,9 @@ def run_record(args) -> int:
         name=args.task, description=args.description or args.task, kind=args.kind, gripper=geometry, width=width,
         num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name,
         base_frame=manipulator.config.workspace.base_frame)
-    embedding, touched = manipulator.embed(pose, task)
-    demo = Demonstration(pose=pose, embedding=embedding, touched=touched, source='pose',
+    reading = manipulator.embed(pose, task)
+    demo = Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
+                         tip_clearance=reading.tip_clearance, source='pose',
                          checkpoint=str(args.checkpoint), step=int(manipulator.origin['step']), recorded=now_iso())
     task = tasks.record(task, demo)
     print(f'recorded demonstration {len(task.demos)} of {task.name!r} in {tasks.paths(task.name)[0]}')

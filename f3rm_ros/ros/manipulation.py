@@ -157,9 +157,10 @@ class ManipulationServer:
                                       or request.task.strip(), kind=kind, gripper=geometry, width=width,
                                       num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed,
                                       teacher=manipulator.teacher.name, base_frame=self.base_frame())
-                embedding, touched = manipulator.embed(pose, task)
+                reading = manipulator.embed(pose, task)
                 info = self.node.model_info()
-                demo = Demonstration(pose=pose, embedding=embedding, touched=touched, source=source,
+                demo = Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
+                                     tip_clearance=reading.tip_clearance, source=source,
                                      checkpoint=str(info.get('path', '')), step=int(info.get('step', -1)),
                                      recorded=now_iso())
                 task = library.record(task, demo)

@@ -104,6 +104,13 @@ class GripperModel:
         points = self.points(opening)
         return points[points[:, 2] < -self.spacing]
 
+    def finger_solid_points(self, opening: float) -> np.ndarray:
+        """Return the points of the fingers [F, 3], fingertips included (a mesh gripper: all its points)."""
+        points = self.points(opening)
+        if self._mesh_points is not None:
+            return points
+        return points[points[:, 2] >= -self.geometry.finger_length - 1e-9]
+
     def finger_points(self, opening: float) -> np.ndarray:
         """Return the `contact_points` of the fingers alone [F, 3], the palm behind them excluded.
 

@@ -34,13 +34,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .gripper import GripperModel, geometry_from_config
-from .search import PoseCandidate, PoseSearch, embed_poses
+from .search import PoseCandidate, PoseSearch, embed_poses, tip_clearance
 from .task import Task, TaskFileError, check_compatible, choose_task
 from .volume import region_around, sample_field
 from ..config import F3RMConfig
@@ -69,6 +69,14 @@ class ManipulationResult:
         return {'status': self.status, 'reason': self.reason, 'task': self.task, 'task_reason': self.task_reason,
                 'kind': self.kind, 'candidates': [c.as_dict() for c in self.candidates], 'counts': self.counts,
                 'timings': self.timings}
+
+
+class Reading(NamedTuple):
+    """What a demonstration pose reads in a field (`Manipulator.embed`)."""
+
+    embedding: np.ndarray             # [N, D] opacity-weighted features at the task's query points
+    touched: int                      # occupied voxels the gripper touches there
+    tip_clearance: Optional[float]    # m from its lowest finger point to the support under the fingers (or None)
 
 
 class Cancelled(Exception):
@@ -122,11 +130,12 @@ class Manipulator:
 
     # ---- demonstrations
 
-    def embed(self, pose: np.ndarray, task: Task) -> Tuple[np.ndarray, int]:
-        """Return (embedding [N, D], occupied voxels touched) of one gripper pose (base_frame) for the task.
+    def embed(self, pose: np.ndarray, task: Task) -> 'Reading':
+        """Return what one gripper pose (base_frame) reads in this field for the task (`Reading`).
 
         The embedding uses the task's query points; the touched voxels are the gripper's at the task's opening (what
-        its answers may touch too).
+        its answers may touch too); the fingertip clearance is how close to the support under them the fingers came
+        (its answers come no closer, `PoseSearch.lifted`).
         """
         volume = sample_field(self.model, self.config, region_around(pose[None, :3, 3], self._reach(task)), self.lock)
         poses = torch.as_tensor(pose[None], dtype=torch.float32, device=volume.device)
@@ -137,7 +146,8 @@ class Manipulator:
         if float(embedding.abs().sum()) == 0.0:
             raise ValueError(f'the field is empty around {np.round(pose[:3, 3], 3).tolist()}: no demonstration '
                              'can be read there (is the pose in base_frame, inside the scanned workspace?)')
-        return embedding.cpu().numpy(), touched
+        clearance = tip_clearance(volume, self.gripper, np.asarray(pose, dtype=np.float64), task.width)
+        return Reading(embedding.cpu().numpy(), touched, clearance)
 
     # ---- answers
 

@@ -66,6 +66,7 @@ class Demonstration:
     pose: np.ndarray                 # 4 x 4, base_frame <- gripper
     embedding: np.ndarray            # [N, D] float32
     touched: int = 0                 # occupied voxels the gripper touched there (a grasp close to the table does)
+    tip_clearance: Optional[float] = None  # m from the lowest finger point down to the support under the fingers
     source: str = 'pose'             # 'tf' (base_frame <- grasp_frame at the request time) | 'pose' (given)
     checkpoint: str = ''             # the field it was read from
     step: int = -1                   # that field's training step
@@ -99,6 +100,15 @@ class Task:
         if not self.demos:
             raise ValueError(f'task {self.name!r} has no demonstrations yet')
         return np.mean([demo.embedding for demo in self.demos], axis=0).astype(np.float32)
+
+    @property
+    def tip_clearance(self) -> Optional[float]:
+        """Return how close (m) the demonstrations brought the fingers to the support under them (the lowest).
+
+        None when no demonstration had a support under its fingers (a placement high above the table).
+        """
+        measured = [demo.tip_clearance for demo in self.demos if demo.tip_clearance is not None]
+        return min(measured) if measured else None
 
     @property
     def touched(self) -> int:
@@ -258,8 +268,10 @@ def write_task(task: Task, directory: Path) -> Path:
         'gripper': {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(task.gripper).items()},
         'query_points': {'count': task.num_points, 'sigma': task.sigma, 'seed': task.seed},
         'embedding_file': npz.name, 'embedding_sha256': hashlib.sha256(blob).hexdigest(),
-        'demos': [{'pose': pose_to_dict(d.pose), 'touched': int(d.touched), 'source': d.source,
-                   'checkpoint': d.checkpoint, 'step': int(d.step), 'recorded': d.recorded} for d in task.demos],
+        'demos': [{'pose': pose_to_dict(d.pose), 'touched': int(d.touched),
+                   'tip_clearance': None if d.tip_clearance is None else round(float(d.tip_clearance), 6),
+                   'source': d.source, 'checkpoint': d.checkpoint, 'step': int(d.step), 'recorded': d.recorded}
+                  for d in task.demos],
     }
     _atomic_write(text, yaml.safe_dump(data, sort_keys=False).encode())
     return text
@@ -297,7 +309,7 @@ def read_task(path: Path) -> Task:
         if task.kind not in TASK_KINDS:
             raise TaskFileError(f'{path}: kind must be one of {TASK_KINDS}, got {task.kind!r}')
         task.demos = [Demonstration(pose=pose_from_dict(d['pose']), embedding=embeddings[i], touched=int(d['touched']),
-                                    source=str(d['source']),
+                                    tip_clearance=optional_float(d.get('tip_clearance')), source=str(d['source']),
                                     checkpoint=str(d['checkpoint']), step=int(d['step']), recorded=str(d['recorded']))
                       for i, d in enumerate(demos)]
     except TaskFileError:
@@ -305,6 +317,11 @@ def read_task(path: Path) -> Task:
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise TaskFileError(f'{path}: {type(error).__name__}: {error}') from error
     return task
+
+
+def optional_float(value) -> Optional[float]:
+    """Return a task file's optional number as a float; None stays None (older files have none)."""
+    return None if value is None else float(value)
 
 
 def now_iso() -> str:

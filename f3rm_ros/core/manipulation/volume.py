@@ -20,6 +20,7 @@ import torch
 from .gripper import OccupancyGrid
 from ..config import F3RMConfig
 from ..geometry import WorkspaceBox
+from ..query.grasps import Occupancy
 from ..query.voxels import VoxelField
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,18 @@ class FieldVolume:
         occupancy: the occupied voxels, for gripper collisions.
         alpha: [1, 1, Nz, Ny, Nx] the opacity per voxel (0 below the occupancy threshold), same layout: read by
             the optimisation's clearance cost (a soft, differentiable collision).
+        occupancy_on_host: the same occupied voxels as numpy (`Occupancy`), for reading the support under the
+            fingers (`support_under_box`); None when not kept.
     """
 
     def __init__(self, region: WorkspaceBox, voxel_size: float, features: torch.Tensor, occupancy: OccupancyGrid,
-                 alpha: Optional[torch.Tensor] = None):
+                 alpha: Optional[torch.Tensor] = None, occupancy_on_host: Optional[Occupancy] = None):
         self.region = region
         self.voxel_size = float(voxel_size)
         self.features = features
         self.occupancy = occupancy
         self.alpha = alpha if alpha is not None else torch.zeros_like(features[:, :1])
+        self.occupancy_on_host = occupancy_on_host
         counts = torch.tensor(features.shape[2:][::-1], dtype=torch.float32)   # Nx, Ny, Nz
         first = torch.as_tensor(region.min_xyz + voxel_size / 2, dtype=torch.float32)
         span = torch.clamp((counts - 1) * self.voxel_size, min=self.voxel_size)
@@ -130,7 +134,7 @@ def sample_field(model, config: F3RMConfig, region: WorkspaceBox, lock=None) -> 
     opacity = opacity.permute(0, 3, 2, 1).unsqueeze(0).contiguous()      # [1, 1, Nz, Ny, Nx]
     occupied = torch.from_numpy(voxels.occupancy.grid).to(device)
     occupancy = OccupancyGrid(occupied, voxels.occupancy.origin, voxel)
-    return FieldVolume(voxels.region, voxel, features, occupancy, opacity)
+    return FieldVolume(voxels.region, voxel, features, occupancy, opacity, voxels.occupancy)
 
 
 def region_around(points: np.ndarray, margin: float) -> Optional[WorkspaceBox]:

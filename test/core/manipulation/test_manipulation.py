@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from analytic_field import analytic_scene
 from f3rm_ros.core.manipulation.gripper import PRESETS, GripperModel, OccupancyGrid, geometry_from_config
 from f3rm_ros.core.manipulation.optimise import Cancelled, Manipulator
-from f3rm_ros.core.manipulation.search import PoseSearch, sample_rotations
+from f3rm_ros.core.manipulation.search import PoseSearch, sample_rotations, tip_clearance
 from f3rm_ros.core.manipulation.task import (Demonstration, Task, TaskFileError, TaskLibrary, choose_task,
                                              query_points)
 from f3rm_ros.core.manipulation.volume import region_around, sample_field
@@ -68,9 +68,10 @@ def taught():
         manipulator = Manipulator(model, teacher, config)
         task = task or grasp_task(manipulator)
         demo = pose @ GRASP_IN_TOOL
-        embedding, touched = manipulator.embed(demo, task)
-        assert touched == 0                                  # the demonstrated grasp is clear of the tool
-        task.demos.append(Demonstration(pose=demo, embedding=embedding, touched=touched))
+        reading = manipulator.embed(demo, task)
+        assert reading.touched == 0                          # the demonstrated grasp is clear of the tool
+        task.demos.append(Demonstration(pose=demo, embedding=reading.embedding, touched=reading.touched,
+                                        tip_clearance=reading.tip_clearance))
     return task
 
 
@@ -149,6 +150,30 @@ def test_fingers_turned_into_the_bar_pay_a_clearance_cost_that_turns_them_back(t
     step = -0.05 * rotation.grad / rotation.grad.norm()                     # a small step down the gradient
     after = float(search.finger_opacity(PoseSearch.compose(start, step, poses[1:2, :3, 3]))[0])
     assert after < blocked, (after, blocked)
+
+
+def test_an_answer_below_the_demos_fingertip_clearance_is_raised_to_it(taught):
+    """The demonstrations held the fingertips 3.3 cm above the table (the bar's height).
+
+    An answer a few millimetres lower is raised back; one far lower (beyond MAX_TIP_LIFT: the support read is not
+    its table) is left alone.
+    """
+    assert taught.tip_clearance == pytest.approx(0.033, abs=0.006)      # the field's table top is a voxel coarse
+    config, teacher, model, pose = tool_scene(0.42, 0.08, -125.0)
+    manipulator = Manipulator(model, teacher, config)
+    volume = sample_field(model, config, region_around(pose[None, :3, 3], 0.15))
+    search = PoseSearch(volume, taught, manipulator.gripper, config.manipulation)
+    demo = pose @ GRASP_IN_TOOL
+    poses = np.stack([demo, demo, demo])
+    poses[1, 2, 3] -= 0.004
+    poses[2, 2, 3] -= 0.03
+    lifted = search.lifted(torch.as_tensor(poses, dtype=torch.float32)).numpy()
+    before = [tip_clearance(volume, manipulator.gripper, p, taught.width) for p in poses]
+    after = [tip_clearance(volume, manipulator.gripper, p.astype(np.float64), taught.width) for p in lifted]
+    assert np.allclose(lifted[0], poses[0], atol=1e-6)                   # as high as the demos: unchanged
+    assert after[1] == pytest.approx(taught.tip_clearance, abs=1e-4) and before[1] < taught.tip_clearance - 0.003
+    assert np.allclose(lifted[1][:3, :3], poses[1][:3, :3]) and lifted[1][2, 3] > poses[1][2, 3]   # straight up
+    assert np.allclose(lifted[2], poses[2], atol=1e-6)                   # 3 cm too low: not this rule's to fix
 
 
 def test_the_demonstrations_agree_and_a_pose_on_another_part_differs(taught):
@@ -250,7 +275,12 @@ def test_task_files_round_trip_and_refuse_corruption(taught, tmp_path):
     loaded = library.load('Bar Grasp')
     assert np.array_equal(loaded.embedding, taught.embedding)
     assert np.allclose(loaded.demos[1].pose, taught.demos[1].pose, atol=1e-6)
+    assert loaded.tip_clearance == pytest.approx(taught.tip_clearance, abs=1e-6)
     text = yaml.safe_load((tmp_path / 'bar_grasp.yaml').read_text())
+    older = dict(text, demos=[{k: v for k, v in d.items() if k != 'tip_clearance'} for d in text['demos']])
+    (tmp_path / 'bar_grasp.yaml').write_text(yaml.safe_dump(older))        # a file written before the field
+    assert library.load('bar grasp').tip_clearance is None
+    (tmp_path / 'bar_grasp.yaml').write_text(yaml.safe_dump(text))
     assert text['format'] == 'f3rm_ros.task/1' and text['gripper']['name'] == taught.gripper.name
     assert len(text['demos']) == 2 and set(text['demos'][0]['pose']) == {'xyz', 'quat_xyzw'}
 
