@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from .commands import COMMAND_MODULES, add_dds_arguments
 from .known_warnings import silence_known_warnings
+from .ros.dds import PROFILE_VARIABLE, confine_dds_to_localhost, describe_localhost, user_profile_replaced
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='[%(levelname)s] %(name)s: %(message)s')
     if args.localhost_only:  # before anything starts ROS: this process and its children inherit it
-        from .ros.dds import PROFILE_VARIABLE, confine_dds_to_localhost, describe_localhost, user_profile_replaced
         replaced = user_profile_replaced()
         confine_dds_to_localhost()
         logging.getLogger('f3rm_ros').info(describe_localhost())

@@ -18,6 +18,7 @@ leaves nothing half-written.
 """
 from __future__ import annotations
 
+# Imported where used (optional): rosbags, only when a bag is read; its absence is reported as a BagError.
 import shutil
 import tempfile
 from collections import Counter

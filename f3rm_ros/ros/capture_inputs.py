@@ -14,6 +14,7 @@ time, timeout)``) for the camera's (or, with a hand-eye calibration, the end eff
 """
 from __future__ import annotations
 
+# Imported where used (optional): rclpy, only by `TfPoseLookup`; `f3rm-ros import-bag` reads bags without ROS.
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np

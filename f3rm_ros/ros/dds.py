@@ -14,6 +14,7 @@ process they start, RViz included), ``f3rm-ros <command> --localhost-only``, and
 """
 from __future__ import annotations
 
+# Imported where used (optional): ament_index_python, which only a colcon / ament install has.
 import os
 import sys
 from pathlib import Path

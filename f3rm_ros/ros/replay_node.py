@@ -9,6 +9,8 @@ JSON), and TF
 """
 from __future__ import annotations
 
+# Imported where used (heavy): core.training.offline (nerfstudio) for a dataset's label names, core.scenes.table
+# (open3d) for the synthetic scene.
 from pathlib import Path
 
 from geometry_msgs.msg import PoseStamped
@@ -17,6 +19,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from ..core.capture.frames import read_dataset, read_metadata
 from . import conversions as conv
 from .common import expand_path, node_main
 from .diagnostics import NodeDiagnostics
@@ -54,7 +57,6 @@ PARAMETERS = [
 
 def load_frames(node_params):
     """(frames, {id: name}) of the dataset or of a synthetic scene built from the parameters."""
-    from ..core.capture.frames import read_dataset, read_metadata
     from ..core.training.offline import dataset_labels
     if node_params['dataset']:
         root = Path(expand_path(node_params['dataset']))

@@ -32,6 +32,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..core.capture.frames import PosedFrame
+from ..core.teachers import teacher_parts
 from ..core.training.assembly import StampAssembler
 from ..core.training.online import OnlineSession, SessionSettings
 from . import conversions as conv
@@ -45,7 +46,6 @@ from .qos import latched_qos, make_qos, QOS_CHOICES
 
 def teacher_choice(value) -> Optional[str]:
     """Check a teacher_choice: 'auto' or teacher names joined by + (a validator)."""
-    from ..core.teachers import teacher_parts
     if value == 'auto':
         return None
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import yaml
 
 from ..geometry import check_rigid, quaternion_to_matrix
 
@@ -43,7 +44,6 @@ def hand_eye_matrix(xyz: Sequence[float], quaternion_xyzw: Sequence[float]) -> n
 
 def load_hand_eye(path: Path) -> np.ndarray:
     """Read ``T_ee_optical`` from a YAML file (formats in the module docstring); ValueError naming the problem."""
-    import yaml
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f'hand_eye_file {path} does not exist')

@@ -11,6 +11,7 @@ re-exported here, so ``from ..config import QueryConfig`` works wherever it did.
 """
 from __future__ import annotations
 
+# Imported where used (heavy): torch, only to resolve the ``auto`` preset; the configuration itself is torch-free.
 import dataclasses
 import logging
 from dataclasses import dataclass, field

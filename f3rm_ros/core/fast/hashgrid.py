@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from nerfstudio.field_components.encodings import HashEncoding
 
 try:  # Triton is optional: the CPU path never needs it.
     import triton
@@ -245,7 +246,6 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, ta
 def reference_hash_encode(x: torch.Tensor, table: torch.Tensor, scalings: torch.Tensor, table_size: int,
                           ) -> torch.Tensor:
     """Run nerfstudio's torch path as a plain function of the same arguments (for tests)."""
-    from nerfstudio.field_components.encodings import HashEncoding
     levels = scalings.numel()
     enc = HashEncoding.__new__(HashEncoding)
     torch.nn.Module.__init__(enc)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import SpacedSampler
 from nerfstudio.model_components.renderers import DepthRenderer
 
@@ -85,7 +86,6 @@ def no_lpips():
 
 def record_final_samples(field: torch.nn.Module, record: Callable) -> None:
     """Wrap nerfacto's ``field.forward`` so that every call hands ``(ray_samples, density)`` to `record`."""
-    from nerfstudio.field_components.field_heads import FieldHeadNames
     forward = field.forward
 
     def recording_forward(ray_samples, compute_normals=False):

@@ -18,6 +18,7 @@ All outputs are in ``base_frame`` metres (the workspace's frame); nothing here i
 """
 from __future__ import annotations
 
+# Imported where used (optional): open3d, only for PLY files (`_open3d`), so queries run where it is not installed.
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from .clusters import Cluster, components, group_indices, link_voxels, make_cluster, rank_clusters
 from ..capture.frames import PosedFrame
@@ -189,7 +191,6 @@ def cluster_notes(clusters: Sequence[Cluster], points: np.ndarray) -> List[str]:
     """
     if not clusters:
         return []
-    from scipy.spatial import cKDTree
     top = clusters[0]
     tree = cKDTree(points[top.indices]) if len(top.indices) else None
     notes = ['']

@@ -19,6 +19,8 @@ import torch
 
 from ..geometry import WorkspaceBox
 from .relevancy import TextQuery, relevancy
+from ..study.views import default_view, similarity_overlay
+from ..training.trainer import render_model
 
 # Rows rendered per band: a band of a 160-pixel-wide picture is ~5000 rays, a few tens of ms of a CPU model, so a
 # newer question waits at most that long for the picture to step aside.
@@ -61,8 +63,6 @@ def draw_overview(job: PictureJob, cancelled: Callable[[], bool] = lambda: False
 
     Raises `PictureCancelled` as soon as `cancelled()` is true between bands.
     """
-    from ..study.views import default_view, similarity_overlay
-    from ..training.trainer import render_model
     view = default_view(job.box, job.width, job.height)
     rgb, similarity = [], []
     for top in range(0, job.height, band_rows):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
+import open3d as o3d
 
 from . import table
 from .truth import TruthOccupancy
@@ -84,7 +85,6 @@ def true_occupancy(objects: Mapping[str, Mapping], lo: np.ndarray, hi: np.ndarra
 
     A cell is occupied when its centre is inside a mesh (open3d's ray-cast inside test): independent of any field.
     """
-    import open3d as o3d   # heavy, and absent on the GPU machine: only making the truth needs it
     raycaster = o3d.t.geometry.RaycastingScene()
     for name, truth in objects.items():
         parts = table.OBJECTS[name]()

@@ -7,6 +7,8 @@ never leaves half a row behind.
 """
 from __future__ import annotations
 
+# Imported where used: torchmetrics' SSIM and LPIPS (heavy: torchmetrics and torchvision, seconds; LPIPS is optional
+# and its failure is reported as n/a), only when a view is scored.
 import csv
 import hashlib
 import io
@@ -27,6 +29,7 @@ from ..geometry import WorkspaceBox
 from ..training.model import PER_CAMERA_PARAMETERS, build_model, restore_sampler_schedule
 from ..training.checkpoints import read_checkpoint
 from ..training.trainer import holdout_split, pick_device, psnr, render_model
+from ..teachers import is_random, make_teacher
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +264,6 @@ def study_teacher(config: F3RMConfig, state: Dict, labels: Optional[Dict[int, st
 
     Random-weight CLIP is refused: a fresh random network is not the one the field was distilled from.
     """
-    from ..teachers import is_random, make_teacher
     teacher_state = (state.get('teacher') or {}).get('state')
     try:
         teacher = make_teacher(config.teacher, labels=labels, state=teacher_state)

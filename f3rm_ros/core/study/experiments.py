@@ -7,6 +7,7 @@ CSV atomically after each checkpoint's score: an interrupted study keeps every c
 """
 from __future__ import annotations
 
+# Imported where used: matplotlib.pyplot (heavy), after choosing the Agg backend, only when a study is plotted.
 import dataclasses
 import itertools
 import logging
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from ..config import F3RMConfig, merge_into, unflatten
 from .evaluation import evaluate_views, format_table, write_csv_atomic
@@ -245,7 +247,6 @@ def run_study(runs: Sequence[Run], evaluate: Sequence[int], teacher, out_dir: Pa
 
     A progress bar over all runs' steps gives the ETA of the whole study.
     """
-    from tqdm import tqdm
     out_dir = Path(out_dir)
     if not evaluate:
         raise ValueError('no held-out frames to score the runs on: give --eval-frames or --split')

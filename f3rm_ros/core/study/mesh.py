@@ -6,12 +6,15 @@ colours the vertices, and open3d writes PLY (MeshLab, Blender, a motion planner'
 """
 from __future__ import annotations
 
+# Imported where used: open3d (heavy, and a machine may lack it), only to drop small pieces and write the file.
 import dataclasses
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from skimage.measure import marching_cubes
+from tqdm import tqdm
 
 from ..config import QueryConfig
 from ..geometry import WorkspaceBox
@@ -32,7 +35,6 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
     ``normals`` [V, 3] (pointing out of the surface). Connected pieces with fewer than `min_triangles` triangles
     (floaters) are dropped. Raises ValueError when nothing reaches the level.
     """
-    from skimage.measure import marching_cubes
     if crop is not None:
         query = dataclasses.replace(query, crop_min_xyz=tuple(map(float, crop[0])),
                                     crop_max_xyz=tuple(map(float, crop[1])))
@@ -62,7 +64,6 @@ def extract_mesh(model, box: WorkspaceBox, query: QueryConfig, feature_dim: int,
 @torch.no_grad()
 def _grid_alpha(voxels: VoxelField, progress: bool) -> np.ndarray:
     """Return `VoxelField.grid_alpha`, evaluated chunk by chunk with a progress bar (a large grid takes minutes)."""
-    from tqdm import tqdm
     positions = voxels.grid_positions()
     chunk = voxels.chunk_size(positions.device)
     alpha = np.empty(len(positions), np.float32)

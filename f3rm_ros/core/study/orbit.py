@@ -7,6 +7,8 @@ f3rm_ros; nerfstudio camera paths hold OpenGL camera-to-world matrices in the sa
 """
 from __future__ import annotations
 
+# Imported where used (`f3rm-ros query` and `export` import this module for `parse_box` and `cropped` alone): the
+# sibling modules `evaluation` (nerfstudio) and `views` (scikit-image, ~0.1 s), and imageio (the GIF fallback).
 import contextlib
 import json
 import math
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
 from ..geometry import WorkspaceBox, check_rigid, opengl_to_optical
-from ..training.render import colorize, feature_pca, save_png, side_by_side
+from ..training.render import colorize, feature_pca, save_png, side_by_side, to_uint8
 from ..scenes.table import look_at, pinhole_intrinsics
 
 
@@ -250,8 +254,6 @@ def parse_box(text: str) -> tuple:
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: float = 10.0) -> Path:
     """Write float RGB frames as an MP4 (OpenCV's mp4v); where that writer is unavailable, a GIF (imageio)."""
-    import cv2
-    from ..training.render import to_uint8
     path = Path(path)
     images = [to_uint8(f) if f.dtype != np.uint8 else f for f in frames]
     height, width = images[0].shape[:2]
@@ -274,8 +276,6 @@ def render_path(model, box: WorkspaceBox, views: Sequence[View], out_dir: Path, 
 
     Depth colours and the PCA basis are fixed by the first view, so a video does not flicker.
     """
-    from tqdm import tqdm
-
     from .evaluation import write_csv_atomic
     from .views import render_view, similarity_overlay
     out_dir = Path(out_dir)

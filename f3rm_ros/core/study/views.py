@@ -1,6 +1,8 @@
 """Pictures of a queried field: rendered views, similarity overlays, feature PCA, and a text table of clusters."""
 from __future__ import annotations
 
+# Imported where used (heavy): scenes.table (open3d) for `default_view`, training.trainer (nerfstudio) to render a
+# bare model.
 import contextlib
 from typing import Dict, Optional, Sequence, Union
 

@@ -16,6 +16,8 @@ patch ``(y * h // H, x * w // W)`` for both teachers.
 """
 from __future__ import annotations
 
+# Imported where used (an import cycle): the teacher modules (clip, dino, custom, labels, multi) import `Teacher` from
+# this package, so `make_teacher` and its helpers import them when they build one.
 import abc
 import dataclasses
 import logging

@@ -15,10 +15,14 @@ For every image:
 """
 from __future__ import annotations
 
+# Imported where used: open_clip (heavy: its models, loaded only when a CLIP teacher is built) and huggingface_hub
+# (optional: its absence is handled where it is asked).
 import contextlib
 import logging
 import os
 import threading
+import urllib.error
+import urllib.request
 from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
@@ -60,8 +64,6 @@ def reachable(url: str, timeout_s: float = HUB_TIMEOUT_S) -> bool:
     Any HTTP answer counts (even an error status); no answer, a refused connection or a broken TLS handshake
     (a network that swallows traffic) does not.
     """
-    import urllib.error
-    import urllib.request
     result = []
 
     def attempt():

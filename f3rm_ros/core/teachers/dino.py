@@ -17,6 +17,7 @@ DINO has no text tower: a field distilled from DINO alone answers no text querie
 """
 from __future__ import annotations
 
+# Imported where used (heavy): timm, only when a DINO teacher is built.
 import logging
 import os
 from typing import Any, Dict, Sequence, Tuple

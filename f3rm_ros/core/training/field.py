@@ -6,6 +6,7 @@ hash-grid semantics (levels, per-level scale, table size) are tinycudann's ``Has
 """
 from __future__ import annotations
 
+# Imported where used (optional): tinycudann, only to tell whether it is installed (`tcnn_available`).
 import dataclasses
 import functools
 import logging

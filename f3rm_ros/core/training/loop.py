@@ -1,14 +1,18 @@
 """The online session's training thread (`TrainingLoop`): reset, pause, build, sync, step, evaluate, checkpoint.
 
-The model, the trainer and the teachers (torch, nerfstudio) are imported inside the methods that build them: the
-thread pays those imports after start-up (`_warm_up`), not the node that constructs the session.
+The model and the trainer (nerfstudio) are imported inside the methods that build them, as are the teachers' networks
+(in `..teachers`): the thread pays those imports after start-up (`_warm_up`), not the node that constructs the
+session.
 """
 from __future__ import annotations
 
+# Imported where used (heavy): the sibling modules `model` and `trainer` (nerfstudio); see the docstring.
 import logging
 import threading
 import time
 from typing import Callable, Optional
+
+import torch
 
 from ..changes.tracker import ChangeTracker, SceneChange
 from ..config import F3RMConfig
@@ -118,7 +122,6 @@ class TrainingLoop:
         build_model(self.config, 1)
         device = pick_device(self.config.trainer.device)
         if device.type == 'cuda':
-            import torch
             probe = torch.ones(8, 8, device=device)
             (probe @ probe).sum().item()
         log.info('warmed up in %.1f s (imports, %s)', time.perf_counter() - started, device)

@@ -16,6 +16,7 @@ checkpoint at or after that step holds a settled field.
 """
 from __future__ import annotations
 
+# Imported where used (heavy): query.voxels (nerfstudio), which the trainer node does not load at start-up.
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Type
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import Frustums, RayBundle, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.embedding import Embedding
@@ -180,7 +180,6 @@ class F3RMModel(NerfactoModel):
         """
         flat = positions.reshape(-1, 3)
         if self.config.predict_normals:
-            from nerfstudio.cameras.rays import Frustums, RaySamples
             zeros = torch.zeros_like(flat[:, :1])
             samples = RaySamples(frustums=Frustums(origins=flat, directions=torch.nn.functional.normalize(
                 torch.ones_like(flat), dim=-1), starts=zeros, ends=zeros, pixel_area=torch.ones_like(zeros)),

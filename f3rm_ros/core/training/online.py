@@ -28,6 +28,7 @@ from .loop import TrainingLoop
 from .progress import WARMING_UP, TrainingProgress
 from .scan import ScanKeyframes
 from .teacher_choice import TeacherChoice
+from ..teachers import teacher_parts
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ class SessionSettings:
         if int(self.min_frames) < 1:
             raise ValueError(f'min_frames must be >= 1, got {self.min_frames}')
         if self.teacher_choice != 'auto':
-            from ..teachers import teacher_parts
             teacher_parts(self.teacher_choice)  # ValueError naming the teachers there are
         if int(self.steps_per_new_frame) < 0 or int(self.stats_every) < 1:
             raise ValueError('steps_per_new_frame must be >= 0 and stats_every >= 1')

@@ -1,7 +1,7 @@
 """Which teacher an online session distils, why, and whether that deserves a warning (`TeacherChoice`).
 
-`..teachers` is imported inside the methods: loading it pulls in torch and the teachers' models, which the trainer
-node's training thread pays after start-up (`OnlineSession._warm_up`).
+The teachers' networks (open_clip, timm) are loaded by `..teachers` only when a teacher is built, which the trainer
+node's training thread does after start-up.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..config import F3RMConfig
+from ..teachers import (RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher, size_field,
+                        teacher_parts)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ class TeacherChoice:
 
         `RandomTeacherRefused` for a random-weight CLIP that is not allowed. Returns the teacher.
         """
-        from ..teachers import RANDOM_HINT, RandomTeacherRefused, choose_teacher, is_random, make_teacher, size_field
         if checkpoint is not None:
             stored = checkpoint['teacher']
             self.config.teacher.name = stored['name']
@@ -61,7 +62,6 @@ class TeacherChoice:
 
     def judge(self) -> str:
         """Say why the teacher deserves a WARN ('' if not): not semantic, or a fallback from what was asked."""
-        from ..teachers import is_random, teacher_parts
         if is_random(self.teacher):
             return f'RANDOM-WEIGHT teacher ({self.teacher.name}): features are not semantic ({self.reason})'
         asked = self.choice if self.choice != 'auto' else self.asked
