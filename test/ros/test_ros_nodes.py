@@ -214,7 +214,8 @@ def test_query_node_refuses_empty_queries_and_queries_before_a_model(probe):
 
 
 NODE_UNDER_SIGNALS = """
-import sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)     # the test asks for every thread's stack if it hangs
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from f3rm_ros.ros.common import node_main
@@ -223,17 +224,21 @@ class Flood(Node):
     # a node whose executor is nearly always converting a message (long ones: Python code runs, signals land
     # there): where a raised KeyboardInterrupt used to kill it (about 1 stop in 8 before the fix)
     def __init__(self):
-        time.sleep(float(sys.argv[1]))                      # a slow start (a teacher loading)
+        print('starting', flush=True)                       # node_main's handler is in place from here on
+        end = time.monotonic() + float(sys.argv[1])         # a slow start (a teacher loading) that runs Python
+        while time.monotonic() < end:                       # code: a SIGINT landing on another thread is acted on
+            time.sleep(0.01)                                # at the next step (one long C call would not notice)
         super().__init__('flood')
         self.taken = 0
         self.pub = self.create_publisher(JointState, 'flood', 100)
         self.sub = self.create_subscription(JointState, 'flood', self.on_message, 100)
         message = JointState(name=[f'joint{i}' for i in range(200)], position=[0.0] * 200)
         self.timer = self.create_timer(0.0005, lambda: self.pub.publish(message))
-        print('spinning', flush=True)
 
     def on_message(self, msg):
         self.taken += 1
+        if self.taken == 100:                                # the executor has been taking messages a while
+            print('spinning', flush=True)
 
     def destroy_node(self):
         print(f'cleaned up after {self.taken} messages', flush=True)
@@ -244,7 +249,10 @@ sys.exit(node_main(Flood, ['flood']))
 
 
 def _interrupt_node(start_s: float, interrupts: int, after: str, tmp_path):
-    """Start `NODE_UNDER_SIGNALS`, wait for `after` on its stdout, send SIGINTs back to back; (code, out, err)."""
+    """Start `NODE_UNDER_SIGNALS`, wait for `after` on its stdout, send SIGINTs back to back.
+
+    Returns (exit code, stdout, stderr, seconds from the first SIGINT to the exit).
+    """
     import os
     import signal
     import subprocess
@@ -258,22 +266,29 @@ def _interrupt_node(start_s: float, interrupts: int, after: str, tmp_path):
         proc = subprocess.Popen([sys.executable, str(script), str(start_s)], stdout=subprocess.PIPE, stderr=err,
                                 text=True, env=subprocess_env(pick_domain_id()))
         lines = []
-        deadline = time.monotonic() + 60
-        while after and time.monotonic() < deadline and proc.poll() is None:
-            lines.append(proc.stdout.readline())
-            if after in lines[-1]:
-                break
-        time.sleep(0.3)
         try:
+            deadline = time.monotonic() + 120                 # imports on a loaded machine
+            while time.monotonic() < deadline and proc.poll() is None:
+                lines.append(proc.stdout.readline())
+                if after in lines[-1]:
+                    break
+            assert after in ''.join(lines), f'the node never said {after!r}: ' + ''.join(lines) + err_path.read_text()
+            sent = time.monotonic()
             for _ in range(interrupts):
                 os.kill(proc.pid, signal.SIGINT)
                 time.sleep(0.002)
-            out, _ = proc.communicate(timeout=30)
+            try:
+                out, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                raise AssertionError('no exit 60 s after SIGINT; its threads:\n' + err_path.read_text()) from None
+            stopped_s = time.monotonic() - sent
         finally:
             if proc.poll() is None:   # it did not stop: leave no busy process behind
                 proc.kill()
                 proc.wait()
-    return proc.returncode, ''.join(lines) + out, err_path.read_text()
+    return proc.returncode, ''.join(lines) + out, err_path.read_text(), stopped_s
 
 
 @pytest.mark.parametrize('attempt', range(8))
@@ -283,18 +298,33 @@ def test_ctrl_c_plus_launchs_forwarded_sigint_stop_a_busy_node_once_and_cleanly(
     Before: the first raised KeyboardInterrupt inside rclpy's message conversion (pybind11 made it a RuntimeError,
     exit 1 with a traceback), or the second landed inside the clean-up (exit -2).
     """
-    code, out, err = _interrupt_node(0.0, 2, 'spinning', tmp_path)
+    code, out, err, _ = _interrupt_node(0.0, 2, 'spinning', tmp_path)
     assert code == 0, err
     assert out.count('cleaned up after') == 1, out
     assert int(out.split('cleaned up after ')[1].split()[0]) > 0, out     # it was busy when stopped
-    assert 'interrupt ignored: already stopping' in err and 'Traceback' not in err, err
+    assert 'Traceback' not in err, err
+    # (two SIGINTs that arrive before Python runs its handler are one call: whether the second is reported as
+    # ignored depends on timing; the gate's own test below covers that path)
+
+
+def test_the_interrupt_gate_raises_only_while_starting_and_ignores_every_later_sigint(capsys):
+    import signal
+    from f3rm_ros.ros.common import InterruptGate
+    starting = InterruptGate()
+    with pytest.raises(KeyboardInterrupt):
+        starting(signal.SIGINT, None)                  # building the node: stop at once
+    starting(signal.SIGINT, None)                      # the forwarded one: ignored, said
+    spinning = InterruptGate()
+    spinning.spinning = True
+    spinning(signal.SIGINT, None)                      # rclpy's handler stops the spin: nothing raised here
+    assert capsys.readouterr().err.count('interrupt ignored: already stopping') == 1
+    spinning(signal.SIGINT, None)
+    assert 'interrupt ignored' in capsys.readouterr().err
 
 
 def test_a_sigint_while_the_node_starts_stops_it_at_once(tmp_path):
-    """Launch stopped before the node was built (a slow teacher load): no 30 s wait, exit 0, nothing to clean."""
-    import time
-    started = time.monotonic()
-    code, out, err = _interrupt_node(30.0, 1, '', tmp_path)
+    """Launch stopped before the node was built (a slow teacher load): no waiting it out, exit 0, nothing to clean."""
+    code, out, err, stopped_s = _interrupt_node(90.0, 1, 'starting', tmp_path)
     assert code == 0, err
-    assert time.monotonic() - started < 25, 'the slow start was not interrupted'
-    assert 'spinning' not in out and 'Traceback' not in err, out + err
+    assert stopped_s < 60, f'{stopped_s:.0f} s: the 90 s start ran on after the interrupt'
+    assert 'spinning' not in out and 'cleaned up' not in out and 'Traceback' not in err, out + err
