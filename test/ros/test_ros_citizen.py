@@ -29,11 +29,10 @@ from f3rm_ros.harness.bad_inputs import PicklePayload
 from f3rm_ros.ros.qos import latched_qos
 from f3rm_ros.harness.testing import RosProbe
 from f3rm_ros.ros.topics import remap_arguments, trainer_remaps
+from test_ros_nodes import H, K, W, pose_at, textured   # the same small camera and poses
 
 pytestmark = pytest.mark.ros
 
-W, H = 96, 72
-K = np.array([[80.0, 0, 48], [0, 80.0, 36], [0, 0, 1]])
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -46,16 +45,6 @@ def probe():
 
 def now_s():
     return time.time()
-
-
-def textured(seed):
-    return np.random.default_rng(seed).integers(0, 255, (H, W, 3), dtype=np.uint8)
-
-
-def pose_at(x):
-    T = np.eye(4)
-    T[0, 3] = x
-    return T
 
 
 class Camera:
