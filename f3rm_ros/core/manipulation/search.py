@@ -29,6 +29,10 @@ SUPPORT_CEILING_ABOVE_TIPS = 0.02
 # A pose is raised to the demonstrations' fingertip clearance by at most this (m): a larger gap means the support
 # read is something else (a neighbouring object's top), and the pose is left to the collision check.
 MAX_TIP_LIFT = 0.01
+# Only demonstrations whose fingertips came this close (m) to the support set a floor: the floor keeps fingertips out
+# of the table; a placement or a grasp held high above it (a mug hung on a peg, 13 cm up) has no table to avoid,
+# and a lift there only moved right answers off their part (a hanging pose lifted off its peg).
+NEAR_SUPPORT = 0.02
 # Candidates per embedding batch: bounds [batch, N, D] (CLIP's 768-d features included).
 EMBED_CHUNK_VALUES = 1 << 25
 
@@ -245,13 +249,13 @@ class PoseSearch:
         """Return `poses` [B, 4, 4], each raised along base z to the demonstrations' fingertip clearance.
 
         A pose whose fingertips are closer to the support under them than the demonstrations' were
-        (`Task.tip_clearance`) goes up by the difference, at most ``MAX_TIP_LIFT``. The similarity is flat over a
-        few millimetres of height and a few degrees of roll, and a rolled grasp taught 6 mm above the table lowered
-        its outer fingertip into the true table (3 of 60 answers on held-out layouts); the demonstrations say how
-        close to the table the fingers may go.
+        (`Task.tip_clearance`, when within ``NEAR_SUPPORT``) goes up by the difference, at most ``MAX_TIP_LIFT``.
+        The similarity is flat over a few millimetres of height and a few degrees of roll, and a rolled grasp taught
+        6 mm above the table lowered its outer fingertip into the true table (3 of 60 answers on held-out layouts);
+        the demonstrations say how close to the table the fingers may go.
         """
         floor = self.task.tip_clearance
-        if floor is None:
+        if floor is None or floor > NEAR_SUPPORT:
             return poses
         out = poses.clone()
         for index, pose in enumerate(poses.cpu().numpy().astype(np.float64)):

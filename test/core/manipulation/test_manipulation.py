@@ -5,6 +5,8 @@ The analytic field (test/analytic_field.py) holds a "tool": a block (its body) w
 layout the tool is moved and turned half a turn (the awkward case: every axis flips sign), and the answer's top
 pose must be the bar grasp there (within 1.5 cm and 15 degrees, or of its 180-degree twin about the approach).
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -155,19 +157,26 @@ def test_fingers_turned_into_the_bar_pay_a_clearance_cost_that_turns_them_back(t
 def test_an_answer_below_the_demos_fingertip_clearance_is_raised_to_it(taught):
     """The demonstrations held the fingertips 3.3 cm above the table (the bar's height).
 
-    An answer a few millimetres lower is raised back; one far lower (beyond MAX_TIP_LIFT: the support read is not
-    its table) is left alone.
+    Taught as if that were 1.5 cm (within NEAR_SUPPORT: a grasp near the table), an answer a few millimetres lower
+    is raised back; one far lower (beyond MAX_TIP_LIFT: the support read is not its table) is left alone; at the
+    true 3.3 cm (no table near the fingers) nothing is lifted.
     """
     assert taught.tip_clearance == pytest.approx(0.033, abs=0.006)      # the field's table top is a voxel coarse
+    high = Task(**{**taught.__dict__, 'demos': list(taught.demos)})
+    taught = Task(**{**taught.__dict__, 'demos': [dataclasses.replace(d, tip_clearance=0.015) for d in taught.demos]})
     config, teacher, model, pose = tool_scene(0.42, 0.08, -125.0)
     manipulator = Manipulator(model, teacher, config)
     volume = sample_field(model, config, region_around(pose[None, :3, 3], 0.15))
     search = PoseSearch(volume, taught, manipulator.gripper, config.manipulation)
     demo = pose @ GRASP_IN_TOOL
+    demo[2, 3] -= 0.033 - 0.015                                          # fingertips 1.5 cm over the table
     poses = np.stack([demo, demo, demo])
     poses[1, 2, 3] -= 0.004
     poses[2, 2, 3] -= 0.03
     lifted = search.lifted(torch.as_tensor(poses, dtype=torch.float32)).numpy()
+    unlifted = PoseSearch(volume, high, manipulator.gripper, config.manipulation).lifted(
+        torch.as_tensor(poses, dtype=torch.float32)).numpy()
+    assert np.allclose(unlifted, poses, atol=1e-6)                       # demos high above the table: no floor
     before = [tip_clearance(volume, manipulator.gripper, p, taught.width) for p in poses]
     after = [tip_clearance(volume, manipulator.gripper, p.astype(np.float64), taught.width) for p in lifted]
     assert np.allclose(lifted[0], poses[0], atol=1e-6)                   # as high as the demos: unchanged
