@@ -106,10 +106,7 @@ class GripperModel:
 
     def finger_solid_points(self, opening: float) -> np.ndarray:
         """Return the points of the fingers [F, 3], fingertips included (a mesh gripper: all its points)."""
-        points = self.points(opening)
-        if self._mesh_points is not None:
-            return points
-        return points[points[:, 2] >= -self.geometry.finger_length - 1e-9]
+        return self._fingers_only(self.points(opening))
 
     def finger_points(self, opening: float) -> np.ndarray:
         """Return the `contact_points` of the fingers alone [F, 3], the palm behind them excluded.
@@ -117,7 +114,10 @@ class GripperModel:
         The fingers are where a pose turned off its part meets the part first. A mesh gripper has no fingers of
         its own: all its points.
         """
-        points = self.contact_points(opening)
+        return self._fingers_only(self.contact_points(opening))
+
+    def _fingers_only(self, points: np.ndarray) -> np.ndarray:
+        """Keep the points [K, 3] in front of the palm (all of a mesh gripper's)."""
         if self._mesh_points is not None:
             return points
         return points[points[:, 2] >= -self.geometry.finger_length - 1e-9]

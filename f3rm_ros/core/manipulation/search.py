@@ -256,7 +256,7 @@ class PoseSearch:
         """
         floor = self.task.tip_clearance
         if floor is None or floor > NEAR_SUPPORT:
-            return poses
+            return poses                     # the same tensor: nothing to lift (`rank` relies on it)
         out = poses.clone()
         for index, pose in enumerate(poses.cpu().numpy().astype(np.float64)):
             clearance = tip_clearance(self.volume, self.gripper, pose, self.task.width)
@@ -277,9 +277,12 @@ class PoseSearch:
         g = self.gripper.geometry
         with torch.no_grad():
             # ordered as the optimisation left them: the lift corrects a pose's height, it does not pick the pose
-            objective = self.objective(similarity(embed_poses(self.volume, poses, self.points), self.target), poses)
-            poses = self.lifted(poses)
             scores = similarity(embed_poses(self.volume, poses, self.points), self.target)
+            objective = self.objective(scores, poses)
+            raised = self.lifted(poses)
+            if raised is not poses:   # some were lifted: their scores are the lifted poses'
+                scores = similarity(embed_poses(self.volume, raised, self.points), self.target)
+            poses = raised
         upright = np.ones(len(poses), dtype=bool)
         if self.approach is not None:
             cosines = poses[:, :3, 2].cpu().numpy().astype(np.float64) @ self.approach
