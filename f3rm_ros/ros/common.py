@@ -6,6 +6,7 @@ logging to ROS loggers) and `conversions` (messages <-> numpy, incl. depth / lab
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
     (a process without `InterruptGate`) ends it as well.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     if len(nodes) == 1 and not threads:
         executor = SingleThreadedExecutor(context=context)
     else:
@@ -45,20 +46,34 @@ def spin_nodes(nodes: Sequence[Any], threads: Optional[int] = None, context=None
     for node in nodes:
         executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok(context=context):
-            raise  # a callback's own error
-        # the context went down under a spinning executor ("failed to initialize wait set: the given context is
-        # not valid"): rclpy's handler shut it down between the executor's check and its wait, a normal stop
+        with stops_at_shutdown(context):
+            executor.spin()
     finally:
         for node in nodes:
             _quietly(node.destroy_node, f'stopping {node.get_name()}')
         _quietly(executor.shutdown, 'shutting the executor down')
         if rclpy.ok(context=context):
             _quietly(lambda: rclpy.try_shutdown(context=context), 'shutting ROS down')
+
+
+@contextlib.contextmanager
+def stops_at_shutdown(context=None):
+    """End a spin quietly when ROS is shut down (Ctrl-C, SIGTERM).
+
+    Quiet: KeyboardInterrupt, ExternalShutdownException, or any error raised once the context is down. rclpy's
+    signal handler shuts the context down from its own thread; an executor between its check and its wait then
+    fails ("failed to initialize wait set: the given context is not valid"): a normal stop, not a crash. An
+    error while the context is still up is a callback's own and is raised.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    try:
+        yield
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if rclpy.ok(context=context):
+            raise
 
 
 def _quietly(action: Callable[[], Any], what: str) -> None:

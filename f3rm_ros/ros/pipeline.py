@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .common import InterruptGate, init_ros
+from .common import InterruptGate, init_ros, stops_at_shutdown
 from .topics import query_remaps, remap_arguments, trainer_remaps
 
 
@@ -126,7 +126,7 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     Returns 0, or 1 when `exit_after_query` was asked but the query was never answered.
     """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
     from std_msgs.msg import String
 
     if replay:  # as the launch file's replay:=true: a dataset without labels on a machine without CLIP weights
@@ -148,20 +148,19 @@ def run_pipeline(params_files: Sequence[Path] = (), parameters: Sequence[str] = 
     asked = not query
     progress = TrainingProgress(trainer.session, report)
     try:
-        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.2)
-            progress.tick()
-            if held_back and not trainer.session.warming_up:
-                executor.add_node(held_back.pop())
-                report('pipeline: trainer warmed up; the replayed scan starts')
-            if not asked and trainer.session.state == 'done':
-                querier.on_query(String(data=query))
-                asked = True
-                report(f'pipeline: training done at step {trainer.session.step}; asked {query!r}')
-            if asked and query and exit_after_query and querier.answered:
-                break
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with stops_at_shutdown():
+            while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
+                executor.spin_once(timeout_sec=0.2)
+                progress.tick()
+                if held_back and not trainer.session.warming_up:
+                    executor.add_node(held_back.pop())
+                    report('pipeline: trainer warmed up; the replayed scan starts')
+                if not asked and trainer.session.state == 'done':
+                    querier.on_query(String(data=query))
+                    asked = True
+                    report(f'pipeline: training done at step {trainer.session.step}; asked {query!r}')
+                if asked and query and exit_after_query and querier.answered:
+                    break
     finally:
         for node in nodes:  # a second Ctrl-C is ignored: it must not cut the trainer's last checkpoint short
             node.destroy_node()
