@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import math
 import time
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -58,7 +60,68 @@ def register(sub) -> None:
     p.add_argument('--limit', type=float, default=0.0,
                    help='seconds after the last keyframe before a trial is a miss (default 2 on CUDA, 120 on a CPU)')
     p.add_argument('--json', default='', help='write every trial here')
+    p.add_argument('--scenes', type=Path,
+                   help='folder of rendered changes: read each seed and kind from it when there, else render (open3d) '
+                        'and write it there (a machine without open3d reads what was rendered here)')
+    p.add_argument('--render-only', action='store_true', help='render every seed and kind into --scenes and stop')
     p.set_defaults(func=run)
+
+
+@dataclasses.dataclass
+class RenderedChange:
+    """What a trial needs of a `SceneChangeCase`, without its open3d geometry (so it travels to a GPU machine)."""
+
+    seed: int
+    kind: str
+    name: str
+    scan: list
+    rescan: list
+    labels: Dict[int, str]
+    objects_before: Dict[str, Dict]
+    objects: Dict[str, Dict]
+    old_center: Optional[np.ndarray]
+    new_center: Optional[np.ndarray]
+    workspace: object
+
+
+def rendered_change(seed: int, kind: str, args) -> RenderedChange:
+    """Return the seed's change of `kind`: read from --scenes when there, else rendered (open3d) and written there.
+
+    Raises:
+        ValueError: the layout has no room for the change (`make_change`); remembered in --scenes, so a machine
+            without open3d skips it too.
+    """
+    from .semantic import load_scene, save_scene
+    stem = f'change_{seed}_{kind}_{args.objects}x{args.views}+{args.rescan}_{args.width}x{args.height}'
+    scan_path = None if args.scenes is None else args.scenes / f'{stem}_scan.npz'
+    rescan_path = None if args.scenes is None else args.scenes / f'{stem}_rescan.npz'
+    refused_path = None if args.scenes is None else args.scenes / f'{stem}_refused.txt'
+    if refused_path is not None and refused_path.exists():
+        raise ValueError(refused_path.read_text().strip())
+    if scan_path is not None and scan_path.exists() and rescan_path.exists():
+        name, scan, labels, before, workspace = load_scene(scan_path)
+        meta, rescan, _, after, _ = load_scene(rescan_path)
+        centres = json.loads(meta)
+        return RenderedChange(seed, kind, name, scan, rescan, labels, before, after,
+                              *(None if centres[k] is None else np.array(centres[k]) for k in ('old', 'new')),
+                              workspace)
+    from ..core.scenes.changes import make_change
+    try:
+        case = make_change(seed, kind, num_objects=args.objects, num_views=args.views, rescan_views=args.rescan,
+                           width=args.width, height=args.height)
+    except ValueError as error:
+        if refused_path is not None:
+            refused_path.parent.mkdir(parents=True, exist_ok=True)
+            refused_path.write_text(f'{error}\n')
+        raise
+    out = RenderedChange(seed, kind, case.name, case.scan, case.rescan, case.labels, case.objects_before,
+                         case.objects, case.old_center, case.new_center, case.scene.workspace)
+    if scan_path is not None:
+        # the rescan file's name field carries the changed object's centres before and after
+        centres = {k: None if c is None else c.tolist() for k, c in (('old', out.old_center), ('new', out.new_center))}
+        save_scene(scan_path, case.name, case.scan, case.labels, case.objects_before, out.workspace)
+        save_scene(rescan_path, json.dumps(centres), case.rescan, case.labels, case.objects, out.workspace)
+    return out
 
 
 def ask(querier, names, case, objects: Dict[str, Dict]) -> Dict[str, Dict]:
@@ -143,7 +206,7 @@ def trial(case, config, args, limit: float) -> Dict:
         events = [event.summary() for event in session.changes.events]
     finally:
         session.stop(timeout=30.0)
-    return {'seed': case.scene.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
+    return {'seed': case.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
             'others_within': bool(others_ok), 'others_learnt': others, 'scan_train_s': round(scan_train_s, 1),
             'events': events,
             'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
@@ -151,10 +214,25 @@ def trial(case, config, args, limit: float) -> Dict:
             'new_center': None if case.new_center is None else case.new_center.tolist()}
 
 
+def changes(args):
+    """Every seed's change of every kind (`RenderedChange`), skipping with a line those a layout has no room for."""
+    for seed in args.seeds:
+        for kind in args.kinds:
+            try:
+                yield rendered_change(seed, kind, args)
+            except ValueError as error:
+                print(f'seed {seed} {kind}: skipped ({error})', flush=True)
+
+
 def run(args) -> int:
     """Run every seed and kind; print a row per trial and a RESULT line per kind."""
-    from ..core.scenes.changes import make_change
     from ..core.training.trainer import pick_device
+    if args.render_only:
+        if args.scenes is None:
+            raise SystemExit('--render-only needs --scenes DIR')
+        made = sum(1 for _ in changes(args))
+        print(f'[bench] changes: rendered {made} changes into {args.scenes}')
+        return 0
     device = pick_device(args.device or 'auto')
     limit = args.limit or (2.0 if device.type == 'cuda' else 120.0)
     config = config_from_args(args)
@@ -168,23 +246,23 @@ def run(args) -> int:
           f'{args.rate:g}/s, {config.trainer.steps} steps; time limit {limit:g} s after the last keyframe',
           flush=True)
     trials = []
-    for seed in args.seeds:
-        for kind in args.kinds:
-            case = make_change(seed, kind, num_objects=args.objects, num_views=args.views,
-                               rescan_views=args.rescan, width=args.width, height=args.height)
-            trial_config = copy.deepcopy(config)
-            trial_config.workspace = case.scene.workspace
-            record = trial(case, trial_config, args, limit)
-            trials.append(record)
-            print(f'seed {seed} {kind} {case.name}: '
-                  + ('miss' if record['met_s'] is None else f'{record["met_s"]:.2f} s')
-                  + ('' if record['learnt'] else ' (the scan never learnt it)')
-                  + f', others within {args.tolerance * 100:g} cm: {record["others_within"]}, '
-                    f'{len(record["events"])} change events', flush=True)
+    for case in changes(args):
+        trial_config = copy.deepcopy(config)
+        trial_config.workspace = case.workspace
+        record = trial(case, trial_config, args, limit)
+        trials.append(record)
+        print(f'seed {case.seed} {case.kind} {case.name}: '
+              + ('miss' if record['met_s'] is None else f'{record["met_s"]:.2f} s')
+              + ('' if record['learnt'] else ' (the scan never learnt it)')
+              + f', others within {args.tolerance * 100:g} cm: {record["others_within"]}, '
+                f'{len(record["events"])} change events', flush=True)
     rows = [['change', 'trials', 'ok', 'median s', 'worst s', 'others within']]
     lines = []
     for kind in args.kinds:
         mine = [t for t in trials if t['kind'] == kind]
+        if not mine:
+            lines.append(f'RESULT change={kind} trials=0 (every seed skipped)')
+            continue
         times = [math.inf if t['met_s'] is None else t['met_s'] for t in mine]
         ok = sum(t <= limit for t in times) / len(mine)
         others = sum(t['others_within'] for t in mine) / len(mine)

@@ -26,6 +26,8 @@ from f3rm_ros.ros.topics import query_remaps, remap_arguments
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 STEPS = 300
+ASSEMBLY_WAIT_S = 30.0
+TRAINED_WITHIN_S = 900   # about 60 s idle; a stall fails in minutes, not half an hour
 
 
 def wait_status(inbox, predicate, what, timeout):
@@ -53,6 +55,9 @@ def test_after_a_move_and_a_short_rescan_the_service_answers_the_new_place(tmp_p
     trainer = TrainerNode(context=probe.context, parameter_overrides=[Parameter(k, value=v) for k, v in dict(
         preset='cpu-tiny', resume=True, dataset_dir=str(tmp_path / 'scan'), checkpoint_dir='', min_frames=5,
         teacher_choice='labels', status_rate_hz=5.0, torch_threads=1,
+        # this process spins the probe, the query node and the trainer's callbacks on one thread beside the
+        # training thread: on a loaded machine a keyframe's parts were handled over 2 s apart and one was dropped
+        assembly_wait_s=ASSEMBLY_WAIT_S,
         **{'trainer.steps': STEPS, 'trainer.eval_every': 0, 'changes.min_steps': STEPS // 2}).items()])
     query = QueryNode(live=trainer.session, context=probe.context,
                       cli_args=['--ros-args', *remap_arguments(query_remaps(trainer.get_name()))],
@@ -65,7 +70,7 @@ def test_after_a_move_and_a_short_rescan_the_service_answers_the_new_place(tmp_p
     probe.add_node(trainer)
     probe.add_node(query)
     try:
-        wait_status(trainer_status, lambda v: v['state'] == 'done', 'the scan trained', 1800)
+        wait_status(trainer_status, lambda v: v['state'] == 'done', 'the scan trained', TRAINED_WITHIN_S)
         before = ask(probe, case.name)
         assert before.status == QueryAnswer.FOUND, before.reason
         assert np.linalg.norm(position(before.clusters[0]) - case.old_center) < 0.03
@@ -89,8 +94,10 @@ def test_after_a_move_and_a_short_rescan_the_service_answers_the_new_place(tmp_p
             time.sleep(0.5)
         total = len(case.scan) + len(case.rescan)
         event = changes.wait(lambda m: m.kind == SceneChange.DETECTED, 600, 'a detected scene change')
-        values = wait_status(trainer_status, lambda v: v['state'] == 'done' and v['trained_frames'] == str(total)
-                             and int(v['scene_changes']) >= 1, 'the rescan taken and the repair trained', 1800)
+        values = wait_status(trainer_status, lambda v: 'dropped' in v['last_problem'] or (
+            v['state'] == 'done' and v['trained_frames'] == str(total) and int(v['scene_changes']) >= 1),
+            'the rescan taken and the repair trained', TRAINED_WITHIN_S)
+        assert 'dropped' not in values['last_problem'], values['last_problem']
         assert 'detected' in values['last_scene_change']
 
         # what crossed the wire: typed boxes in the base frame, the keyframe's stamp, what was masked

@@ -101,7 +101,9 @@ def test_an_online_scan_answers_unsettled_then_settled_and_pictures_never_hold_a
         assert not m.settled and m.settled_since_step == 0 and m.since_last_keyframe_s >= 0.0
         assert m.checkpoint == '' and m.trainer_state in ('training', 'extracting teacher features')
 
-        done = maturity.wait(lambda m: m.settled, 600, 'a settled model (training done)')
+        # settled may come a message before 'done' (the field stopped changing at the last step, the final
+        # checkpoint is still being written): wait for both
+        done = maturity.wait(lambda m: m.settled and m.trainer_state == 'done', 600, 'a settled model (training done)')
         assert done.step >= done.settled_since_step > 0 and done.trainer_state == 'done'
         late, _ = call(client, Query.Request(positives=['mug']))
         assert late.maturity.settled and late.maturity.step == STEPS and late.maturity.keyframes == 16
