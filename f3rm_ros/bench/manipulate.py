@@ -149,7 +149,7 @@ def trained(seed: int, args, config):
 
 def teach(args, config, directory: Path) -> Dict[int, float]:
     """Record every task's demonstrations in the `DEMO_SEEDS` layouts into `directory`; {seed: train seconds}."""
-    from ..core.manipulation.task import Demonstration, Task, TaskLibrary, now_iso
+    from ..core.manipulation.task import Task, TaskLibrary, now_iso
     library = TaskLibrary(directory)
     seconds = {}
     for seed in DEMO_SEEDS:
@@ -161,9 +161,7 @@ def teach(args, config, directory: Path) -> Dict[int, float]:
                         gripper=manipulator.gripper.geometry, width=truth['width'], num_points=m.num_query_points,
                         sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name)
             reading = manipulator.embed(pose, task)
-            library.record(task, Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
-                                               tip_clearance=reading.tip_clearance, source='pose',
-                                               checkpoint=f'layout {seed}', recorded=now_iso()))
+            library.record(task, reading.demonstration(pose, checkpoint=f'layout {seed}', recorded=now_iso()))
     return seconds
 
 

@@ -65,7 +65,7 @@ def library(args):
 def run_record(args) -> int:
     """Record one demonstration from a pose given on the command line."""
     from ..core.manipulation.optimise import Manipulator
-    from ..core.manipulation.task import Demonstration, Task, now_iso
+    from ..core.manipulation.task import Task, now_iso
     pose = parse_pose(args.pose)
     manipulator = Manipulator.from_checkpoint(Path(args.checkpoint), args.device)
     tasks = library(args)
@@ -78,9 +78,8 @@ def run_record(args) -> int:
         num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name,
         base_frame=manipulator.config.workspace.base_frame)
     reading = manipulator.embed(pose, task)
-    demo = Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
-                         tip_clearance=reading.tip_clearance, source='pose',
-                         checkpoint=str(args.checkpoint), step=int(manipulator.origin['step']), recorded=now_iso())
+    demo = reading.demonstration(pose, source='pose', checkpoint=str(args.checkpoint),
+                                 step=int(manipulator.origin['step']), recorded=now_iso())
     task = tasks.record(task, demo)
     print(f'recorded demonstration {len(task.demos)} of {task.name!r} in {tasks.paths(task.name)[0]}')
     return 0

@@ -39,7 +39,7 @@ from .common import expand_path
 from .params import ParamSpec, non_negative
 from .qos import latched_qos
 from ..core.manipulation.optimise import Cancelled, Manipulator, ManipulationResult
-from ..core.manipulation.task import Demonstration, Task, TaskFileError, TaskLibrary, now_iso
+from ..core.manipulation.task import Task, TaskFileError, TaskLibrary, now_iso
 
 try:  # tf2_ros has no pip wheel: without it demonstrations need a pose in the request
     import tf2_ros
@@ -159,10 +159,8 @@ class ManipulationServer:
                                       teacher=manipulator.teacher.name, base_frame=self.base_frame())
                 reading = manipulator.embed(pose, task)
                 info = self.node.model_info()
-                demo = Demonstration(pose=pose, embedding=reading.embedding, touched=reading.touched,
-                                     tip_clearance=reading.tip_clearance, source=source,
-                                     checkpoint=str(info.get('path', '')), step=int(info.get('step', -1)),
-                                     recorded=now_iso())
+                demo = reading.demonstration(pose, source=source, checkpoint=str(info.get('path', '')),
+                                             step=int(info.get('step', -1)), recorded=now_iso())
                 task = library.record(task, demo)
             response.success = True
             response.demonstrations = len(task.demos)

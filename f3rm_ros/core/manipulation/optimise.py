@@ -41,7 +41,8 @@ import torch
 
 from .gripper import GripperModel, geometry_from_config
 from .search import PoseCandidate, PoseSearch, embed_poses, tip_clearance
-from .task import Task, TaskFileError, check_compatible, choose_task
+from .shape import LocalShape, local_shape
+from .task import Demonstration, Task, TaskFileError, check_compatible, choose_task
 from .volume import region_around, sample_field
 from ..config import F3RMConfig
 from ..query.answer import FOUND, FieldQuerier
@@ -77,6 +78,14 @@ class Reading(NamedTuple):
     embedding: np.ndarray             # [N, D] opacity-weighted features at the task's query points
     touched: int                      # occupied voxels the gripper touches there
     tip_clearance: Optional[float]    # m from its lowest finger point to the support under the fingers (or None)
+    shape: Optional[LocalShape]       # the long axis of the occupied voxels around the fingertips (or None)
+
+    def demonstration(self, pose: np.ndarray, source: str = 'pose', checkpoint: str = '', step: int = -1,
+                      recorded: str = '') -> Demonstration:
+        """Return the `Demonstration` of `pose` that this reading makes."""
+        return Demonstration(pose=pose, embedding=self.embedding, touched=self.touched,
+                             tip_clearance=self.tip_clearance, shape=self.shape, source=source,
+                             checkpoint=checkpoint, step=step, recorded=recorded)
 
 
 class Cancelled(Exception):
@@ -135,7 +144,8 @@ class Manipulator:
 
         The embedding uses the task's query points; the touched voxels are the gripper's at the task's opening (what
         its answers may touch too); the fingertip clearance is how close to the support under them the fingers came
-        (its answers come no closer, `PoseSearch.lifted`).
+        (its answers come no closer, `PoseSearch.lifted`); the local shape is which way the part under the fingers
+        runs (its answers are turned to run the same way, `PoseSearch.aligned`).
         """
         volume = sample_field(self.model, self.config, region_around(pose[None, :3, 3], self._reach(task)), self.lock)
         poses = torch.as_tensor(pose[None], dtype=torch.float32, device=volume.device)
@@ -146,8 +156,9 @@ class Manipulator:
         if float(embedding.abs().sum()) == 0.0:
             raise ValueError(f'the field is empty around {np.round(pose[:3, 3], 3).tolist()}: no demonstration '
                              'can be read there (is the pose in base_frame, inside the scanned workspace?)')
-        clearance = tip_clearance(volume, self.gripper, np.asarray(pose, dtype=np.float64), task.width)
-        return Reading(embedding.cpu().numpy(), touched, clearance)
+        pose = np.asarray(pose, dtype=np.float64)
+        clearance = tip_clearance(volume, self.gripper, pose, task.width)
+        return Reading(embedding.cpu().numpy(), touched, clearance, local_shape(volume.occupancy_on_host, pose))
 
     # ---- answers
 

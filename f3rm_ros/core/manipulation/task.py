@@ -26,6 +26,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from .gripper import GripperGeometry
+from .shape import LocalShape, agreed_axis
 
 FORMAT = 'f3rm_ros.task/1'
 TaskKind = Literal['grasp', 'place']
@@ -67,6 +68,7 @@ class Demonstration:
     embedding: np.ndarray            # [N, D] float32
     touched: int = 0                 # occupied voxels the gripper touched there (a grasp close to the table does)
     tip_clearance: Optional[float] = None  # m from the lowest finger point down to the support under the fingers
+    shape: Optional[LocalShape] = None     # the long axis of the occupied voxels around the fingertips (`shape`)
     source: str = 'pose'             # 'tf' (base_frame <- grasp_frame at the request time) | 'pose' (given)
     checkpoint: str = ''             # the field it was read from
     step: int = -1                   # that field's training step
@@ -109,6 +111,11 @@ class Task:
         """
         measured = [demo.tip_clearance for demo in self.demos if demo.tip_clearance is not None]
         return min(measured) if measured else None
+
+    @property
+    def shape_axis(self) -> Optional[np.ndarray]:
+        """The demonstrations' common local axis [3] in the gripper frame (`shape.agreed_axis`), or None."""
+        return agreed_axis([demo.shape for demo in self.demos])
 
     @property
     def touched(self) -> int:
@@ -270,6 +277,8 @@ def write_task(task: Task, directory: Path) -> Path:
         'embedding_file': npz.name, 'embedding_sha256': hashlib.sha256(blob).hexdigest(),
         'demos': [{'pose': pose_to_dict(d.pose), 'touched': int(d.touched),
                    'tip_clearance': None if d.tip_clearance is None else round(float(d.tip_clearance), 6),
+                   'shape': None if d.shape is None else {'axis': [round(float(v), 6) for v in d.shape.axis],
+                                                          'elongation': round(float(d.shape.elongation), 4)},
                    'source': d.source, 'checkpoint': d.checkpoint, 'step': int(d.step), 'recorded': d.recorded}
                   for d in task.demos],
     }
@@ -309,7 +318,8 @@ def read_task(path: Path) -> Task:
         if task.kind not in TASK_KINDS:
             raise TaskFileError(f'{path}: kind must be one of {TASK_KINDS}, got {task.kind!r}')
         task.demos = [Demonstration(pose=pose_from_dict(d['pose']), embedding=embeddings[i], touched=int(d['touched']),
-                                    tip_clearance=optional_float(d.get('tip_clearance')), source=str(d['source']),
+                                    tip_clearance=optional_float(d.get('tip_clearance')),
+                                    shape=shape_from_dict(d.get('shape')), source=str(d['source']),
                                     checkpoint=str(d['checkpoint']), step=int(d['step']), recorded=str(d['recorded']))
                       for i, d in enumerate(demos)]
     except TaskFileError:
@@ -322,6 +332,16 @@ def read_task(path: Path) -> Task:
 def optional_float(value) -> Optional[float]:
     """Return a task file's optional number as a float; None stays None (older files have none)."""
     return None if value is None else float(value)
+
+
+def shape_from_dict(value) -> Optional[LocalShape]:
+    """Return a task file's optional local shape ({axis, elongation}); None stays None (older files have none)."""
+    if value is None:
+        return None
+    axis = np.asarray(value['axis'], dtype=np.float64)
+    if axis.shape != (3,) or not np.isfinite(axis).all() or abs(np.linalg.norm(axis) - 1.0) > 1e-3:
+        raise ValueError(f'shape axis {value["axis"]!r} is not a unit 3-vector')
+    return LocalShape(axis, float(value['elongation']))
 
 
 def now_iso() -> str:

@@ -72,8 +72,7 @@ def taught():
         demo = pose @ GRASP_IN_TOOL
         reading = manipulator.embed(demo, task)
         assert reading.touched == 0                          # the demonstrated grasp is clear of the tool
-        task.demos.append(Demonstration(pose=demo, embedding=reading.embedding, touched=reading.touched,
-                                        tip_clearance=reading.tip_clearance))
+        task.demos.append(reading.demonstration(demo))
     return task
 
 
