@@ -5,6 +5,8 @@ across the bar from above is shown in two layouts; in a third (the bar turned 37
 but turned about their approach are turned back by `PoseSearch.aligned`, a turn past `MAX_TURN_DEG` and the
 180-degree twin are left alone, and a round ball sets nothing.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -114,8 +116,8 @@ def test_a_task_without_an_axis_leaves_answers_alone_and_files_keep_the_shape(ba
     config, teacher, model, grasp = bar_scene(0.42, 0.08, 37.0)
     manipulator = Manipulator(model, teacher, config)
     volume = sample_field(model, config, region_around(grasp[None, :3, 3], 0.15))
-    round_task = Task(**{**bar_task.__dict__, 'demos': [d.__class__(**{**d.__dict__, 'shape': None})
-                                                         for d in bar_task.demos]})
+    round_task = Task(**{**bar_task.__dict__,
+                         'demos': [dataclasses.replace(d, shape=None) for d in bar_task.demos]})
     poses = torch.as_tensor(about_approach(grasp, 25.0)[None], dtype=torch.float32)
     search = PoseSearch(volume, round_task, manipulator.gripper, config.manipulation)
     assert search.aligned(poses) is poses
