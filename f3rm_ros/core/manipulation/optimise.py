@@ -21,10 +21,11 @@ Stages of `Manipulator.answer` (each reported to `progress` and timed):
 6. ``optimise``: those are refined by Adam on translation and an axis-angle rotation
    increment (nerfstudio's SO3xR3 exponential map) for ``steps`` steps, loss = minus the objective, the worst
    pruned after each step (``keep_fraction``, never below ``min_candidates``).
-7. ``rank``: poses tilted beyond ``max_tilt_deg`` or less similar than ``min_score`` dropped, a final collision
-   check (the opening widens up to the gripper's maximum until the fingers are clear at it and at one sampling
-   voxel narrower on each side: room inside), near-duplicates (within a voxel and 10 degrees of a better pose)
-   dropped, best objective first.
+7. ``rank``: each pose turned about its approach to the demonstrations' local shape (`shape`: a handle runs the
+   way it ran under their fingers) and raised to their fingertip clearance; poses tilted beyond ``max_tilt_deg``
+   or less similar than ``min_score`` dropped, a final collision check (the opening widens up to the gripper's
+   maximum until the fingers are clear at it and at one sampling voxel narrower on each side: room inside),
+   near-duplicates (within a voxel and 10 degrees of a better pose) dropped, best objective first.
 
 Stages 4-7 run in `search.PoseSearch`. Deterministic for a seed: the rotations and the seed voxels come from one
 seeded numpy generator, and the optimisation has no randomness.
