@@ -45,6 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
+        logging.getLogger('f3rm_ros').debug('where the error came from', exc_info=True)   # --verbose shows it
         print(f'f3rm-ros {args.command}: error: {error}', file=sys.stderr)
         return 2
 

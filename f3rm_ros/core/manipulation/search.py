@@ -294,10 +294,12 @@ class PoseSearch:
         (`lifted`) after its objective is taken (the order stays the optimisation's: lifting one of two near-equal
         poses a few millimetres must not hand the answer to the other, turned 20 degrees; seen on held-out
         layouts); its score and checks are the corrected pose's. Dropped: a similarity below ``min_score``, a tilt
-        beyond ``max_tilt_deg``, a near-duplicate of a better pose.
+        beyond ``max_tilt_deg``, a near-duplicate of a better pose. A pose with a non-finite entry (a field that
+        diverged in its region) is no answer.
         """
         m = self.settings
         g = self.gripper.geometry
+        poses = poses[torch.isfinite(poses).flatten(1).all(dim=1)]
         with torch.no_grad():
             # ordered as the optimisation left them: the lift corrects a pose's height, it does not pick the pose
             scores = similarity(embed_poses(self.volume, poses, self.points), self.target)

@@ -132,3 +132,17 @@ def test_a_task_without_an_axis_leaves_answers_alone_and_files_keep_the_shape(ba
     older = dict(text, demos=[{k: v for k, v in d.items() if k != 'shape'} for d in text['demos']])
     (tmp_path / 'bar_grasp.yaml').write_text(yaml.safe_dump(older))         # a file written before the field
     assert library.load('bar grasp').shape_axis is None
+
+
+def test_a_pose_that_diverged_is_no_answer(bar_task):
+    """A NaN pose (the optimisation in a field that diverged) is dropped, not passed to the support reading."""
+    config, teacher, model, grasp = bar_scene(0.42, 0.08, 37.0)
+    manipulator = Manipulator(model, teacher, config)
+    volume = sample_field(model, config, region_around(grasp[None, :3, 3], 0.15))
+    search = PoseSearch(volume, bar_task, manipulator.gripper, config.manipulation)
+    broken = grasp.copy()
+    broken[:3, 3] = np.nan
+    poses = torch.as_tensor(np.stack([broken, about_approach(grasp, 20.0)]), dtype=torch.float32)
+    ranked = search.rank(poses, top_k=5, allowed=config.manipulation.max_collisions + bar_task.touched)
+    assert len(ranked) == 1 and np.isfinite(ranked[0].pose).all()
+    assert pose_error(ranked[0].pose, [grasp, about_approach(grasp, 180.0)])[1] < 3.0
