@@ -244,6 +244,9 @@ class ChangesConfig:
     """Keyframes after a detection that belong to the same change: they add to it and are never masked for it."""
     repair_steps: int = 300
     """Training goes on at least this many steps after a change (the step budget may be spent by then)."""
+    repair_from_newest: bool = True
+    """Count `repair_steps` (and the focus) from the newest keyframe of the change's episode, not from its detection:
+    a rescan arc keeps teaching the changed region until its last view (False: from the detection only)."""
     focus_fraction: float = 0.5
     """Fraction of each batch's rays from the change's views through changed voxels, for `repair_steps` (0 = off)."""
     rewind: float = 0.5
