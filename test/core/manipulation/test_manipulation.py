@@ -61,18 +61,28 @@ def grasp_task(manipulator, name='bar grasp', description='bar'):
                 num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed, teacher=manipulator.teacher.name)
 
 
-@pytest.fixture(scope='module')
-def taught():
-    """Show the bar grasp in two layouts (turned 0 and 90 degrees)."""
+def shown_in_two_layouts(scene_and_grasp):
+    """Return a 'bar grasp' task shown once in each of two layouts (turned 0 and 90 degrees).
+
+    `scene_and_grasp(x, y, yaw)` returns (config, teacher, model, the true grasp there).
+    """
     task = None
     for x, y, yaw in ((0.45, -0.05, 0.0), (0.55, 0.05, 90.0)):
-        config, teacher, model, pose = tool_scene(x, y, yaw)
+        config, teacher, model, grasp = scene_and_grasp(x, y, yaw)
         manipulator = Manipulator(model, teacher, config)
         task = task or grasp_task(manipulator)
-        demo = pose @ GRASP_IN_TOOL
-        reading = manipulator.embed(demo, task)
-        assert reading.touched == 0                          # the demonstrated grasp is clear of the tool
-        task.demos.append(reading.demonstration(demo))
+        task.demos.append(manipulator.embed(grasp, task).demonstration(grasp))
+    return task
+
+
+@pytest.fixture(scope='module')
+def taught():
+    """Show the bar grasp of the tool in two layouts."""
+    def scene_and_grasp(x, y, yaw):
+        config, teacher, model, pose = tool_scene(x, y, yaw)
+        return config, teacher, model, pose @ GRASP_IN_TOOL
+    task = shown_in_two_layouts(scene_and_grasp)
+    assert all(demo.touched == 0 for demo in task.demos)    # the demonstrated grasp is clear of the tool
     return task
 
 

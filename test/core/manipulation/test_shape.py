@@ -14,6 +14,7 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from analytic_field import analytic_scene
+from test_manipulation import shown_in_two_layouts
 from f3rm_ros.core.manipulation.optimise import Manipulator
 from f3rm_ros.core.manipulation.search import PoseSearch
 from f3rm_ros.core.manipulation.shape import (MAX_TURN_DEG, LocalShape, agreed_axis, local_shape,
@@ -46,16 +47,7 @@ def about_approach(pose, degrees):
 
 @pytest.fixture(scope='module')
 def bar_task():
-    task = None
-    for x, y, yaw in ((0.45, -0.05, 0.0), (0.55, 0.05, 90.0)):
-        config, teacher, model, grasp = bar_scene(x, y, yaw)
-        manipulator = Manipulator(model, teacher, config)
-        m = config.manipulation
-        task = task or Task(name='bar grasp', description='bar', kind='grasp', gripper=manipulator.gripper.geometry,
-                            width=0.04, num_points=m.num_query_points, sigma=m.query_sigma, seed=m.query_seed,
-                            teacher=teacher.name)
-        task.demos.append(manipulator.embed(grasp, task).demonstration(grasp))
-    return task
+    return shown_in_two_layouts(bar_scene)
 
 
 def test_a_bar_reads_long_along_itself_and_a_ball_reads_round(bar_task):
