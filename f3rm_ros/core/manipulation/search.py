@@ -257,13 +257,14 @@ class PoseSearch:
         """
         floor = self.task.tip_clearance
         if floor is None or floor > NEAR_SUPPORT:
-            return poses                     # the same tensor: nothing to lift (`rank` relies on it)
-        out = poses.clone()
+            return poses                     # the same tensor when nothing is lifted (`rank` relies on it)
+        out, changed = poses.clone(), False
         for index, pose in enumerate(poses.cpu().numpy().astype(np.float64)):
             clearance = tip_clearance(self.volume, self.gripper, pose, self.task.width)
             if clearance is not None and 0.0 < floor - clearance <= MAX_TIP_LIFT:
                 out[index, 2, 3] += floor - clearance
-        return out
+                changed = True
+        return out if changed else poses
 
     def aligned(self, poses: torch.Tensor) -> torch.Tensor:
         """Return `poses` [B, 4, 4], each turned about its approach so its local shape runs as the demonstrations'.
@@ -275,8 +276,8 @@ class PoseSearch:
         """
         target = self.task.shape_axis
         if target is None or self.volume.occupancy_on_host is None:
-            return poses                     # the same tensor: nothing to turn (`rank` relies on it)
-        out = poses.clone()
+            return poses                     # the same tensor when nothing is turned (`rank` relies on it)
+        out, changed = poses.clone(), False
         limit = np.radians(MAX_TURN_DEG)
         for index, pose in enumerate(poses.cpu().numpy().astype(np.float64)):
             shape = local_shape(self.volume.occupancy_on_host, pose)
@@ -285,7 +286,8 @@ class PoseSearch:
             angle = turn_about_approach(shape.axis, target)
             if abs(angle) <= limit:
                 out[index] = torch.as_tensor(turned(pose, angle), dtype=out.dtype, device=out.device)
-        return out
+                changed = True
+        return out if changed else poses
 
     def rank(self, poses: torch.Tensor, top_k: int, allowed: int) -> List[PoseCandidate]:
         """Return the collision-free poses (opening widened when needed), best objective first.
