@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -100,11 +99,10 @@ def rendered_change(seed: int, kind: str, args) -> RenderedChange:
         raise ValueError(refused_path.read_text().strip())
     if scan_path is not None and scan_path.exists() and rescan_path.exists():
         name, scan, labels, before, workspace = load_scene(scan_path)
-        meta, rescan, _, after, _ = load_scene(rescan_path)
-        centres = json.loads(meta)
-        return RenderedChange(seed, kind, name, scan, rescan, labels, before, after,
-                              *(None if centres[k] is None else np.array(centres[k]) for k in ('old', 'new')),
-                              workspace)
+        _, rescan, _, after, _ = load_scene(rescan_path)
+        # the changed object's centres before and after, as `make_change` gives them
+        old, new = (objects[name]['center'] if name in objects else None for objects in (before, after))
+        return RenderedChange(seed, kind, name, scan, rescan, labels, before, after, old, new, workspace)
     from ..core.scenes.changes import make_change
     try:
         case = make_change(seed, kind, num_objects=args.objects, num_views=args.views, rescan_views=args.rescan,
@@ -117,10 +115,8 @@ def rendered_change(seed: int, kind: str, args) -> RenderedChange:
     out = RenderedChange(seed, kind, case.name, case.scan, case.rescan, case.labels, case.objects_before,
                          case.objects, case.old_center, case.new_center, case.scene.workspace)
     if scan_path is not None:
-        # the rescan file's name field carries the changed object's centres before and after
-        centres = {k: None if c is None else c.tolist() for k, c in (('old', out.old_center), ('new', out.new_center))}
         save_scene(scan_path, case.name, case.scan, case.labels, case.objects_before, out.workspace)
-        save_scene(rescan_path, json.dumps(centres), case.rescan, case.labels, case.objects, out.workspace)
+        save_scene(rescan_path, case.name, case.rescan, case.labels, case.objects, out.workspace)
     return out
 
 
