@@ -132,7 +132,10 @@ def ask(querier, names, case, objects: Dict[str, Dict]) -> Dict[str, Dict]:
         if name == case.name and case.old_center is not None and result.found:
             near_old = min((float(np.linalg.norm(c.centroid - case.old_center)) for c in result.clusters),
                            default=math.inf)
-        out[name] = {'status': result.status, 'error_m': error, 'near_old_m': near_old}
+        out[name] = {'status': result.status, 'error_m': error, 'near_old_m': near_old,
+                     # where the answer was, to read a miss from the rounds: (centroid, extent, voxels) per cluster
+                     'clusters': [(np.round(c.centroid, 3).tolist(), np.round(c.extent, 3).tolist(), c.num_points)
+                                  for c in result.clusters[:3]]}
     return out
 
 
@@ -191,7 +194,8 @@ def trial(case, config, args, limit: float) -> Dict:
             rounds.append({'asked_s': round(asked_at, 2), 'answered_s': round(answered_at, 2), 'step': session.step,
                            'after_last_keyframe': after_last,
                            **{f'{n}_cm': round(a['error_m'] * 100, 1) for n, a in answers.items()},
-                           f'{case.name}_status': answers[case.name]['status']})
+                           f'{case.name}_status': answers[case.name]['status'],
+                           f'{case.name}_clusters': answers[case.name]['clusters']})
             if after_last:
                 others_ok &= all(answers[n]['error_m'] <= args.tolerance for n in others)
                 if learnt and met(case, answers, args.tolerance, args.old_radius):

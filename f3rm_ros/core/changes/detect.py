@@ -176,6 +176,15 @@ class ChangeMap:
         inside = np.all((cells >= 0) & (cells < self.shape), axis=1)
         return np.ravel_multi_index(tuple(cells[inside].T), self.shape)
 
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """[N] bool: which points lie in a changed voxel (outside the workspace: False)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        cells = np.floor((points - self.box.min_xyz) / self.voxel_size).astype(np.int64)
+        inside = np.all((cells >= 0) & (cells < self.shape), axis=1)
+        out = np.zeros(len(points), bool)
+        out[inside] = self.changed[tuple(cells[inside].T)]
+        return out
+
     def mark(self, points: np.ndarray, min_voxels: int = 1) -> np.ndarray:
         """Mark the voxels of `points` (grown by the margin) as changed; returns the flat indices newly marked.
 

@@ -19,11 +19,13 @@ from scipy import ndimage
 from ..capture.frames import PosedFrame
 from ..config import ChangesConfig
 from ..geometry import WorkspaceBox
-from .detect import ChangeMap, Comparison, compare_view, comparison_size, confirm, pixels_through
+from .detect import ChangeMap, Comparison, compare_view, comparison_size, confirm, lift, pixels_through
 
 log = logging.getLogger(__name__)
 
 DETECTED, DECLARED = 'detected', 'declared'
+# Free space a view's depth vouches for: this far (m) in front of its surface (nearer: the depth's own noise).
+CLEAR_FROM, CLEAR_TO = 0.02, 0.15
 
 
 @dataclass
@@ -202,6 +204,34 @@ class ChangeTracker:
                 hit &= frame.mask
             ids.append(index * frame.height * frame.width + np.flatnonzero(hit))
         return np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+    def matter_and_clear(self, frames: Sequence[PosedFrame], indices: Sequence[int], depth: float,
+                         rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        """Return what frames `indices` saw by depth in the changed voxels: (matter [N, 3], clear [M, 3]), base frame.
+
+        Matter: each surface point pushed a random distance in [0, `depth`) along its ray. Clear: one point per
+        pixel `CLEAR_FROM`..`CLEAR_TO` in front of its surface (the ray crossed it). Frames without depth give
+        none. What `SceneRepair`'s surface prior teaches.
+        """
+        matter, clear = [], []
+        for index in indices:
+            frame = frames[index]
+            if frame.depth is None:
+                continue
+            seen = np.nan_to_num(frame.depth) > 0
+            if frame.mask is not None:
+                seen &= frame.mask
+            surface = lift(np.nan_to_num(frame.depth), frame.K, frame.T_base_optical, seen)
+            origin = frame.T_base_optical[:3, 3]
+            distance = np.linalg.norm(surface - origin, axis=1, keepdims=True)
+            rays = (surface - origin) / distance
+            inside = surface + rays * rng.uniform(0.0, depth, (len(surface), 1))
+            matter.append(inside[self.map.contains(inside)])
+            before = np.maximum(distance - rng.uniform(CLEAR_FROM, CLEAR_TO, (len(surface), 1)), 0.0)
+            crossed = origin + rays * before
+            clear.append(crossed[self.map.contains(crossed)])
+        stack = (lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3)))
+        return stack(matter), stack(clear)
 
     def after_change(self, frames: Sequence[PosedFrame]) -> List[int]:
         """Return the indices of `frames` of the current change (taken since it began), or [] outside one."""

@@ -249,6 +249,10 @@ class ChangesConfig:
     a rescan arc keeps teaching the changed region until its last view (False: from the detection only)."""
     focus_fraction: float = 0.5
     """Fraction of each batch's rays from the change's views through changed voxels, for `repair_steps` (0 = off)."""
+    surface_loss_mult: float = 0.01
+    """Weight of the surface prior for `repair_steps`: density is pushed up (never down) just behind the surfaces
+    the change's views saw by depth in changed voxels (a field that learnt empty space there barely feels the
+    photometric loss: its gradient scales with the density). 0 = off."""
     rewind: float = 0.5
     """After a change the learning rates go back to the schedule's at this fraction of trainer.steps, if lower."""
 
@@ -257,7 +261,7 @@ class ChangesConfig:
         rule = functools.partial(field_rule, problems, 'changes', self)
         rule(('min_steps', 'max_pixels', 'min_pixels', 'min_voxels', 'episode_frames', 'repair_steps'),
              'an integer >= 0', lambda v: is_integer(v) and v >= 0)
-        rule(('depth_tolerance', 'depth_relative', 'color_tolerance', 'margin'), '>= 0',
+        rule(('depth_tolerance', 'depth_relative', 'color_tolerance', 'margin', 'surface_loss_mult'), '>= 0',
              lambda v: is_finite(v) and v >= 0)
         rule(('voxel_size',), '0.001..0.5 m', lambda v: is_finite(v) and 1e-3 <= v <= 0.5)
         rule(('min_accumulation', 'focus_fraction', 'rewind'), '0..1', lambda v: is_finite(v) and 0 <= v <= 1)

@@ -141,6 +141,15 @@ class F3RMModel(NerfactoModel):
                 for weights, samples in zip(outputs['weights_list'], outputs['ray_samples_list'])) / levels
         return loss_dict
 
+    def log_densities(self, positions: torch.Tensor) -> List[torch.Tensor]:
+        """Log density [N] at `positions` [N, 3] (field units) of each proposal network, then of the nerf field.
+
+        Every level: a proposal that holds empty space never samples a surface there, so the nerf field never sees
+        it. Log: its gradient does not vanish where the density is nearly zero (the photometric loss's does).
+        """
+        functions = list(dict.fromkeys([*self.density_fns, self.field.density_fn]))
+        return [torch.log(fn(positions).clamp_min(1e-30)).reshape(-1) for fn in functions]
+
     def mark_cameras_trained(self, indices: torch.Tensor) -> None:
         """Record camera slots that received training rays (their mean appearance code renders new views)."""
         if self.field.embedding_appearance is not None:

@@ -2,7 +2,9 @@
 
 What changed is found by `core.changes` (a new keyframe against the field's render of its pose, or a box the caller
 declares); here the session's side: the keyframes taken before the change stop supervising its voxels, the schedule
-rewinds, training goes on for ``changes.repair_steps``, and the listener hears of it.
+rewinds, training goes on for ``changes.repair_steps`` (a share of each batch from the change's views, and the
+surface prior: matter where their depth saw it in the changed voxels, free space in front of it, `surface`), and the
+listener hears of it.
 """
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from ..capture.frames import FrameStore
 from ..changes.tracker import ChangeTracker, SceneChange
 from ..config import F3RMConfig
 from .scan import STAMP_TOLERANCE_S
+from .surface import OPAQUE_WITHIN_M
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ class SceneRepair:
         self.on_change = on_change
         self.change_step = 0                    # training step of the last scene change
         self._lock = threading.Lock()
+        self._rng = np.random.default_rng(config.trainer.seed)   # where behind each surface a prior point lies
 
     def check(self, trainer, set_state: Callable[[str], None]) -> None:
         """Compare the keyframes new to the trainer with the field's render of their poses; repair what changed.
@@ -71,6 +77,9 @@ class SceneRepair:
         if slots and c.focus_fraction > 0 and self.changes.events:  # the change's own views teach the region
             trainer.set_focus(self.changes.focus_pixels(frames, slots), c.focus_fraction,
                               self.change_step + c.repair_steps)
+        if slots and c.surface_loss_mult > 0 and self.changes.events:  # and where their depth saw matter or none
+            trainer.set_surface_prior(*self.changes.matter_and_clear(frames, slots, OPAQUE_WITHIN_M, self._rng),
+                                      c.surface_loss_mult, self.change_step + c.repair_steps)
 
     def declare(self, min_xyz: Sequence[float], max_xyz: Sequence[float], reason: str, stamp: Optional[float],
                 held_stamps: Callable[[], Sequence[float]], trainer) -> SceneChange:

@@ -31,6 +31,7 @@ from ..geometry import WorkspaceBox, optical_to_opengl, resized_intrinsics
 from .checkpoints import CHECKPOINT_VERSION, atomic_torch_save, cloned_state, plain_state, read_checkpoint
 from .model import PER_CAMERA_PARAMETERS, F3RMModel, build_model, restore_sampler_schedule
 from .pixels import PixelSampler
+from .surface import SurfacePrior
 from .render import render_camera
 from ..teachers import Teacher
 
@@ -128,8 +129,9 @@ class OnlineTrainer:
 
     Why one class: every method reads or changes the one model, its optimisers and the frames' device arrays under
     the one `lock` (sync, step, render and held-out scores, the checkpoint's state, a scene change's masks and
-    schedule rewind). What stands alone lives beside it: which pixels a batch draws (`pixels`), the checkpoint file
-    (`checkpoints`), rendering in chunks (`render`), the CUDA-graph step (`fast.graphs`).
+    schedule rewind). What stands alone lives beside it: which pixels a batch draws (`pixels`), a scene change's
+    surface prior (`surface`), the checkpoint file (`checkpoints`), rendering in chunks (`render`), the CUDA-graph
+    step (`fast.graphs`).
     """
 
     def __init__(self, config: F3RMConfig, store: FrameStore, teacher: Teacher):
@@ -157,6 +159,7 @@ class OnlineTrainer:
         self.features: Optional[torch.Tensor] = None   # [capacity, h, w, D] fp16 on device
         self.depths: Optional[torch.Tensor] = None     # [capacity, H, W] z-depth in field units, 0 = none
         self.pixels = PixelSampler(self.device, self.generator)   # masks, a scene change's focus
+        self.surface = SurfacePrior(self.box, self.device, self.generator)   # a scene change's new surfaces
         self._revisions: List[int] = []                # the store's slot revisions the arrays hold
         self.frames: List[PosedFrame] = []
         self.train_indices: List[int] = []
@@ -268,6 +271,15 @@ class OnlineTrainer:
         with self.lock:
             self.pixels.set_focus(pixels, fraction, until_step)
 
+    def set_surface_prior(self, matter_base: np.ndarray, clear_base: np.ndarray, weight: float,
+                          until_step: int) -> None:
+        """Raise the density at `matter_base`, lower it at `clear_base` ([N, 3] base frame) until `until_step`.
+
+        See `SurfacePrior`.
+        """
+        with self.lock:
+            self.surface.set(matter_base, clear_base, weight, until_step)
+
     def _sample_batch(self, num_rays: int):
         height, width = self.images.shape[1:3]
         patches_h, patches_w = self.features.shape[1:3]
@@ -298,6 +310,8 @@ class OnlineTrainer:
             else:
                 stats = self._eager_step(ray_bundle, batch)
             self.grad_scaler.update()
+            if self.surface.active(self.step_count):
+                self.surface.step(self.model, self.optimizers, self.grad_scaler)
             self.optimizers.scheduler_step_all(self.step_count)
             for callback in self.callbacks:
                 callback.run_callback_at_location(self.step_count, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)

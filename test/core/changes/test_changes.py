@@ -152,6 +152,36 @@ def test_pixels_through_respects_depth_in_front_of_the_voxels(moved):
     assert not pixels_through(centre[None], 0.02, frame, tolerance=0.02).any()
 
 
+def test_matter_lies_just_behind_what_the_new_views_saw_in_the_changed_voxels_and_clear_in_front(moved):
+    tracker = ChangeTracker(ChangesConfig(), WorkspaceBox.from_config(moved.scene.workspace))
+    new = moved.objects[moved.name]
+    tracker.map.mark_box(new['center'] - new['extent'] / 2 - 0.02, new['center'] + new['extent'] / 2 + 0.02)
+    rescan = list(moved.rescan)
+    points, clear = tracker.matter_and_clear(rescan, range(len(rescan)), 0.01, np.random.default_rng(0))
+    assert len(points) > 100 and tracker.map.contains(points).all()
+    assert len(clear) > 100 and tracker.map.contains(clear).all()
+    label = {v: k for k, v in moved.labels.items()}[moved.name]
+    on_object = sum(int(((f.labels == label) & (f.depth > 0)).sum()) for f in rescan)
+    assert len(points) >= on_object * 0.9                 # every view's pixels of the object (and table around it)
+    for frame in rescan[:3]:                              # behind the observed surface by less than 1 cm
+        T = frame.T_base_optical
+        local = (points - T[:3, 3]) @ T[:3, :3]
+        u = np.floor(frame.K[0, 0] * local[:, 0] / local[:, 2] + frame.K[0, 2]).astype(int)
+        v = np.floor(frame.K[1, 1] * local[:, 1] / local[:, 2] + frame.K[1, 2]).astype(int)
+        inside = (u >= 0) & (u < frame.width) & (v >= 0) & (v < frame.height)
+        behind = local[inside, 2] - frame.depth[v[inside], u[inside]]
+        assert np.mean((behind >= -1e-6) & (behind < 0.01)) > 0.5   # others: seen by another view only
+        local = (clear - T[:3, 3]) @ T[:3, :3]
+        u = np.floor(frame.K[0, 0] * local[:, 0] / local[:, 2] + frame.K[0, 2]).astype(int)
+        v = np.floor(frame.K[1, 1] * local[:, 1] / local[:, 2] + frame.K[1, 2]).astype(int)
+        inside = (u >= 0) & (u < frame.width) & (v >= 0) & (v < frame.height)
+        assert np.mean(frame.depth[v[inside], u[inside]] - local[inside, 2] > 0.01) > 0.5   # in front: free space
+    no_depth = [dataclasses.replace(f, depth=None) for f in rescan]
+    assert all(len(part) == 0 for part in tracker.matter_and_clear(no_depth, range(len(rescan)), 0.01,
+                                                                   np.random.default_rng(0)))
+    assert not tracker.map.contains(np.array([[9.0, 9.0, 9.0]])).any()
+
+
 def live_session(case, steps=300):
     from f3rm_ros.core.training.online import OnlineSession, SessionSettings
     config = make_config('cpu-tiny')
