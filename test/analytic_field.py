@@ -68,11 +68,17 @@ class AnalyticModel(torch.nn.Module):
         top, bottom = (box.to_field(np.array([0.0, 0.0, z]))[2] for z in (TABLE_TOP, TABLE_BOTTOM))
         self.table = (float(bottom), float(top)) if table else None
         self.specks = []
+        self.paints = []
         self.calls = 0
 
     def add_speck(self, centre, radius):
         """Add a small floating blob with the ball's features (a NeRF floater)."""
         self.specks.append((torch.tensor(self.box.to_field(centre), dtype=torch.float32), radius * self.box.scale))
+
+    def paint_table(self, lo_xy, hi_xy, name):
+        """Give the table's top face inside the box [lo_xy, hi_xy] (m) `name`'s features (a teacher's bleed)."""
+        self.paints.append((torch.tensor(self.box.to_field(np.array([*lo_xy, 0.0]))[:2], dtype=torch.float32),
+                            torch.tensor(self.box.to_field(np.array([*hi_xy, 0.0]))[:2], dtype=torch.float32), name))
 
     def _masks(self, positions):
         masks = {}
@@ -99,6 +105,9 @@ class AnalyticModel(torch.nn.Module):
         features = torch.zeros((*positions.shape[:-1], self.dim))
         for name, mask in self._masks(positions).items():
             features[mask] = self.vectors[name]
+        for lo, hi, name in self.paints:
+            on_top = (positions[..., 2] >= self.table[0]) & (positions[..., 2] <= self.table[1])
+            features[on_top & ((positions[..., :2] >= lo) & (positions[..., :2] <= hi)).all(-1)] = self.vectors[name]
         return features
 
 

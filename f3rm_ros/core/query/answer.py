@@ -172,6 +172,8 @@ FLOAT_GAP = 0.03
 # estimate are inside the table: cutting at the estimate itself took the objects' feet away (every box 1-2 cm too
 # high, median error 0.55 -> 1.19 cm, and a 2 cm screwdriver lost its cluster).
 SUPPORT_FUZZ_VOXELS = 2
+# An object's foot: the grid columns of its body and their 8 neighbours (`FieldQuerier._under_body`).
+FOOT_RING = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
 # Share of a floating cluster's footprint columns that must hold occupied voxels between it and the support for it
 # to count as resting on something.
 RESTING_SHARE = 0.5
@@ -438,7 +440,7 @@ class FieldQuerier:
         if np.count_nonzero(heights > support.height) < q.cluster_min_points:
             return None, None        # nothing of it comes out of the support: it lies inside the table
         floor = support.height - SUPPORT_FUZZ_VOXELS * q.voxel_size if support.source == 'occupancy' else support.height
-        above = heights > floor
+        above = (heights > floor) & self._under_body(members, heights > support.height + q.voxel_size)
         if not above.all():
             members = members[above]
             if len(members) < q.cluster_min_points:
@@ -447,6 +449,21 @@ class FieldQuerier:
         if support.source == 'occupancy' and self._floats(members, support.height):
             return cluster, float(self.voxels.points[members, 2].min() - q.voxel_size / 2 - support.height)
         return cluster, None
+
+    def _under_body(self, members: np.ndarray, body: np.ndarray) -> np.ndarray:
+        """[len(members)] bool: the voxels to keep of a cluster whose `body` voxels rise clear of its support.
+
+        The voxels level with the support are kept under the body's footprint (grown by one voxel: its foot) and cut
+        elsewhere: relevant table around an object is the teacher's patches bleeding onto it, not the object (after
+        a move, with the older keyframes masked there, it spread 5-10 cm from the object on one side and pulled the
+        centroid 4-5 cm). Without `query.cluster_min_points` body voxels (a flat object) all are kept.
+        """
+        if np.count_nonzero(body) < self.config.query.cluster_min_points or body.all():
+            return np.ones(len(members), bool)
+        cells = self.voxels.coords[members][:, :2] + 1                  # >= 0 with the ring around it
+        foot = (cells[body][:, None, :] + FOOT_RING[None]).reshape(-1, 2)
+        width = int(cells[:, 1].max()) + 2
+        return body | np.isin(cells[:, 0] * width + cells[:, 1], foot[:, 0] * width + foot[:, 1])
 
     def _seen(self, kept: List[Tuple[Optional[Cluster], Optional[float]]]):
         """Drop the clusters of `kept` the keyframes do not bear out (``query.min_support_views``; ghosts noted)."""

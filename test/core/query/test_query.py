@@ -305,6 +305,19 @@ def test_surface_only_keeps_a_shell(analytic):
     assert np.linalg.norm(shell.best.centroid - centre) < 0.01
 
 
+def test_relevant_table_around_an_object_is_cut_to_the_objects_foot():
+    """The teacher's patches paint 'ball' on the table 12 cm to one side: the answer is the ball, not the smear."""
+    config, teacher, model = analytic_scene()
+    centre, radius = SPHERES['ball']
+    model.paint_table(centre[:2] + [0.0, -0.05], centre[:2] + [0.12, 0.05], 'ball')
+    result = FieldQuerier(model, teacher, config).query('ball')
+    assert result.found
+    points = result.heatmap.points[result.best.indices]
+    assert np.linalg.norm(result.best.centroid[:2] - centre[:2]) < 0.01, result.best.centroid
+    assert points[:, 0].max() <= centre[0] + radius + 0.02          # the foot: one voxel beyond the body
+    assert np.any(points[:, 2] < 0.0)                                  # where it stands is kept
+
+
 def test_floating_specks_are_dropped(analytic):
     """A 7-voxel blob in the air (less than 8 cm³) is dropped; min_component_volume=0 keeps it."""
     config, teacher, model = analytic
