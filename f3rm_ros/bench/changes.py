@@ -35,6 +35,7 @@ from .online import KeyframeFeeder
 from ..commands import add_config_arguments, config_from_args
 
 KINDS = ('moved', 'removed', 'added')
+IDLE_DONE_S = 3.0   # --after-steps: a session 'done' this long after a keyframe trains no more
 
 
 def register(sub) -> None:
@@ -58,6 +59,12 @@ def register(sub) -> None:
                    help='no cluster of a moved object this close (m) to its old centre (default 0.05)')
     p.add_argument('--limit', type=float, default=0.0,
                    help='seconds after the last keyframe before a trial is a miss (default 2 on CUDA, 120 on a CPU)')
+    p.add_argument('--after-steps', type=int, default=0,
+                   help='instead of the clock: ask once, when the trainer has taken the last keyframe and trained '
+                        'this many steps more (a schedule in steps, which a CPU can follow at the GPU\'s pace; the '
+                        'rescan then waits --steps-per-keyframe steps between keyframes)')
+    p.add_argument('--steps-per-keyframe', type=int, default=30,
+                   help='with --after-steps: training steps between rescan keyframes (default 30, an H100 at 2/s)')
     p.add_argument('--json', default='', help='write every trial here')
     p.add_argument('--scenes', type=Path,
                    help='folder of rendered changes: read each seed and kind from it when there, else render (open3d) '
@@ -172,6 +179,8 @@ def trial(case, config, args, limit: float) -> Dict:
         # a change to an object the scan never learnt cannot be followed: the trial is a miss from the start
         learnt = case.kind == 'added' or before[case.name]['error_m'] <= args.tolerance
         others = [n for n in others if before[n]['error_m'] <= args.tolerance]   # what a change must not undo
+        if args.after_steps:
+            return stepped_trial(case, args, session, querier, names, others, before, learnt, scan_train_s)
         feeder = KeyframeFeeder(session, [dataclasses.replace(f) for f in case.rescan], args.rate)
         feeder.start()
         rounds: List[Dict] = []
@@ -209,6 +218,47 @@ def trial(case, config, args, limit: float) -> Dict:
     return {'seed': case.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
             'others_within': bool(others_ok), 'others_learnt': others, 'scan_train_s': round(scan_train_s, 1),
             'events': events,
+            'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
+            'old_center': None if case.old_center is None else case.old_center.tolist(),
+            'new_center': None if case.new_center is None else case.new_center.tolist()}
+
+
+def stepped_trial(case, args, session, querier, names, others, before, learnt, scan_train_s) -> Dict:
+    """Finish `trial` on a schedule of steps (--after-steps).
+
+    A rescan keyframe every --steps-per-keyframe steps, then one round --after-steps steps after the last; met or
+    not (`met_s` 0 when met).
+    """
+    def wait_steps(count: int) -> None:
+        target, idle_since = session.step + count, None
+        while session.step < target:
+            if session.status()['error']:
+                raise SystemExit(f'training failed: {session.status()["error"]}')
+            if session.state != 'done':
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.perf_counter()
+            elif time.perf_counter() - idle_since > IDLE_DONE_S:   # training ended: its step budget is spent
+                return
+            time.sleep(0.05)
+
+    for frame in case.rescan:
+        wait_steps(args.steps_per_keyframe)
+        session.add_frame(dataclasses.replace(frame))
+    while session.trainer.num_frames < len(case.scan) + len(case.rescan):
+        time.sleep(0.05)
+    wait_steps(args.after_steps)
+    querier.invalidate()
+    answers = ask(querier, names, case, case.objects)
+    rounds = [{'step': session.step, 'after_last_keyframe': True,
+               **{f'{n}_cm': round(a['error_m'] * 100, 1) for n, a in answers.items()},
+               f'{case.name}_status': answers[case.name]['status'],
+               f'{case.name}_clusters': answers[case.name]['clusters']}]
+    met_s = 0.0 if learnt and met(case, answers, args.tolerance, args.old_radius) else None
+    events = [event.summary() for event in session.changes.events]
+    return {'seed': case.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
+            'others_within': all(answers[n]['error_m'] <= args.tolerance for n in others), 'others_learnt': others,
+            'scan_train_s': round(scan_train_s, 1), 'events': events,
             'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
             'old_center': None if case.old_center is None else case.old_center.tolist(),
             'new_center': None if case.new_center is None else case.new_center.tolist()}
@@ -269,9 +319,11 @@ def run(args) -> int:
         median, worst = float(np.median(times)), max(times)
         rows.append([kind, len(mine), f'{ok:.2f}', f'{median:.2f}', f'{worst:.2f}', f'{others:.2f}'])
         lines.append(f'RESULT change={kind} trials={len(mine)} ok={ok:.2f} median_s={median:.2f} worst_s={worst:.2f} '
-                     f'others_within_2cm={others:.2f} limit_s={limit:g}')
+                     f'others_within_2cm={others:.2f} '
+                     + (f'after_steps={args.after_steps}' if args.after_steps else f'limit_s={limit:g}'))
     print('\n' + format_table(rows))
-    print(f'time limit: {limit:g} s after the last rescan keyframe')
+    print(f'answers asked {args.after_steps} training steps after the last rescan keyframe' if args.after_steps
+          else f'time limit: {limit:g} s after the last rescan keyframe')
     for line in lines:
         print(line, flush=True)
     write_json(args.json, {'trials': trials, 'limit_s': limit, 'args': vars(args)})

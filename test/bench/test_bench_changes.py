@@ -35,3 +35,18 @@ def test_bench_changes_reports_each_kind_and_counts_a_change_never_followed_as_a
         assert trial['met_s'] is None and trial['seed'] == 4 and trial['object']
         late = [r for r in trial['rounds'] if r['after_last_keyframe']]
         assert late and all(r['step'] >= 3 for r in late)
+
+
+def test_bench_changes_on_a_schedule_of_steps_asks_once_after_them(tmp_path, capsys):
+    out = tmp_path / 'stepped.json'
+    code = main(['bench', 'changes', '--seeds', '4', '--kinds', 'removed', '--device', 'cpu', '--views', '6',
+                 '--rescan', '2', '--width', '48', '--height', '36', '--steps', '3', '--after-steps', '4',
+                 '--steps-per-keyframe', '2', '--json', str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = parse_result_line(next(line for line in printed.splitlines() if line.startswith('RESULT ')))
+    assert result['change'] == 'removed' and result['trials'] == '1' and result['after_steps'] == '4'
+    assert result['ok'] == '0.00' and 'limit_s' not in result   # 3 steps never learn the table: a miss
+    assert 'answers asked 4 training steps after the last rescan keyframe' in printed
+    trial = json.loads(out.read_text())['trials'][0]
+    assert trial['met_s'] is None and len(trial['rounds']) == 1 and trial['rounds'][0]['after_last_keyframe']
