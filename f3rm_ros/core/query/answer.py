@@ -407,48 +407,52 @@ class FieldQuerier:
         else:
             labels = components(self.voxels.coords[chosen], link)
         groups = group_indices(labels, q.cluster_min_points)
-        kept = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
-                                values, threshold) for group in groups]
-        self.buried = sum(cluster is None for cluster, _ in kept)
-        kept = self._seen(kept)
-        grounded = [cluster for cluster, gap in kept if cluster is not None and gap is None]
-        floating = [(cluster, gap) for cluster, gap in kept if cluster is not None and gap is not None]
+        standing = [self.on_support(make_cluster(self.voxels.points, values, chosen[group], threshold, q.voxel_size),
+                                    values, threshold) for group in groups]
+        self.buried = sum(not parts for parts in standing)
+        kept = self._seen([part for parts in standing for part in parts])
+        grounded = [cluster for cluster, gap in kept if gap is None]
+        floating = [(cluster, gap) for cluster, gap in kept if gap is not None]
         # floaters are not reported beside a grounded answer; alone, they are (an object whose underside the field
         # has not formed yet looks the same), noted as floating
         self.floating = {} if grounded else {id(cluster): gap for cluster, gap in floating}
         return rank_clusters(grounded or [cluster for cluster, _ in floating], limit)
 
     def on_support(self, cluster: Cluster, values: np.ndarray,
-                   threshold: float) -> Tuple[Optional[Cluster], Optional[float]]:
-        """Return (the cluster without its voxels below the support, or None; its gap above the support if it floats).
+                   threshold: float) -> List[Tuple[Cluster, Optional[float]]]:
+        """Return the parts of the cluster that stand on its support, each with its gap above it if it floats.
 
         The support under the cluster's footprint (`support.support_under_box`, the same estimate the grasp
         planner uses) is the table's top face, or the workspace floor. A cluster with fewer than
-        ``query.cluster_min_points`` voxels above it lies inside the table and never forms; voxels more than
-        `SUPPORT_FUZZ_VOXELS` below an occupancy-read support (the field's surfaces read high) are cut and the box
-        refitted to the rest. A cluster left with fewer than ``query.cluster_min_points`` voxels is dropped. One
-        floats when its lowest voxel is more than `FLOAT_GAP` above an occupancy-read support with nothing occupied
-        under most of its footprint (the gap is returned; `_clusters` decides).
+        ``query.cluster_min_points`` voxels above it lies inside the table and never forms ([]); voxels more than
+        `SUPPORT_FUZZ_VOXELS` below an occupancy-read support (the field's surfaces read high) are cut, and so are
+        those level with it away from the foot of its body (`_under_body`). What is left falls apart where the cut
+        separated it (two objects joined only by relevant table) into parts of at least ``query.cluster_min_points``
+        voxels, each with its box refitted. A part floats when its lowest voxel is more than `FLOAT_GAP` above an
+        occupancy-read support with nothing occupied under most of its footprint (the gap is returned; `_clusters`
+        decides).
         """
         occupancy, q = self.voxels.occupancy, self.config.query
         if occupancy is None:
-            return cluster, None
+            return [(cluster, None)]
         support = support_under_box(occupancy, cluster.centroid, cluster.extent, cluster.rotation,
                                     cluster.top + SUPPORT_CEILING_MARGIN)
         members = cluster.indices
         heights = self.voxels.points[members, 2]
         if np.count_nonzero(heights > support.height) < q.cluster_min_points:
-            return None, None        # nothing of it comes out of the support: it lies inside the table
+            return []            # nothing of it comes out of the support: it lies inside the table
         floor = support.height - SUPPORT_FUZZ_VOXELS * q.voxel_size if support.source == 'occupancy' else support.height
         above = (heights > floor) & self._under_body(members, heights > support.height + q.voxel_size)
+        parts = [cluster]
         if not above.all():
             members = members[above]
-            if len(members) < q.cluster_min_points:
-                return None, None
-            cluster = make_cluster(self.voxels.points, values, members, threshold, q.voxel_size)
-        if support.source == 'occupancy' and self._floats(members, support.height):
-            return cluster, float(self.voxels.points[members, 2].min() - q.voxel_size / 2 - support.height)
-        return cluster, None
+            labels = components(self.voxels.coords[members], link_voxels(q.cluster_eps, q.voxel_size))
+            parts = [make_cluster(self.voxels.points, values, members[group], threshold, q.voxel_size)
+                     for group in group_indices(labels, q.cluster_min_points)]
+        if support.source != 'occupancy':
+            return [(part, None) for part in parts]
+        return [(part, float(self.voxels.points[part.indices, 2].min() - q.voxel_size / 2 - support.height))
+                if self._floats(part.indices, support.height) else (part, None) for part in parts]
 
     def _under_body(self, members: np.ndarray, body: np.ndarray) -> np.ndarray:
         """[len(members)] bool: the voxels to keep of a cluster whose `body` voxels rise clear of its support.
@@ -465,7 +469,7 @@ class FieldQuerier:
         width = int(cells[:, 1].max()) + 2
         return body | np.isin(cells[:, 0] * width + cells[:, 1], foot[:, 0] * width + foot[:, 1])
 
-    def _seen(self, kept: List[Tuple[Optional[Cluster], Optional[float]]]):
+    def _seen(self, kept: List[Tuple[Cluster, Optional[float]]]):
         """Drop the clusters of `kept` the keyframes do not bear out (``query.min_support_views``; ghosts noted)."""
         q = self.config.query
         self.ghosts = []
@@ -474,12 +478,10 @@ class FieldQuerier:
             return kept
         seen = []
         for cluster, gap in kept:
-            if cluster is not None:
-                support = view_support(self.voxels.points[cluster.indices], frames, q.support_tolerance)
-                if support.ghost(q.min_support_views):
-                    self.ghosts.append(f'the group at {np.round(cluster.centroid, 3).tolist()}: '
-                                       f'{support.describe()}')
-                    continue
+            support = view_support(self.voxels.points[cluster.indices], frames, q.support_tolerance)
+            if support.ghost(q.min_support_views):
+                self.ghosts.append(f'the group at {np.round(cluster.centroid, 3).tolist()}: {support.describe()}')
+                continue
             seen.append((cluster, gap))
         return seen
 

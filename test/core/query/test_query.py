@@ -318,6 +318,19 @@ def test_relevant_table_around_an_object_is_cut_to_the_objects_foot():
     assert np.any(points[:, 2] < 0.0)                                  # where it stands is kept
 
 
+def test_two_objects_joined_only_by_relevant_table_are_two_clusters():
+    """A second, smaller ball 17 cm away with a painted strip of table between them: two answers, each centred."""
+    config, teacher, model = analytic_scene()
+    centre, radius = SPHERES['ball']
+    small = np.array([centre[0], centre[1] - 0.17, 0.03])
+    model.add_speck(small, 0.03)
+    model.paint_table([centre[0] - 0.02, small[1]], [centre[0] + 0.02, centre[1]], 'ball')
+    result = FieldQuerier(model, teacher, config).query('ball')
+    assert result.found and len(result.clusters) == 2, [c.centroid for c in result.clusters]
+    assert np.linalg.norm(result.clusters[0].centroid[:2] - centre[:2]) < 0.01, result.clusters[0].centroid
+    assert np.linalg.norm(result.clusters[1].centroid[:2] - small[:2]) < 0.01, result.clusters[1].centroid
+
+
 def test_floating_specks_are_dropped(analytic):
     """A 7-voxel blob in the air (less than 8 cm³) is dropped; min_component_volume=0 keeps it."""
     config, teacher, model = analytic
