@@ -181,6 +181,9 @@ def run_demo(settings: DemoSettings, report: Callable[[str], None] = print) -> P
             _stop_if_shut_down()
         if session.state != 'done':
             notes.append(f'training stopped by the {settings.budget_s:.0f} s budget at step {session.step}')
+        # the replayed table never changes: a change found during its scan is a false detection, and it matters
+        notes.extend(f'scene change during the scan of a static table: {event.summary()}'
+                     for event in session.changes.events)
         session.pause()
         timings['capture + online training'] = time.monotonic() - train_started
         report(f'demo: training done at step {session.step} with {len(session.store)} keyframes; asking {queries}')

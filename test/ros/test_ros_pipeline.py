@@ -184,6 +184,8 @@ def test_shortened_demo_reports_each_object_where_it_is(tmp_path):
     scene = make_scene(seed=3, object_names=['mug', 'ball'], num_views=2, width=8, height=6)
     for q in report['queries']:
         assert np.allclose(q['true_center'], scene.objects[q['text']]['center'])
+        assert q['status'] == 'found', (f'{q["text"]}: {q["reason"]}; demo notes: {report["notes"]}; '
+                                        f'{done.stdout[-2000:]}')
         assert q['error_m'] == pytest.approx(np.linalg.norm(np.subtract(q['top_centroid'], q['true_center'])))
         assert q['error_m'] < 0.03, f'{q["text"]}: {q["error_m"] * 100:.1f} cm from the object'
         cloud = o3d.io.read_point_cloud(q['ply'])
