@@ -172,7 +172,10 @@ FLOAT_GAP = 0.03
 # estimate are inside the table: cutting at the estimate itself took the objects' feet away (every box 1-2 cm too
 # high, median error 0.55 -> 1.19 cm, and a 2 cm screwdriver lost its cluster).
 SUPPORT_FUZZ_VOXELS = 2
-# An object's foot: the grid columns of its body and their 8 neighbours (`FieldQuerier._under_body`).
+# A cluster is cut to the foot of its body (`FieldQuerier._under_body`) only when the body holds at least this share
+# of it (a moved ball measured 0.48-0.74 with its table bleed; a banana lying flat has a few top voxels).
+MIN_BODY_SHARE = 0.25
+# An object's foot: the grid columns of its body and their 8 neighbours.
 FOOT_RING = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
 # Share of a floating cluster's footprint columns that must hold occupied voxels between it and the support for it
 # to count as resting on something.
@@ -420,17 +423,17 @@ class FieldQuerier:
 
     def on_support(self, cluster: Cluster, values: np.ndarray,
                    threshold: float) -> List[Tuple[Cluster, Optional[float]]]:
-        """Return the parts of the cluster that stand on its support, each with its gap above it if it floats.
+        """Return [(the cluster cut to what stands on its support, its gap above it if it floats)], or [].
 
         The support under the cluster's footprint (`support.support_under_box`, the same estimate the grasp
         planner uses) is the table's top face, or the workspace floor. A cluster with fewer than
         ``query.cluster_min_points`` voxels above it lies inside the table and never forms ([]); voxels more than
         `SUPPORT_FUZZ_VOXELS` below an occupancy-read support (the field's surfaces read high) are cut, and so are
-        those level with it away from the foot of its body (`_under_body`). What is left falls apart where the cut
-        separated it (two objects joined only by relevant table) into parts of at least ``query.cluster_min_points``
-        voxels, each with its box refitted. A part floats when its lowest voxel is more than `FLOAT_GAP` above an
-        occupancy-read support with nothing occupied under most of its footprint (the gap is returned; `_clusters`
-        decides).
+        those level with it away from the foot of its body (`_under_body`; unless that leaves fewer than
+        ``query.cluster_min_points``), and the box is refitted to the rest. It floats when its lowest voxel is more
+        than `FLOAT_GAP` above an occupancy-read support with nothing occupied under most of its footprint (the gap
+        is returned; `_clusters` decides). Why not split what the foot cut separates (two objects joined by relevant
+        table): tried, a flat object cut into pieces ranked below another group (the ROS scene-change test's banana).
         """
         occupancy, q = self.voxels.occupancy, self.config.query
         if occupancy is None:
@@ -443,16 +446,16 @@ class FieldQuerier:
             return []            # nothing of it comes out of the support: it lies inside the table
         floor = support.height - SUPPORT_FUZZ_VOXELS * q.voxel_size if support.source == 'occupancy' else support.height
         above = (heights > floor) & self._under_body(members, heights > support.height + q.voxel_size)
-        parts = [cluster]
         if not above.all():
-            members = members[above]
-            labels = components(self.voxels.coords[members], link_voxels(q.cluster_eps, q.voxel_size))
-            parts = [make_cluster(self.voxels.points, values, members[group], threshold, q.voxel_size)
-                     for group in group_indices(labels, q.cluster_min_points)]
-        if support.source != 'occupancy':
-            return [(part, None) for part in parts]
-        return [(part, float(self.voxels.points[part.indices, 2].min() - q.voxel_size / 2 - support.height))
-                if self._floats(part.indices, support.height) else (part, None) for part in parts]
+            kept = members[above]
+            if len(kept) < q.cluster_min_points:   # the foot cut never takes an object away: only its floor goes then
+                kept = members[heights > floor]
+                if len(kept) < q.cluster_min_points:
+                    return []
+            cluster = make_cluster(self.voxels.points, values, kept, threshold, q.voxel_size)
+        if support.source == 'occupancy' and self._floats(cluster.indices, support.height):
+            return [(cluster, float(self.voxels.points[cluster.indices, 2].min() - q.voxel_size / 2 - support.height))]
+        return [(cluster, None)]
 
     def _under_body(self, members: np.ndarray, body: np.ndarray) -> np.ndarray:
         """[len(members)] bool: the voxels to keep of a cluster whose `body` voxels rise clear of its support.
@@ -460,9 +463,11 @@ class FieldQuerier:
         The voxels level with the support are kept under the body's footprint (grown by one voxel: its foot) and cut
         elsewhere: relevant table around an object is the teacher's patches bleeding onto it, not the object (after
         a move, with the older keyframes masked there, it spread 5-10 cm from the object on one side and pulled the
-        centroid 4-5 cm). Without `query.cluster_min_points` body voxels (a flat object) all are kept.
+        centroid 4-5 cm). With fewer body voxels than `query.cluster_min_points` or `MIN_BODY_SHARE` of the cluster (a
+        flat object, a banana lying on the table) all are kept: its few top voxels would cut it to pieces.
         """
-        if np.count_nonzero(body) < self.config.query.cluster_min_points or body.all():
+        if (np.count_nonzero(body) < max(self.config.query.cluster_min_points, MIN_BODY_SHARE * len(body))
+                or body.all()):
             return np.ones(len(members), bool)
         cells = self.voxels.coords[members][:, :2] + 1                  # >= 0 with the ring around it
         foot = (cells[body][:, None, :] + FOOT_RING[None]).reshape(-1, 2)

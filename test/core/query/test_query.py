@@ -318,19 +318,6 @@ def test_relevant_table_around_an_object_is_cut_to_the_objects_foot():
     assert np.any(points[:, 2] < 0.0)                                  # where it stands is kept
 
 
-def test_two_objects_joined_only_by_relevant_table_are_two_clusters():
-    """A second, smaller ball 17 cm away with a painted strip of table between them: two answers, each centred."""
-    config, teacher, model = analytic_scene()
-    centre, radius = SPHERES['ball']
-    small = np.array([centre[0], centre[1] - 0.17, 0.03])
-    model.add_speck(small, 0.03)
-    model.paint_table([centre[0] - 0.02, small[1]], [centre[0] + 0.02, centre[1]], 'ball')
-    result = FieldQuerier(model, teacher, config).query('ball')
-    assert result.found and len(result.clusters) == 2, [c.centroid for c in result.clusters]
-    assert np.linalg.norm(result.clusters[0].centroid[:2] - centre[:2]) < 0.01, result.clusters[0].centroid
-    assert np.linalg.norm(result.clusters[1].centroid[:2] - small[:2]) < 0.01, result.clusters[1].centroid
-
-
 def test_floating_specks_are_dropped(analytic):
     """A 7-voxel blob in the air (less than 8 cm³) is dropped; min_component_volume=0 keeps it."""
     config, teacher, model = analytic
@@ -373,30 +360,21 @@ TRAIN_STEPS = 150
 def trained(tmp_path_factory):
     """Train a synthetic table (mug, ball, box) with the labels teacher; also save it as a checkpoint."""
     from f3rm_ros.core.scenes import table as scenes
-    from f3rm_ros.core.capture.frames import FrameStore
-    from f3rm_ros.core.teachers import make_teacher
-    from f3rm_ros.core.training.trainer import OnlineTrainer
+    from labels_trainer import labels_trainer
     torch.manual_seed(0)
     scene = scenes.make_scene(seed=0, object_names=OBJECTS, num_views=48, width=96, height=72)
     # a wide gripper (14 cm, like a Robotiq 2F-140): the 8 cm mug does not fit a Franka Hand's 8 cm opening
     config = make_config('cpu-tiny', overrides={'query': {'alpha_threshold': 0.1}, 'grasp': {'max_opening': 0.14}})
-    config.workspace = scene.workspace
-    teacher = make_teacher(config.teacher, labels=scene.labels)
-    config.feature_field.feature_dim = teacher.dim
-    store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
+    trainer = labels_trainer(config, scene)
     started = time.perf_counter()
     for _ in range(TRAIN_STEPS):
         trainer.step()
     seconds = time.perf_counter() - started
     print(f'\ntrained {TRAIN_STEPS} steps in {seconds:.1f} s')
     checkpoint = trainer.save_checkpoint(tmp_path_factory.mktemp('query') / 'scene.ckpt')
-    querier = FieldQuerier(trainer.model, teacher, config, lock=trainer.lock)
+    querier = FieldQuerier(trainer.model, trainer.teacher, config, lock=trainer.lock)
     results = {name: querier.query(name) for name in QUERIES}
-    return {'scene': scene, 'trainer': trainer, 'teacher': teacher, 'config': config, 'querier': querier,
+    return {'scene': scene, 'trainer': trainer, 'teacher': trainer.teacher, 'config': config, 'querier': querier,
             'results': results, 'checkpoint': checkpoint}
 
 

@@ -12,9 +12,8 @@ import torch
 
 from f3rm_ros.core.scenes import table as scenes
 from f3rm_ros.core.config import make_config
-from f3rm_ros.core.capture.frames import FrameStore, PosedFrame, read_dataset, write_dataset
-from f3rm_ros.core.teachers import make_teacher
-from f3rm_ros.core.training.trainer import OnlineTrainer
+from f3rm_ros.core.capture.frames import PosedFrame, read_dataset, write_dataset
+from labels_trainer import labels_trainer
 
 W, H = 64, 48
 STEPS = 60
@@ -37,16 +36,7 @@ def with_gripper(frame, masked):
 def make_trainer(frames, scene, seed=0):
     """Build an OnlineTrainer (cpu-tiny, labels teacher) holding `frames`."""
     torch.manual_seed(seed)
-    config = make_config('cpu-tiny')
-    config.workspace = scene.workspace
-    teacher = make_teacher(config.teacher, labels={**scene.labels, GRIPPER: 'gripper'})
-    config.feature_field.feature_dim = teacher.dim
-    store = FrameStore(config.trainer.capacity)
-    for frame in frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
-    return trainer
+    return labels_trainer(make_config('cpu-tiny'), scene, frames, labels={**scene.labels, GRIPPER: 'gripper'})
 
 
 def train(frames, scene):

@@ -2,11 +2,9 @@
 import numpy as np
 import torch
 
-from f3rm_ros.core.capture.frames import FrameStore
 from f3rm_ros.core.config import make_config
 from f3rm_ros.core.scenes import table as scenes
-from f3rm_ros.core.teachers import make_teacher
-from f3rm_ros.core.training.trainer import OnlineTrainer
+from labels_trainer import labels_trainer
 
 
 def log_densities(trainer, points_base):
@@ -20,15 +18,7 @@ def log_densities(trainer, points_base):
 def test_the_surface_prior_raises_matter_and_clears_free_space_on_every_level_until_its_step():
     torch.manual_seed(0)
     scene = scenes.make_scene(seed=2, num_objects=2, num_views=6, width=48, height=36)
-    config = make_config('cpu-tiny')
-    config.workspace = scene.workspace
-    teacher = make_teacher(config.teacher, labels=scene.labels)
-    config.feature_field.feature_dim = teacher.dim
-    store = FrameStore(config.trainer.capacity)
-    for frame in scene.frames:
-        store.add(frame)
-    trainer = OnlineTrainer(config, store, teacher)
-    trainer.sync_frames()
+    trainer = labels_trainer(make_config('cpu-tiny'), scene)
     for _ in range(30):                   # air above the table learnt empty
         trainer.step()
     rng = np.random.default_rng(0)
