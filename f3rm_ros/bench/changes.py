@@ -212,15 +212,9 @@ def trial(case, config, args, limit: float) -> Dict:
                     break
             time.sleep(max(0.0, asked_at + args.poll - feeder.clock()))
         feeder.stop()
-        events = [event.summary() for event in session.changes.events]
+        return trial_record(case, session, met_s, learnt, others_ok, others, scan_train_s, before, rounds)
     finally:
         session.stop(timeout=30.0)
-    return {'seed': case.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
-            'others_within': bool(others_ok), 'others_learnt': others, 'scan_train_s': round(scan_train_s, 1),
-            'events': events,
-            'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
-            'old_center': None if case.old_center is None else case.old_center.tolist(),
-            'new_center': None if case.new_center is None else case.new_center.tolist()}
 
 
 def stepped_trial(case, args, session, querier, names, others, before, learnt, scan_train_s) -> Dict:
@@ -255,10 +249,15 @@ def stepped_trial(case, args, session, querier, names, others, before, learnt, s
                f'{case.name}_status': answers[case.name]['status'],
                f'{case.name}_clusters': answers[case.name]['clusters']}]
     met_s = 0.0 if learnt and met(case, answers, args.tolerance, args.old_radius) else None
-    events = [event.summary() for event in session.changes.events]
+    return trial_record(case, session, met_s, learnt, all(answers[n]['error_m'] <= args.tolerance for n in others),
+                        others, scan_train_s, before, rounds)
+
+
+def trial_record(case, session, met_s, learnt, others_within, others, scan_train_s, before, rounds) -> Dict:
+    """One trial's record for the JSON (`trial`, `stepped_trial`)."""
     return {'seed': case.seed, 'kind': case.kind, 'object': case.name, 'met_s': met_s, 'learnt': learnt,
-            'others_within': all(answers[n]['error_m'] <= args.tolerance for n in others), 'others_learnt': others,
-            'scan_train_s': round(scan_train_s, 1), 'events': events,
+            'others_within': bool(others_within), 'others_learnt': others, 'scan_train_s': round(scan_train_s, 1),
+            'events': [event.summary() for event in session.changes.events],
             'before': {n: a['error_m'] for n, a in before.items()}, 'rounds': rounds,
             'old_center': None if case.old_center is None else case.old_center.tolist(),
             'new_center': None if case.new_center is None else case.new_center.tolist()}

@@ -169,19 +169,21 @@ class ChangeMap:
         self.changed = np.zeros(self.shape, bool)
         self.grow = int(math.ceil(margin / voxel_size - 1e-9))
 
-    def index(self, points: np.ndarray) -> np.ndarray:
-        """Flat voxel indices of the points inside the workspace (others dropped)."""
+    def _cells(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(grid cells [N, 3] of the points, [N] bool: inside the workspace)."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         cells = np.floor((points - self.box.min_xyz) / self.voxel_size).astype(np.int64)
-        inside = np.all((cells >= 0) & (cells < self.shape), axis=1)
+        return cells, np.all((cells >= 0) & (cells < self.shape), axis=1)
+
+    def index(self, points: np.ndarray) -> np.ndarray:
+        """Flat voxel indices of the points inside the workspace (others dropped)."""
+        cells, inside = self._cells(points)
         return np.ravel_multi_index(tuple(cells[inside].T), self.shape)
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """[N] bool: which points lie in a changed voxel (outside the workspace: False)."""
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        cells = np.floor((points - self.box.min_xyz) / self.voxel_size).astype(np.int64)
-        inside = np.all((cells >= 0) & (cells < self.shape), axis=1)
-        out = np.zeros(len(points), bool)
+        cells, inside = self._cells(points)
+        out = np.zeros(len(cells), bool)
         out[inside] = self.changed[tuple(cells[inside].T)]
         return out
 
